@@ -1,0 +1,189 @@
+//! The boot block: parameters the VMM writes before any vCPU starts, and the
+//! few fields the guest publishes back (where its lock tables live) or
+//! updates while it runs (start barrier, smoke counters).
+
+/// What the guest runs. Chosen by the VMM; the guest dispatches on it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Shared atomic counter plus a plain counter under a test-and-set lock
+    /// that backs off with wait/kick; the VMM checks both totals.
+    Smoke = 1,
+    /// Lock torture over a chosen lock variant (`guest/lib/src/torture.rs`).
+    Torture = 2,
+    /// Self-test: vCPU 0 executes `ud2` (a fault that becomes a triple fault).
+    Fault = 3,
+    /// Self-test: vCPU 0 rings the console doorbell with an address outside RAM.
+    BadPointer = 4,
+    /// Self-test: vCPU 0 waits on a byte nobody will ever change or kick.
+    WaitForever = 5,
+    /// Self-test: vCPU 0 fails an assertion (panic doorbell).
+    Panic = 6,
+    /// Ping-pong between vCPU 0 and 1 through wait/kick, to time kick -> wake.
+    PingPong = 7,
+    /// Doorbell round trips (exit cost) and kick stores, timed by the guest.
+    Doorbells = 8,
+}
+
+impl Workload {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Smoke,
+            2 => Self::Torture,
+            3 => Self::Fault,
+            4 => Self::BadPointer,
+            5 => Self::WaitForever,
+            6 => Self::Panic,
+            7 => Self::PingPong,
+            8 => Self::Doorbells,
+            _ => return None,
+        })
+    }
+}
+
+/// Lock algorithm parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockParams {
+    /// [`crate::Variant`] id.
+    pub variant: u32,
+    /// `SPIN_THRESHOLD`: pause iterations before a waiter halts (kernel: 1 << 15).
+    pub spin_threshold: u32,
+    /// log2 of the PV hash table's entries; the VMM fills in upstream's
+    /// sizing when the config leaves it out.
+    pub hash_bits: u32,
+    pub _pad: u32,
+}
+
+/// Lock-torture parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TortureParams {
+    /// Number of locks (1..=1024).
+    pub nr_locks: u32,
+    /// Locks held at once, taken in a global order (1..=4).
+    pub nest: u32,
+    /// Critical section length, nanoseconds (TSC-timed).
+    pub cs_ns: u32,
+    /// Think time between acquisitions, nanoseconds.
+    pub think_ns: u32,
+    /// Simulated interrupts: probability per slow-path spin check that a
+    /// handler runs, in parts per 2^32 (0 = off).
+    pub irq_prob: u32,
+    /// Deepest simulated interrupt nesting (0..=3).
+    pub irq_max_depth: u32,
+    /// Stop after this many acquisitions per vCPU (0 = by duration only).
+    pub max_acquisitions: u64,
+}
+
+/// Race-window stalls decided by the guest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowParams {
+    /// Bit `i` set: window `i` may stall.
+    pub enabled_mask: u64,
+    /// Probability of stalling at an enabled window, parts per 2^32.
+    pub prob: u32,
+    /// Non-zero: every enabled window stalls (directed schedules).
+    pub always: u32,
+}
+
+/// Hypervisor parameters the guest needs to know (most stay in the VMM).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HypervisorParams {
+    /// Non-zero: the VMM maintains `VcpuBlock::preempted`.
+    pub preempted_flags: u32,
+    pub _pad: u32,
+}
+
+/// The boot block at [`crate::BOOT_BLOCK_GPA`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootBlock {
+    // ---- written by the VMM before start, read-only for the guest ----
+    /// [`crate::BOOT_MAGIC`].
+    pub magic: u64,
+    /// [`crate::ABI_VERSION`].
+    pub abi_version: u32,
+    /// Number of vCPUs running the guest.
+    pub nr_vcpus: u32,
+    /// Base seed; vCPU `n` derives its own stream from it.
+    pub seed: u64,
+    /// TSC frequency in kHz (guest time base).
+    pub tsc_khz: u64,
+    /// Run length in milliseconds (guest-timed from the start barrier).
+    pub duration_ms: u64,
+    /// [`Workload`] id.
+    pub workload: u32,
+    /// Bytes of guest RAM.
+    pub ram_mib: u32,
+    pub lock: LockParams,
+    pub torture: TortureParams,
+    pub windows: WindowParams,
+    pub hypervisor: HypervisorParams,
+    /// Iterations for counting workloads (smoke, ping-pong, doorbells).
+    pub iterations: u64,
+
+    // ---- written by the guest, read by the VMM ----
+    /// vCPUs that reached the start barrier.
+    pub started: u64,
+    /// TSC when the last vCPU passed the start barrier.
+    pub start_tsc: u64,
+    /// Set to 1 by the VMM to ask every vCPU to finish its workload early
+    /// (Ctrl-C, a run-level timeout); the guest polls it between acquisitions.
+    pub stop_request: u64,
+    /// Smoke: shared counter incremented with `lock xadd`.
+    pub atomic_counter: u64,
+    /// Smoke: counter incremented with plain loads and stores under the lock.
+    pub plain_counter: u64,
+    /// Guest address of the torture lock array (0 until published).
+    pub locks_gpa: u64,
+    /// Bytes between two torture locks.
+    pub lock_stride: u64,
+    /// Number of torture locks published.
+    pub nr_locks: u64,
+    /// Guest address of the PV hash table ([`HashEntry`] array).
+    pub hash_gpa: u64,
+    /// Entries in the PV hash table.
+    pub hash_entries: u64,
+    /// Guest address of the per-CPU MCS/PV node array.
+    pub nodes_gpa: u64,
+    /// Bytes of one node (`nodes_gpa + (cpu * 4 + idx) * node_stride`).
+    pub node_stride: u64,
+}
+
+/// One PV hash table slot: `struct pv_hash_entry { lock; node; }`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashEntry {
+    /// Guest address of the lock word, 0 when free.
+    pub lock: u64,
+    /// Guest address of the waiter's node.
+    pub node: u64,
+}
+
+/// Layout of a torture lock as the VMM reads it (the guest's type asserts it
+/// matches): the lock word first.
+pub mod lock_layout {
+    /// Offset of the 32-bit lock word.
+    pub const WORD: u64 = 0;
+    /// Offset of the owner field: owning CPU + 1, 0 when free.
+    pub const OWNER: u64 = 4;
+    /// Offset of the plain acquisition counter (u64).
+    pub const COUNT: u64 = 8;
+}
+
+/// Layout of a PV node (`struct pv_node`) as the VMM reads it.
+pub mod node_layout {
+    /// Offset of the MCS `next` pointer (u64 guest address).
+    pub const NEXT: u64 = 0;
+    /// Offset of the MCS `locked` flag (u32).
+    pub const LOCKED: u64 = 8;
+    /// Offset of the nesting count (u32; meaningful in node 0).
+    pub const COUNT: u64 = 12;
+    /// Offset of the owning CPU (u32).
+    pub const CPU: u64 = 16;
+    /// Offset of the PV state byte (`vcpu_running` ...).
+    pub const STATE: u64 = 20;
+}

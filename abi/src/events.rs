@@ -1,0 +1,111 @@
+//! Event counters. Lock events use the names of Linux's
+//! `kernel/locking/lock_events_list.h` (ad53fa10fa9e, v5.2; formerly qstat),
+//! plus a few of ours; VMM counters are the hypervisor half's.
+
+macro_rules! counters {
+    ($(#[$m:meta])* $ty:ident, $n:ident { $($(#[$vm:meta])* $v:ident = $name:literal,)* }) => {
+        $(#[$m])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $ty { $($(#[$vm])* $v,)* }
+
+        impl $ty {
+            /// Every counter, in index order.
+            pub const ALL: &'static [$ty] = &[$($ty::$v,)*];
+            /// The counter's name in reports and JSON.
+            pub const fn name(self) -> &'static str {
+                match self { $($ty::$v => $name,)* }
+            }
+            pub const fn index(self) -> usize { self as usize }
+        }
+
+        /// Number of counters of this kind.
+        pub const $n: usize = $ty::ALL.len();
+    };
+}
+
+counters! {
+    /// Per-vCPU lock events, counted by the guest's lock code.
+    LockEvent, NR_LOCK_EVENTS {
+        /// Probes beyond the first slot, summed over `pv_hash()` inserts.
+        PvHashHops = "pv_hash_hops",
+        /// `pv_kick()` issued by the unlock slow path.
+        PvKickUnlock = "pv_kick_unlock",
+        /// `pv_kick()` issued when a waiter is woken directly (pre-75d2270 owner kick).
+        PvKickWake = "pv_kick_wake",
+        /// Cycles spent in `pv_kick()` by the unlocker (sum).
+        PvLatencyKick = "pv_latency_kick",
+        /// Cycles from a kick to the kicked vCPU running again (sum).
+        PvLatencyWake = "pv_latency_wake",
+        /// Locks taken by a stealer (trylock outside the queue order).
+        PvLockStealing = "pv_lock_stealing",
+        /// A `pv_wait()` returned with nothing changed.
+        PvSpuriousWakeup = "pv_spurious_wakeup",
+        /// The queue head woke but had to wait again.
+        PvWaitAgain = "pv_wait_again",
+        /// `pv_wait_early()` cut a queued waiter's spin short.
+        PvWaitEarly = "pv_wait_early",
+        /// The queue head called `pv_wait()`.
+        PvWaitHead = "pv_wait_head",
+        /// A queued waiter called `pv_wait()`.
+        PvWaitNode = "pv_wait_node",
+        /// The native slow path used the pending bit.
+        LockPending = "lock_pending",
+        /// Entered the slow path (queued).
+        LockSlowpath = "lock_slowpath",
+        /// MCS node index 1 used (nested slow path).
+        LockUseNode2 = "lock_use_node2",
+        /// MCS node index 2 used.
+        LockUseNode3 = "lock_use_node3",
+        /// MCS node index 3 used.
+        LockUseNode4 = "lock_use_node4",
+        /// All four MCS nodes were in use: spun without queueing.
+        LockNoNode = "lock_no_node",
+        /// Ours: a head kicked by the unlock path that then lost the lock to a stealer.
+        KickedButStolen = "kicked_but_stolen",
+        /// Ours: a `pv_hash()` insert for a lock already in the table.
+        DoubleHash = "double_hash",
+        /// Ours: `pv_hash()` inserts.
+        HashInserts = "hash_inserts",
+        /// Ours: `pv_unhash()` removals.
+        HashRemoves = "hash_removes",
+        /// Ours: the longest probe sequence of any insert (max, not a sum).
+        HashMaxProbe = "hash_max_probe",
+        /// Ours: simulated interrupt handlers run inside a slow path.
+        SimIrqs = "sim_irqs",
+        /// Ours: race windows at which the guest chose to stall.
+        WindowStalls = "window_stalls",
+    }
+}
+
+counters! {
+    /// Per-vCPU counters kept by the VMM's pv_wait / pv_kick implementation.
+    VmmCounter, NR_VMM_COUNTERS {
+        /// Wait doorbells received.
+        Waits = "waits",
+        /// Checked waits that returned at once because the byte had changed.
+        WaitsValueChanged = "waits_value_changed",
+        /// Waits that returned at once because a remembered kick was pending.
+        WaitsKickPending = "waits_kick_pending",
+        /// Waits that blocked the vCPU thread.
+        WaitsBlocked = "waits_blocked",
+        /// Kicks this vCPU received (eventfd signals consumed).
+        KicksReceived = "kicks_received",
+        /// Kicks dropped by the "lost-if-not-waiting" contract.
+        KicksDropped = "kicks_dropped",
+        /// Wakeups injected by `spurious_wakeup_prob`.
+        SpuriousWakeups = "spurious_wakeups",
+        /// Waits ended by the periodic simulated interrupt.
+        InterruptWakeups = "interrupt_wakeups",
+        /// Waits whose kick arrived while halt polling.
+        PollsWon = "polls_won",
+        /// Stalls injected by the preemption engine.
+        Stalls = "stalls",
+        /// Total microseconds this vCPU was stalled.
+        StalledUs = "stalled_us",
+        /// Microseconds this vCPU spent blocked in waits.
+        WaitingUs = "waiting_us",
+        /// Missed wakeups rescued by `--rescue`.
+        Rescues = "rescues",
+    }
+}
