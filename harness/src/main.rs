@@ -1,1 +1,273 @@
-fn main() {}
+//! `pvlock`: run paravirt spinlock experiments on KVM.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pvlock::config::{Experiment, RunConfig};
+use pvlock::output::write_atomic;
+use pvlock::record::Record;
+use pvlock::runner::{run_one, GUEST_ELF};
+use pvlock_abi::{Variant, Window};
+use pvlock_vmm::StopHandle;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pvlock", version = pvlock::version(), about = "A KVM testbed for paravirtual spinlocks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every run of a config (a matrix runs point by point) and print a summary.
+    Run(RunArgs),
+    /// List variants, race windows or workloads.
+    List {
+        /// `variants`, `windows` or `workloads`.
+        what: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Experiment config (TOML).
+    config: PathBuf,
+    #[arg(long)]
+    vcpus: Option<u32>,
+    #[arg(long)]
+    host_cpus: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Lock variant (`pvlock list variants`).
+    #[arg(long)]
+    variant: Option<String>,
+    /// Number of torture locks.
+    #[arg(long)]
+    locks: Option<u32>,
+    /// Write the JSON record here (an array when the config has several runs).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run this guest ELF instead of the built-in one.
+    #[arg(long)]
+    guest_elf: Option<PathBuf>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PVLOCK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("pvlock: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run() -> Result<i32> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        None => default_job(),
+        Some(Cmd::Run(args)) => cmd_run(args),
+        Some(Cmd::List { what }) => {
+            list(&what)?;
+            Ok(0)
+        }
+    }
+}
+
+/// `cargo run --release` with no arguments: the embedded default experiment.
+fn default_job() -> Result<i32> {
+    let exp = Experiment::parse(
+        include_str!("../../configs/smoke.toml"),
+        "configs/smoke.toml (embedded)",
+        "smoke",
+    )?;
+    run_experiment(&exp, |_| {}, None, GUEST_ELF)
+}
+
+fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
+    if let Some(v) = a.vcpus {
+        rc.vcpus = v;
+    }
+    if let Some(v) = a.host_cpus {
+        rc.host_cpus = v;
+    }
+    if let Some(v) = a.seed {
+        rc.seed = v;
+    }
+    if let Some(v) = a.duration_ms {
+        rc.duration_ms = v;
+    }
+    if let Some(v) = &a.variant {
+        rc.lock.variant = v.clone();
+    }
+    if let Some(v) = a.locks {
+        rc.torture.locks = v;
+    }
+    rc.validate()
+        .map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
+}
+
+fn cmd_run(args: RunArgs) -> Result<i32> {
+    let exp = Experiment::load(&args.config)?;
+    let elf_owned;
+    let elf: &[u8] = match &args.guest_elf {
+        Some(p) => {
+            elf_owned = std::fs::read(p)
+                .with_context(|| format!("cannot read guest ELF {}", p.display()))?;
+            &elf_owned
+        }
+        None => GUEST_ELF,
+    };
+    let mut err = None;
+    let exp_checked = Experiment {
+        runs: exp
+            .runs
+            .iter()
+            .cloned()
+            .map(|mut rc| {
+                if let Err(e) = apply_overrides(&mut rc, &args) {
+                    err.get_or_insert(e);
+                }
+                rc
+            })
+            .collect(),
+        ..exp
+    };
+    if let Some(e) = err {
+        return Err(e);
+    }
+    run_experiment(&exp_checked, |_| {}, args.json.as_deref(), elf)
+}
+
+fn run_key(exp: &Experiment, rc: &RunConfig) -> String {
+    let v = serde_json::to_value(rc).unwrap_or_default();
+    exp.varying
+        .iter()
+        .map(|k| {
+            let mut cur = &v;
+            for part in k.split('.') {
+                cur = cur.get(part).unwrap_or(&serde_json::Value::Null);
+            }
+            let s = match cur {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{k}={s}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn run_experiment(
+    exp: &Experiment,
+    mut on_record: impl FnMut(&Record),
+    json: Option<&std::path::Path>,
+    elf: &[u8],
+) -> Result<i32> {
+    let stop = StopHandle::new();
+    {
+        let s = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("pvlock: stopping (Ctrl-C)");
+            s.stop();
+        });
+    }
+    let mut records = Vec::new();
+    let mut code = 0;
+    for (i, rc) in exp.runs.iter().enumerate() {
+        if stop.is_stopped() {
+            break;
+        }
+        let key = run_key(exp, rc);
+        let rec = run_one(rc, &key, elf, &stop)?;
+        print_summary(i + 1, exp.runs.len(), &rec);
+        if rec.status != "ok" {
+            code = 1;
+        }
+        on_record(&rec);
+        records.push(rec);
+        if let Some(p) = json {
+            // Rewritten after every run: an aborted matrix still leaves a
+            // valid file with every finished run.
+            let body = if exp.runs.len() == 1 {
+                serde_json::to_vec_pretty(&records[0])?
+            } else {
+                serde_json::to_vec_pretty(&records)?
+            };
+            write_atomic(p, &body)?;
+        }
+    }
+    if stop.is_stopped() {
+        code = code.max(1);
+    }
+    Ok(code)
+}
+
+fn print_summary(i: usize, n: usize, r: &Record) {
+    let key = if r.run_key.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", r.run_key)
+    };
+    println!(
+        "run {i}/{n} {}{key}: {} — {}",
+        r.name,
+        r.status.to_uppercase(),
+        r.summary
+    );
+    println!(
+        "  {} vCPUs on {} host CPUs, variant {}, {:.0} ms wall, {} acquisitions ({:.0}/s), latency p50 {} ns p99 {} ns",
+        r.vcpus, r.host_cpus, r.params.variant, r.duration_ms, r.acquisitions, r.acquisitions_per_sec, r.latency_ns.p50, r.latency_ns.p99
+    );
+    for c in &r.checks {
+        println!(
+            "  [{}] {}: {}",
+            if c.passed { "ok" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    if let Some(k) = r.timing.kick_wake_ns {
+        println!(
+            "  kick -> wake: p50 {} ns, p99 {} ns, max {} ns over {}",
+            k.p50, k.p99, k.max, k.count
+        );
+    }
+    if let (Some(e), Some(k)) = (r.timing.mmio_exit_us, r.timing.kick_store_us) {
+        println!("  MMIO exit round trip {e:.2} us, kick store {k:.2} us");
+    }
+    if let Some(b) = r.timing.boot_us {
+        println!("  VM creation -> first guest instruction: {:.0} us", b);
+    }
+}
+
+fn list(what: &str) -> Result<()> {
+    match what {
+        "variants" => {
+            for v in Variant::ALL {
+                println!(
+                    "{:<26}{}",
+                    v.name(),
+                    if v.is_mutant() { "(mutant)" } else { "" }
+                );
+            }
+        }
+        "windows" => {
+            for w in Window::ALL {
+                println!("{}", w.name());
+            }
+        }
+        "workloads" => println!("{}", pvlock::config::WORKLOADS),
+        other => bail!("unknown list `{other}` (variants, windows, workloads)"),
+    }
+    Ok(())
+}

@@ -1,1 +1,25 @@
-//! placeholder
+//! pvlock's VMM: boots the bare-metal guest on KVM and is the hypervisor
+//! half of the paravirt spinlock protocol (pv_wait / pv_kick), with
+//! deliberate vCPU preemption and a watchdog.
+//!
+//! Layering (as rust-vmm's vmm-reference): a plain-data [`MachineConfig`]
+//! is turned by [`Machine::run`] into live KVM objects in a fixed order —
+//! check `/dev/kvm`, create the VM, guest memory, page tables, ELF, boot
+//! block, vCPUs, ioeventfds — then the vCPU threads run until every vCPU is
+//! done, something fails, the watchdog fires or the run is stopped.
+
+pub mod config;
+pub mod cpu_state;
+pub mod error;
+pub mod exit;
+pub mod guest_mem;
+pub mod hypervisor;
+pub mod machine;
+pub mod report;
+pub mod signal;
+pub mod vcpu;
+
+pub use config::{HypervisorConfig, KickContract, MachineConfig, WaitContract};
+pub use error::{MachineError, RunError};
+pub use machine::{Machine, StopHandle};
+pub use report::{GuestFailure, RunReport, RunStatus, VcpuReport};

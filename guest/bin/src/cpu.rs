@@ -1,0 +1,171 @@
+//! One vCPU's view of the machine: the guest's [`Platform`] for the lock
+//! library. pv_wait / pv_kick go to the VMM through doorbells; statistics
+//! and the trace ring go to this vCPU's block, which the VMM reads.
+
+use crate::rt;
+use core::cell::Cell;
+use pvlock_abi::doorbell::{self, PanicKind};
+use pvlock_abi::{GuestPhase, LockEvent, TraceEntry, TraceEvent, VcpuBlock, Window};
+use pvlock_guest_lib::{Platform, WaitOn};
+
+pub struct GuestCpu {
+    cpu: u32,
+    nr_cpus: u32,
+    block: *mut VcpuBlock,
+    rng: Cell<u64>,
+    /// Windows that may stall (bit per `Window` id), copied from the boot block.
+    window_mask: u64,
+    window_prob: u64,
+    window_always: bool,
+}
+
+impl GuestCpu {
+    pub fn new(cpu: u32) -> Self {
+        let boot = rt::boot();
+        // splitmix64-seeded xorshift per vCPU: repeatable choices per seed.
+        let seed = splitmix(boot.seed ^ splitmix(cpu as u64 + 1));
+        Self {
+            cpu,
+            nr_cpus: boot.nr_vcpus,
+            block: rt::vcpu_block(cpu),
+            rng: Cell::new(seed | 1),
+            window_mask: boot.windows.enabled_mask,
+            window_prob: boot.windows.prob as u64,
+            window_always: boot.windows.always != 0,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.cpu
+    }
+
+    /// This vCPU's block. Only this vCPU writes it; the VMM reads it.
+    #[allow(clippy::mut_from_ref)]
+    pub fn block(&self) -> &mut VcpuBlock {
+        // SAFETY: the block is this vCPU's alone (see `rt::vcpu_block`), and
+        // GuestCpu is not Sync, so no two references are used concurrently.
+        unsafe { &mut *self.block }
+    }
+
+    /// Reports a failure of kind `kind` and stops the VM.
+    pub fn fail(&self, kind: PanicKind, msg: core::fmt::Arguments<'_>) -> ! {
+        rt::report_failure(self.cpu, kind, file!(), line!(), msg)
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Platform for GuestCpu {
+    fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    fn nr_cpus(&self) -> u32 {
+        self.nr_cpus
+    }
+
+    fn pv_wait(&self, on: WaitOn<'_>, val: u8) {
+        // One exit: the VMM re-reads the byte (checked wait) and blocks this
+        // vCPU until a kick, per the run's hypervisor contract.
+        rt::ring(doorbell::WAIT, doorbell::wait_value(on.addr() as u64, val));
+    }
+
+    fn pv_kick(&self, cpu: u32) {
+        // An ioeventfd store: signals `cpu`'s eventfd in the kernel, no exit.
+        rt::ring(doorbell::kick_addr(cpu), 1);
+    }
+
+    fn vcpu_is_preempted(&self, cpu: u32) -> bool {
+        if cpu >= self.nr_cpus {
+            return false;
+        }
+        // SAFETY: reading another vCPU's `preempted` word, which only the VMM
+        // writes; a volatile read of an aligned u32 cannot tear.
+        unsafe { core::ptr::read_volatile(&(*rt::vcpu_block(cpu)).preempted) != 0 }
+    }
+
+    fn cycles(&self) -> u64 {
+        rt::rdtsc()
+    }
+
+    fn ns_per_kcycle(&self) -> u64 {
+        rt::cycles_to_ns(1024).max(1)
+    }
+
+    fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+
+    fn cpu_relax(&self) {
+        core::hint::spin_loop();
+    }
+
+    #[inline(always)]
+    fn race_window(&self, w: Window) {
+        // Disabled window: one load of a register-resident mask and a branch.
+        if self.window_mask & (1 << w as u32) == 0 {
+            return;
+        }
+        self.window_hit(w);
+    }
+
+    fn event(&self, ev: LockEvent, n: u64) {
+        self.block().events[ev.index()] += n;
+    }
+
+    fn event_max(&self, ev: LockEvent, v: u64) {
+        let e = &mut self.block().events[ev.index()];
+        if v > *e {
+            *e = v;
+        }
+    }
+
+    fn set_phase(&self, phase: GuestPhase, lock: usize, node: usize) {
+        let b = self.block();
+        b.cur_lock = lock as u64;
+        b.cur_node = node as u64;
+        b.phase = phase as u32;
+    }
+
+    fn trace(&self, ev: TraceEvent, lock: usize, arg: u16, value: u32) {
+        let b = self.block();
+        let slot = (b.trace_head as usize) % b.trace.len();
+        b.trace[slot] = TraceEntry {
+            tsc: rt::rdtsc(),
+            lock: lock as u64,
+            event: ev as u16,
+            arg,
+            value,
+        };
+        b.trace_head += 1;
+    }
+
+    fn bug(&self, msg: core::fmt::Arguments<'_>) -> ! {
+        self.fail(PanicKind::Bug, msg)
+    }
+}
+
+impl GuestCpu {
+    #[cold]
+    fn window_hit(&self, w: Window) {
+        self.block().window_hits[w as usize] += 1;
+        // Decide from this vCPU's seeded stream; exit only to stall: an exit
+        // is itself a ~33 us preemption on these hosts.
+        let stall = self.window_always || (self.random() >> 32) < self.window_prob;
+        if stall {
+            self.event(LockEvent::WindowStalls, 1);
+            self.trace(TraceEvent::Window, 0, w as u16, 0);
+            rt::ring(doorbell::STALL, w as u64);
+        }
+    }
+}

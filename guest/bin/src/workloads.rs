@@ -1,0 +1,198 @@
+//! The guest's workloads, dispatched on `BootBlock::workload`. Each returns
+//! the status for the DONE doorbell.
+
+use crate::cpu::GuestCpu;
+use crate::rt;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use pvlock_abi::doorbell;
+use pvlock_abi::Workload;
+use pvlock_guest_lib::{Platform, WaitOn};
+
+pub fn run(w: Workload, cpu: u32) -> u64 {
+    let me = GuestCpu::new(cpu);
+    match w {
+        Workload::Smoke => smoke(&me),
+        Workload::Torture => crate::torture::run(&me),
+        Workload::Fault => fault(&me),
+        Workload::BadPointer => bad_pointer(&me),
+        Workload::WaitForever => wait_forever(&me),
+        Workload::Panic => {
+            let two = core::hint::black_box(2);
+            assert_eq!(two + 2, 5, "self-test: a guest assertion on vCPU {}", cpu);
+            doorbell::DONE_OK
+        }
+        Workload::PingPong => ping_pong(&me),
+        Workload::Doorbells => doorbells(&me),
+    }
+}
+
+// ---------------------------------------------------------------- smoke --
+
+/// The smoke lock: a test-and-set byte whose waiters back off into
+/// pv_wait and are kicked by the unlocker.
+static SMOKE_LOCK: AtomicU8 = AtomicU8::new(0);
+/// Bit n set: vCPU n is (about to be) waiting for SMOKE_LOCK.
+static SMOKE_WAITERS: AtomicU64 = AtomicU64::new(0);
+
+fn smoke_lock(me: &GuestCpu) {
+    loop {
+        for _ in 0..256 {
+            if SMOKE_LOCK.load(Ordering::Relaxed) == 0 && SMOKE_LOCK.swap(1, Ordering::Acquire) == 0
+            {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        // Announce, then wait only while the lock is still held. The SeqCst
+        // RMW here and the unlocker's SeqCst swap + load of SMOKE_WAITERS
+        // form a Dekker pair: either the unlocker sees our bit and kicks, or
+        // our checked wait sees the byte already 0 and returns.
+        SMOKE_WAITERS.fetch_or(1 << me.id(), Ordering::SeqCst);
+        me.pv_wait(WaitOn::NodeState(&SMOKE_LOCK), 1);
+        SMOKE_WAITERS.fetch_and(!(1 << me.id()), Ordering::SeqCst);
+    }
+}
+
+fn smoke_unlock(me: &GuestCpu) {
+    SMOKE_LOCK.swap(0, Ordering::SeqCst);
+    let mut waiters = SMOKE_WAITERS.load(Ordering::SeqCst);
+    while waiters != 0 {
+        let cpu = waiters.trailing_zeros();
+        waiters &= waiters - 1;
+        me.pv_kick(cpu);
+    }
+}
+
+fn smoke(me: &GuestCpu) -> u64 {
+    let boot = rt::boot();
+    let atomic = rt::boot_field(&boot.atomic_counter);
+    let plain = &boot.plain_counter as *const u64 as *mut u64;
+    let cs_cycles = rt::ns_to_cycles(boot.torture.cs_ns as u64);
+    for _ in 0..boot.iterations {
+        atomic.fetch_add(1, Ordering::Relaxed);
+        smoke_lock(me);
+        // SAFETY: under SMOKE_LOCK: the only access to the plain counter.
+        // Plain (non-atomic) read-modify-write on purpose: a broken lock
+        // loses updates, and the VMM's check of the total catches it.
+        unsafe { plain.write_volatile(plain.read_volatile() + 1) };
+        // Hold the lock a while (torture.cs_ns), so that under overcommit
+        // the host deschedules holders and waiters really back off.
+        let t = rt::rdtsc();
+        while rt::rdtsc().wrapping_sub(t) < cs_cycles {
+            core::hint::spin_loop();
+        }
+        smoke_unlock(me);
+        me.block().acquisitions += 1;
+    }
+    doorbell::DONE_OK
+}
+
+// ----------------------------------------------------------- self-tests --
+
+fn fault(me: &GuestCpu) -> u64 {
+    if me.id() == 0 {
+        // SAFETY: deliberately faults (#UD). With no event delivery set up
+        // the fault becomes a triple fault, which the VMM must report.
+        unsafe { core::arch::asm!("ud2") };
+    }
+    doorbell::DONE_OK
+}
+
+fn bad_pointer(me: &GuestCpu) -> u64 {
+    if me.id() == 0 {
+        // A console message "at" an address far outside guest RAM: the VMM
+        // must report an ABI error, not read it.
+        rt::ring(
+            doorbell::CONSOLE,
+            doorbell::console_value(0xBAD0_0000_0000, 64),
+        );
+    }
+    doorbell::DONE_OK
+}
+
+static NEVER: AtomicU8 = AtomicU8::new(7);
+
+fn wait_forever(me: &GuestCpu) -> u64 {
+    if me.id() == 0 {
+        loop {
+            me.pv_wait(WaitOn::NodeState(&NEVER), 7);
+        }
+    }
+    doorbell::DONE_OK
+}
+
+// ------------------------------------------------------ timing workloads --
+
+/// Ping-pong flag per direction: 0 = idle, 1 = kicked. `SENT_TSC` holds the
+/// TSC just before the kick.
+static PING_FLAG: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
+static PING_SENT_TSC: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static PING_READY: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+
+/// vCPUs 0 and 1 take turns: one waits in pv_wait on its flag, the other
+/// sets the flag and kicks; the woken side records kick -> wake latency in
+/// its latency histogram (ns). Other vCPUs idle.
+fn ping_pong(me: &GuestCpu) -> u64 {
+    let id = me.id() as usize;
+    if id > 1 || rt::boot().nr_vcpus < 2 {
+        return doorbell::DONE_OK;
+    }
+    let peer = 1 - id;
+    let iters = rt::boot().iterations;
+    for i in 0..iters {
+        // Alternate roles: on even rounds vCPU 0 kicks, on odd rounds vCPU 1.
+        let kicker = (i % 2) as usize;
+        if id == kicker {
+            // Wait until the peer announced it is about to wait, and give it
+            // time to block in the VMM (otherwise we time a remembered kick).
+            while PING_READY[peer].load(Ordering::Acquire) as u64 != i + 1 {
+                core::hint::spin_loop();
+            }
+            let t = rt::rdtsc();
+            while rt::rdtsc() - t < rt::ns_to_cycles(200_000) {
+                core::hint::spin_loop();
+            }
+            PING_SENT_TSC[peer].store(rt::rdtsc(), Ordering::Relaxed);
+            PING_FLAG[peer].store(1, Ordering::Release);
+            me.pv_kick(peer as u32);
+        } else {
+            PING_READY[id].store(i as u32 + 1, Ordering::Release);
+            while PING_FLAG[id].load(Ordering::Acquire) == 0 {
+                me.pv_wait(WaitOn::NodeState(&PING_FLAG[id]), 0);
+            }
+            let lat = rt::cycles_to_ns(
+                rt::rdtsc().saturating_sub(PING_SENT_TSC[id].load(Ordering::Relaxed)),
+            );
+            PING_FLAG[id].store(0, Ordering::Relaxed);
+            let b = me.block();
+            b.latency.record(lat);
+            b.acquisitions += 1;
+        }
+    }
+    doorbell::DONE_OK
+}
+
+/// vCPU 0 times `iterations` exits through the PING doorbell and as many
+/// kick stores (to itself: its eventfd counts them; nothing waits).
+/// timing[0] = total ns of exits, timing[1] = total ns of kick stores,
+/// timing[2] = iterations.
+fn doorbells(me: &GuestCpu) -> u64 {
+    if me.id() != 0 {
+        return doorbell::DONE_OK;
+    }
+    let n = rt::boot().iterations.max(1);
+    let t0 = rt::rdtsc();
+    for i in 0..n {
+        rt::ring(doorbell::PING, i);
+    }
+    let t1 = rt::rdtsc();
+    for _ in 0..n {
+        me.pv_kick(0);
+    }
+    let t2 = rt::rdtsc();
+    let b = me.block();
+    b.timing[0] = rt::cycles_to_ns(t1 - t0);
+    b.timing[1] = rt::cycles_to_ns(t2 - t1);
+    b.timing[2] = n;
+    doorbell::DONE_OK
+}

@@ -1,0 +1,85 @@
+//! Builds the bare-metal guest (`guest/bin`, its own workspace) with a
+//! nested cargo and hands its path to the harness, which embeds it: the
+//! guest is part of the normal `cargo build`, with no manual step.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for p in [
+        "guest/bin/src",
+        "guest/bin/Cargo.toml",
+        "guest/bin/build.rs",
+        "guest/bin/link.ld",
+        "guest/lib/src",
+        "guest/lib/Cargo.toml",
+        "abi/src",
+        "abi/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    let target_dir = out_dir.join("guest-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root.join("guest/bin"))
+        .args(["build", "--release", "--locked", "--target-dir"])
+        .arg(&target_dir);
+    // The outer build's settings must not leak into the guest build: its
+    // flags, profile overrides and target dir are the host harness's.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_PROFILE_")
+            || k.starts_with("CARGO_BUILD_")
+            || k.starts_with("CARGO_ENCODED_")
+            || k.starts_with("CARGO_TARGET_")
+            || k.starts_with("CARGO_CFG_")
+            || k.starts_with("CARGO_FEATURE_")
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("RUSTC_")
+            || matches!(
+                k.as_str(),
+                "RUSTFLAGS"
+                    | "RUSTDOCFLAGS"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "CARGO_MAKEFLAGS"
+                    | "MAKEFLAGS"
+                    | "MFLAGS"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let status = cmd.status().expect("cannot run cargo to build the guest");
+    if !status.success() {
+        panic!("building the guest (guest/bin) failed: {status}");
+    }
+    let elf = target_dir.join("release/pvlock-guest");
+    let dest = out_dir.join("pvlock-guest.elf");
+    std::fs::copy(&elf, &dest).unwrap_or_else(|e| panic!("cannot copy {}: {e}", elf.display()));
+    println!("cargo:rustc-env=PVLOCK_GUEST_ELF={}", dest.display());
+
+    // The git revision, for records ("" outside a checkout).
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("+{}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_default();
+    println!("cargo:rustc-env=PVLOCK_GIT_REV={rev}");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".git/logs/HEAD").display()
+    );
+}

@@ -1,0 +1,654 @@
+//! Experiment configs (`configs/*.toml`): one schema, documented in
+//! `configs/README.md`. Any scalar may be a list; a config is the cartesian
+//! product of its lists, times `repeats`. Unknown keys and out-of-range
+//! values are errors naming the key and the file line.
+
+use anyhow::{anyhow, bail, Context, Result};
+use pvlock_abi::{Variant, Window, Workload};
+use pvlock_vmm::{HypervisorConfig, KickContract, MachineConfig, WaitContract};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use toml::{Table, Value};
+
+/// One concrete run (every list resolved to one value).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Experiment name (defaults to the file name).
+    pub name: String,
+    pub description: String,
+    /// `smoke`, `torture`, `ping-pong`, `doorbells`, or a self-test:
+    /// `fault`, `bad-pointer`, `wait-forever`, `panic`.
+    pub workload: String,
+    pub vcpus: u32,
+    /// Host CPUs the vCPU threads are pinned to (0 = no pinning).
+    pub host_cpus: u32,
+    pub ram_mib: u32,
+    pub seed: u64,
+    /// Guest-timed run length, ms (torture).
+    pub duration_ms: u64,
+    /// Per-run timeout, ms: a run still going is a hang.
+    pub timeout_ms: u64,
+    /// Per-vCPU iterations of counting workloads (smoke, ping-pong, doorbells).
+    pub iterations: u64,
+    /// Runs per matrix point; repeat r gets seed `derive_seed(seed, r)`.
+    pub repeats: u32,
+    pub lock: LockSection,
+    pub torture: TortureSection,
+    pub hypervisor: HypervisorSection,
+    pub preempt: PreemptSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockSection {
+    pub variant: String,
+    /// SPIN_THRESHOLD (pause iterations before halting); kernel: 32768.
+    pub spin_threshold: u32,
+    /// log2 of PV hash entries, 2..=12; 0 = upstream's sizing.
+    pub hash_bits: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TortureSection {
+    pub locks: u32,
+    pub nest: u32,
+    pub cs_ns: u32,
+    pub think_ns: u32,
+    /// Probability that a slow-path spin point runs a simulated interrupt.
+    pub irq_prob: f64,
+    pub irq_max_depth: u32,
+    /// Per-vCPU acquisition budget (0 = run for duration_ms).
+    pub max_acquisitions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorSection {
+    /// `checked` (KVM) or `unchecked` (2016 pSeries proposal).
+    pub wait: String,
+    /// `remembered` (KVM) or `lost-if-not-waiting` (fault model).
+    pub kick: String,
+    pub halt_poll_us: u64,
+    pub halt_poll_overcommitted: bool,
+    pub stall_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreemptSection {
+    /// Race windows at which the guest may stall (names from `pvlock list windows`).
+    pub windows: Vec<String>,
+    /// Probability of stalling at an enabled window.
+    pub window_prob: f64,
+    /// Stall length at a window, microseconds.
+    pub window_stall_us: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            description: String::new(),
+            workload: "smoke".into(),
+            vcpus: 4,
+            host_cpus: 2,
+            ram_mib: 64,
+            seed: 1,
+            duration_ms: 1000,
+            timeout_ms: 60_000,
+            iterations: 20_000,
+            repeats: 1,
+            lock: LockSection::default(),
+            torture: TortureSection::default(),
+            hypervisor: HypervisorSection::default(),
+            preempt: PreemptSection::default(),
+        }
+    }
+}
+
+impl Default for LockSection {
+    fn default() -> Self {
+        Self {
+            variant: "pv-upstream".into(),
+            spin_threshold: 1 << 15,
+            hash_bits: 0,
+        }
+    }
+}
+
+impl Default for TortureSection {
+    fn default() -> Self {
+        Self {
+            locks: 1,
+            nest: 1,
+            cs_ns: 200,
+            think_ns: 200,
+            irq_prob: 0.0,
+            irq_max_depth: 3,
+            max_acquisitions: 0,
+        }
+    }
+}
+
+impl Default for HypervisorSection {
+    fn default() -> Self {
+        let h = HypervisorConfig::default();
+        Self {
+            wait: "checked".into(),
+            kick: "remembered".into(),
+            halt_poll_us: h.halt_poll_us,
+            halt_poll_overcommitted: h.halt_poll_overcommitted,
+            stall_timeout_ms: h.stall_timeout_ms,
+        }
+    }
+}
+
+impl Default for PreemptSection {
+    fn default() -> Self {
+        Self {
+            windows: Vec::new(),
+            window_prob: 0.0,
+            window_stall_us: 200,
+        }
+    }
+}
+
+/// A config error: which key, why, and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{line}: `{key}`: {why}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: String,
+    pub key: String,
+    pub why: String,
+}
+
+/// Seed of repeat `r` derived from the base seed (splitmix64), so repeats
+/// are independent streams and the same config always gives the same seeds.
+pub fn derive_seed(base: u64, r: u32) -> u64 {
+    if r == 0 {
+        return base;
+    }
+    let mut x = base.wrapping_add((r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A parsed experiment: the matrix of runs it expands to.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub name: String,
+    pub source: String,
+    /// Every run, repeats included, in a stable order.
+    pub runs: Vec<RunConfig>,
+    /// The keys that vary across the matrix (dotted paths), for run keys.
+    pub varying: Vec<String>,
+}
+
+fn line_of(text: &str, key: &str) -> String {
+    // Best effort: the last path element as `key =` or `[key]`.
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        if t.starts_with(&format!("{leaf} "))
+            || t.starts_with(&format!("{leaf}="))
+            || t == format!("[{leaf}]")
+        {
+            return format!(":{}", i + 1);
+        }
+    }
+    String::new()
+}
+
+impl Experiment {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::parse(&text, &path.display().to_string(), &name)
+    }
+
+    pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Self> {
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| format!(":{}", text[..s.start].lines().count().max(1)))
+                .unwrap_or_default();
+            ConfigError {
+                file: file.into(),
+                line,
+                key: "(syntax)".into(),
+                why: e.message().to_string(),
+            }
+        })?;
+        let mut axes: Vec<(Vec<String>, Vec<Value>)> = Vec::new();
+        collect_axes(&table, &mut Vec::new(), &mut axes, text, file)?;
+        let varying: Vec<String> = axes
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(p, _)| p.join("."))
+            .collect();
+        let mut runs = Vec::new();
+        let mut idx = vec![0usize; axes.len()];
+        loop {
+            let mut t = table.clone();
+            for (a, (path, values)) in axes.iter().enumerate() {
+                set_path(&mut t, path, values[idx[a]].clone());
+            }
+            let mut rc: RunConfig = Value::Table(t).try_into().map_err(|e: toml::de::Error| {
+                let msg = e.message().to_string();
+                let key = unknown_key(&msg).unwrap_or_else(|| "(config)".into());
+                ConfigError {
+                    file: file.into(),
+                    line: line_of(text, &key),
+                    key,
+                    why: msg,
+                }
+            })?;
+            if rc.name.is_empty() {
+                rc.name = default_name.to_string();
+            }
+            rc.validate().map_err(|(key, why)| ConfigError {
+                file: file.into(),
+                line: line_of(text, &key),
+                key,
+                why,
+            })?;
+            for r in 0..rc.repeats {
+                let mut one = rc.clone();
+                one.seed = derive_seed(rc.seed, r);
+                runs.push(one);
+            }
+            // Next combination (odometer).
+            let mut a = axes.len();
+            loop {
+                if a == 0 {
+                    let name = runs
+                        .first()
+                        .map(|r| r.name.clone())
+                        .unwrap_or_else(|| default_name.into());
+                    return Ok(Self {
+                        name,
+                        source: text.to_string(),
+                        runs,
+                        varying,
+                    });
+                }
+                a -= 1;
+                idx[a] += 1;
+                if idx[a] < axes[a].1.len() {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+}
+
+fn unknown_key(msg: &str) -> Option<String> {
+    // toml/serde: "unknown field `foo`, expected one of ..."
+    let start = msg.find('`')? + 1;
+    let end = start + msg[start..].find('`')?;
+    Some(msg[start..end].to_string())
+}
+
+/// Keys whose value is a list by nature (not a matrix axis).
+const LIST_KEYS: &[&str] = &["preempt.windows"];
+
+fn collect_axes(
+    t: &Table,
+    path: &mut Vec<String>,
+    axes: &mut Vec<(Vec<String>, Vec<Value>)>,
+    text: &str,
+    file: &str,
+) -> Result<()> {
+    for (k, v) in t {
+        path.push(k.clone());
+        let dotted = path.join(".");
+        match v {
+            Value::Table(sub) => collect_axes(sub, path, axes, text, file)?,
+            Value::Array(items) if LIST_KEYS.contains(&dotted.as_str()) => {
+                // A list-valued key is an axis only when it is a list of lists.
+                if items.iter().all(|i| i.is_array()) && !items.is_empty() {
+                    axes.push((path.clone(), items.clone()));
+                }
+            }
+            Value::Array(items) => {
+                if items.is_empty() {
+                    bail!(ConfigError {
+                        file: file.into(),
+                        line: line_of(text, &dotted),
+                        key: dotted,
+                        why: "an empty list gives no runs".into()
+                    });
+                }
+                if items.iter().any(|i| i.is_array() || i.is_table()) {
+                    bail!(ConfigError {
+                        file: file.into(),
+                        line: line_of(text, &dotted),
+                        key: dotted,
+                        why: "a matrix axis must be a list of scalars".into()
+                    });
+                }
+                axes.push((path.clone(), items.clone()));
+            }
+            _ => {}
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+fn set_path(t: &mut Table, path: &[String], v: Value) {
+    let mut cur = t;
+    for k in &path[..path.len() - 1] {
+        cur = cur
+            .get_mut(k)
+            .and_then(Value::as_table_mut)
+            .expect("axis path exists");
+    }
+    cur.insert(path[path.len() - 1].clone(), v);
+}
+
+type KeyError = (String, String);
+
+fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), KeyError> {
+    if v < lo || v > hi {
+        return Err((key.into(), format!("{v} is out of range {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+pub fn parse_workload(s: &str) -> Option<Workload> {
+    Some(match s {
+        "smoke" => Workload::Smoke,
+        "torture" => Workload::Torture,
+        "fault" => Workload::Fault,
+        "bad-pointer" => Workload::BadPointer,
+        "wait-forever" => Workload::WaitForever,
+        "panic" => Workload::Panic,
+        "ping-pong" => Workload::PingPong,
+        "doorbells" => Workload::Doorbells,
+        _ => return None,
+    })
+}
+
+pub const WORKLOADS: &str =
+    "smoke, torture, ping-pong, doorbells, fault, bad-pointer, wait-forever, panic";
+
+impl RunConfig {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), KeyError> {
+        if parse_workload(&self.workload).is_none() {
+            return Err((
+                "workload".into(),
+                format!("unknown workload `{}` (one of: {WORKLOADS})", self.workload),
+            ));
+        }
+        range("vcpus", self.vcpus, 1, pvlock_abi::MAX_VCPUS as u32)?;
+        range("host_cpus", self.host_cpus, 0, 1024)?;
+        range(
+            "ram_mib",
+            self.ram_mib,
+            (pvlock_abi::MIN_RAM_BYTES >> 20) as u32,
+            2048,
+        )?;
+        let stacks = self.vcpus as u64 * pvlock_abi::STACK_SIZE;
+        if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks {
+            return Err((
+                "ram_mib".into(),
+                format!(
+                    "{} MiB is too small for {} vCPU stacks and the image",
+                    self.ram_mib, self.vcpus
+                ),
+            ));
+        }
+        range("duration_ms", self.duration_ms, 1, 3_600_000)?;
+        range("timeout_ms", self.timeout_ms, 100, 24 * 3_600_000)?;
+        range("iterations", self.iterations, 1, 1 << 40)?;
+        range("repeats", self.repeats, 1, 10_000)?;
+        if Variant::from_name(&self.lock.variant).is_none() {
+            let all: Vec<_> = Variant::ALL.iter().map(|v| v.name()).collect();
+            return Err((
+                "lock.variant".into(),
+                format!(
+                    "unknown variant `{}` (one of: {})",
+                    self.lock.variant,
+                    all.join(", ")
+                ),
+            ));
+        }
+        range("lock.spin_threshold", self.lock.spin_threshold, 1, 1 << 24)?;
+        if self.lock.hash_bits != 0 {
+            range("lock.hash_bits", self.lock.hash_bits, 2, 12)?;
+        }
+        range("torture.locks", self.torture.locks, 1, 1024)?;
+        range("torture.nest", self.torture.nest, 1, 4)?;
+        if self.torture.nest > self.torture.locks {
+            return Err((
+                "torture.nest".into(),
+                format!(
+                    "{} nested locks need at least as many locks (torture.locks = {})",
+                    self.torture.nest, self.torture.locks
+                ),
+            ));
+        }
+        range("torture.cs_ns", self.torture.cs_ns, 0, 100_000_000)?;
+        range("torture.think_ns", self.torture.think_ns, 0, 100_000_000)?;
+        range("torture.irq_prob", self.torture.irq_prob, 0.0, 1.0)?;
+        range("torture.irq_max_depth", self.torture.irq_max_depth, 0, 3)?;
+        if self.hypervisor.wait != "checked" && self.hypervisor.wait != "unchecked" {
+            return Err((
+                "hypervisor.wait".into(),
+                format!("`{}` is not `checked` or `unchecked`", self.hypervisor.wait),
+            ));
+        }
+        if self.hypervisor.kick != "remembered" && self.hypervisor.kick != "lost-if-not-waiting" {
+            return Err((
+                "hypervisor.kick".into(),
+                format!(
+                    "`{}` is not `remembered` or `lost-if-not-waiting`",
+                    self.hypervisor.kick
+                ),
+            ));
+        }
+        range(
+            "hypervisor.halt_poll_us",
+            self.hypervisor.halt_poll_us,
+            0,
+            1_000_000,
+        )?;
+        range(
+            "hypervisor.stall_timeout_ms",
+            self.hypervisor.stall_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        for w in &self.preempt.windows {
+            if Window::from_name(w).is_none() {
+                let all: Vec<_> = Window::ALL.iter().map(|w| w.name()).collect();
+                return Err((
+                    "preempt.windows".into(),
+                    format!("unknown window `{w}` (one of: {})", all.join(", ")),
+                ));
+            }
+        }
+        range("preempt.window_prob", self.preempt.window_prob, 0.0, 1.0)?;
+        range(
+            "preempt.window_stall_us",
+            self.preempt.window_stall_us,
+            0,
+            10_000_000,
+        )?;
+        Ok(())
+    }
+
+    /// The VMM's view of this run.
+    pub fn machine(&self) -> Result<MachineConfig> {
+        let variant =
+            Variant::from_name(&self.lock.variant).ok_or_else(|| anyhow!("unknown variant"))?;
+        let prob =
+            |p: f64| ((p.clamp(0.0, 1.0) * 4_294_967_295.0) as u64).min(u32::MAX as u64) as u32;
+        let mut mask = 0u64;
+        for w in &self.preempt.windows {
+            mask |=
+                1 << (Window::from_name(w).ok_or_else(|| anyhow!("unknown window {w}"))? as u32);
+        }
+        Ok(MachineConfig {
+            vcpus: self.vcpus,
+            host_cpus: self.host_cpus,
+            ram_mib: self.ram_mib,
+            seed: self.seed,
+            duration_ms: self.duration_ms,
+            timeout_ms: self.timeout_ms,
+            workload: parse_workload(&self.workload),
+            iterations: self.iterations,
+            lock: pvlock_abi::LockParams {
+                variant: variant as u32,
+                spin_threshold: self.lock.spin_threshold,
+                hash_bits: self.lock.hash_bits,
+                _pad: 0,
+            },
+            torture: pvlock_abi::TortureParams {
+                nr_locks: self.torture.locks,
+                nest: self.torture.nest,
+                cs_ns: self.torture.cs_ns,
+                think_ns: self.torture.think_ns,
+                irq_prob: prob(self.torture.irq_prob),
+                irq_max_depth: self.torture.irq_max_depth,
+                max_acquisitions: self.torture.max_acquisitions,
+            },
+            windows: pvlock_abi::WindowParams {
+                enabled_mask: mask,
+                prob: prob(self.preempt.window_prob),
+                always: 0,
+            },
+            hypervisor: HypervisorConfig {
+                wait: if self.hypervisor.wait == "unchecked" {
+                    WaitContract::Unchecked
+                } else {
+                    WaitContract::Checked
+                },
+                kick: if self.hypervisor.kick == "lost-if-not-waiting" {
+                    KickContract::LostIfNotWaiting
+                } else {
+                    KickContract::Remembered
+                },
+                halt_poll_us: self.hypervisor.halt_poll_us,
+                halt_poll_overcommitted: self.hypervisor.halt_poll_overcommitted,
+                stall_timeout_ms: self.hypervisor.stall_timeout_ms,
+            },
+            window_stall_us: self.preempt.window_stall_us,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Experiment> {
+        Experiment::parse(s, "t.toml", "t")
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let e = parse("").unwrap();
+        assert_eq!(e.runs.len(), 1);
+        assert_eq!(
+            e.runs[0],
+            RunConfig {
+                name: "t".into(),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn lists_expand_to_a_matrix_times_repeats() {
+        let e =
+            parse("vcpus = [2, 4, 8]\nrepeats = 2\n[lock]\nvariant = [\"pv-v4.5\", \"pv-v4.8\"]\n")
+                .unwrap();
+        assert_eq!(e.runs.len(), 3 * 2 * 2);
+        assert_eq!(
+            e.varying,
+            vec!["lock.variant".to_string(), "vcpus".to_string()]
+        );
+        // Repeats get distinct, reproducible seeds.
+        assert_ne!(e.runs[0].seed, e.runs[1].seed);
+        assert_eq!(e.runs[0].seed, 1);
+        assert_eq!(
+            parse("vcpus = [2, 4, 8]\nrepeats = 2\n").unwrap().runs[1].seed,
+            e.runs[1].seed
+        );
+    }
+
+    #[test]
+    fn window_lists_are_values_not_axes() {
+        let e = parse("[preempt]\nwindows = [\"handoff\", \"unlock-kick\"]\n").unwrap();
+        assert_eq!(e.runs.len(), 1);
+        let e = parse("[preempt]\nwindows = [[\"handoff\"], [\"unlock-kick\"]]\n").unwrap();
+        assert_eq!(e.runs.len(), 2);
+    }
+
+    fn err(s: &str) -> String {
+        format!("{:#}", parse(s).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = err("vcpus = 4\nbogus = 1\n");
+        assert!(e.contains("`bogus`") && e.contains("t.toml:2"), "{e}");
+        let e = err("vcpus = 0\n");
+        assert!(
+            e.contains("`vcpus`") && e.contains("out of range") && e.contains(":1"),
+            "{e}"
+        );
+        let e = err("[lock]\nvariant = \"pv-v9\"\n");
+        assert!(
+            e.contains("`lock.variant`") && e.contains("pv-v9") && e.contains(":2"),
+            "{e}"
+        );
+        let e = err("[torture]\nnest = 3\nlocks = 2\n");
+        assert!(e.contains("`torture.nest`"), "{e}");
+        let e = err("[hypervisor]\nkick = \"sometimes\"\n");
+        assert!(e.contains("`hypervisor.kick`"), "{e}");
+        let e = err("[preempt]\nwindows = [\"nowhere\"]\n");
+        assert!(
+            e.contains("`preempt.windows`") && e.contains("nowhere"),
+            "{e}"
+        );
+        let e = err("vcpus = []\n");
+        assert!(e.contains("`vcpus`") && e.contains("empty"), "{e}");
+        let e = err("vcpus = \"four\"\n");
+        assert!(e.contains("vcpus") || e.contains("invalid type"), "{e}");
+        let e = err("vcpus = [\n");
+        assert!(e.contains("syntax"), "{e}");
+        let e = err("[lock]\nhash_bits = 1\n");
+        assert!(e.contains("`lock.hash_bits`"), "{e}");
+    }
+
+    #[test]
+    fn machine_config_maps_contracts_and_windows() {
+        let e = parse("[hypervisor]\nwait = \"unchecked\"\nkick = \"lost-if-not-waiting\"\n[preempt]\nwindows = [\"handoff\", \"unlock-kick\"]\nwindow_prob = 1.0\n").unwrap();
+        let m = e.runs[0].machine().unwrap();
+        assert_eq!(m.hypervisor.wait, WaitContract::Unchecked);
+        assert_eq!(m.hypervisor.kick, KickContract::LostIfNotWaiting);
+        assert_eq!(
+            m.windows.enabled_mask,
+            (1 << Window::Handoff as u32) | (1 << Window::UnlockKick as u32)
+        );
+        assert_eq!(m.windows.prob, u32::MAX);
+    }
+}

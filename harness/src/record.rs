@@ -1,0 +1,170 @@
+//! The JSON record of one run (`pvlock run --json`, one line of
+//! `runs.jsonl`). Reports are pure functions of these records.
+
+use crate::config::RunConfig;
+use crate::stats::Percentiles;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bumped when a field changes meaning or is removed.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One correctness check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            passed,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// One vCPU's numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerVcpu {
+    pub cpu: u32,
+    pub done: bool,
+    pub acquisitions: u64,
+    /// Longest single acquisition wait, ns.
+    pub max_wait_ns: u64,
+    pub latency_ns: Percentiles,
+    pub exits: u64,
+    pub final_phase: String,
+    pub lock_events: BTreeMap<String, u64>,
+    pub vmm: BTreeMap<String, u64>,
+    pub window_hits: BTreeMap<String, u64>,
+}
+
+/// PV hash-table statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HashStats {
+    /// Table size (entries); 0 if the run had no PV table.
+    pub entries: u64,
+    /// Entries still in use at the end (should be 0).
+    pub stale_entries: u64,
+    pub inserts: u64,
+    pub removes: u64,
+    pub max_probe: u64,
+    /// Probes beyond the first slot per insert (pv_hash_hops / inserts).
+    pub hops_per_insert: f64,
+    pub double_hash: u64,
+}
+
+/// Lock parameters as run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub variant: String,
+    pub mutant: bool,
+    pub pv: bool,
+    pub spin_threshold: u32,
+    pub hash_bits: u32,
+}
+
+/// Guest-measured mechanism costs (timing workloads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Mean round trip of an exiting doorbell, microseconds.
+    pub mmio_exit_us: Option<f64>,
+    /// Mean cost of a kick store (ioeventfd), microseconds.
+    pub kick_store_us: Option<f64>,
+    /// Kick -> wake latency, ns.
+    pub kick_wake_ns: Option<Percentiles>,
+    /// VM creation to the first guest instruction, microseconds.
+    pub boot_us: Option<f64>,
+}
+
+/// The record of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub schema_version: u32,
+    pub name: String,
+    /// The values of the matrix keys that vary, e.g. `lock.variant=pv-v4.8,vcpus=4`.
+    pub run_key: String,
+    /// `ok` | `failed` | `hang` | `aborted` | `guest-crash`.
+    pub status: String,
+    /// One line: why the status is what it is.
+    pub summary: String,
+    /// Structured failure (kind, vCPU, RIP, message...), if any.
+    pub failure: Option<serde_json::Value>,
+    pub started_at: String,
+    pub pvlock_version: String,
+    pub vcpus: u32,
+    pub host_cpus: u32,
+    /// Wall time of the run (VM creation to teardown), ms.
+    pub duration_ms: f64,
+    pub tsc_khz: u64,
+    /// Outermost lock acquisitions, all vCPUs.
+    pub acquisitions: u64,
+    /// Acquisitions per second of guest run time.
+    pub acquisitions_per_sec: f64,
+    /// Acquisition latency over all vCPUs, ns.
+    pub latency_ns: Percentiles,
+    /// Longest acquisition wait of any vCPU, ns (fairness).
+    pub max_wait_ns: u64,
+    pub lock_events: BTreeMap<String, u64>,
+    pub vmm: BTreeMap<String, u64>,
+    pub hash: HashStats,
+    pub params: Params,
+    pub timing: Timing,
+    pub checks: Vec<Check>,
+    pub per_vcpu: Vec<PerVcpu>,
+    pub console: Vec<String>,
+    /// The effective config of this run.
+    pub config: RunConfig,
+}
+
+impl Record {
+    pub fn all_checks_passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a UNIX time (civil-from-days, proleptic
+/// Gregorian), so records need no date crate.
+pub fn utc_timestamp(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+pub fn now_utc() -> String {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    utc_timestamp(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(1_795_462_201), "2026-11-23T19:30:01Z");
+    }
+}

@@ -1,0 +1,261 @@
+//! Runs one [`RunConfig`] on KVM and turns the VMM's report into a
+//! [`Record`] with its correctness checks.
+
+use crate::config::{parse_workload, RunConfig};
+use crate::record::{now_utc, Check, HashStats, Params, PerVcpu, Record, Timing, SCHEMA_VERSION};
+use crate::stats::{histogram_percentiles, merge_histograms};
+use anyhow::Result;
+use pvlock_abi::{LockEvent, Variant, Workload};
+use pvlock_vmm::{Machine, RunReport, RunStatus, StopHandle};
+use std::collections::BTreeMap;
+
+/// The guest image built into this binary (see harness/build.rs).
+pub static GUEST_ELF: &[u8] = include_bytes!(env!("PVLOCK_GUEST_ELF"));
+
+/// Runs one configuration; `Err` only when the machine could not be built
+/// (no KVM, bad ELF): every guest outcome is a record.
+pub fn run_one(rc: &RunConfig, run_key: &str, elf: &[u8], stop: &StopHandle) -> Result<Record> {
+    let machine = rc.machine()?;
+    let started_at = now_utc();
+    let report = Machine::run(&machine, elf, stop)?;
+    Ok(make_record(rc, run_key, started_at, &report))
+}
+
+fn sum_map<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for m in maps {
+        for (k, v) in m {
+            *out.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    out
+}
+
+pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunReport) -> Record {
+    let workload = parse_workload(&rc.workload).unwrap_or(Workload::Smoke);
+    let variant = Variant::from_name(&rc.lock.variant).unwrap_or(Variant::PvUpstream);
+    let per_vcpu: Vec<PerVcpu> = r
+        .per_vcpu
+        .iter()
+        .map(|v| PerVcpu {
+            cpu: v.cpu,
+            done: v.done,
+            acquisitions: v.acquisitions,
+            max_wait_ns: v.max_wait_ns,
+            latency_ns: histogram_percentiles(&v.latency_buckets),
+            exits: v.exits,
+            final_phase: v.final_phase.clone(),
+            lock_events: v.lock_events.clone(),
+            vmm: v.vmm.clone(),
+            window_hits: v.window_hits.clone(),
+        })
+        .collect();
+    let mut lock_events = sum_map(per_vcpu.iter().map(|v| &v.lock_events));
+    // hash_max_probe is a maximum, not a sum.
+    let max_probe = r
+        .per_vcpu
+        .iter()
+        .map(|v| {
+            v.lock_events
+                .get(LockEvent::HashMaxProbe.name())
+                .copied()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    lock_events.insert(LockEvent::HashMaxProbe.name().into(), max_probe);
+    let vmm = sum_map(per_vcpu.iter().map(|v| &v.vmm));
+    let acquisitions: u64 = per_vcpu.iter().map(|v| v.acquisitions).sum();
+    let latency = histogram_percentiles(&merge_histograms(
+        r.per_vcpu.iter().map(|v| v.latency_buckets.as_slice()),
+    ));
+    let ev = |e: LockEvent| lock_events.get(e.name()).copied().unwrap_or(0);
+    let inserts = ev(LockEvent::HashInserts);
+    let hash = HashStats {
+        entries: r.boot.hash_entries,
+        stale_entries: r.hash_in_use.len() as u64,
+        inserts,
+        removes: ev(LockEvent::HashRemoves),
+        max_probe,
+        hops_per_insert: if inserts > 0 {
+            ev(LockEvent::PvHashHops) as f64 / inserts as f64
+        } else {
+            0.0
+        },
+        double_hash: ev(LockEvent::DoubleHash),
+    };
+    // Guest run time: from the start barrier to the run's configured end
+    // for timed workloads; wall time otherwise.
+    let run_secs = match workload {
+        Workload::Torture if rc.torture.max_acquisitions == 0 => rc.duration_ms as f64 / 1e3,
+        _ => r.wall_ms / 1e3,
+    };
+    let mut timing = Timing {
+        boot_us: r.boot_us,
+        ..Default::default()
+    };
+    match workload {
+        Workload::Doorbells => {
+            if let Some(v) = r.per_vcpu.first() {
+                let n = v.timing[2].max(1) as f64;
+                timing.mmio_exit_us = Some(v.timing[0] as f64 / n / 1e3);
+                timing.kick_store_us = Some(v.timing[1] as f64 / n / 1e3);
+            }
+        }
+        Workload::PingPong => {
+            let h = merge_histograms(r.per_vcpu.iter().map(|v| v.latency_buckets.as_slice()));
+            timing.kick_wake_ns = Some(histogram_percentiles(&h));
+        }
+        _ => {}
+    }
+
+    let mut checks = Vec::new();
+    let not_done: Vec<u32> = per_vcpu.iter().filter(|v| !v.done).map(|v| v.cpu).collect();
+    checks.push(Check::new(
+        "all_vcpus_done",
+        not_done.is_empty(),
+        if not_done.is_empty() {
+            "every vCPU reported done".to_string()
+        } else {
+            format!("not done: {not_done:?}")
+        },
+    ));
+    match workload {
+        Workload::Smoke => {
+            let want = rc.vcpus as u64 * rc.iterations;
+            let (a, p) = (r.boot.atomic_counter, r.boot.plain_counter);
+            checks.push(Check::new(
+                "atomic_counter",
+                a == want,
+                format!("{a} of {want} lock-xadd increments"),
+            ));
+            checks.push(Check::new(
+                "plain_counter_under_lock",
+                p == want,
+                format!("{p} of {want} increments under the lock"),
+            ));
+        }
+        Workload::Torture => torture_checks(r, &per_vcpu, &mut checks),
+        Workload::PingPong if rc.vcpus >= 2 => {
+            let wakes: u64 = per_vcpu.iter().map(|v| v.acquisitions).sum();
+            checks.push(Check::new(
+                "every_ping_woke",
+                wakes == rc.iterations,
+                format!("{wakes} of {} wakeups", rc.iterations),
+            ));
+        }
+        _ => {}
+    }
+    let mut status = r.status;
+    if status == RunStatus::Ok && checks.iter().any(|c| !c.passed) {
+        status = RunStatus::Failed;
+    }
+    let summary = match (&r.failure, status) {
+        (Some(f), _) => f.summary(),
+        (None, RunStatus::Failed) => {
+            let failed: Vec<_> = checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect();
+            format!("checks failed: {}", failed.join("; "))
+        }
+        _ => "all vCPUs finished; all checks passed".to_string(),
+    };
+    Record {
+        schema_version: SCHEMA_VERSION,
+        name: rc.name.clone(),
+        run_key: run_key.to_string(),
+        status: status.as_str().to_string(),
+        summary,
+        failure: r
+            .failure
+            .as_ref()
+            .and_then(|f| serde_json::to_value(f).ok()),
+        started_at,
+        pvlock_version: crate::version().to_string(),
+        vcpus: rc.vcpus,
+        host_cpus: rc.host_cpus,
+        duration_ms: r.wall_ms,
+        tsc_khz: r.tsc_khz,
+        acquisitions,
+        acquisitions_per_sec: if run_secs > 0.0 {
+            acquisitions as f64 / run_secs
+        } else {
+            0.0
+        },
+        latency_ns: latency,
+        max_wait_ns: per_vcpu.iter().map(|v| v.max_wait_ns).max().unwrap_or(0),
+        lock_events,
+        vmm,
+        hash,
+        params: Params {
+            variant: variant.name().into(),
+            mutant: variant.is_mutant(),
+            pv: variant.is_pv(),
+            spin_threshold: rc.lock.spin_threshold,
+            hash_bits: if r.boot.hash_entries > 0 {
+                r.boot.hash_entries.trailing_zeros()
+            } else {
+                rc.lock.hash_bits
+            },
+        },
+        timing,
+        checks,
+        per_vcpu,
+        console: r.console.clone(),
+        config: rc.clone(),
+    }
+}
+
+fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) {
+    let mutex_violation = matches!(&r.failure, Some(pvlock_vmm::GuestFailure::Panic { what, .. }) if what.contains("mutual"));
+    let owners_left: Vec<usize> = r
+        .lock_owners
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| **o != 0)
+        .map(|(i, _)| i)
+        .collect();
+    checks.push(Check::new(
+        "mutual_exclusion",
+        !mutex_violation && (r.status != RunStatus::Ok || owners_left.is_empty()),
+        if mutex_violation {
+            "two vCPUs in one critical section (see failure)".to_string()
+        } else if !owners_left.is_empty() && r.status == RunStatus::Ok {
+            format!("locks still owned at the end: {owners_left:?}")
+        } else {
+            "no second owner seen".to_string()
+        },
+    ));
+    if r.status == RunStatus::Ok {
+        let counted: u64 = r.lock_counts.iter().sum();
+        let acq: u64 = per_vcpu
+            .iter()
+            .map(|v| {
+                v.lock_events
+                    .get("torture_acquisitions")
+                    .copied()
+                    .unwrap_or(v.acquisitions)
+            })
+            .sum();
+        checks.push(Check::new(
+            "lock_counts_match_acquisitions",
+            counted == acq,
+            format!("sum of per-lock plain counters {counted}, acquisitions {acq}"),
+        ));
+        checks.push(Check::new(
+            "hash_table_empty",
+            r.hash_in_use.is_empty(),
+            if r.hash_in_use.is_empty() {
+                "no PV hash entries left".to_string()
+            } else {
+                format!(
+                    "{} stale entries: {:x?}",
+                    r.hash_in_use.len(),
+                    r.hash_in_use
+                )
+            },
+        ));
+    }
+}

@@ -1,0 +1,270 @@
+//! The hypervisor half of pv_wait / pv_kick.
+//!
+//! Each vCPU has a kick eventfd, registered with `KVM_IOEVENTFD` at its kick
+//! doorbell: a kick is a guest store that the kernel turns into an eventfd
+//! signal, without a userspace exit for the kicker. The eventfd's counter is
+//! KVM's `pv_unhalted`: a kick to a running vCPU stays there until its next
+//! wait consumes it (remembered kick), unless the `lost-if-not-waiting`
+//! contract drains it when a wait begins.
+//!
+//! A wait is one MMIO exit of the waiting vCPU, handled on its own thread:
+//! re-check the byte (checked contract), consume a pending kick, optionally
+//! poll, then block in `poll(2)` on the kick eventfd and the vCPU's control
+//! eventfd (stop / watchdog) in bounded slices.
+
+use crate::config::{HypervisorConfig, KickContract, WaitContract};
+use pvlock_abi::{VmmCounter, NR_VMM_COUNTERS};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Per-vCPU counters, updated by the vCPU's own thread, read by anyone.
+pub struct Counters(pub [AtomicU64; NR_VMM_COUNTERS]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Counters {
+    pub fn add(&self, c: VmmCounter, n: u64) {
+        self.0[c.index()].fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self, c: VmmCounter) -> u64 {
+        self.0[c.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// One vCPU's wait/kick endpoint.
+pub struct WaitChannel {
+    /// Signalled by guest kick stores (ioeventfd).
+    pub kick: EventFd,
+    /// Signalled by the machine to interrupt a blocked wait.
+    pub control: EventFd,
+    pub counters: Counters,
+    /// Microseconds since the run's start when the current blocking wait
+    /// began, 0 when not blocked (read by the watchdog).
+    pub blocked_since_us: AtomicU64,
+    /// The byte address of the current wait (for reports).
+    pub wait_gpa: AtomicU64,
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The byte no longer held the expected value (checked contract).
+    ValueChanged,
+    /// A kick was pending or arrived.
+    Kicked,
+    /// The machine asked the vCPU to stop or look at its control state.
+    Control,
+    /// Blocked longer than `stall_timeout_ms`.
+    TimedOut,
+}
+
+impl WaitChannel {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            kick: EventFd::new(EFD_NONBLOCK)?,
+            control: EventFd::new(EFD_NONBLOCK)?,
+            counters: Counters::default(),
+            blocked_since_us: AtomicU64::new(0),
+            wait_gpa: AtomicU64::new(0),
+        })
+    }
+
+    /// Consumes pending kicks; true if there was at least one.
+    fn take_kick(&self) -> bool {
+        match self.kick.read() {
+            Ok(n) => {
+                self.counters.add(VmmCounter::KicksReceived, n);
+                true
+            }
+            Err(_) => false, // EAGAIN: nothing pending
+        }
+    }
+
+    /// Implements one pv_wait of this vCPU. `current` re-reads the watched
+    /// guest byte; `now_us` is the run clock. Returns how it ended.
+    pub fn wait(
+        &self,
+        cfg: &HypervisorConfig,
+        may_poll: bool,
+        expected: u8,
+        gpa: u64,
+        current: impl Fn() -> u8,
+        run_start: Instant,
+    ) -> WaitEnd {
+        self.counters.add(VmmCounter::Waits, 1);
+        if cfg.kick == KickContract::LostIfNotWaiting {
+            // The vCPU was running until now: kicks that arrived meanwhile
+            // are lost under this contract.
+            if let Ok(n) = self.kick.read() {
+                self.counters.add(VmmCounter::KicksDropped, n);
+            }
+        }
+        if cfg.wait == WaitContract::Checked && current() != expected {
+            // kvm_wait(): `if (READ_ONCE(*ptr) != val) return;` before hlt.
+            self.counters.add(VmmCounter::WaitsValueChanged, 1);
+            return WaitEnd::ValueChanged;
+        }
+        if self.take_kick() {
+            // A remembered kick (pv_unhalted) makes the halt return at once.
+            self.counters.add(VmmCounter::WaitsKickPending, 1);
+            return WaitEnd::Kicked;
+        }
+        if may_poll && cfg.halt_poll_us > 0 {
+            let until = Instant::now() + Duration::from_micros(cfg.halt_poll_us);
+            while Instant::now() < until {
+                if self.take_kick() {
+                    self.counters.add(VmmCounter::PollsWon, 1);
+                    return WaitEnd::Kicked;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.counters.add(VmmCounter::WaitsBlocked, 1);
+        let began = Instant::now();
+        self.wait_gpa.store(gpa, Ordering::Relaxed);
+        self.blocked_since_us.store(
+            (began - run_start).as_micros().max(1) as u64,
+            Ordering::Release,
+        );
+        let end = self.block(cfg.stall_timeout_ms, began);
+        self.blocked_since_us.store(0, Ordering::Release);
+        self.counters
+            .add(VmmCounter::WaitingUs, began.elapsed().as_micros() as u64);
+        end
+    }
+
+    fn block(&self, timeout_ms: u64, began: Instant) -> WaitEnd {
+        let deadline = began + Duration::from_millis(timeout_ms);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return WaitEnd::TimedOut;
+            }
+            let slice = (deadline - now).as_millis().clamp(1, 50) as i32;
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.kick.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.control.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfds for the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, slice) };
+            if rc < 0 {
+                continue; // EINTR (our own kick signal): look again
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                let _ = self.control.read();
+                return WaitEnd::Control;
+            }
+            if fds[0].revents & libc::POLLIN != 0 && self.take_kick() {
+                return WaitEnd::Kicked;
+            }
+        }
+    }
+
+    /// Wakes a blocked wait with a control event.
+    pub fn poke(&self) {
+        let _ = self.control.write(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(wait: WaitContract, kick: KickContract) -> HypervisorConfig {
+        HypervisorConfig {
+            wait,
+            kick,
+            stall_timeout_ms: 30,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn checked_wait_returns_when_value_changed_and_keeps_the_kick() {
+        let ch = WaitChannel::new().unwrap();
+        ch.kick.write(1).unwrap();
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 0, Instant::now()),
+            WaitEnd::ValueChanged
+        );
+        // KVM keeps pv_unhalted set: the next wait returns at once.
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
+            WaitEnd::Kicked
+        );
+        assert_eq!(ch.counters.get(VmmCounter::WaitsKickPending), 1);
+    }
+
+    #[test]
+    fn unchecked_wait_blocks_even_if_value_changed() {
+        let ch = WaitChannel::new().unwrap();
+        let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 0, Instant::now()),
+            WaitEnd::TimedOut
+        );
+    }
+
+    #[test]
+    fn lost_if_not_waiting_drops_an_early_kick() {
+        let ch = WaitChannel::new().unwrap();
+        ch.kick.write(1).unwrap();
+        let c = cfg(WaitContract::Checked, KickContract::LostIfNotWaiting);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
+            WaitEnd::TimedOut
+        );
+        assert_eq!(ch.counters.get(VmmCounter::KicksDropped), 1);
+    }
+
+    #[test]
+    fn kick_from_another_thread_wakes_a_blocked_wait() {
+        let ch = std::sync::Arc::new(WaitChannel::new().unwrap());
+        let c = HypervisorConfig {
+            stall_timeout_ms: 5000,
+            ..Default::default()
+        };
+        let k = ch.clone();
+        let t = std::thread::spawn(move || {
+            while k.blocked_since_us.load(Ordering::Acquire) == 0 {
+                std::thread::yield_now();
+            }
+            k.kick.write(1).unwrap();
+        });
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
+            WaitEnd::Kicked
+        );
+        t.join().unwrap();
+        assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 1);
+    }
+
+    #[test]
+    fn control_event_interrupts_a_wait() {
+        let ch = WaitChannel::new().unwrap();
+        ch.poke();
+        let c = HypervisorConfig {
+            stall_timeout_ms: 5000,
+            ..Default::default()
+        };
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
+            WaitEnd::Control
+        );
+    }
+}

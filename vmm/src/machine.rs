@@ -1,0 +1,473 @@
+//! Building and running a machine: config -> KVM objects -> vCPU threads ->
+//! [`RunReport`].
+
+use crate::config::MachineConfig;
+use crate::cpu_state::{initial_regs, setup_sregs};
+use crate::error::MachineError;
+use crate::guest_mem::GuestRam;
+use crate::hypervisor::WaitChannel;
+use crate::report::{GuestFailure, RunReport, RunStatus, VcpuReport};
+use crate::signal::{install_kick_handler, kick_thread, ImmediateExit};
+use crate::vcpu::{Shared, VcpuEvent, VcpuThread};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd};
+use pvlock_abi::{
+    BootBlock, GuestPhase, HashEntry, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window,
+    BOOT_BLOCK_GPA, BOOT_MAGIC, GUEST_IMAGE_GPA, NR_WINDOWS,
+};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Lets another thread (Ctrl-C handler, harness) stop a running machine.
+#[derive(Clone, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A machine: built from a config, runs once.
+pub struct Machine;
+
+struct Vcpus {
+    handles: Vec<Option<JoinHandle<VcpuFd>>>,
+    exits: Vec<ImmediateExit>,
+}
+
+fn kvm_err(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
+    move |source| MachineError::Kvm { ioctl, source }
+}
+
+/// The host CPUs this process may run on, in order.
+fn allowed_host_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most sizeof(cpu_set_t) bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pid 0 is this thread.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect();
+    }
+    // SAFETY: CPU_ISSET reads the set initialised above.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+fn pin_to(host_cpu: usize) {
+    // SAFETY: as in allowed_host_cpus; setting one bit of a zeroed set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(host_cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Host TSC now (the guest's TSC is the host's on these machines).
+fn host_tsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions in user mode.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Machine {
+    /// Checks that KVM can be opened (for early, clear errors and test skips).
+    pub fn check_kvm() -> Result<(), MachineError> {
+        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let v = kvm.get_api_version();
+        if v != 12 {
+            return Err(MachineError::KvmApiVersion(v));
+        }
+        Ok(())
+    }
+
+    /// Runs `elf` under `cfg` until it finishes, fails, hangs, or `stop`.
+    pub fn run(
+        cfg: &MachineConfig,
+        elf: &[u8],
+        stop: &StopHandle,
+    ) -> Result<RunReport, MachineError> {
+        cfg.validate().map_err(MachineError::Config)?;
+        let allowed = allowed_host_cpus();
+        if cfg.host_cpus as usize > allowed.len() {
+            return Err(MachineError::Config(format!(
+                "host_cpus = {} but this process may only run on {} host CPUs",
+                cfg.host_cpus,
+                allowed.len()
+            )));
+        }
+        let t_create = Instant::now();
+        let tsc_create = host_tsc();
+        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let api = kvm.get_api_version();
+        if api != 12 {
+            return Err(MachineError::KvmApiVersion(api));
+        }
+        if !kvm.check_extension(kvm_ioctls::Cap::Ioeventfd) {
+            return Err(MachineError::MissingCapability("KVM_CAP_IOEVENTFD"));
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let ram_bytes = cfg.ram_mib as u64 * 1024 * 1024;
+        let ram = GuestRam::new(ram_bytes).map_err(MachineError::Memory)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram_bytes,
+            userspace_addr: ram.host_base(),
+        };
+        // SAFETY: the region is the mmap owned by `ram`, which lives in
+        // `Shared` until after every vCPU thread has been joined and the VM
+        // fd is dropped at the end of this function.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        ram.write_page_tables().map_err(MachineError::Memory)?;
+        let entry = load_elf(&ram, elf)?;
+
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut fds = Vec::new();
+        for cpu in 0..cfg.vcpus {
+            let fd = vm
+                .create_vcpu(cpu as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            setup_sregs(&mut sregs);
+            fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+            let regs = initial_regs(entry, pvlock_abi::stack_top(ram_bytes, cpu), cpu);
+            fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+            fds.push(fd);
+        }
+        let tsc_khz = fds[0]
+            .get_tsc_khz()
+            .map(u64::from)
+            .unwrap_or_else(|_| measure_tsc_khz());
+
+        let boot = BootBlock {
+            magic: BOOT_MAGIC,
+            abi_version: pvlock_abi::ABI_VERSION,
+            nr_vcpus: cfg.vcpus,
+            seed: cfg.seed,
+            tsc_khz,
+            duration_ms: cfg.duration_ms,
+            workload: cfg.workload.map(|w| w as u32).unwrap_or(0),
+            ram_mib: cfg.ram_mib,
+            lock: cfg.lock,
+            torture: cfg.torture,
+            windows: cfg.windows,
+            hypervisor: pvlock_abi::HypervisorParams {
+                preempted_flags: 1,
+                _pad: 0,
+            },
+            iterations: cfg.iterations,
+            ..Default::default()
+        };
+        ram.write_pod(BOOT_BLOCK_GPA, &boot)
+            .map_err(|e| MachineError::Memory(e.to_string()))?;
+
+        let mut channels = Vec::new();
+        for cpu in 0..cfg.vcpus {
+            let ch = WaitChannel::new().map_err(MachineError::EventFd)?;
+            vm.register_ioevent(
+                &ch.kick,
+                &IoEventAddress::Mmio(pvlock_abi::doorbell::kick_addr(cpu)),
+                NoDatamatch,
+            )
+            .map_err(kvm_err("KVM_IOEVENTFD"))?;
+            channels.push(ch);
+        }
+        install_kick_handler().map_err(MachineError::Signal)?;
+
+        let runnable_per_cpu = if cfg.host_cpus == 0 {
+            1
+        } else {
+            cfg.vcpus.div_ceil(cfg.host_cpus)
+        };
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            ram,
+            stop: AtomicBool::new(false),
+            run_start: Instant::now(),
+            channels,
+            exits: (0..cfg.vcpus).map(|_| AtomicU64::new(0)).collect(),
+            console: Mutex::new(Vec::new()),
+            may_poll: runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted,
+        });
+
+        let (tx, rx) = mpsc::channel();
+        let mut vcpus = Vcpus {
+            handles: Vec::new(),
+            exits: Vec::new(),
+        };
+        for (cpu, mut fd) in fds.into_iter().enumerate() {
+            let exit = ImmediateExit(
+                &fd.get_kvm_run().immediate_exit as *const u8 as *const std::sync::atomic::AtomicU8,
+            );
+            let host_cpu = (cfg.host_cpus > 0).then(|| allowed[cpu % cfg.host_cpus as usize]);
+            let t = VcpuThread {
+                cpu: cpu as u32,
+                fd,
+                shared: shared.clone(),
+                tx: tx.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{cpu}"))
+                .spawn(move || {
+                    if let Some(h) = host_cpu {
+                        pin_to(h);
+                    }
+                    t.run()
+                });
+            match spawned {
+                Ok(h) => {
+                    vcpus.handles.push(Some(h));
+                    vcpus.exits.push(exit);
+                }
+                Err(source) => {
+                    stop_all(&shared, &mut vcpus);
+                    return Err(MachineError::SpawnThread {
+                        cpu: cpu as u32,
+                        source,
+                    });
+                }
+            }
+        }
+        drop(tx);
+
+        let (failure, done) = supervise(cfg, &shared, &rx, stop);
+        stop_all(&shared, &mut vcpus);
+        let mut report = collect(&shared, failure, done, tsc_khz, tsc_create);
+        report.wall_ms = t_create.elapsed().as_secs_f64() * 1e3;
+        drop(vm);
+        Ok(report)
+    }
+}
+
+fn measure_tsc_khz() -> u64 {
+    let (t0, c0) = (Instant::now(), host_tsc());
+    std::thread::sleep(Duration::from_millis(50));
+    let (t1, c1) = (Instant::now(), host_tsc());
+    ((c1 - c0) as f64 / (t1 - t0).as_secs_f64() / 1e3) as u64
+}
+
+fn load_elf(ram: &GuestRam, elf: &[u8]) -> Result<u64, MachineError> {
+    use linux_loader::loader::{elf::Elf, KernelLoader};
+    let mut image = std::io::Cursor::new(elf);
+    let res = Elf::load(ram.mem(), None, &mut image, None)
+        .map_err(|e| MachineError::LoadElf(e.to_string()))?;
+    let entry = res.kernel_load.0;
+    if entry < GUEST_IMAGE_GPA || res.kernel_end > ram.size() {
+        return Err(MachineError::LoadElf(format!(
+            "image {:#x}..{:#x} does not fit between {GUEST_IMAGE_GPA:#x} and the end of RAM {:#x}",
+            entry,
+            res.kernel_end,
+            ram.size()
+        )));
+    }
+    Ok(entry)
+}
+
+/// Waits for the vCPUs; returns the first failure (if any) and which vCPUs
+/// reported done.
+fn supervise(
+    cfg: &MachineConfig,
+    sh: &Shared,
+    rx: &mpsc::Receiver<VcpuEvent>,
+    stop: &StopHandle,
+) -> (Option<GuestFailure>, Vec<Option<u64>>) {
+    let n = cfg.vcpus as usize;
+    let mut done: Vec<Option<u64>> = vec![None; n];
+    let deadline = sh.run_start + Duration::from_millis(cfg.timeout_ms);
+    loop {
+        if done.iter().all(Option::is_some) {
+            let bad = done
+                .iter()
+                .enumerate()
+                .find(|(_, s)| **s != Some(pvlock_abi::doorbell::DONE_OK));
+            return (
+                bad.map(|(cpu, s)| GuestFailure::WorkloadFailed {
+                    cpu: cpu as u32,
+                    status: s.unwrap(),
+                }),
+                done,
+            );
+        }
+        if stop.is_stopped() {
+            return (
+                Some(GuestFailure::Aborted {
+                    reason: "stop requested (Ctrl-C)".into(),
+                }),
+                done,
+            );
+        }
+        if Instant::now() >= deadline {
+            let not_done = done
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_none())
+                .map(|(c, _)| c as u32)
+                .collect();
+            return (
+                Some(GuestFailure::Timeout {
+                    timeout_ms: cfg.timeout_ms,
+                    not_done,
+                }),
+                done,
+            );
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(VcpuEvent::Done { cpu, status }) => done[cpu as usize] = Some(status),
+            Ok(VcpuEvent::Failed(f)) => return (Some(f), done),
+            Ok(VcpuEvent::Exited { .. }) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let not_done = done
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.is_none())
+                    .map(|(c, _)| c as u32)
+                    .collect();
+                return (
+                    Some(GuestFailure::Timeout {
+                        timeout_ms: cfg.timeout_ms,
+                        not_done,
+                    }),
+                    done,
+                );
+            }
+        }
+    }
+}
+
+/// Stops every vCPU thread and joins it (bounded: a thread that does not
+/// come back within 5 s is left detached, never waited for forever).
+fn stop_all(sh: &Shared, vcpus: &mut Vcpus) {
+    sh.stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (i, h) in vcpus.handles.iter_mut().enumerate() {
+        let Some(handle) = h.take() else { continue };
+        sh.channels[i].poke();
+        while !handle.is_finished() && Instant::now() < deadline {
+            kick_thread(vcpus.exits[i], handle.as_pthread_t());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        } else {
+            tracing::error!("vCPU {i} did not stop within 5 s; leaving it detached");
+            std::mem::forget(handle);
+        }
+    }
+}
+
+fn collect(
+    sh: &Shared,
+    failure: Option<GuestFailure>,
+    done: Vec<Option<u64>>,
+    tsc_khz: u64,
+    tsc_create: u64,
+) -> RunReport {
+    let boot: BootBlock = sh.ram.read_pod(BOOT_BLOCK_GPA).unwrap_or_default();
+    let mut per_vcpu = Vec::new();
+    let mut first_entry = u64::MAX;
+    for cpu in 0..sh.cfg.vcpus {
+        let b: VcpuBlock = sh
+            .ram
+            .read_pod(pvlock_abi::vcpu_block_gpa(cpu))
+            .unwrap_or_default();
+        if b.alive != 0 {
+            first_entry = first_entry.min(b.timing[7]);
+        }
+        let ch = &sh.channels[cpu as usize];
+        per_vcpu.push(VcpuReport {
+            cpu,
+            done: done[cpu as usize].is_some(),
+            done_status: done[cpu as usize],
+            acquisitions: b.acquisitions,
+            max_wait_ns: b.max_wait_ns,
+            lock_events: LockEvent::ALL
+                .iter()
+                .map(|e| (e.name().to_string(), b.events[e.index()]))
+                .collect(),
+            vmm: VmmCounter::ALL
+                .iter()
+                .map(|c| (c.name().to_string(), ch.counters.get(*c)))
+                .collect(),
+            window_hits: (0..NR_WINDOWS)
+                .filter(|&w| b.window_hits[w] > 0)
+                .map(|w| (Window::ALL[w].name().to_string(), b.window_hits[w]))
+                .collect(),
+            exits: sh.exits[cpu as usize].load(Ordering::Relaxed),
+            final_phase: GuestPhase::from_u32(b.phase)
+                .map(|p| p.name())
+                .unwrap_or("?")
+                .to_string(),
+            timing: b.timing,
+            latency_buckets: (0..LatencyHistogram::BUCKETS)
+                .filter(|&i| b.latency.buckets[i] > 0)
+                .map(|i| (LatencyHistogram::bucket_low(i), b.latency.buckets[i]))
+                .collect(),
+        });
+    }
+    let mut hash_in_use = Vec::new();
+    if boot.hash_gpa != 0 && boot.hash_entries <= 1 << 16 {
+        for i in 0..boot.hash_entries {
+            if let Ok(e) = sh.ram.read_pod::<HashEntry>(boot.hash_gpa + i * 16) {
+                if e.lock != 0 {
+                    hash_in_use.push((e.lock, e.node));
+                }
+            }
+        }
+    }
+    let (mut lock_counts, mut lock_owners) = (Vec::new(), Vec::new());
+    if boot.locks_gpa != 0 && boot.nr_locks <= 4096 && boot.lock_stride >= 16 {
+        for i in 0..boot.nr_locks {
+            let base = boot.locks_gpa + i * boot.lock_stride;
+            lock_counts.push(
+                sh.ram
+                    .read_u64(base + pvlock_abi::boot::lock_layout::COUNT)
+                    .unwrap_or(0),
+            );
+            lock_owners.push(
+                sh.ram
+                    .read_u32(base + pvlock_abi::boot::lock_layout::OWNER)
+                    .unwrap_or(0),
+            );
+        }
+    }
+    let status = failure
+        .as_ref()
+        .map(GuestFailure::status)
+        .unwrap_or(RunStatus::Ok);
+    let boot_us = (first_entry != u64::MAX && first_entry > tsc_create && tsc_khz > 0)
+        .then(|| (first_entry - tsc_create) as f64 * 1e3 / tsc_khz as f64);
+    RunReport {
+        status,
+        failure,
+        wall_ms: 0.0,
+        boot_us,
+        tsc_khz,
+        per_vcpu,
+        console: std::mem::take(&mut *sh.console.lock().unwrap_or_else(|p| p.into_inner())),
+        boot,
+        hash_in_use,
+        lock_counts,
+        lock_owners,
+    }
+}

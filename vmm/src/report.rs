@@ -1,0 +1,165 @@
+//! What a run produced: read back from guest memory and the VMM's own
+//! counters once the vCPUs have stopped.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Outcome of a run, as recorded in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Every vCPU reported done with status OK.
+    Ok,
+    /// The guest finished but a check failed (set by the harness), or a
+    /// vCPU reported a failure status.
+    Failed,
+    /// A wait never ended, or the run exceeded its timeout.
+    Hang,
+    /// Stopped from outside (Ctrl-C).
+    Aborted,
+    /// The guest faulted, panicked, hit a BUG(), or abused the ABI.
+    GuestCrash,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Hang => "hang",
+            Self::Aborted => "aborted",
+            Self::GuestCrash => "guest-crash",
+        }
+    }
+}
+
+/// Why a run did not end OK.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum GuestFailure {
+    /// KVM_EXIT_SHUTDOWN: a fault the guest cannot handle (it has no IDT).
+    TripleFault {
+        cpu: u32,
+        rip: u64,
+        rsp: u64,
+        cr2: u64,
+        rax: u64,
+        rdi: u64,
+    },
+    /// A guest panic, BUG() or mutual-exclusion violation (panic doorbell).
+    Panic {
+        cpu: u32,
+        what: String,
+        file: String,
+        line: u32,
+        message: String,
+    },
+    /// The guest sent nonsense through the ABI.
+    AbiViolation { cpu: u32, rip: u64, detail: String },
+    /// An exit the VMM does not expect from this guest.
+    UnexpectedExit { cpu: u32, rip: u64, exit: String },
+    /// A vCPU reported DONE with a failure status.
+    WorkloadFailed { cpu: u32, status: u64 },
+    /// A vCPU blocked in pv_wait longer than the stall timeout.
+    BlockedWait {
+        cpu: u32,
+        blocked_ms: u64,
+        gpa: u64,
+        expected: u8,
+        current: u8,
+    },
+    /// The run did not finish within its timeout.
+    Timeout { timeout_ms: u64, not_done: Vec<u32> },
+    /// KVM_RUN or a host facility failed.
+    Host { cpu: u32, error: String },
+    /// Stopped from outside.
+    Aborted { reason: String },
+}
+
+impl GuestFailure {
+    pub fn status(&self) -> RunStatus {
+        match self {
+            Self::TripleFault { .. }
+            | Self::Panic { .. }
+            | Self::AbiViolation { .. }
+            | Self::UnexpectedExit { .. } => RunStatus::GuestCrash,
+            Self::WorkloadFailed { .. } | Self::Host { .. } => RunStatus::Failed,
+            Self::BlockedWait { .. } | Self::Timeout { .. } => RunStatus::Hang,
+            Self::Aborted { .. } => RunStatus::Aborted,
+        }
+    }
+
+    /// One line for a human.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::TripleFault { cpu, rip, rsp, cr2, .. } => {
+                format!("vCPU {cpu}: triple fault at RIP {rip:#x} (RSP {rsp:#x}, CR2 {cr2:#x})")
+            }
+            Self::Panic { cpu, what, file, line, message } => format!("vCPU {cpu}: guest {what} at {file}:{line}: {message}"),
+            Self::AbiViolation { cpu, rip, detail } => format!("vCPU {cpu}: ABI violation at RIP {rip:#x}: {detail}"),
+            Self::UnexpectedExit { cpu, rip, exit } => format!("vCPU {cpu}: unexpected exit {exit} at RIP {rip:#x}"),
+            Self::WorkloadFailed { cpu, status } => format!("vCPU {cpu}: workload reported failure status {status}"),
+            Self::BlockedWait { cpu, blocked_ms, gpa, expected, current } => format!(
+                "vCPU {cpu}: blocked in pv_wait for {blocked_ms} ms on byte {gpa:#x} (expected {expected}, now {current})"
+            ),
+            Self::Timeout { timeout_ms, not_done } => {
+                format!("run did not finish within {timeout_ms} ms; vCPUs not done: {not_done:?}")
+            }
+            Self::Host { cpu, error } => format!("vCPU {cpu}: host error: {error}"),
+            Self::Aborted { reason } => format!("aborted: {reason}"),
+        }
+    }
+}
+
+/// One vCPU's results.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VcpuReport {
+    pub cpu: u32,
+    /// The guest reached DONE.
+    pub done: bool,
+    pub done_status: Option<u64>,
+    pub acquisitions: u64,
+    pub max_wait_ns: u64,
+    /// Lock events by Linux name.
+    pub lock_events: BTreeMap<String, u64>,
+    /// VMM-side wait/kick/stall counters.
+    pub vmm: BTreeMap<String, u64>,
+    /// Race windows reached while enabled, by name.
+    pub window_hits: BTreeMap<String, u64>,
+    /// Number of MMIO exits handled.
+    pub exits: u64,
+    /// Guest phase when the run ended.
+    pub final_phase: String,
+    /// Raw guest timing slots (workload-specific, see pvlock_abi::VcpuBlock).
+    #[serde(skip)]
+    pub timing: [u64; 8],
+    /// Non-empty latency histogram buckets: (lower bound ns, count).
+    #[serde(skip)]
+    pub latency_buckets: Vec<(u64, u64)>,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub status: RunStatus,
+    pub failure: Option<GuestFailure>,
+    /// Wall time from VM creation to the end of the run.
+    pub wall_ms: f64,
+    /// VM creation start to the first guest instruction (vCPU 0's entry TSC).
+    pub boot_us: Option<f64>,
+    pub tsc_khz: u64,
+    pub per_vcpu: Vec<VcpuReport>,
+    /// Console lines, prefixed with the vCPU.
+    pub console: Vec<String>,
+    /// The boot block as read back at the end.
+    #[serde(skip)]
+    pub boot: pvlock_abi::BootBlock,
+    /// Every PV hash-table slot still in use at the end: (lock, node).
+    pub hash_in_use: Vec<(u64, u64)>,
+    /// Per torture lock: plain counter at the end.
+    #[serde(skip)]
+    pub lock_counts: Vec<u64>,
+    /// Per torture lock: owner field at the end (cpu + 1, 0 free).
+    #[serde(skip)]
+    pub lock_owners: Vec<u32>,
+}

@@ -1,0 +1,276 @@
+//! A vCPU thread: runs `KVM_RUN` in a loop and serves the guest's doorbells.
+//!
+//! The thread is a small state machine: `Running` (in or about to enter
+//! `KVM_RUN`), `Waiting` (serving a pv_wait on this thread), `Stalled`
+//! (deliberately preempted: not running guest code), `Finished`. The
+//! machine controls it through `Shared::stop`, its wait channel's control
+//! eventfd and the immediate-exit kick (see `signal.rs`).
+
+use crate::exit::{decode_mmio_write, GuestRequest};
+use crate::guest_mem::GuestRam;
+use crate::hypervisor::{WaitChannel, WaitEnd};
+use crate::report::GuestFailure;
+use crate::MachineConfig;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use pvlock_abi::doorbell::PanicKind;
+use pvlock_abi::{VcpuBlock, VmmCounter};
+use std::mem::offset_of;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What vCPU threads report to the machine.
+#[derive(Debug)]
+pub enum VcpuEvent {
+    Done {
+        cpu: u32,
+        status: u64,
+    },
+    Failed(GuestFailure),
+    /// The thread is about to return (always sent last).
+    Exited {
+        cpu: u32,
+    },
+}
+
+/// State shared by the machine and all vCPU threads.
+pub struct Shared {
+    pub cfg: MachineConfig,
+    pub ram: GuestRam,
+    pub stop: AtomicBool,
+    pub run_start: Instant,
+    pub channels: Vec<WaitChannel>,
+    pub exits: Vec<AtomicU64>,
+    pub console: Mutex<Vec<String>>,
+    /// Halt polling is allowed (not overcommitted, or told to anyway).
+    pub may_poll: bool,
+}
+
+impl Shared {
+    fn block_gpa(cpu: u32) -> u64 {
+        pvlock_abi::vcpu_block_gpa(cpu)
+    }
+
+    /// Sets the steal-time style `preempted` flag the guest reads.
+    fn set_preempted(&self, cpu: u32, on: bool) {
+        let _ = self.ram.write_u32(
+            Self::block_gpa(cpu) + offset_of!(VcpuBlock, preempted) as u64,
+            on as u32,
+        );
+    }
+}
+
+/// What the exit handler decided.
+enum Next {
+    Continue,
+    Finish,
+}
+
+pub struct VcpuThread {
+    pub cpu: u32,
+    pub fd: VcpuFd,
+    pub shared: std::sync::Arc<Shared>,
+    pub tx: Sender<VcpuEvent>,
+}
+
+impl VcpuThread {
+    /// The thread body. Returns the VcpuFd so that its kvm_run mapping
+    /// outlives every immediate-exit kick (dropped by the machine after join).
+    pub fn run(mut self) -> VcpuFd {
+        let cpu = self.cpu;
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            match self.step() {
+                Ok(Next::Continue) => {}
+                Ok(Next::Finish) => break,
+                Err(f) => {
+                    let _ = self.tx.send(VcpuEvent::Failed(f));
+                    break;
+                }
+            }
+        }
+        let _ = self.tx.send(VcpuEvent::Exited { cpu });
+        self.fd
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn abi_violation(&self, detail: String) -> GuestFailure {
+        GuestFailure::AbiViolation {
+            cpu: self.cpu,
+            rip: self.rip(),
+            detail,
+        }
+    }
+
+    /// One KVM_RUN and the handling of its exit.
+    fn step(&mut self) -> Result<Next, GuestFailure> {
+        let cpu = self.cpu;
+        // Decode the exit into owned data first: VcpuExit borrows the fd.
+        let exit = match self.fd.run() {
+            Ok(VcpuExit::MmioWrite(addr, data)) => Ok(decode_mmio_write(addr, data)),
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                data.fill(0);
+                Err(format!("MmioRead({addr:#x}, {} bytes)", data.len()))
+            }
+            Ok(VcpuExit::Shutdown) => Err("Shutdown".to_string()),
+            Ok(VcpuExit::Intr) => return Ok(self.interrupted()),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(self.interrupted())
+            }
+            Err(e) => {
+                return Err(GuestFailure::Host {
+                    cpu,
+                    error: format!("KVM_RUN: {e}"),
+                })
+            }
+        };
+        self.shared.exits[cpu as usize].fetch_add(1, Ordering::Relaxed);
+        let req = match exit {
+            Ok(Ok(req)) => req,
+            Ok(Err(v)) => return Err(self.abi_violation(v.to_string())),
+            Err(name) if name == "Shutdown" => {
+                let regs = self.fd.get_regs().unwrap_or_default();
+                let sregs = self.fd.get_sregs().unwrap_or_default();
+                return Err(GuestFailure::TripleFault {
+                    cpu,
+                    rip: regs.rip,
+                    rsp: regs.rsp,
+                    cr2: sregs.cr2,
+                    rax: regs.rax,
+                    rdi: regs.rdi,
+                });
+            }
+            Err(name) if name.starts_with("MmioRead") => return Err(self.abi_violation(name)),
+            Err(name) => {
+                return Err(GuestFailure::UnexpectedExit {
+                    cpu,
+                    rip: self.rip(),
+                    exit: name,
+                })
+            }
+        };
+        self.serve(req)
+    }
+
+    /// KVM_RUN returned EINTR: the machine kicked us (stop, or a stall).
+    fn interrupted(&mut self) -> Next {
+        self.fd.set_kvm_immediate_exit(0);
+        if self.shared.stop.load(Ordering::Acquire) {
+            Next::Finish
+        } else {
+            Next::Continue
+        }
+    }
+
+    fn serve(&mut self, req: GuestRequest) -> Result<Next, GuestFailure> {
+        let cpu = self.cpu;
+        let sh = &self.shared;
+        match req {
+            GuestRequest::Console { gpa, len } => {
+                if len > pvlock_abi::doorbell::CONSOLE_MAX {
+                    return Err(self.abi_violation(format!(
+                        "console message of {len} bytes (max {})",
+                        pvlock_abi::doorbell::CONSOLE_MAX
+                    )));
+                }
+                let bytes = sh
+                    .ram
+                    .read_bytes(gpa, len)
+                    .map_err(|e| self.abi_violation(format!("console: {e}")))?;
+                let text = String::from_utf8_lossy(&bytes);
+                let mut con = sh.console.lock().unwrap_or_else(|p| p.into_inner());
+                for line in text.lines() {
+                    tracing::info!(target: "guest", "vcpu{cpu}: {line}");
+                    con.push(format!("vcpu{cpu}: {line}"));
+                }
+                Ok(Next::Continue)
+            }
+            GuestRequest::Done { status } => {
+                let _ = self.tx.send(VcpuEvent::Done { cpu, status });
+                Ok(Next::Finish)
+            }
+            GuestRequest::Panic { kind } => Err(self.guest_panic(kind)),
+            GuestRequest::Wait { gpa, expected } => {
+                sh.ram
+                    .check_range(gpa, 1)
+                    .map_err(|e| self.abi_violation(format!("pv_wait: {e}")))?;
+                let ch = &sh.channels[cpu as usize];
+                let end = ch.wait(
+                    &sh.cfg.hypervisor,
+                    sh.may_poll,
+                    expected,
+                    gpa,
+                    || sh.ram.read_u8(gpa).unwrap_or(0),
+                    sh.run_start,
+                );
+                match end {
+                    WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
+                        cpu,
+                        blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
+                        gpa,
+                        expected,
+                        current: sh.ram.read_u8(gpa).unwrap_or(0),
+                    }),
+                    WaitEnd::Control if sh.stop.load(Ordering::Acquire) => Ok(Next::Finish),
+                    _ => Ok(Next::Continue),
+                }
+            }
+            GuestRequest::Stall { window } => {
+                if window as usize >= pvlock_abi::NR_WINDOWS {
+                    return Err(self.abi_violation(format!("stall at unknown window id {window}")));
+                }
+                self.stall(Duration::from_micros(sh.cfg.window_stall_us));
+                Ok(Next::Continue)
+            }
+            GuestRequest::Ping { .. } => Ok(Next::Continue),
+            GuestRequest::KickNoSuchCpu { cpu: target } => {
+                Err(self.abi_violation(format!("pv_kick of vCPU {target}, which does not exist")))
+            }
+        }
+    }
+
+    /// Deliberate preemption: this vCPU runs no guest code for `d`, with its
+    /// `preempted` flag set so the guest's vcpu_is_preempted() sees it.
+    fn stall(&self, d: Duration) {
+        let sh = &self.shared;
+        let ch = &sh.channels[self.cpu as usize];
+        sh.set_preempted(self.cpu, true);
+        let t = Instant::now();
+        while t.elapsed() < d && !sh.stop.load(Ordering::Acquire) {
+            std::thread::sleep((d - t.elapsed()).min(Duration::from_millis(20)));
+        }
+        sh.set_preempted(self.cpu, false);
+        ch.counters.add(VmmCounter::Stalls, 1);
+        ch.counters
+            .add(VmmCounter::StalledUs, t.elapsed().as_micros() as u64);
+    }
+
+    fn guest_panic(&self, kind: u64) -> GuestFailure {
+        let cpu = self.cpu;
+        let rec_gpa = pvlock_abi::vcpu_block_gpa(cpu) + offset_of!(VcpuBlock, assert) as u64;
+        // Lengths come from the guest: clamp them to the record's arrays.
+        let rec: pvlock_abi::AssertRecord = self.shared.ram.read_pod(rec_gpa).unwrap_or_default();
+        let file = &rec.file[..(rec.file_len as usize).min(rec.file.len())];
+        let msg = &rec.msg[..(rec.msg_len as usize).min(rec.msg.len())];
+        let what = match PanicKind::from_u64(kind) {
+            Some(PanicKind::Panic) => "panic",
+            Some(PanicKind::Bug) => "BUG",
+            Some(PanicKind::MutualExclusion) => "mutual-exclusion violation",
+            None => "failure of unknown kind",
+        };
+        GuestFailure::Panic {
+            cpu,
+            what: what.to_string(),
+            file: String::from_utf8_lossy(file).into_owned(),
+            line: rec.line,
+            message: String::from_utf8_lossy(msg).into_owned(),
+        }
+    }
+}
