@@ -24,9 +24,7 @@ fn main() {
     let target_dir = out_dir.join("guest-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root.join("guest/bin"))
-        .args(["build", "--release", "--locked", "--target-dir"])
-        .arg(&target_dir);
+    cmd.current_dir(root.join("guest/bin")).args(["build", "--release", "--locked", "--target-dir"]).arg(&target_dir);
     // The outer build's settings must not leak into the guest build: its
     // flags, profile overrides and target dir are the host harness's.
     for (k, _) in std::env::vars() {
@@ -78,8 +76,5 @@ fn main() {
         .map(|o| format!("+{}", String::from_utf8_lossy(&o.stdout).trim()))
         .unwrap_or_default();
     println!("cargo:rustc-env=PVLOCK_GIT_REV={rev}");
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join(".git/logs/HEAD").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join(".git/logs/HEAD").display());
 }

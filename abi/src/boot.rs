@@ -23,6 +23,10 @@ pub enum Workload {
     PingPong = 7,
     /// Doorbell round trips (exit cost) and kick stores, timed by the guest.
     Doorbells = 8,
+    /// vCPU 0 stalls at the `critical-section` window while the others
+    /// watch every vCPU's `vcpu_is_preempted()`; `timing[c]` of each
+    /// watcher counts the polls that saw vCPU c preempted.
+    PreemptProbe = 9,
 }
 
 impl Workload {
@@ -36,6 +40,7 @@ impl Workload {
             6 => Self::Panic,
             7 => Self::PingPong,
             8 => Self::Doorbells,
+            9 => Self::PreemptProbe,
             _ => return None,
         })
     }

@@ -92,18 +92,12 @@ mod tests {
     #[test]
     fn wait_round_trip() {
         assert_eq!(wait_decode(wait_value(0x40_1234, 3)), (0x40_1234, 3));
-        assert_eq!(
-            wait_decode(wait_value(0xff_ffff_ffff_ffff, 0xff)),
-            (0xff_ffff_ffff_ffff, 0xff)
-        );
+        assert_eq!(wait_decode(wait_value(0xff_ffff_ffff_ffff, 0xff)), (0xff_ffff_ffff_ffff, 0xff));
     }
 
     #[test]
     fn console_round_trip() {
-        assert_eq!(
-            console_decode(console_value(0x40_0000, 17)),
-            (0x40_0000, 17)
-        );
+        assert_eq!(console_decode(console_value(0x40_0000, 17)), (0x40_0000, 17));
     }
 
     #[test]

@@ -57,10 +57,8 @@ pub const fn stack_top(ram_bytes: u64, cpu: u32) -> u64 {
     ram_bytes - cpu as u64 * STACK_SIZE
 }
 
-const _: () =
-    assert!(VCPU_BLOCKS_GPA + crate::MAX_VCPUS as u64 * VCPU_BLOCK_SIZE <= GUEST_IMAGE_GPA);
+const _: () = assert!(VCPU_BLOCKS_GPA + crate::MAX_VCPUS as u64 * VCPU_BLOCK_SIZE <= GUEST_IMAGE_GPA);
 const _: () = assert!(core::mem::size_of::<crate::VcpuBlock>() as u64 <= VCPU_BLOCK_SIZE);
-const _: () =
-    assert!(core::mem::size_of::<crate::BootBlock>() as u64 <= VCPU_BLOCKS_GPA - BOOT_BLOCK_GPA);
+const _: () = assert!(core::mem::size_of::<crate::BootBlock>() as u64 <= VCPU_BLOCKS_GPA - BOOT_BLOCK_GPA);
 const _: () = assert!(PD_GPA + NR_PAGE_DIRS * 0x1000 <= BOOT_BLOCK_GPA);
 const _: () = assert!(MMIO_BASE + MMIO_SIZE <= MAPPED_LIMIT);

@@ -21,9 +21,7 @@ pub mod layout;
 pub mod names;
 pub mod vcpu;
 
-pub use boot::{
-    BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams, Workload,
-};
+pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams, Workload};
 pub use events::{LockEvent, VmmCounter, NR_LOCK_EVENTS, NR_VMM_COUNTERS};
 pub use layout::*;
 pub use names::{Variant, Window, NR_WINDOWS};

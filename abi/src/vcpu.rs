@@ -67,9 +67,7 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        Self {
-            buckets: [0; Self::BUCKETS],
-        }
+        Self { buckets: [0; Self::BUCKETS] }
     }
 }
 
@@ -202,14 +200,7 @@ pub struct AssertRecord {
 
 impl Default for AssertRecord {
     fn default() -> Self {
-        Self {
-            line: 0,
-            file_len: 0,
-            msg_len: 0,
-            _pad: 0,
-            file: [0; 96],
-            msg: [0; 400],
-        }
+        Self { line: 0, file_len: 0, msg_len: 0, _pad: 0, file: [0; 96], msg: [0; 400] }
     }
 }
 

@@ -5,7 +5,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use pvlock_abi::{Variant, Window, Workload};
-use pvlock_vmm::{HypervisorConfig, KickContract, MachineConfig, WaitContract};
+use pvlock_vmm::{
+    HoldRule, HoldUntil, HolderStalls, HypervisorConfig, KickContract, MachineConfig, PreemptConfig, RandomStalls,
+    StallDist, WaitContract,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use toml::{Table, Value};
@@ -73,6 +76,16 @@ pub struct HypervisorSection {
     pub halt_poll_us: u64,
     pub halt_poll_overcommitted: bool,
     pub stall_timeout_ms: u64,
+    /// Kick delivery delay, us (non-zero: kicks exit to the VMM).
+    pub kick_delay_us: u64,
+    /// Probability that a blocking wait ends spuriously.
+    pub spurious_wakeup_prob: f64,
+    /// Period of a simulated interrupt that ends any wait, us (0 = none).
+    pub interrupt_us: u64,
+    /// Rescue missed wakeups (kick, count, go on) instead of ending as a hang.
+    pub rescue: bool,
+    /// Lock-aware detector persistence, ms.
+    pub detect_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,6 +97,48 @@ pub struct PreemptSection {
     pub window_prob: f64,
     /// Stall length at a window, microseconds.
     pub window_stall_us: u64,
+    /// Random stalls: mean interval of the per-vCPU Poisson process, us (0 = off).
+    pub random_mean_interval_us: u64,
+    /// Random stalls: mean stall length, us.
+    pub random_stall_us: u64,
+    /// Random stalls: `fixed`, `uniform` or `exponential`.
+    pub random_dist: String,
+    /// Holder stalls: every this many us (0 = off) stall the holder of `holder_lock`.
+    pub holder_interval_us: u64,
+    pub holder_lock: u32,
+    pub holder_stall_us: u64,
+    /// Directed interleavings: hold rules.
+    pub schedule: Vec<HoldRuleSection>,
+}
+
+/// `[[preempt.schedule]]`: hold a vCPU at window `at` until `until`
+/// (`blocked`, `timeout`, or `window:NAME`) or `timeout_us`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldRuleSection {
+    pub at: String,
+    pub until: String,
+    pub timeout_us: u64,
+    /// Only this vCPU (absent: any).
+    pub cpu: Option<u32>,
+    /// Holds this rule performs (0 = unlimited).
+    pub count: u32,
+}
+
+impl Default for HoldRuleSection {
+    fn default() -> Self {
+        Self { at: String::new(), until: "timeout".into(), timeout_us: 10_000, cpu: None, count: 1 }
+    }
+}
+
+impl HoldRuleSection {
+    fn until(&self) -> Option<HoldUntil> {
+        Some(match self.until.as_str() {
+            "blocked" => HoldUntil::Blocked,
+            "timeout" => HoldUntil::Timeout,
+            w => HoldUntil::Window(Window::from_name(w.strip_prefix("window:")?)?),
+        })
+    }
 }
 
 impl Default for RunConfig {
@@ -110,25 +165,13 @@ impl Default for RunConfig {
 
 impl Default for LockSection {
     fn default() -> Self {
-        Self {
-            variant: "pv-upstream".into(),
-            spin_threshold: 1 << 15,
-            hash_bits: 0,
-        }
+        Self { variant: "pv-upstream".into(), spin_threshold: 1 << 15, hash_bits: 0 }
     }
 }
 
 impl Default for TortureSection {
     fn default() -> Self {
-        Self {
-            locks: 1,
-            nest: 1,
-            cs_ns: 200,
-            think_ns: 200,
-            irq_prob: 0.0,
-            irq_max_depth: 3,
-            max_acquisitions: 0,
-        }
+        Self { locks: 1, nest: 1, cs_ns: 200, think_ns: 200, irq_prob: 0.0, irq_max_depth: 3, max_acquisitions: 0 }
     }
 }
 
@@ -141,6 +184,11 @@ impl Default for HypervisorSection {
             halt_poll_us: h.halt_poll_us,
             halt_poll_overcommitted: h.halt_poll_overcommitted,
             stall_timeout_ms: h.stall_timeout_ms,
+            kick_delay_us: h.kick_delay_us,
+            spurious_wakeup_prob: h.spurious_wakeup_prob,
+            interrupt_us: h.interrupt_us,
+            rescue: h.rescue,
+            detect_ms: h.detect_ms,
         }
     }
 }
@@ -151,6 +199,13 @@ impl Default for PreemptSection {
             windows: Vec::new(),
             window_prob: 0.0,
             window_stall_us: 200,
+            random_mean_interval_us: 0,
+            random_stall_us: 500,
+            random_dist: "exponential".into(),
+            holder_interval_us: 0,
+            holder_lock: 0,
+            holder_stall_us: 500,
+            schedule: Vec::new(),
         }
     }
 }
@@ -193,10 +248,7 @@ fn line_of(text: &str, key: &str) -> String {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     for (i, l) in text.lines().enumerate() {
         let t = l.trim_start();
-        if t.starts_with(&format!("{leaf} "))
-            || t.starts_with(&format!("{leaf}="))
-            || t == format!("[{leaf}]")
-        {
+        if t.starts_with(&format!("{leaf} ")) || t.starts_with(&format!("{leaf}=")) || t == format!("[{leaf}]") {
             return format!(":{}", i + 1);
         }
     }
@@ -205,35 +257,19 @@ fn line_of(text: &str, key: &str) -> String {
 
 impl Experiment {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Self::parse(&text, &path.display().to_string(), &name)
     }
 
     pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Self> {
         let table: Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| format!(":{}", text[..s.start].lines().count().max(1)))
-                .unwrap_or_default();
-            ConfigError {
-                file: file.into(),
-                line,
-                key: "(syntax)".into(),
-                why: e.message().to_string(),
-            }
+            let line = e.span().map(|s| format!(":{}", text[..s.start].lines().count().max(1))).unwrap_or_default();
+            ConfigError { file: file.into(), line, key: "(syntax)".into(), why: e.message().to_string() }
         })?;
         let mut axes: Vec<(Vec<String>, Vec<Value>)> = Vec::new();
         collect_axes(&table, &mut Vec::new(), &mut axes, text, file)?;
-        let varying: Vec<String> = axes
-            .iter()
-            .filter(|(_, v)| v.len() > 1)
-            .map(|(p, _)| p.join("."))
-            .collect();
+        let varying: Vec<String> = axes.iter().filter(|(_, v)| v.len() > 1).map(|(p, _)| p.join(".")).collect();
         let mut runs = Vec::new();
         let mut idx = vec![0usize; axes.len()];
         loop {
@@ -244,12 +280,7 @@ impl Experiment {
             let mut rc: RunConfig = Value::Table(t).try_into().map_err(|e: toml::de::Error| {
                 let msg = e.message().to_string();
                 let key = unknown_key(&msg).unwrap_or_else(|| "(config)".into());
-                ConfigError {
-                    file: file.into(),
-                    line: line_of(text, &key),
-                    key,
-                    why: msg,
-                }
+                ConfigError { file: file.into(), line: line_of(text, &key), key, why: msg }
             })?;
             if rc.name.is_empty() {
                 rc.name = default_name.to_string();
@@ -269,16 +300,8 @@ impl Experiment {
             let mut a = axes.len();
             loop {
                 if a == 0 {
-                    let name = runs
-                        .first()
-                        .map(|r| r.name.clone())
-                        .unwrap_or_else(|| default_name.into());
-                    return Ok(Self {
-                        name,
-                        source: text.to_string(),
-                        runs,
-                        varying,
-                    });
+                    let name = runs.first().map(|r| r.name.clone()).unwrap_or_else(|| default_name.into());
+                    return Ok(Self { name, source: text.to_string(), runs, varying });
                 }
                 a -= 1;
                 idx[a] += 1;
@@ -299,7 +322,7 @@ fn unknown_key(msg: &str) -> Option<String> {
 }
 
 /// Keys whose value is a list by nature (not a matrix axis).
-const LIST_KEYS: &[&str] = &["preempt.windows"];
+const LIST_KEYS: &[&str] = &["preempt.windows", "preempt.schedule"];
 
 fn collect_axes(
     t: &Table,
@@ -348,22 +371,14 @@ fn collect_axes(
 fn set_path(t: &mut Table, path: &[String], v: Value) {
     let mut cur = t;
     for k in &path[..path.len() - 1] {
-        cur = cur
-            .get_mut(k)
-            .and_then(Value::as_table_mut)
-            .expect("axis path exists");
+        cur = cur.get_mut(k).and_then(Value::as_table_mut).expect("axis path exists");
     }
     cur.insert(path[path.len() - 1].clone(), v);
 }
 
 type KeyError = (String, String);
 
-fn range<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &str,
-    v: T,
-    lo: T,
-    hi: T,
-) -> Result<(), KeyError> {
+fn range<T: PartialOrd + std::fmt::Display + Copy>(key: &str, v: T, lo: T, hi: T) -> Result<(), KeyError> {
     if v < lo || v > hi {
         return Err((key.into(), format!("{v} is out of range {lo}..={hi}")));
     }
@@ -380,38 +395,28 @@ pub fn parse_workload(s: &str) -> Option<Workload> {
         "panic" => Workload::Panic,
         "ping-pong" => Workload::PingPong,
         "doorbells" => Workload::Doorbells,
+        "preempt-probe" => Workload::PreemptProbe,
         _ => return None,
     })
 }
 
 pub const WORKLOADS: &str =
-    "smoke, torture, ping-pong, doorbells, fault, bad-pointer, wait-forever, panic";
+    "smoke, torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic";
 
 impl RunConfig {
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), KeyError> {
         if parse_workload(&self.workload).is_none() {
-            return Err((
-                "workload".into(),
-                format!("unknown workload `{}` (one of: {WORKLOADS})", self.workload),
-            ));
+            return Err(("workload".into(), format!("unknown workload `{}` (one of: {WORKLOADS})", self.workload)));
         }
         range("vcpus", self.vcpus, 1, pvlock_abi::MAX_VCPUS as u32)?;
         range("host_cpus", self.host_cpus, 0, 1024)?;
-        range(
-            "ram_mib",
-            self.ram_mib,
-            (pvlock_abi::MIN_RAM_BYTES >> 20) as u32,
-            2048,
-        )?;
+        range("ram_mib", self.ram_mib, (pvlock_abi::MIN_RAM_BYTES >> 20) as u32, 2048)?;
         let stacks = self.vcpus as u64 * pvlock_abi::STACK_SIZE;
         if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks {
             return Err((
                 "ram_mib".into(),
-                format!(
-                    "{} MiB is too small for {} vCPU stacks and the image",
-                    self.ram_mib, self.vcpus
-                ),
+                format!("{} MiB is too small for {} vCPU stacks and the image", self.ram_mib, self.vcpus),
             ));
         }
         range("duration_ms", self.duration_ms, 1, 3_600_000)?;
@@ -422,11 +427,7 @@ impl RunConfig {
             let all: Vec<_> = Variant::ALL.iter().map(|v| v.name()).collect();
             return Err((
                 "lock.variant".into(),
-                format!(
-                    "unknown variant `{}` (one of: {})",
-                    self.lock.variant,
-                    all.join(", ")
-                ),
+                format!("unknown variant `{}` (one of: {})", self.lock.variant, all.join(", ")),
             ));
         }
         range("lock.spin_threshold", self.lock.spin_threshold, 1, 1 << 24)?;
@@ -457,54 +458,80 @@ impl RunConfig {
         if self.hypervisor.kick != "remembered" && self.hypervisor.kick != "lost-if-not-waiting" {
             return Err((
                 "hypervisor.kick".into(),
-                format!(
-                    "`{}` is not `remembered` or `lost-if-not-waiting`",
-                    self.hypervisor.kick
-                ),
+                format!("`{}` is not `remembered` or `lost-if-not-waiting`", self.hypervisor.kick),
             ));
         }
-        range(
-            "hypervisor.halt_poll_us",
-            self.hypervisor.halt_poll_us,
-            0,
-            1_000_000,
-        )?;
-        range(
-            "hypervisor.stall_timeout_ms",
-            self.hypervisor.stall_timeout_ms,
-            1,
-            3_600_000,
-        )?;
+        range("hypervisor.halt_poll_us", self.hypervisor.halt_poll_us, 0, 1_000_000)?;
+        range("hypervisor.stall_timeout_ms", self.hypervisor.stall_timeout_ms, 1, 3_600_000)?;
         for w in &self.preempt.windows {
             if Window::from_name(w).is_none() {
                 let all: Vec<_> = Window::ALL.iter().map(|w| w.name()).collect();
-                return Err((
-                    "preempt.windows".into(),
-                    format!("unknown window `{w}` (one of: {})", all.join(", ")),
-                ));
+                return Err(("preempt.windows".into(), format!("unknown window `{w}` (one of: {})", all.join(", "))));
             }
         }
         range("preempt.window_prob", self.preempt.window_prob, 0.0, 1.0)?;
-        range(
-            "preempt.window_stall_us",
-            self.preempt.window_stall_us,
-            0,
-            10_000_000,
-        )?;
+        range("preempt.window_stall_us", self.preempt.window_stall_us, 0, 10_000_000)?;
+        range("hypervisor.kick_delay_us", self.hypervisor.kick_delay_us, 0, 10_000_000)?;
+        range("hypervisor.spurious_wakeup_prob", self.hypervisor.spurious_wakeup_prob, 0.0, 1.0)?;
+        range("hypervisor.interrupt_us", self.hypervisor.interrupt_us, 0, 10_000_000)?;
+        range("hypervisor.detect_ms", self.hypervisor.detect_ms, 1, 3_600_000)?;
+        if !["fixed", "uniform", "exponential"].contains(&self.preempt.random_dist.as_str()) {
+            let why = format!("`{}` is not fixed, uniform or exponential", self.preempt.random_dist);
+            return Err(("preempt.random_dist".into(), why));
+        }
+        if self.preempt.random_mean_interval_us > 0 {
+            range("preempt.random_stall_us", self.preempt.random_stall_us, 1, 10_000_000)?;
+        }
+        if self.preempt.holder_interval_us > 0 && self.preempt.holder_lock >= self.torture.locks {
+            let why =
+                format!("lock {} does not exist (torture.locks = {})", self.preempt.holder_lock, self.torture.locks);
+            return Err(("preempt.holder_lock".into(), why));
+        }
+        for r in &self.preempt.schedule {
+            if Window::from_name(&r.at).is_none() {
+                return Err(("preempt.schedule.at".into(), format!("unknown window `{}`", r.at)));
+            }
+            if r.until().is_none() {
+                let why = format!("`{}` is not `blocked`, `timeout` or `window:NAME`", r.until);
+                return Err(("preempt.schedule.until".into(), why));
+            }
+            range("preempt.schedule.timeout_us", r.timeout_us, 1, 60_000_000)?;
+            if let Some(c) = r.cpu {
+                if c >= self.vcpus {
+                    let why = format!("vCPU {c} does not exist (vcpus = {})", self.vcpus);
+                    return Err(("preempt.schedule.cpu".into(), why));
+                }
+            }
+        }
         Ok(())
     }
 
     /// The VMM's view of this run.
     pub fn machine(&self) -> Result<MachineConfig> {
-        let variant =
-            Variant::from_name(&self.lock.variant).ok_or_else(|| anyhow!("unknown variant"))?;
-        let prob =
-            |p: f64| ((p.clamp(0.0, 1.0) * 4_294_967_295.0) as u64).min(u32::MAX as u64) as u32;
+        let variant = Variant::from_name(&self.lock.variant).ok_or_else(|| anyhow!("unknown variant"))?;
+        let prob = |p: f64| ((p.clamp(0.0, 1.0) * 4_294_967_295.0) as u64).min(u32::MAX as u64) as u32;
         let mut mask = 0u64;
         for w in &self.preempt.windows {
-            mask |=
-                1 << (Window::from_name(w).ok_or_else(|| anyhow!("unknown window {w}"))? as u32);
+            mask |= 1 << (Window::from_name(w).ok_or_else(|| anyhow!("unknown window {w}"))? as u32);
         }
+        // A directed schedule needs every vCPU to exit at the windows its
+        // rules name (`always`); windows without a rule then cost an exit
+        // but no stall.
+        let mut schedule = Vec::new();
+        for r in &self.preempt.schedule {
+            let at = Window::from_name(&r.at).ok_or_else(|| anyhow!("unknown window {}", r.at))?;
+            let until = r.until().ok_or_else(|| anyhow!("bad until {}", r.until))?;
+            mask |= 1 << at as u32;
+            if let HoldUntil::Window(w) = until {
+                mask |= 1 << w as u32;
+            }
+            schedule.push(HoldRule { at, cpu: r.cpu, until, timeout_us: r.timeout_us, count: r.count });
+        }
+        let dist = match self.preempt.random_dist.as_str() {
+            "fixed" => StallDist::Fixed,
+            "uniform" => StallDist::Uniform,
+            _ => StallDist::Exponential,
+        };
         Ok(MachineConfig {
             vcpus: self.vcpus,
             host_cpus: self.host_cpus,
@@ -532,14 +559,10 @@ impl RunConfig {
             windows: pvlock_abi::WindowParams {
                 enabled_mask: mask,
                 prob: prob(self.preempt.window_prob),
-                always: 0,
+                always: !schedule.is_empty() as u32,
             },
             hypervisor: HypervisorConfig {
-                wait: if self.hypervisor.wait == "unchecked" {
-                    WaitContract::Unchecked
-                } else {
-                    WaitContract::Checked
-                },
+                wait: if self.hypervisor.wait == "unchecked" { WaitContract::Unchecked } else { WaitContract::Checked },
                 kick: if self.hypervisor.kick == "lost-if-not-waiting" {
                     KickContract::LostIfNotWaiting
                 } else {
@@ -548,8 +571,26 @@ impl RunConfig {
                 halt_poll_us: self.hypervisor.halt_poll_us,
                 halt_poll_overcommitted: self.hypervisor.halt_poll_overcommitted,
                 stall_timeout_ms: self.hypervisor.stall_timeout_ms,
+                kick_delay_us: self.hypervisor.kick_delay_us,
+                spurious_wakeup_prob: self.hypervisor.spurious_wakeup_prob,
+                interrupt_us: self.hypervisor.interrupt_us,
+                rescue: self.hypervisor.rescue,
+                detect_ms: self.hypervisor.detect_ms,
             },
-            window_stall_us: self.preempt.window_stall_us,
+            preempt: PreemptConfig {
+                window_stall_us: self.preempt.window_stall_us,
+                random: (self.preempt.random_mean_interval_us > 0).then_some(RandomStalls {
+                    mean_interval_us: self.preempt.random_mean_interval_us,
+                    stall_us: self.preempt.random_stall_us,
+                    dist,
+                }),
+                schedule,
+                holder: (self.preempt.holder_interval_us > 0).then_some(HolderStalls {
+                    lock: self.preempt.holder_lock,
+                    interval_us: self.preempt.holder_interval_us,
+                    stall_us: self.preempt.holder_stall_us,
+                }),
+            },
         })
     }
 }
@@ -566,32 +607,18 @@ mod tests {
     fn defaults_parse_and_validate() {
         let e = parse("").unwrap();
         assert_eq!(e.runs.len(), 1);
-        assert_eq!(
-            e.runs[0],
-            RunConfig {
-                name: "t".into(),
-                ..Default::default()
-            }
-        );
+        assert_eq!(e.runs[0], RunConfig { name: "t".into(), ..Default::default() });
     }
 
     #[test]
     fn lists_expand_to_a_matrix_times_repeats() {
-        let e =
-            parse("vcpus = [2, 4, 8]\nrepeats = 2\n[lock]\nvariant = [\"pv-v4.5\", \"pv-v4.8\"]\n")
-                .unwrap();
+        let e = parse("vcpus = [2, 4, 8]\nrepeats = 2\n[lock]\nvariant = [\"pv-v4.5\", \"pv-v4.8\"]\n").unwrap();
         assert_eq!(e.runs.len(), 3 * 2 * 2);
-        assert_eq!(
-            e.varying,
-            vec!["lock.variant".to_string(), "vcpus".to_string()]
-        );
+        assert_eq!(e.varying, vec!["lock.variant".to_string(), "vcpus".to_string()]);
         // Repeats get distinct, reproducible seeds.
         assert_ne!(e.runs[0].seed, e.runs[1].seed);
         assert_eq!(e.runs[0].seed, 1);
-        assert_eq!(
-            parse("vcpus = [2, 4, 8]\nrepeats = 2\n").unwrap().runs[1].seed,
-            e.runs[1].seed
-        );
+        assert_eq!(parse("vcpus = [2, 4, 8]\nrepeats = 2\n").unwrap().runs[1].seed, e.runs[1].seed);
     }
 
     #[test]
@@ -611,24 +638,15 @@ mod tests {
         let e = err("vcpus = 4\nbogus = 1\n");
         assert!(e.contains("`bogus`") && e.contains("t.toml:2"), "{e}");
         let e = err("vcpus = 0\n");
-        assert!(
-            e.contains("`vcpus`") && e.contains("out of range") && e.contains(":1"),
-            "{e}"
-        );
+        assert!(e.contains("`vcpus`") && e.contains("out of range") && e.contains(":1"), "{e}");
         let e = err("[lock]\nvariant = \"pv-v9\"\n");
-        assert!(
-            e.contains("`lock.variant`") && e.contains("pv-v9") && e.contains(":2"),
-            "{e}"
-        );
+        assert!(e.contains("`lock.variant`") && e.contains("pv-v9") && e.contains(":2"), "{e}");
         let e = err("[torture]\nnest = 3\nlocks = 2\n");
         assert!(e.contains("`torture.nest`"), "{e}");
         let e = err("[hypervisor]\nkick = \"sometimes\"\n");
         assert!(e.contains("`hypervisor.kick`"), "{e}");
         let e = err("[preempt]\nwindows = [\"nowhere\"]\n");
-        assert!(
-            e.contains("`preempt.windows`") && e.contains("nowhere"),
-            "{e}"
-        );
+        assert!(e.contains("`preempt.windows`") && e.contains("nowhere"), "{e}");
         let e = err("vcpus = []\n");
         assert!(e.contains("`vcpus`") && e.contains("empty"), "{e}");
         let e = err("vcpus = \"four\"\n");
@@ -640,15 +658,27 @@ mod tests {
     }
 
     #[test]
+    fn schedule_rules_enable_their_windows_always() {
+        let e = parse("[[preempt.schedule]]\nat = \"handoff\"\nuntil = \"blocked\"\n[[preempt.schedule]]\nat = \"unlock-kick\"\nuntil = \"window:head-trylock\"\n").unwrap();
+        assert_eq!(e.runs.len(), 1);
+        let m = e.runs[0].machine().unwrap();
+        assert_eq!(m.windows.always, 1);
+        assert_eq!(m.preempt.schedule.len(), 2);
+        assert_eq!(m.preempt.schedule[1].until, HoldUntil::Window(Window::HeadTrylock));
+        let want =
+            [Window::Handoff, Window::UnlockKick, Window::HeadTrylock].iter().fold(0u64, |m, w| m | 1 << *w as u32);
+        assert_eq!(m.windows.enabled_mask, want);
+        let e = err("[[preempt.schedule]]\nat = \"handoff\"\nuntil = \"later\"\n");
+        assert!(e.contains("`preempt.schedule.until`"), "{e}");
+    }
+
+    #[test]
     fn machine_config_maps_contracts_and_windows() {
         let e = parse("[hypervisor]\nwait = \"unchecked\"\nkick = \"lost-if-not-waiting\"\n[preempt]\nwindows = [\"handoff\", \"unlock-kick\"]\nwindow_prob = 1.0\n").unwrap();
         let m = e.runs[0].machine().unwrap();
         assert_eq!(m.hypervisor.wait, WaitContract::Unchecked);
         assert_eq!(m.hypervisor.kick, KickContract::LostIfNotWaiting);
-        assert_eq!(
-            m.windows.enabled_mask,
-            (1 << Window::Handoff as u32) | (1 << Window::UnlockKick as u32)
-        );
+        assert_eq!(m.windows.enabled_mask, (1 << Window::Handoff as u32) | (1 << Window::UnlockKick as u32));
         assert_eq!(m.windows.prob, u32::MAX);
     }
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod output;
 pub mod record;
+pub mod report;
 pub mod runner;
 pub mod stats;
 

@@ -26,6 +26,18 @@ enum Cmd {
         /// `variants`, `windows` or `workloads`.
         what: String,
     },
+    /// Re-render report.md, summary.csv and plots/ from DIR/runs.jsonl; print the main table.
+    Report {
+        /// Result directory (holds runs.jsonl).
+        dir: PathBuf,
+    },
+    /// Compare two result directories group by group (Welch's t-test at 95%).
+    Diff {
+        /// Baseline result directory.
+        dir_a: PathBuf,
+        /// New result directory.
+        dir_b: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -56,10 +68,7 @@ struct RunArgs {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PVLOCK_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVLOCK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match run() {
@@ -80,16 +89,20 @@ fn run() -> Result<i32> {
             list(&what)?;
             Ok(0)
         }
+        Some(Cmd::Report { dir }) => {
+            print!("{}", pvlock::report::report_command(&dir)?);
+            Ok(0)
+        }
+        Some(Cmd::Diff { dir_a, dir_b }) => {
+            print!("{}", pvlock::report::diff_command(&dir_a, &dir_b)?);
+            Ok(0)
+        }
     }
 }
 
 /// `cargo run --release` with no arguments: the embedded default experiment.
 fn default_job() -> Result<i32> {
-    let exp = Experiment::parse(
-        include_str!("../../configs/smoke.toml"),
-        "configs/smoke.toml (embedded)",
-        "smoke",
-    )?;
+    let exp = Experiment::parse(include_str!("../../configs/smoke.toml"), "configs/smoke.toml (embedded)", "smoke")?;
     run_experiment(&exp, |_| {}, None, GUEST_ELF)
 }
 
@@ -112,8 +125,7 @@ fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
     if let Some(v) = a.locks {
         rc.torture.locks = v;
     }
-    rc.validate()
-        .map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
+    rc.validate().map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
 }
 
 fn cmd_run(args: RunArgs) -> Result<i32> {
@@ -121,8 +133,7 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
     let elf_owned;
     let elf: &[u8] = match &args.guest_elf {
         Some(p) => {
-            elf_owned = std::fs::read(p)
-                .with_context(|| format!("cannot read guest ELF {}", p.display()))?;
+            elf_owned = std::fs::read(p).with_context(|| format!("cannot read guest ELF {}", p.display()))?;
             &elf_owned
         }
         None => GUEST_ELF,
@@ -213,34 +224,24 @@ fn run_experiment(
 }
 
 fn print_summary(i: usize, n: usize, r: &Record) {
-    let key = if r.run_key.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", r.run_key)
-    };
-    println!(
-        "run {i}/{n} {}{key}: {} — {}",
-        r.name,
-        r.status.to_uppercase(),
-        r.summary
-    );
+    let key = if r.run_key.is_empty() { String::new() } else { format!(" [{}]", r.run_key) };
+    println!("run {i}/{n} {}{key}: {} — {}", r.name, r.status.to_uppercase(), r.summary);
     println!(
         "  {} vCPUs on {} host CPUs, variant {}, {:.0} ms wall, {} acquisitions ({:.0}/s), latency p50 {} ns p99 {} ns",
-        r.vcpus, r.host_cpus, r.params.variant, r.duration_ms, r.acquisitions, r.acquisitions_per_sec, r.latency_ns.p50, r.latency_ns.p99
+        r.vcpus,
+        r.host_cpus,
+        r.params.variant,
+        r.duration_ms,
+        r.acquisitions,
+        r.acquisitions_per_sec,
+        r.latency_ns.p50,
+        r.latency_ns.p99
     );
     for c in &r.checks {
-        println!(
-            "  [{}] {}: {}",
-            if c.passed { "ok" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
+        println!("  [{}] {}: {}", if c.passed { "ok" } else { "FAIL" }, c.name, c.detail);
     }
     if let Some(k) = r.timing.kick_wake_ns {
-        println!(
-            "  kick -> wake: p50 {} ns, p99 {} ns, max {} ns over {}",
-            k.p50, k.p99, k.max, k.count
-        );
+        println!("  kick -> wake: p50 {} ns, p99 {} ns, max {} ns over {}", k.p50, k.p99, k.max, k.count);
     }
     if let (Some(e), Some(k)) = (r.timing.mmio_exit_us, r.timing.kick_store_us) {
         println!("  MMIO exit round trip {e:.2} us, kick store {k:.2} us");
@@ -254,11 +255,7 @@ fn list(what: &str) -> Result<()> {
     match what {
         "variants" => {
             for v in Variant::ALL {
-                println!(
-                    "{:<26}{}",
-                    v.name(),
-                    if v.is_mutant() { "(mutant)" } else { "" }
-                );
+                println!("{:<26}{}", v.name(), if v.is_mutant() { "(mutant)" } else { "" });
             }
         }
         "windows" => {

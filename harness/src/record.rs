@@ -19,11 +19,7 @@ pub struct Check {
 
 impl Check {
     pub fn new(name: &str, passed: bool, detail: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            passed,
-            detail: detail.into(),
-        }
+        Self { name: name.into(), passed, detail: detail.into() }
     }
 }
 
@@ -141,19 +137,11 @@ pub fn utc_timestamp(unix_secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 pub fn now_utc() -> String {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     utc_timestamp(s)
 }
 

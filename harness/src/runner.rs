@@ -55,20 +55,13 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     let max_probe = r
         .per_vcpu
         .iter()
-        .map(|v| {
-            v.lock_events
-                .get(LockEvent::HashMaxProbe.name())
-                .copied()
-                .unwrap_or(0)
-        })
+        .map(|v| v.lock_events.get(LockEvent::HashMaxProbe.name()).copied().unwrap_or(0))
         .max()
         .unwrap_or(0);
     lock_events.insert(LockEvent::HashMaxProbe.name().into(), max_probe);
     let vmm = sum_map(per_vcpu.iter().map(|v| &v.vmm));
     let acquisitions: u64 = per_vcpu.iter().map(|v| v.acquisitions).sum();
-    let latency = histogram_percentiles(&merge_histograms(
-        r.per_vcpu.iter().map(|v| v.latency_buckets.as_slice()),
-    ));
+    let latency = histogram_percentiles(&merge_histograms(r.per_vcpu.iter().map(|v| v.latency_buckets.as_slice())));
     let ev = |e: LockEvent| lock_events.get(e.name()).copied().unwrap_or(0);
     let inserts = ev(LockEvent::HashInserts);
     let hash = HashStats {
@@ -77,11 +70,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         inserts,
         removes: ev(LockEvent::HashRemoves),
         max_probe,
-        hops_per_insert: if inserts > 0 {
-            ev(LockEvent::PvHashHops) as f64 / inserts as f64
-        } else {
-            0.0
-        },
+        hops_per_insert: if inserts > 0 { ev(LockEvent::PvHashHops) as f64 / inserts as f64 } else { 0.0 },
         double_hash: ev(LockEvent::DoubleHash),
     };
     // Guest run time: from the start barrier to the run's configured end
@@ -90,10 +79,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         Workload::Torture if rc.torture.max_acquisitions == 0 => rc.duration_ms as f64 / 1e3,
         _ => r.wall_ms / 1e3,
     };
-    let mut timing = Timing {
-        boot_us: r.boot_us,
-        ..Default::default()
-    };
+    let mut timing = Timing { boot_us: r.boot_us, ..Default::default() };
     match workload {
         Workload::Doorbells => {
             if let Some(v) = r.per_vcpu.first() {
@@ -114,21 +100,13 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     checks.push(Check::new(
         "all_vcpus_done",
         not_done.is_empty(),
-        if not_done.is_empty() {
-            "every vCPU reported done".to_string()
-        } else {
-            format!("not done: {not_done:?}")
-        },
+        if not_done.is_empty() { "every vCPU reported done".to_string() } else { format!("not done: {not_done:?}") },
     ));
     match workload {
         Workload::Smoke => {
             let want = rc.vcpus as u64 * rc.iterations;
             let (a, p) = (r.boot.atomic_counter, r.boot.plain_counter);
-            checks.push(Check::new(
-                "atomic_counter",
-                a == want,
-                format!("{a} of {want} lock-xadd increments"),
-            ));
+            checks.push(Check::new("atomic_counter", a == want, format!("{a} of {want} lock-xadd increments")));
             checks.push(Check::new(
                 "plain_counter_under_lock",
                 p == want,
@@ -136,6 +114,17 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             ));
         }
         Workload::Torture => torture_checks(r, &per_vcpu, &mut checks),
+        Workload::PreemptProbe => {
+            // Polls (by all watchers) that saw vCPU c preempted.
+            let n = (rc.vcpus as usize).min(8);
+            let seen: Vec<u64> = (0..n).map(|c| r.per_vcpu.iter().skip(1).map(|v| v.timing[c]).sum()).collect();
+            let only_0 = seen[0] > 0 && seen[1..].iter().all(|&x| x == 0);
+            checks.push(Check::new(
+                "preempted_flag_exactly_for_the_stalled_vcpu",
+                only_0,
+                format!("polls that saw each vCPU preempted: {seen:?} (only vCPU 0 was stalled)"),
+            ));
+        }
         Workload::PingPong if rc.vcpus >= 2 => {
             let wakes: u64 = per_vcpu.iter().map(|v| v.acquisitions).sum();
             checks.push(Check::new(
@@ -153,11 +142,8 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     let summary = match (&r.failure, status) {
         (Some(f), _) => f.summary(),
         (None, RunStatus::Failed) => {
-            let failed: Vec<_> = checks
-                .iter()
-                .filter(|c| !c.passed)
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
+            let failed: Vec<_> =
+                checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
             format!("checks failed: {}", failed.join("; "))
         }
         _ => "all vCPUs finished; all checks passed".to_string(),
@@ -168,10 +154,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         run_key: run_key.to_string(),
         status: status.as_str().to_string(),
         summary,
-        failure: r
-            .failure
-            .as_ref()
-            .and_then(|f| serde_json::to_value(f).ok()),
+        failure: r.failure.as_ref().and_then(|f| serde_json::to_value(f).ok()),
         started_at,
         pvlock_version: crate::version().to_string(),
         vcpus: rc.vcpus,
@@ -179,11 +162,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         duration_ms: r.wall_ms,
         tsc_khz: r.tsc_khz,
         acquisitions,
-        acquisitions_per_sec: if run_secs > 0.0 {
-            acquisitions as f64 / run_secs
-        } else {
-            0.0
-        },
+        acquisitions_per_sec: if run_secs > 0.0 { acquisitions as f64 / run_secs } else { 0.0 },
         latency_ns: latency,
         max_wait_ns: per_vcpu.iter().map(|v| v.max_wait_ns).max().unwrap_or(0),
         lock_events,
@@ -194,11 +173,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             mutant: variant.is_mutant(),
             pv: variant.is_pv(),
             spin_threshold: rc.lock.spin_threshold,
-            hash_bits: if r.boot.hash_entries > 0 {
-                r.boot.hash_entries.trailing_zeros()
-            } else {
-                rc.lock.hash_bits
-            },
+            hash_bits: if r.boot.hash_entries > 0 { r.boot.hash_entries.trailing_zeros() } else { rc.lock.hash_bits },
         },
         timing,
         checks,
@@ -209,14 +184,9 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
 }
 
 fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) {
-    let mutex_violation = matches!(&r.failure, Some(pvlock_vmm::GuestFailure::Panic { what, .. }) if what.contains("mutual"));
-    let owners_left: Vec<usize> = r
-        .lock_owners
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| **o != 0)
-        .map(|(i, _)| i)
-        .collect();
+    let mutex_violation =
+        matches!(&r.failure, Some(pvlock_vmm::GuestFailure::Panic { what, .. }) if what.contains("mutual"));
+    let owners_left: Vec<usize> = r.lock_owners.iter().enumerate().filter(|(_, o)| **o != 0).map(|(i, _)| i).collect();
     checks.push(Check::new(
         "mutual_exclusion",
         !mutex_violation && (r.status != RunStatus::Ok || owners_left.is_empty()),
@@ -230,15 +200,8 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
     ));
     if r.status == RunStatus::Ok {
         let counted: u64 = r.lock_counts.iter().sum();
-        let acq: u64 = per_vcpu
-            .iter()
-            .map(|v| {
-                v.lock_events
-                    .get("torture_acquisitions")
-                    .copied()
-                    .unwrap_or(v.acquisitions)
-            })
-            .sum();
+        let acq: u64 =
+            per_vcpu.iter().map(|v| v.lock_events.get("torture_acquisitions").copied().unwrap_or(v.acquisitions)).sum();
         checks.push(Check::new(
             "lock_counts_match_acquisitions",
             counted == acq,
@@ -250,11 +213,7 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
             if r.hash_in_use.is_empty() {
                 "no PV hash entries left".to_string()
             } else {
-                format!(
-                    "{} stale entries: {:x?}",
-                    r.hash_in_use.len(),
-                    r.hash_in_use
-                )
+                format!("{} stale entries: {:x?}", r.hash_in_use.len(), r.hash_in_use)
             },
         ));
     }

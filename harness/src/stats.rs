@@ -31,12 +31,7 @@ pub fn histogram_percentiles(buckets: &[(u64, u64)]) -> Percentiles {
         }
         buckets.last().map(|b| b.0).unwrap_or(0)
     };
-    Percentiles {
-        count,
-        p50: at(0.5),
-        p99: at(0.99),
-        max: buckets.last().map(|b| b.0).unwrap_or(0),
-    }
+    Percentiles { count, p50: at(0.5), p99: at(0.99), max: buckets.last().map(|b| b.0).unwrap_or(0) }
 }
 
 /// Merges several (bound, count) histograms into one sorted histogram.
@@ -68,9 +63,8 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, Option<f64>) {
 /// Two-sided 95% Student's t quantile for `df` degrees of freedom.
 pub fn t95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::NAN,
@@ -96,15 +90,7 @@ mod tests {
     fn percentiles_of_a_histogram() {
         let h = [(10, 50), (20, 49), (1000, 1)];
         let p = histogram_percentiles(&h);
-        assert_eq!(
-            p,
-            Percentiles {
-                count: 100,
-                p50: 10,
-                p99: 20,
-                max: 1000
-            }
-        );
+        assert_eq!(p, Percentiles { count: 100, p50: 10, p99: 20, max: 1000 });
         assert_eq!(histogram_percentiles(&[]), Percentiles::default());
     }
 
@@ -112,10 +98,7 @@ mod tests {
     fn merging_adds_counts() {
         let a = [(10u64, 1u64), (20, 2)];
         let b = [(20u64, 3u64), (5, 1)];
-        assert_eq!(
-            merge_histograms([&a[..], &b[..]]),
-            vec![(5, 1), (10, 1), (20, 5)]
-        );
+        assert_eq!(merge_histograms([&a[..], &b[..]]), vec![(5, 1), (10, 1), (20, 5)]);
     }
 
     #[test]

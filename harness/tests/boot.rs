@@ -23,11 +23,7 @@ fn smoke(vcpus: u32, host_cpus: u32) -> RunConfig {
 }
 
 fn assert_ok(r: &Record) {
-    assert_eq!(
-        r.status, "ok",
-        "{}: {}\nconsole: {:?}",
-        r.name, r.summary, r.console
-    );
+    assert_eq!(r.status, "ok", "{}: {}\nconsole: {:?}", r.name, r.summary, r.console);
     assert!(r.all_checks_passed(), "{:?}", r.checks);
 }
 
@@ -40,9 +36,10 @@ fn smoke_counts_are_exact_on_1_2_4_and_8_vcpus() {
         let r = run(smoke(v, h));
         assert_ok(&r);
         let want = v as u64 * 5000;
-        assert!(r.checks.iter().any(
-            |c| c.name == "plain_counter_under_lock" && c.detail.starts_with(&want.to_string())
-        ));
+        assert!(r
+            .checks
+            .iter()
+            .any(|c| c.name == "plain_counter_under_lock" && c.detail.starts_with(&want.to_string())));
         assert_eq!(r.per_vcpu.len(), v as usize);
     }
 }
@@ -58,11 +55,7 @@ fn overcommitted_smoke_uses_wait_and_kick() {
     rc.iterations = 20_000;
     let r = run(rc);
     assert_ok(&r);
-    assert!(
-        r.vmm["waits"] > 0,
-        "no waits under 6x overcommit: {:?}",
-        r.vmm
-    );
+    assert!(r.vmm["waits"] > 0, "no waits under 6x overcommit: {:?}", r.vmm);
 }
 
 #[test]
@@ -70,21 +63,13 @@ fn guest_fault_is_a_guest_crash_with_its_rip() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let r = run(RunConfig {
-        workload: "fault".into(),
-        vcpus: 2,
-        timeout_ms: 10_000,
-        ..Default::default()
-    });
+    let r = run(RunConfig { workload: "fault".into(), vcpus: 2, timeout_ms: 10_000, ..Default::default() });
     assert_eq!(r.status, "guest-crash", "{}", r.summary);
     let f = r.failure.expect("failure recorded");
     assert_eq!(f["kind"], "triple-fault");
     assert_eq!(f["cpu"], 0);
     let rip = f["rip"].as_u64().unwrap();
-    assert!(
-        (pvlock_abi::GUEST_IMAGE_GPA..pvlock_abi::GUEST_IMAGE_GPA + (4 << 20)).contains(&rip),
-        "rip {rip:#x}"
-    );
+    assert!((pvlock_abi::GUEST_IMAGE_GPA..pvlock_abi::GUEST_IMAGE_GPA + (4 << 20)).contains(&rip), "rip {rip:#x}");
 }
 
 #[test]
@@ -92,19 +77,11 @@ fn out_of_range_doorbell_pointer_is_reported_not_followed() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let r = run(RunConfig {
-        workload: "bad-pointer".into(),
-        vcpus: 2,
-        timeout_ms: 10_000,
-        ..Default::default()
-    });
+    let r = run(RunConfig { workload: "bad-pointer".into(), vcpus: 2, timeout_ms: 10_000, ..Default::default() });
     assert_eq!(r.status, "guest-crash", "{}", r.summary);
     let f = r.failure.unwrap();
     assert_eq!(f["kind"], "abi-violation");
-    assert!(
-        f["detail"].as_str().unwrap().contains("outside guest RAM"),
-        "{f}"
-    );
+    assert!(f["detail"].as_str().unwrap().contains("outside guest RAM"), "{f}");
 }
 
 #[test]
@@ -112,25 +89,14 @@ fn guest_panic_carries_file_line_and_message() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let r = run(RunConfig {
-        workload: "panic".into(),
-        vcpus: 1,
-        host_cpus: 1,
-        timeout_ms: 10_000,
-        ..Default::default()
-    });
+    let r =
+        run(RunConfig { workload: "panic".into(), vcpus: 1, host_cpus: 1, timeout_ms: 10_000, ..Default::default() });
     assert_eq!(r.status, "guest-crash");
     let f = r.failure.unwrap();
     assert_eq!(f["kind"], "panic");
     assert!(f["file"].as_str().unwrap().ends_with("workloads.rs"), "{f}");
     assert!(f["line"].as_u64().unwrap() > 0);
-    assert!(
-        f["message"]
-            .as_str()
-            .unwrap()
-            .contains("self-test: a guest assertion on vCPU 0"),
-        "{f}"
-    );
+    assert!(f["message"].as_str().unwrap().contains("self-test: a guest assertion on vCPU 0"), "{f}");
 }
 
 #[test]
@@ -138,22 +104,13 @@ fn a_wait_that_never_ends_is_a_hang_within_the_stall_timeout() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let mut rc = RunConfig {
-        workload: "wait-forever".into(),
-        vcpus: 2,
-        timeout_ms: 20_000,
-        ..Default::default()
-    };
+    let mut rc = RunConfig { workload: "wait-forever".into(), vcpus: 2, timeout_ms: 20_000, ..Default::default() };
     rc.hypervisor.stall_timeout_ms = 300;
     let t = std::time::Instant::now();
     let r = run(rc);
     assert_eq!(r.status, "hang", "{}", r.summary);
     assert_eq!(r.failure.unwrap()["kind"], "blocked-wait");
-    assert!(
-        t.elapsed().as_secs() < 10,
-        "hang detection took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed().as_secs() < 10, "hang detection took {:?}", t.elapsed());
 }
 
 #[test]
@@ -161,15 +118,42 @@ fn kicks_wake_a_waiting_vcpu() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let r = run(RunConfig {
-        workload: "ping-pong".into(),
-        vcpus: 2,
-        host_cpus: 2,
-        iterations: 200,
-        ..Default::default()
-    });
+    let r =
+        run(RunConfig { workload: "ping-pong".into(), vcpus: 2, host_cpus: 2, iterations: 200, ..Default::default() });
     assert_ok(&r);
     let k = r.timing.kick_wake_ns.unwrap();
     assert_eq!(k.count, 200);
     assert!(k.p50 > 0);
+}
+
+#[test]
+fn a_stall_sets_vcpu_is_preempted_for_exactly_the_stalled_vcpu() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let mut rc = RunConfig { workload: "preempt-probe".into(), vcpus: 3, host_cpus: 2, ..Default::default() };
+    rc.preempt.windows = vec!["critical-section".into()];
+    rc.preempt.window_prob = 1.0;
+    rc.preempt.window_stall_us = 20_000;
+    let r = run(rc);
+    assert_ok(&r);
+    assert_eq!(r.vmm["stalls"], 1, "{:?}", r.vmm);
+    assert!(r.vmm["stalled_us"] >= 20_000);
+}
+
+#[test]
+fn random_stalls_arrive_and_are_accounted() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let mut rc = smoke(4, 2);
+    rc.iterations = 200_000;
+    rc.preempt.random_mean_interval_us = 2_000;
+    rc.preempt.random_stall_us = 300;
+    let r = run(rc);
+    assert_ok(&r);
+    let stalls = r.vmm["stalls"];
+    assert!(stalls > 0, "no random stalls in {} ms: {:?}", r.duration_ms, r.vmm);
+    let mean_us = r.vmm["stalled_us"] as f64 / stalls as f64;
+    assert!(mean_us > 100.0 && mean_us < 3_000.0, "mean stall {mean_us} us for a 300 us exponential mean");
 }

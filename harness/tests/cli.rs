@@ -14,18 +14,12 @@ fn invalid_config_names_the_key_and_exits_2() {
     let out = pvlock().args(["run"]).arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("`lock.variant`") && err.contains("bad.toml:3"),
-        "{err}"
-    );
+    assert!(err.contains("`lock.variant`") && err.contains("bad.toml:3"), "{err}");
 }
 
 #[test]
 fn missing_config_file_is_a_clear_error() {
-    let out = pvlock()
-        .args(["run", "/nonexistent/x.toml"])
-        .output()
-        .unwrap();
+    let out = pvlock().args(["run", "/nonexistent/x.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }
@@ -37,36 +31,12 @@ fn run_writes_a_json_record_and_a_crash_exits_nonzero() {
     }
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "workload = \"fault\"\nvcpus = 2\ntimeout_ms = 10000\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "workload = \"fault\"\nvcpus = 2\ntimeout_ms = 10000\n").unwrap();
     let json = d.path().join("r.json");
-    let out = pvlock()
-        .args(["run"])
-        .arg(&cfg)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = pvlock().args(["run"]).arg(&cfg).arg("--json").arg(&json).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    for key in [
-        "schema_version",
-        "config",
-        "status",
-        "vcpus",
-        "host_cpus",
-        "duration_ms",
-        "per_vcpu",
-        "checks",
-    ] {
+    for key in ["schema_version", "config", "status", "vcpus", "host_cpus", "duration_ms", "per_vcpu", "checks"] {
         assert!(v.get(key).is_some(), "record lacks `{key}`");
     }
     assert_eq!(v["status"], "guest-crash");

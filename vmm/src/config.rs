@@ -1,11 +1,9 @@
 //! The machine's configuration: plain data, validated once.
 
-use pvlock_abi::{LockParams, TortureParams, WindowParams, Workload, MAX_VCPUS};
-use serde::{Deserialize, Serialize};
+use pvlock_abi::{LockParams, TortureParams, Window, WindowParams, Workload, MAX_VCPUS};
 
 /// pv_wait's contract (`[hypervisor] wait`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WaitContract {
     /// Block only while the byte still equals the expected value (KVM's
     /// `kvm_wait()` re-check before `hlt`).
@@ -17,8 +15,7 @@ pub enum WaitContract {
 }
 
 /// pv_kick's contract (`[hypervisor] kick`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KickContract {
     /// A kick to a running vCPU is kept until its next wait (KVM's
     /// `pv_unhalted`, Xen's pending event).
@@ -30,7 +27,7 @@ pub enum KickContract {
 }
 
 /// The hypervisor half's knobs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HypervisorConfig {
     pub wait: WaitContract,
     pub kick: KickContract,
@@ -42,6 +39,21 @@ pub struct HypervisorConfig {
     pub halt_poll_overcommitted: bool,
     /// A wait blocked longer than this while the run is live is a hang.
     pub stall_timeout_ms: u64,
+    /// Delay between a kick store and its delivery. Non-zero routes kicks
+    /// through the VMM (an exit for the kicker) instead of ioeventfds.
+    pub kick_delay_us: u64,
+    /// Probability that a blocking wait ends spuriously (after a short
+    /// random delay) without a kick.
+    pub spurious_wakeup_prob: f64,
+    /// Period of a simulated interrupt that ends any wait (0 = none): a
+    /// guest that waits with interrupts enabled.
+    pub interrupt_us: u64,
+    /// On a detected missed wakeup, kick the blocked vCPU, count it and go
+    /// on instead of ending the run as a hang.
+    pub rescue: bool,
+    /// A head blocked on a lock whose state cannot lead to a kick, for this
+    /// long with nobody stalled, is a missed wakeup (lock-aware detector).
+    pub detect_ms: u64,
 }
 
 impl Default for HypervisorConfig {
@@ -52,12 +64,17 @@ impl Default for HypervisorConfig {
             halt_poll_us: 0,
             halt_poll_overcommitted: false,
             stall_timeout_ms: 1000,
+            kick_delay_us: 0,
+            spurious_wakeup_prob: 0.0,
+            interrupt_us: 0,
+            rescue: false,
+            detect_ms: 100,
         }
     }
 }
 
 /// Everything a run needs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MachineConfig {
     pub vcpus: u32,
     /// vCPU threads are pinned to host CPUs `0..host_cpus` (round robin).
@@ -69,18 +86,13 @@ pub struct MachineConfig {
     pub duration_ms: u64,
     /// The VMM gives up this long after start: the run is a hang.
     pub timeout_ms: u64,
-    #[serde(skip)]
     pub workload: Option<Workload>,
     pub iterations: u64,
-    #[serde(skip)]
     pub lock: LockParams,
-    #[serde(skip)]
     pub torture: TortureParams,
-    #[serde(skip)]
     pub windows: WindowParams,
     pub hypervisor: HypervisorConfig,
-    /// How long a vCPU stalls when the guest stops at an enabled race window.
-    pub window_stall_us: u64,
+    pub preempt: PreemptConfig,
 }
 
 impl Default for MachineConfig {
@@ -98,7 +110,7 @@ impl Default for MachineConfig {
             torture: TortureParams::default(),
             windows: WindowParams::default(),
             hypervisor: HypervisorConfig::default(),
-            window_stall_us: 200,
+            preempt: PreemptConfig::default(),
         }
     }
 }
@@ -108,10 +120,7 @@ impl MachineConfig {
     /// names config keys; this is the last line of defence).
     pub fn validate(&self) -> Result<(), String> {
         if self.vcpus == 0 || self.vcpus as usize > MAX_VCPUS {
-            return Err(format!(
-                "vcpus = {} is out of range 1..={MAX_VCPUS}",
-                self.vcpus
-            ));
+            return Err(format!("vcpus = {} is out of range 1..={MAX_VCPUS}", self.vcpus));
         }
         let ram = self.ram_mib as u64 * 1024 * 1024;
         if !(pvlock_abi::MIN_RAM_BYTES..=pvlock_abi::MAX_RAM_BYTES).contains(&ram) {
@@ -129,5 +138,72 @@ impl MachineConfig {
             return Err("timeout_ms must be > 0".into());
         }
         Ok(())
+    }
+}
+
+/// Distribution of injected stall lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum StallDist {
+    #[default]
+    Fixed,
+    /// Uniform on `0..=2 * stall_us` (mean `stall_us`).
+    Uniform,
+    /// Exponential with mean `stall_us`.
+    Exponential,
+}
+
+/// Random preemption: per vCPU, stalls arrive as a Poisson process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RandomStalls {
+    pub mean_interval_us: u64,
+    pub stall_us: u64,
+    pub dist: StallDist,
+}
+
+/// What releases a vCPU held at a window by a schedule rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldUntil {
+    /// Another vCPU reaches this window.
+    Window(Window),
+    /// Another vCPU blocks in a pv_wait.
+    Blocked,
+    /// Only the timeout.
+    Timeout,
+}
+
+/// "Hold a vCPU at window `at` until `until`, or `timeout_us`": a directed
+/// interleaving.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HoldRule {
+    pub at: Window,
+    /// Only this vCPU (any vCPU if None).
+    pub cpu: Option<u32>,
+    pub until: HoldUntil,
+    pub timeout_us: u64,
+    /// How many holds this rule performs (0 = unlimited).
+    pub count: u32,
+}
+
+/// Periodically stall whichever vCPU holds torture lock `lock`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HolderStalls {
+    pub lock: u32,
+    pub interval_us: u64,
+    pub stall_us: u64,
+}
+
+/// Deliberate preemption (`[preempt]`), all parts combinable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreemptConfig {
+    /// Stall length at a window the guest chose to stall at (no rule).
+    pub window_stall_us: u64,
+    pub random: Option<RandomStalls>,
+    pub schedule: Vec<HoldRule>,
+    pub holder: Option<HolderStalls>,
+}
+
+impl Default for PreemptConfig {
+    fn default() -> Self {
+        Self { window_stall_us: 200, random: None, schedule: Vec::new(), holder: None }
     }
 }

@@ -71,13 +71,7 @@ pub fn setup_sregs(sregs: &mut kvm_sregs) {
 
 /// General registers: entry point, stack, and the vCPU index in `rdi`.
 pub fn initial_regs(entry: u64, stack_top: u64, cpu: u32) -> kvm_regs {
-    kvm_regs {
-        rip: entry,
-        rsp: stack_top,
-        rdi: cpu as u64,
-        rflags: 0x2,
-        ..Default::default()
-    }
+    kvm_regs { rip: entry, rsp: stack_top, rdi: cpu as u64, rflags: 0x2, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -97,9 +91,6 @@ mod tests {
     #[test]
     fn regs_carry_cpu_index() {
         let r = initial_regs(0x40_0000, 0x100_0000, 5);
-        assert_eq!(
-            (r.rip, r.rsp, r.rdi, r.rflags),
-            (0x40_0000, 0x100_0000, 5, 2)
-        );
+        assert_eq!((r.rip, r.rsp, r.rdi, r.rflags), (0x40_0000, 0x100_0000, 5, 2));
     }
 }

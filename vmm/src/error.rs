@@ -6,9 +6,7 @@ use thiserror::Error;
 /// Setting up the machine failed before any guest code ran.
 #[derive(Debug, Error)]
 pub enum MachineError {
-    #[error(
-        "cannot open /dev/kvm: {0} (pvlock needs Linux with KVM and read/write access to /dev/kvm)"
-    )]
+    #[error("cannot open /dev/kvm: {0} (pvlock needs Linux with KVM and read/write access to /dev/kvm)")]
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmApiVersion(i32),

@@ -47,14 +47,12 @@ pub enum AbiViolation {
 impl std::fmt::Display for AbiViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::BadWidth { addr, len } => write!(
-                f,
-                "{len}-byte store to doorbell {addr:#x} (doorbells take 8 bytes)"
-            ),
-            Self::Read { addr, len } => write!(
-                f,
-                "{len}-byte read of MMIO address {addr:#x} (doorbells are write-only)"
-            ),
+            Self::BadWidth { addr, len } => {
+                write!(f, "{len}-byte store to doorbell {addr:#x} (doorbells take 8 bytes)")
+            }
+            Self::Read { addr, len } => {
+                write!(f, "{len}-byte read of MMIO address {addr:#x} (doorbells are write-only)")
+            }
             Self::UnknownAddress { addr } => {
                 write!(f, "store to MMIO address {addr:#x}, which is no doorbell")
             }
@@ -66,12 +64,7 @@ impl std::fmt::Display for AbiViolation {
 pub fn decode_mmio_write(addr: u64, data: &[u8]) -> Result<GuestRequest, AbiViolation> {
     let value = match <[u8; 8]>::try_from(data) {
         Ok(b) => u64::from_le_bytes(b),
-        Err(_) => {
-            return Err(AbiViolation::BadWidth {
-                addr,
-                len: data.len(),
-            })
-        }
+        Err(_) => return Err(AbiViolation::BadWidth { addr, len: data.len() }),
     };
     Ok(match addr {
         doorbell::CONSOLE => {
@@ -89,9 +82,7 @@ pub fn decode_mmio_write(addr: u64, data: &[u8]) -> Result<GuestRequest, AbiViol
         a if (doorbell::KICK_BASE..pvlock_abi::MMIO_BASE + pvlock_abi::MMIO_SIZE).contains(&a)
             && (a - doorbell::KICK_BASE) % 8 == 0 =>
         {
-            GuestRequest::KickNoSuchCpu {
-                cpu: (a - doorbell::KICK_BASE) / 8,
-            }
+            GuestRequest::KickNoSuchCpu { cpu: (a - doorbell::KICK_BASE) / 8 }
         }
         _ => return Err(AbiViolation::UnknownAddress { addr }),
     })
@@ -106,46 +97,26 @@ mod tests {
         let v = |x: u64| x.to_le_bytes();
         assert_eq!(
             decode_mmio_write(doorbell::WAIT, &v(doorbell::wait_value(0x40_1000, 3))),
-            Ok(GuestRequest::Wait {
-                gpa: 0x40_1000,
-                expected: 3
-            })
+            Ok(GuestRequest::Wait { gpa: 0x40_1000, expected: 3 })
         );
         assert_eq!(
             decode_mmio_write(doorbell::CONSOLE, &v(doorbell::console_value(0x1234, 5))),
-            Ok(GuestRequest::Console {
-                gpa: 0x1234,
-                len: 5
-            })
+            Ok(GuestRequest::Console { gpa: 0x1234, len: 5 })
         );
-        assert_eq!(
-            decode_mmio_write(doorbell::DONE, &v(0)),
-            Ok(GuestRequest::Done { status: 0 })
-        );
-        assert_eq!(
-            decode_mmio_write(doorbell::STALL, &v(4)),
-            Ok(GuestRequest::Stall { window: 4 })
-        );
-        assert_eq!(
-            decode_mmio_write(doorbell::kick_addr(63), &v(1)),
-            Ok(GuestRequest::KickNoSuchCpu { cpu: 63 })
-        );
+        assert_eq!(decode_mmio_write(doorbell::DONE, &v(0)), Ok(GuestRequest::Done { status: 0 }));
+        assert_eq!(decode_mmio_write(doorbell::STALL, &v(4)), Ok(GuestRequest::Stall { window: 4 }));
+        assert_eq!(decode_mmio_write(doorbell::kick_addr(63), &v(1)), Ok(GuestRequest::KickNoSuchCpu { cpu: 63 }));
     }
 
     #[test]
     fn rejects_bad_width_and_unknown_addresses() {
         assert_eq!(
             decode_mmio_write(doorbell::DONE, &[0; 4]),
-            Err(AbiViolation::BadWidth {
-                addr: doorbell::DONE,
-                len: 4
-            })
+            Err(AbiViolation::BadWidth { addr: doorbell::DONE, len: 4 })
         );
         assert_eq!(
             decode_mmio_write(pvlock_abi::MMIO_BASE + 0x800, &[0; 8]),
-            Err(AbiViolation::UnknownAddress {
-                addr: pvlock_abi::MMIO_BASE + 0x800
-            })
+            Err(AbiViolation::UnknownAddress { addr: pvlock_abi::MMIO_BASE + 0x800 })
         );
         assert!(decode_mmio_write(doorbell::KICK_BASE + 3, &[0; 8]).is_err());
     }

@@ -2,10 +2,7 @@
 //! ABI records. Every guest address that comes from the guest is checked
 //! here once (`check_range`) before anything is read or written.
 
-use pvlock_abi::{
-    BootBlock, HashEntry, VcpuBlock, HUGE_PAGE, MAPPED_LIMIT, NR_PAGE_DIRS, PDPT_GPA, PD_GPA,
-    PML4_GPA,
-};
+use pvlock_abi::{BootBlock, HashEntry, VcpuBlock, HUGE_PAGE, MAPPED_LIMIT, NR_PAGE_DIRS, PDPT_GPA, PD_GPA, PML4_GPA};
 use std::fmt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -46,11 +43,7 @@ pub struct OutOfRam {
 
 impl fmt::Display for OutOfRam {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "guest range {:#x}+{:#x} is outside guest RAM (0..{:#x})",
-            self.gpa, self.len, self.ram
-        )
+        write!(f, "guest range {:#x}+{:#x} is outside guest RAM (0..{:#x})", self.gpa, self.len, self.ram)
     }
 }
 
@@ -96,9 +89,7 @@ impl GuestRam {
 
     /// Host address of guest address 0 (for KVM_SET_USER_MEMORY_REGION).
     pub fn host_base(&self) -> u64 {
-        self.mem
-            .get_host_address(GuestAddress(0))
-            .expect("address 0 is in the only region") as u64
+        self.mem.get_host_address(GuestAddress(0)).expect("address 0 is in the only region") as u64
     }
 
     /// Checks that `gpa..gpa+len` lies inside RAM (checked arithmetic:
@@ -106,11 +97,7 @@ impl GuestRam {
     pub fn check_range(&self, gpa: u64, len: u64) -> Result<(), OutOfRam> {
         match gpa.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(OutOfRam {
-                gpa,
-                len,
-                ram: self.size,
-            }),
+            _ => Err(OutOfRam { gpa, len, ram: self.size }),
         }
     }
 
@@ -129,13 +116,7 @@ impl GuestRam {
         // exactly v's bytes and is dropped before v is used.
         let bytes = unsafe { std::slice::from_raw_parts_mut(&mut v as *mut T as *mut u8, len) };
         // Range checked above, so this cannot fail on bounds.
-        self.mem
-            .read_slice(bytes, GuestAddress(gpa))
-            .map_err(|_| OutOfRam {
-                gpa,
-                len: len as u64,
-                ram: self.size,
-            })?;
+        self.mem.read_slice(bytes, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: len as u64, ram: self.size })?;
         Ok(v)
     }
 
@@ -144,75 +125,39 @@ impl GuestRam {
         self.check_range(gpa, len as u64)?;
         // SAFETY: reading the bytes of a Pod value.
         let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, len) };
-        self.mem
-            .write_slice(bytes, GuestAddress(gpa))
-            .map_err(|_| OutOfRam {
-                gpa,
-                len: len as u64,
-                ram: self.size,
-            })
+        self.mem.write_slice(bytes, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: len as u64, ram: self.size })
     }
 
     pub fn read_bytes(&self, gpa: u64, len: u64) -> Result<Vec<u8>, OutOfRam> {
         self.check_range(gpa, len)?;
         let mut buf = vec![0u8; len as usize];
-        self.mem
-            .read_slice(&mut buf, GuestAddress(gpa))
-            .map_err(|_| OutOfRam {
-                gpa,
-                len,
-                ram: self.size,
-            })?;
+        self.mem.read_slice(&mut buf, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len, ram: self.size })?;
         Ok(buf)
     }
 
     pub fn read_u8(&self, gpa: u64) -> Result<u8, OutOfRam> {
         self.check_range(gpa, 1)?;
-        self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam {
-            gpa,
-            len: 1,
-            ram: self.size,
-        })
+        self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 1, ram: self.size })
     }
 
     pub fn read_u32(&self, gpa: u64) -> Result<u32, OutOfRam> {
         self.check_range(gpa, 4)?;
-        self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam {
-            gpa,
-            len: 4,
-            ram: self.size,
-        })
+        self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 4, ram: self.size })
     }
 
     pub fn read_u64(&self, gpa: u64) -> Result<u64, OutOfRam> {
         self.check_range(gpa, 8)?;
-        self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam {
-            gpa,
-            len: 8,
-            ram: self.size,
-        })
+        self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 8, ram: self.size })
     }
 
     pub fn write_u32(&self, gpa: u64, v: u32) -> Result<(), OutOfRam> {
         self.check_range(gpa, 4)?;
-        self.mem
-            .write_obj(v, GuestAddress(gpa))
-            .map_err(|_| OutOfRam {
-                gpa,
-                len: 4,
-                ram: self.size,
-            })
+        self.mem.write_obj(v, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 4, ram: self.size })
     }
 
     pub fn write_u64(&self, gpa: u64, v: u64) -> Result<(), OutOfRam> {
         self.check_range(gpa, 8)?;
-        self.mem
-            .write_obj(v, GuestAddress(gpa))
-            .map_err(|_| OutOfRam {
-                gpa,
-                len: 8,
-                ram: self.size,
-            })
+        self.mem.write_obj(v, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 8, ram: self.size })
     }
 }
 
@@ -226,11 +171,7 @@ mod tests {
         assert_eq!(pt.len(), 1 + 4 + 4 * 512);
         assert_eq!(pt[0], (PML4_GPA, PDPT_GPA | 7));
         for &(gpa, val) in &pt[1..] {
-            assert_eq!(
-                val & 7,
-                7,
-                "present, writable, user at every level: {gpa:#x}"
-            );
+            assert_eq!(val & 7, 7, "present, writable, user at every level: {gpa:#x}");
         }
         // The entry mapping the MMIO window maps it to itself.
         let mmio = pvlock_abi::MMIO_BASE;
@@ -246,35 +187,18 @@ mod tests {
         let ram = GuestRam::new(16 << 20).unwrap();
         let size = 16u64 << 20;
         assert!(ram.check_range(size - 8, 8).is_ok(), "last valid bytes");
-        assert!(
-            ram.check_range(size - 7, 8).is_err(),
-            "one byte past the end"
-        );
-        assert!(
-            ram.check_range(u64::MAX - 3, 8).is_err(),
-            "overflowing range"
-        );
+        assert!(ram.check_range(size - 7, 8).is_err(), "one byte past the end");
+        assert!(ram.check_range(u64::MAX - 3, 8).is_err(), "overflowing range");
         assert!(ram.read_u64(size - 8).is_ok());
         assert!(ram.read_u8(size).is_err());
-        assert_eq!(
-            ram.read_bytes(0xBAD0_0000_0000, 64).unwrap_err().gpa,
-            0xBAD0_0000_0000
-        );
+        assert_eq!(ram.read_bytes(0xBAD0_0000_0000, 64).unwrap_err().gpa, 0xBAD0_0000_0000);
     }
 
     #[test]
     fn pod_round_trip() {
         let ram = GuestRam::new(16 << 20).unwrap();
-        let b = BootBlock {
-            magic: 42,
-            nr_vcpus: 3,
-            ..Default::default()
-        };
+        let b = BootBlock { magic: 42, nr_vcpus: 3, ..Default::default() };
         ram.write_pod(pvlock_abi::BOOT_BLOCK_GPA, &b).unwrap();
-        assert_eq!(
-            ram.read_pod::<BootBlock>(pvlock_abi::BOOT_BLOCK_GPA)
-                .unwrap(),
-            b
-        );
+        assert_eq!(ram.read_pod::<BootBlock>(pvlock_abi::BOOT_BLOCK_GPA).unwrap(), b);
     }
 }

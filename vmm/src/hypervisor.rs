@@ -62,6 +62,10 @@ pub enum WaitEnd {
     Control,
     /// Blocked longer than `stall_timeout_ms`.
     TimedOut,
+    /// Ended by the periodic simulated interrupt (`interrupt_us`).
+    Interrupt,
+    /// Ended spuriously (`spurious_wakeup_prob`).
+    Spurious,
 }
 
 impl WaitChannel {
@@ -96,6 +100,7 @@ impl WaitChannel {
         gpa: u64,
         current: impl Fn() -> u8,
         run_start: Instant,
+        rng: &mut crate::preempt::Rng,
     ) -> WaitEnd {
         self.counters.add(VmmCounter::Waits, 1);
         if cfg.kick == KickContract::LostIfNotWaiting {
@@ -128,36 +133,52 @@ impl WaitChannel {
         self.counters.add(VmmCounter::WaitsBlocked, 1);
         let began = Instant::now();
         self.wait_gpa.store(gpa, Ordering::Relaxed);
-        self.blocked_since_us.store(
-            (began - run_start).as_micros().max(1) as u64,
-            Ordering::Release,
-        );
-        let end = self.block(cfg.stall_timeout_ms, began);
+        self.blocked_since_us.store((began - run_start).as_micros().max(1) as u64, Ordering::Release);
+        // Wake-ups that do not come from a kick: the next tick of the
+        // simulated periodic interrupt, and an injected spurious wakeup.
+        let mut other: Option<(Instant, WaitEnd)> = None;
+        if cfg.interrupt_us > 0 {
+            let p = cfg.interrupt_us as u128;
+            let since = (began - run_start).as_micros();
+            let next = Duration::from_micros(((since / p + 1) * p - since) as u64);
+            other = Some((began + next, WaitEnd::Interrupt));
+        }
+        if cfg.spurious_wakeup_prob > 0.0 && rng.unit() < cfg.spurious_wakeup_prob {
+            let at = began + Duration::from_micros((rng.unit() * 100.0) as u64);
+            if other.is_none_or(|(t, _)| at < t) {
+                other = Some((at, WaitEnd::Spurious));
+            }
+        }
+        let end = self.block(cfg.stall_timeout_ms, began, other);
+        match end {
+            WaitEnd::Interrupt => self.counters.add(VmmCounter::InterruptWakeups, 1),
+            WaitEnd::Spurious => self.counters.add(VmmCounter::SpuriousWakeups, 1),
+            _ => {}
+        }
         self.blocked_since_us.store(0, Ordering::Release);
-        self.counters
-            .add(VmmCounter::WaitingUs, began.elapsed().as_micros() as u64);
+        self.counters.add(VmmCounter::WaitingUs, began.elapsed().as_micros() as u64);
         end
     }
 
-    fn block(&self, timeout_ms: u64, began: Instant) -> WaitEnd {
+    fn block(&self, timeout_ms: u64, began: Instant, other: Option<(Instant, WaitEnd)>) -> WaitEnd {
         let deadline = began + Duration::from_millis(timeout_ms);
         loop {
             let now = Instant::now();
+            if let Some((t, why)) = other {
+                if now >= t {
+                    return why;
+                }
+            }
             if now >= deadline {
                 return WaitEnd::TimedOut;
             }
-            let slice = (deadline - now).as_millis().clamp(1, 50) as i32;
+            let until = other.map(|(t, _)| t.min(deadline)).unwrap_or(deadline);
+            // poll(2) has millisecond resolution; sub-millisecond ends are
+            // met by a zero-timeout poll loop.
+            let slice = (until - now).as_millis().min(50) as i32;
             let mut fds = [
-                libc::pollfd {
-                    fd: self.kick.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.control.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: `fds` is a valid array of two pollfds for the call.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, slice) };
@@ -185,12 +206,7 @@ mod tests {
     use super::*;
 
     fn cfg(wait: WaitContract, kick: KickContract) -> HypervisorConfig {
-        HypervisorConfig {
-            wait,
-            kick,
-            stall_timeout_ms: 30,
-            ..Default::default()
-        }
+        HypervisorConfig { wait, kick, stall_timeout_ms: 30, ..Default::default() }
     }
 
     #[test]
@@ -199,14 +215,11 @@ mod tests {
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::Remembered);
         assert_eq!(
-            ch.wait(&c, false, 1, 0, || 0, Instant::now()),
+            ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
             WaitEnd::ValueChanged
         );
         // KVM keeps pv_unhalted set: the next wait returns at once.
-        assert_eq!(
-            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
-            WaitEnd::Kicked
-        );
+        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Kicked);
         assert_eq!(ch.counters.get(VmmCounter::WaitsKickPending), 1);
     }
 
@@ -214,10 +227,7 @@ mod tests {
     fn unchecked_wait_blocks_even_if_value_changed() {
         let ch = WaitChannel::new().unwrap();
         let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
-        assert_eq!(
-            ch.wait(&c, false, 1, 0, || 0, Instant::now()),
-            WaitEnd::TimedOut
-        );
+        assert_eq!(ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
     }
 
     #[test]
@@ -225,20 +235,14 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::LostIfNotWaiting);
-        assert_eq!(
-            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
-            WaitEnd::TimedOut
-        );
+        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
         assert_eq!(ch.counters.get(VmmCounter::KicksDropped), 1);
     }
 
     #[test]
     fn kick_from_another_thread_wakes_a_blocked_wait() {
         let ch = std::sync::Arc::new(WaitChannel::new().unwrap());
-        let c = HypervisorConfig {
-            stall_timeout_ms: 5000,
-            ..Default::default()
-        };
+        let c = HypervisorConfig { stall_timeout_ms: 5000, ..Default::default() };
         let k = ch.clone();
         let t = std::thread::spawn(move || {
             while k.blocked_since_us.load(Ordering::Acquire) == 0 {
@@ -246,10 +250,7 @@ mod tests {
             }
             k.kick.write(1).unwrap();
         });
-        assert_eq!(
-            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
-            WaitEnd::Kicked
-        );
+        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Kicked);
         t.join().unwrap();
         assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 1);
     }
@@ -258,13 +259,34 @@ mod tests {
     fn control_event_interrupts_a_wait() {
         let ch = WaitChannel::new().unwrap();
         ch.poke();
-        let c = HypervisorConfig {
-            stall_timeout_ms: 5000,
-            ..Default::default()
-        };
-        assert_eq!(
-            ch.wait(&c, false, 1, 0, || 1, Instant::now()),
-            WaitEnd::Control
-        );
+        let c = HypervisorConfig { stall_timeout_ms: 5000, ..Default::default() };
+        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Control);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn periodic_interrupt_ends_a_wait() {
+        let ch = WaitChannel::new().unwrap();
+        let c = HypervisorConfig { interrupt_us: 2000, stall_timeout_ms: 5000, ..Default::default() };
+        let t = Instant::now();
+        let end = ch.wait(&c, false, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1));
+        assert_eq!(end, WaitEnd::Interrupt);
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!(ch.counters.get(VmmCounter::InterruptWakeups), 1);
+    }
+
+    #[test]
+    fn spurious_wakeups_happen_at_the_configured_rate() {
+        let ch = WaitChannel::new().unwrap();
+        let c = HypervisorConfig { spurious_wakeup_prob: 1.0, stall_timeout_ms: 5000, ..Default::default() };
+        let mut rng = crate::preempt::Rng::new(3);
+        for _ in 0..5 {
+            assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut rng), WaitEnd::Spurious);
+        }
+        assert_eq!(ch.counters.get(VmmCounter::SpuriousWakeups), 5);
     }
 }

@@ -15,11 +15,16 @@ pub mod exit;
 pub mod guest_mem;
 pub mod hypervisor;
 pub mod machine;
+pub mod preempt;
 pub mod report;
 pub mod signal;
 pub mod vcpu;
+pub mod watchdog;
 
-pub use config::{HypervisorConfig, KickContract, MachineConfig, WaitContract};
+pub use config::{
+    HoldRule, HoldUntil, HolderStalls, HypervisorConfig, KickContract, MachineConfig, PreemptConfig, RandomStalls,
+    StallDist, WaitContract,
+};
 pub use error::{MachineError, RunError};
 pub use machine::{Machine, StopHandle};
 pub use report::{GuestFailure, RunReport, RunStatus, VcpuReport};

@@ -6,14 +6,16 @@ use crate::cpu_state::{initial_regs, setup_sregs};
 use crate::error::MachineError;
 use crate::guest_mem::GuestRam;
 use crate::hypervisor::WaitChannel;
+use crate::preempt::{PreemptState, Rng};
 use crate::report::{GuestFailure, RunReport, RunStatus, VcpuReport};
 use crate::signal::{install_kick_handler, kick_thread, ImmediateExit};
 use crate::vcpu::{Shared, VcpuEvent, VcpuThread};
+use crate::watchdog::{explain, is_definite_missed_wakeup, HangReport};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd};
 use pvlock_abi::{
-    BootBlock, GuestPhase, HashEntry, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window,
-    BOOT_BLOCK_GPA, BOOT_MAGIC, GUEST_IMAGE_GPA, NR_WINDOWS,
+    BootBlock, GuestPhase, HashEntry, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window, BOOT_BLOCK_GPA,
+    BOOT_MAGIC, GUEST_IMAGE_GPA, NR_WINDOWS,
 };
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,18 +58,12 @@ fn allowed_host_cpus() -> Vec<usize> {
     // writes at most sizeof(cpu_set_t) bytes into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above; pid 0 is this thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
-        return (0..std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1))
-            .collect();
+        return (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
     }
     // SAFETY: CPU_ISSET reads the set initialised above.
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
 fn pin_to(host_cpu: usize) {
@@ -97,11 +93,7 @@ impl Machine {
     }
 
     /// Runs `elf` under `cfg` until it finishes, fails, hangs, or `stop`.
-    pub fn run(
-        cfg: &MachineConfig,
-        elf: &[u8],
-        stop: &StopHandle,
-    ) -> Result<RunReport, MachineError> {
+    pub fn run(cfg: &MachineConfig, elf: &[u8], stop: &StopHandle) -> Result<RunReport, MachineError> {
         cfg.validate().map_err(MachineError::Config)?;
         let allowed = allowed_host_cpus();
         if cfg.host_cpus as usize > allowed.len() {
@@ -134,19 +126,14 @@ impl Machine {
         // SAFETY: the region is the mmap owned by `ram`, which lives in
         // `Shared` until after every vCPU thread has been joined and the VM
         // fd is dropped at the end of this function.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         ram.write_page_tables().map_err(MachineError::Memory)?;
         let entry = load_elf(&ram, elf)?;
 
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut fds = Vec::new();
         for cpu in 0..cfg.vcpus {
-            let fd = vm
-                .create_vcpu(cpu as u64)
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let fd = vm.create_vcpu(cpu as u64).map_err(kvm_err("KVM_CREATE_VCPU"))?;
             fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             setup_sregs(&mut sregs);
@@ -155,10 +142,7 @@ impl Machine {
             fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
             fds.push(fd);
         }
-        let tsc_khz = fds[0]
-            .get_tsc_khz()
-            .map(u64::from)
-            .unwrap_or_else(|_| measure_tsc_khz());
+        let tsc_khz = fds[0].get_tsc_khz().map(u64::from).unwrap_or_else(|_| measure_tsc_khz());
 
         let boot = BootBlock {
             magic: BOOT_MAGIC,
@@ -172,34 +156,26 @@ impl Machine {
             lock: cfg.lock,
             torture: cfg.torture,
             windows: cfg.windows,
-            hypervisor: pvlock_abi::HypervisorParams {
-                preempted_flags: 1,
-                _pad: 0,
-            },
+            hypervisor: pvlock_abi::HypervisorParams { preempted_flags: 1, _pad: 0 },
             iterations: cfg.iterations,
             ..Default::default()
         };
-        ram.write_pod(BOOT_BLOCK_GPA, &boot)
-            .map_err(|e| MachineError::Memory(e.to_string()))?;
+        ram.write_pod(BOOT_BLOCK_GPA, &boot).map_err(|e| MachineError::Memory(e.to_string()))?;
 
         let mut channels = Vec::new();
+        let delayed_kicks = cfg.hypervisor.kick_delay_us > 0;
         for cpu in 0..cfg.vcpus {
             let ch = WaitChannel::new().map_err(MachineError::EventFd)?;
-            vm.register_ioevent(
-                &ch.kick,
-                &IoEventAddress::Mmio(pvlock_abi::doorbell::kick_addr(cpu)),
-                NoDatamatch,
-            )
-            .map_err(kvm_err("KVM_IOEVENTFD"))?;
+            if !delayed_kicks {
+                vm.register_ioevent(&ch.kick, &IoEventAddress::Mmio(pvlock_abi::doorbell::kick_addr(cpu)), NoDatamatch)
+                    .map_err(kvm_err("KVM_IOEVENTFD"))?;
+            }
             channels.push(ch);
         }
+        let (timer_tx, timer_rx) = mpsc::channel::<(Instant, u32)>();
         install_kick_handler().map_err(MachineError::Signal)?;
 
-        let runnable_per_cpu = if cfg.host_cpus == 0 {
-            1
-        } else {
-            cfg.vcpus.div_ceil(cfg.host_cpus)
-        };
+        let runnable_per_cpu = if cfg.host_cpus == 0 { 1 } else { cfg.vcpus.div_ceil(cfg.host_cpus) };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             ram,
@@ -209,32 +185,26 @@ impl Machine {
             exits: (0..cfg.vcpus).map(|_| AtomicU64::new(0)).collect(),
             console: Mutex::new(Vec::new()),
             may_poll: runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted,
+            preempt: PreemptState::new(cfg.vcpus as usize, cfg.preempt.schedule.len()),
+            kick_timer: delayed_kicks.then(|| Mutex::new(timer_tx)),
+            rescued: Mutex::new(Vec::new()),
         });
+        let kick_timer = delayed_kicks.then(|| spawn_kick_timer(shared.clone(), timer_rx));
 
         let (tx, rx) = mpsc::channel();
-        let mut vcpus = Vcpus {
-            handles: Vec::new(),
-            exits: Vec::new(),
-        };
+        let mut vcpus = Vcpus { handles: Vec::new(), exits: Vec::new() };
         for (cpu, mut fd) in fds.into_iter().enumerate() {
-            let exit = ImmediateExit(
-                &fd.get_kvm_run().immediate_exit as *const u8 as *const std::sync::atomic::AtomicU8,
-            );
+            let exit =
+                ImmediateExit(&fd.get_kvm_run().immediate_exit as *const u8 as *const std::sync::atomic::AtomicU8);
             let host_cpu = (cfg.host_cpus > 0).then(|| allowed[cpu % cfg.host_cpus as usize]);
-            let t = VcpuThread {
-                cpu: cpu as u32,
-                fd,
-                shared: shared.clone(),
-                tx: tx.clone(),
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("vcpu{cpu}"))
-                .spawn(move || {
-                    if let Some(h) = host_cpu {
-                        pin_to(h);
-                    }
-                    t.run()
-                });
+            let rng = Rng::new(cfg.seed ^ ((cpu as u64 + 1) << 32));
+            let t = VcpuThread { cpu: cpu as u32, fd, shared: shared.clone(), tx: tx.clone(), rng };
+            let spawned = std::thread::Builder::new().name(format!("vcpu{cpu}")).spawn(move || {
+                if let Some(h) = host_cpu {
+                    pin_to(h);
+                }
+                t.run()
+            });
             match spawned {
                 Ok(h) => {
                     vcpus.handles.push(Some(h));
@@ -242,18 +212,36 @@ impl Machine {
                 }
                 Err(source) => {
                     stop_all(&shared, &mut vcpus);
-                    return Err(MachineError::SpawnThread {
-                        cpu: cpu as u32,
-                        source,
-                    });
+                    return Err(MachineError::SpawnThread { cpu: cpu as u32, source });
                 }
             }
         }
         drop(tx);
 
-        let (failure, done) = supervise(cfg, &shared, &rx, stop);
+        let targets: Vec<(ImmediateExit, libc::pthread_t)> = vcpus
+            .handles
+            .iter()
+            .zip(&vcpus.exits)
+            .map(|(h, e)| (*e, h.as_ref().expect("spawned").as_pthread_t()))
+            .collect();
+        let preemptor = (cfg.preempt.random.is_some() || cfg.preempt.holder.is_some()).then(|| {
+            let sh = shared.clone();
+            std::thread::Builder::new().name("preemptor".into()).spawn(move || preemptor(&sh, &targets))
+        });
+
+        let (failure, done, hang) = supervise(cfg, &shared, &rx, stop);
+        shared.stop.store(true, Ordering::Release);
+        // The preemptor signals vCPU threads: it must be gone before they
+        // are joined (their pthread_t must stay valid while it runs).
+        if let Some(Ok(p)) = preemptor {
+            let _ = p.join();
+        }
         stop_all(&shared, &mut vcpus);
+        if let Some(t) = kick_timer {
+            let _ = t.join();
+        }
         let mut report = collect(&shared, failure, done, tsc_khz, tsc_create);
+        report.hang = hang;
         report.wall_ms = t_create.elapsed().as_secs_f64() * 1e3;
         drop(vm);
         Ok(report)
@@ -270,8 +258,7 @@ fn measure_tsc_khz() -> u64 {
 fn load_elf(ram: &GuestRam, elf: &[u8]) -> Result<u64, MachineError> {
     use linux_loader::loader::{elf::Elf, KernelLoader};
     let mut image = std::io::Cursor::new(elf);
-    let res = Elf::load(ram.mem(), None, &mut image, None)
-        .map_err(|e| MachineError::LoadElf(e.to_string()))?;
+    let res = Elf::load(ram.mem(), None, &mut image, None).map_err(|e| MachineError::LoadElf(e.to_string()))?;
     let entry = res.kernel_load.0;
     if entry < GUEST_IMAGE_GPA || res.kernel_end > ram.size() {
         return Err(MachineError::LoadElf(format!(
@@ -284,75 +271,173 @@ fn load_elf(ram: &GuestRam, elf: &[u8]) -> Result<u64, MachineError> {
     Ok(entry)
 }
 
-/// Waits for the vCPUs; returns the first failure (if any) and which vCPUs
-/// reported done.
-fn supervise(
-    cfg: &MachineConfig,
-    sh: &Shared,
-    rx: &mpsc::Receiver<VcpuEvent>,
-    stop: &StopHandle,
-) -> (Option<GuestFailure>, Vec<Option<u64>>) {
+type Supervised = (Option<GuestFailure>, Vec<Option<u64>>, Option<HangReport>);
+
+fn not_done(done: &[Option<u64>]) -> Vec<u32> {
+    done.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(c, _)| c as u32).collect()
+}
+
+/// Waits for the vCPUs, running the lock-aware missed-wakeup detector
+/// meanwhile; returns the first failure (if any), which vCPUs reported
+/// done, and the state dump of a hang.
+fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, stop: &StopHandle) -> Supervised {
     let n = cfg.vcpus as usize;
     let mut done: Vec<Option<u64>> = vec![None; n];
     let deadline = sh.run_start + Duration::from_millis(cfg.timeout_ms);
+    // Per vCPU: since when the detector has judged it a certain missed
+    // wakeup, and which wait (its start time) that judgement is about.
+    let mut suspect: Vec<Option<(Instant, u64)>> = vec![None; n];
     loop {
         if done.iter().all(Option::is_some) {
-            let bad = done
-                .iter()
-                .enumerate()
-                .find(|(_, s)| **s != Some(pvlock_abi::doorbell::DONE_OK));
-            return (
-                bad.map(|(cpu, s)| GuestFailure::WorkloadFailed {
-                    cpu: cpu as u32,
-                    status: s.unwrap(),
-                }),
-                done,
-            );
+            let bad = done.iter().enumerate().find(|(_, s)| **s != Some(pvlock_abi::doorbell::DONE_OK));
+            let f = bad.map(|(cpu, s)| GuestFailure::WorkloadFailed { cpu: cpu as u32, status: s.unwrap_or(0) });
+            return (f, done, None);
         }
         if stop.is_stopped() {
-            return (
-                Some(GuestFailure::Aborted {
-                    reason: "stop requested (Ctrl-C)".into(),
-                }),
-                done,
-            );
+            return (Some(GuestFailure::Aborted { reason: "stop requested (Ctrl-C)".into() }), done, None);
         }
         if Instant::now() >= deadline {
-            let not_done = done
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.is_none())
-                .map(|(c, _)| c as u32)
-                .collect();
-            return (
-                Some(GuestFailure::Timeout {
-                    timeout_ms: cfg.timeout_ms,
-                    not_done,
-                }),
-                done,
-            );
+            let blocked =
+                (0..cfg.vcpus).find(|&c| sh.channels[c as usize].blocked_since_us.load(Ordering::Acquire) != 0);
+            let hang = blocked.map(|c| explain(sh, c));
+            return (Some(GuestFailure::Timeout { timeout_ms: cfg.timeout_ms, not_done: not_done(&done) }), done, hang);
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(VcpuEvent::Done { cpu, status }) => done[cpu as usize] = Some(status),
-            Ok(VcpuEvent::Failed(f)) => return (Some(f), done),
+            Ok(VcpuEvent::Failed(f)) => {
+                let hang = match &f {
+                    GuestFailure::BlockedWait { cpu, .. } => Some(explain(sh, *cpu)),
+                    _ => None,
+                };
+                return (Some(f), done, hang);
+            }
             Ok(VcpuEvent::Exited { .. }) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                let not_done = done
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.is_none())
-                    .map(|(c, _)| c as u32)
-                    .collect();
-                return (
-                    Some(GuestFailure::Timeout {
-                        timeout_ms: cfg.timeout_ms,
-                        not_done,
-                    }),
-                    done,
-                );
+                let f = GuestFailure::Timeout { timeout_ms: cfg.timeout_ms, not_done: not_done(&done) };
+                return (Some(f), done, None);
+            }
+        }
+        // The lock-aware detector: a blocked waiter whose lock's state cannot
+        // lead to a kick, judged so continuously for detect_ms while no vCPU
+        // is held by the VMM (a held vCPU may be the one about to kick).
+        if cfg.lock.variant < pvlock_abi::Variant::PvV42 as u32 || sh.preempt.any_stalled() {
+            suspect.iter_mut().for_each(|s| *s = None);
+            continue;
+        }
+        for c in 0..cfg.vcpus {
+            let ch = &sh.channels[c as usize];
+            let since = ch.blocked_since_us.load(Ordering::Acquire);
+            if since == 0 {
+                suspect[c as usize] = None;
+                continue;
+            }
+            let r = explain(sh, c);
+            if !is_definite_missed_wakeup(&r) {
+                suspect[c as usize] = None;
+                continue;
+            }
+            let first = *suspect[c as usize].get_or_insert((Instant::now(), since));
+            if first.1 != since {
+                suspect[c as usize] = Some((Instant::now(), since)); // a new wait
+                continue;
+            }
+            if first.0.elapsed() >= Duration::from_millis(cfg.hypervisor.detect_ms) {
+                if cfg.hypervisor.rescue {
+                    ch.counters.add(VmmCounter::Rescues, 1);
+                    sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    let _ = ch.kick.write(1);
+                    suspect[c as usize] = None;
+                    continue;
+                }
+                let f =
+                    GuestFailure::MissedWakeup { cpu: c, class: format!("{:?}", r.class), detail: r.detail.clone() };
+                return (Some(f), done, Some(r));
             }
         }
     }
+}
+
+/// Random (Poisson) and holder stalls: asks vCPU threads to stall by
+/// setting their stall request and kicking them out of KVM_RUN.
+fn preemptor(sh: &Shared, targets: &[(ImmediateExit, libc::pthread_t)]) {
+    let cfg = &sh.cfg.preempt;
+    let n = targets.len();
+    let mut rng = Rng::new(sh.cfg.seed ^ 0x5eed_0f57_a1);
+    let start = Instant::now();
+    let mut next: Vec<Instant> = match cfg.random {
+        Some(r) => (0..n).map(|_| start + Duration::from_micros(rng.exp(r.mean_interval_us as f64) as u64)).collect(),
+        None => Vec::new(),
+    };
+    let mut next_holder = cfg.holder.map(|h| start + Duration::from_micros(h.interval_us));
+    let request = |cpu: usize, us: u64| {
+        let blocked = sh.channels[cpu].blocked_since_us.load(Ordering::Acquire) != 0;
+        let stalled = sh.preempt.stalled[cpu].load(Ordering::Acquire) != 0;
+        if blocked || stalled || us == 0 {
+            // A blocked or already stalled vCPU runs no guest code anyway.
+            sh.preempt.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        sh.preempt.stall_request_us[cpu].store(us, Ordering::Release);
+        kick_thread(targets[cpu].0, targets[cpu].1);
+    };
+    while !sh.stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if let Some(r) = cfg.random {
+            for (cpu, t) in next.iter_mut().enumerate() {
+                if *t <= now {
+                    request(cpu, rng.stall_us(r.dist, r.stall_us));
+                    *t = now + Duration::from_micros(rng.exp(r.mean_interval_us as f64).max(1.0) as u64);
+                }
+            }
+        }
+        if let (Some(h), Some(t)) = (cfg.holder, next_holder.as_mut()) {
+            if *t <= now {
+                let boot = sh.boot();
+                if boot.locks_gpa != 0 && (h.lock as u64) < boot.nr_locks {
+                    let owner_gpa =
+                        boot.locks_gpa + h.lock as u64 * boot.lock_stride + pvlock_abi::boot::lock_layout::OWNER;
+                    let owner = sh.ram.read_u32(owner_gpa).unwrap_or(0);
+                    if owner != 0 && (owner as usize) <= n {
+                        request(owner as usize - 1, h.stall_us);
+                    }
+                }
+                *t = now + Duration::from_micros(h.interval_us.max(1));
+            }
+        }
+        let wake = next.iter().copied().chain(next_holder).min().unwrap_or(now + Duration::from_millis(10));
+        let d = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
+        if !d.is_zero() {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+/// Delivers delayed kicks (`kick_delay_us`): kicks arrive over a channel
+/// with their delivery time and are written to the target's eventfd then.
+fn spawn_kick_timer(sh: Arc<Shared>, rx: mpsc::Receiver<(Instant, u32)>) -> JoinHandle<()> {
+    use std::cmp::Reverse;
+    std::thread::spawn(move || {
+        let mut pending: std::collections::BinaryHeap<Reverse<(Instant, u32)>> = Default::default();
+        loop {
+            let timeout = pending
+                .peek()
+                .map(|r| r.0 .0.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(20));
+            match rx.recv_timeout(timeout) {
+                Ok(k) => pending.push(Reverse(k)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while pending.peek().is_some_and(|r| r.0 .0 <= Instant::now()) {
+                if let Some(Reverse((_, cpu))) = pending.pop() {
+                    let _ = sh.channels[cpu as usize].kick.write(1);
+                }
+            }
+            if sh.stop.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    })
 }
 
 /// Stops every vCPU thread and joins it (bounded: a thread that does not
@@ -387,10 +472,7 @@ fn collect(
     let mut per_vcpu = Vec::new();
     let mut first_entry = u64::MAX;
     for cpu in 0..sh.cfg.vcpus {
-        let b: VcpuBlock = sh
-            .ram
-            .read_pod(pvlock_abi::vcpu_block_gpa(cpu))
-            .unwrap_or_default();
+        let b: VcpuBlock = sh.ram.read_pod(pvlock_abi::vcpu_block_gpa(cpu)).unwrap_or_default();
         if b.alive != 0 {
             first_entry = first_entry.min(b.timing[7]);
         }
@@ -401,23 +483,14 @@ fn collect(
             done_status: done[cpu as usize],
             acquisitions: b.acquisitions,
             max_wait_ns: b.max_wait_ns,
-            lock_events: LockEvent::ALL
-                .iter()
-                .map(|e| (e.name().to_string(), b.events[e.index()]))
-                .collect(),
-            vmm: VmmCounter::ALL
-                .iter()
-                .map(|c| (c.name().to_string(), ch.counters.get(*c)))
-                .collect(),
+            lock_events: LockEvent::ALL.iter().map(|e| (e.name().to_string(), b.events[e.index()])).collect(),
+            vmm: VmmCounter::ALL.iter().map(|c| (c.name().to_string(), ch.counters.get(*c))).collect(),
             window_hits: (0..NR_WINDOWS)
                 .filter(|&w| b.window_hits[w] > 0)
                 .map(|w| (Window::ALL[w].name().to_string(), b.window_hits[w]))
                 .collect(),
             exits: sh.exits[cpu as usize].load(Ordering::Relaxed),
-            final_phase: GuestPhase::from_u32(b.phase)
-                .map(|p| p.name())
-                .unwrap_or("?")
-                .to_string(),
+            final_phase: GuestPhase::from_u32(b.phase).map(|p| p.name()).unwrap_or("?").to_string(),
             timing: b.timing,
             latency_buckets: (0..LatencyHistogram::BUCKETS)
                 .filter(|&i| b.latency.buckets[i] > 0)
@@ -439,25 +512,18 @@ fn collect(
     if boot.locks_gpa != 0 && boot.nr_locks <= 4096 && boot.lock_stride >= 16 {
         for i in 0..boot.nr_locks {
             let base = boot.locks_gpa + i * boot.lock_stride;
-            lock_counts.push(
-                sh.ram
-                    .read_u64(base + pvlock_abi::boot::lock_layout::COUNT)
-                    .unwrap_or(0),
-            );
-            lock_owners.push(
-                sh.ram
-                    .read_u32(base + pvlock_abi::boot::lock_layout::OWNER)
-                    .unwrap_or(0),
-            );
+            lock_counts.push(sh.ram.read_u64(base + pvlock_abi::boot::lock_layout::COUNT).unwrap_or(0));
+            lock_owners.push(sh.ram.read_u32(base + pvlock_abi::boot::lock_layout::OWNER).unwrap_or(0));
         }
     }
-    let status = failure
-        .as_ref()
-        .map(GuestFailure::status)
-        .unwrap_or(RunStatus::Ok);
+    let status = failure.as_ref().map(GuestFailure::status).unwrap_or(RunStatus::Ok);
     let boot_us = (first_entry != u64::MAX && first_entry > tsc_create && tsc_khz > 0)
         .then(|| (first_entry - tsc_create) as f64 * 1e3 / tsc_khz as f64);
     RunReport {
+        holds: std::mem::take(&mut *sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner())),
+        rescued: std::mem::take(&mut *sh.rescued.lock().unwrap_or_else(|p| p.into_inner())),
+        hang: None,
+        stalls_skipped: sh.preempt.skipped.load(Ordering::Relaxed),
         status,
         failure,
         wall_ms: 0.0,

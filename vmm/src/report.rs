@@ -38,36 +38,19 @@ impl RunStatus {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum GuestFailure {
     /// KVM_EXIT_SHUTDOWN: a fault the guest cannot handle (it has no IDT).
-    TripleFault {
-        cpu: u32,
-        rip: u64,
-        rsp: u64,
-        cr2: u64,
-        rax: u64,
-        rdi: u64,
-    },
+    TripleFault { cpu: u32, rip: u64, rsp: u64, cr2: u64, rax: u64, rdi: u64 },
     /// A guest panic, BUG() or mutual-exclusion violation (panic doorbell).
-    Panic {
-        cpu: u32,
-        what: String,
-        file: String,
-        line: u32,
-        message: String,
-    },
+    Panic { cpu: u32, what: String, file: String, line: u32, message: String },
     /// The guest sent nonsense through the ABI.
     AbiViolation { cpu: u32, rip: u64, detail: String },
     /// An exit the VMM does not expect from this guest.
     UnexpectedExit { cpu: u32, rip: u64, exit: String },
     /// A vCPU reported DONE with a failure status.
     WorkloadFailed { cpu: u32, status: u64 },
+    /// The lock-aware detector found a waiter nothing will wake.
+    MissedWakeup { cpu: u32, class: String, detail: String },
     /// A vCPU blocked in pv_wait longer than the stall timeout.
-    BlockedWait {
-        cpu: u32,
-        blocked_ms: u64,
-        gpa: u64,
-        expected: u8,
-        current: u8,
-    },
+    BlockedWait { cpu: u32, blocked_ms: u64, gpa: u64, expected: u8, current: u8 },
     /// The run did not finish within its timeout.
     Timeout { timeout_ms: u64, not_done: Vec<u32> },
     /// KVM_RUN or a host facility failed.
@@ -79,12 +62,11 @@ pub enum GuestFailure {
 impl GuestFailure {
     pub fn status(&self) -> RunStatus {
         match self {
-            Self::TripleFault { .. }
-            | Self::Panic { .. }
-            | Self::AbiViolation { .. }
-            | Self::UnexpectedExit { .. } => RunStatus::GuestCrash,
+            Self::TripleFault { .. } | Self::Panic { .. } | Self::AbiViolation { .. } | Self::UnexpectedExit { .. } => {
+                RunStatus::GuestCrash
+            }
             Self::WorkloadFailed { .. } | Self::Host { .. } => RunStatus::Failed,
-            Self::BlockedWait { .. } | Self::Timeout { .. } => RunStatus::Hang,
+            Self::BlockedWait { .. } | Self::Timeout { .. } | Self::MissedWakeup { .. } => RunStatus::Hang,
             Self::Aborted { .. } => RunStatus::Aborted,
         }
     }
@@ -102,6 +84,7 @@ impl GuestFailure {
             Self::BlockedWait { cpu, blocked_ms, gpa, expected, current } => format!(
                 "vCPU {cpu}: blocked in pv_wait for {blocked_ms} ms on byte {gpa:#x} (expected {expected}, now {current})"
             ),
+            Self::MissedWakeup { cpu, class, detail } => format!("vCPU {cpu}: missed wakeup ({class}): {detail}"),
             Self::Timeout { timeout_ms, not_done } => {
                 format!("run did not finish within {timeout_ms} ms; vCPUs not done: {not_done:?}")
             }
@@ -162,4 +145,12 @@ pub struct RunReport {
     /// Per torture lock: owner field at the end (cpu + 1, 0 free).
     #[serde(skip)]
     pub lock_owners: Vec<u32>,
+    /// Directed holds and how each was released.
+    pub holds: Vec<crate::preempt::HoldOutcome>,
+    /// The state dump of a hang or missed wakeup.
+    pub hang: Option<crate::watchdog::HangReport>,
+    /// Missed wakeups rescued (`rescue`), each with its dump.
+    pub rescued: Vec<crate::watchdog::HangReport>,
+    /// Random / holder stall requests skipped (vCPU blocked or stalled).
+    pub stalls_skipped: u64,
 }

@@ -45,19 +45,37 @@ pub struct Shared {
     pub console: Mutex<Vec<String>>,
     /// Halt polling is allowed (not overcommitted, or told to anyway).
     pub may_poll: bool,
+    pub preempt: crate::preempt::PreemptState,
+    /// Delayed kick delivery (`kick_delay_us` > 0): (deliver at, target).
+    pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
+    /// Missed wakeups rescued (`--rescue`), with their reports.
+    pub rescued: Mutex<Vec<crate::watchdog::HangReport>>,
 }
 
 impl Shared {
+    /// The boot block as it is now (guest-published fields included).
+    pub fn boot(&self) -> pvlock_abi::BootBlock {
+        self.ram.read_pod(pvlock_abi::BOOT_BLOCK_GPA).unwrap_or_default()
+    }
+
+    /// Blocking waits begun so far by vCPUs other than `cpu`.
+    pub fn others_blocked(&self, cpu: u32) -> u64 {
+        self.channels
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| *c as u32 != cpu)
+            .map(|(_, ch)| ch.counters.get(VmmCounter::WaitsBlocked))
+            .sum()
+    }
+
     fn block_gpa(cpu: u32) -> u64 {
         pvlock_abi::vcpu_block_gpa(cpu)
     }
 
     /// Sets the steal-time style `preempted` flag the guest reads.
-    fn set_preempted(&self, cpu: u32, on: bool) {
-        let _ = self.ram.write_u32(
-            Self::block_gpa(cpu) + offset_of!(VcpuBlock, preempted) as u64,
-            on as u32,
-        );
+    pub fn set_preempted(&self, cpu: u32, on: bool) {
+        self.preempt.stalled[cpu as usize].store(on as u32, Ordering::Release);
+        let _ = self.ram.write_u32(Self::block_gpa(cpu) + offset_of!(VcpuBlock, preempted) as u64, on as u32);
     }
 }
 
@@ -72,6 +90,7 @@ pub struct VcpuThread {
     pub fd: VcpuFd,
     pub shared: std::sync::Arc<Shared>,
     pub tx: Sender<VcpuEvent>,
+    pub rng: crate::preempt::Rng,
 }
 
 impl VcpuThread {
@@ -101,11 +120,7 @@ impl VcpuThread {
     }
 
     fn abi_violation(&self, detail: String) -> GuestFailure {
-        GuestFailure::AbiViolation {
-            cpu: self.cpu,
-            rip: self.rip(),
-            detail,
-        }
+        GuestFailure::AbiViolation { cpu: self.cpu, rip: self.rip(), detail }
     }
 
     /// One KVM_RUN and the handling of its exit.
@@ -121,15 +136,8 @@ impl VcpuThread {
             Ok(VcpuExit::Shutdown) => Err("Shutdown".to_string()),
             Ok(VcpuExit::Intr) => return Ok(self.interrupted()),
             Ok(other) => Err(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(self.interrupted())
-            }
-            Err(e) => {
-                return Err(GuestFailure::Host {
-                    cpu,
-                    error: format!("KVM_RUN: {e}"),
-                })
-            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(self.interrupted()),
+            Err(e) => return Err(GuestFailure::Host { cpu, error: format!("KVM_RUN: {e}") }),
         };
         self.shared.exits[cpu as usize].fetch_add(1, Ordering::Relaxed);
         let req = match exit {
@@ -148,13 +156,7 @@ impl VcpuThread {
                 });
             }
             Err(name) if name.starts_with("MmioRead") => return Err(self.abi_violation(name)),
-            Err(name) => {
-                return Err(GuestFailure::UnexpectedExit {
-                    cpu,
-                    rip: self.rip(),
-                    exit: name,
-                })
-            }
+            Err(name) => return Err(GuestFailure::UnexpectedExit { cpu, rip: self.rip(), exit: name }),
         };
         self.serve(req)
     }
@@ -163,10 +165,13 @@ impl VcpuThread {
     fn interrupted(&mut self) -> Next {
         self.fd.set_kvm_immediate_exit(0);
         if self.shared.stop.load(Ordering::Acquire) {
-            Next::Finish
-        } else {
-            Next::Continue
+            return Next::Finish;
         }
+        let us = self.shared.preempt.stall_request_us[self.cpu as usize].swap(0, Ordering::AcqRel);
+        if us > 0 {
+            self.stall(Duration::from_micros(us));
+        }
+        Next::Continue
     }
 
     fn serve(&mut self, req: GuestRequest) -> Result<Next, GuestFailure> {
@@ -180,10 +185,7 @@ impl VcpuThread {
                         pvlock_abi::doorbell::CONSOLE_MAX
                     )));
                 }
-                let bytes = sh
-                    .ram
-                    .read_bytes(gpa, len)
-                    .map_err(|e| self.abi_violation(format!("console: {e}")))?;
+                let bytes = sh.ram.read_bytes(gpa, len).map_err(|e| self.abi_violation(format!("console: {e}")))?;
                 let text = String::from_utf8_lossy(&bytes);
                 let mut con = sh.console.lock().unwrap_or_else(|p| p.into_inner());
                 for line in text.lines() {
@@ -198,9 +200,7 @@ impl VcpuThread {
             }
             GuestRequest::Panic { kind } => Err(self.guest_panic(kind)),
             GuestRequest::Wait { gpa, expected } => {
-                sh.ram
-                    .check_range(gpa, 1)
-                    .map_err(|e| self.abi_violation(format!("pv_wait: {e}")))?;
+                sh.ram.check_range(gpa, 1).map_err(|e| self.abi_violation(format!("pv_wait: {e}")))?;
                 let ch = &sh.channels[cpu as usize];
                 let end = ch.wait(
                     &sh.cfg.hypervisor,
@@ -209,8 +209,16 @@ impl VcpuThread {
                     gpa,
                     || sh.ram.read_u8(gpa).unwrap_or(0),
                     sh.run_start,
+                    &mut self.rng,
                 );
                 match end {
+                    WaitEnd::TimedOut if sh.cfg.hypervisor.rescue => {
+                        // --rescue: record what was missed, wake it, go on.
+                        let report = crate::watchdog::explain(sh, cpu);
+                        ch.counters.add(VmmCounter::Rescues, 1);
+                        sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+                        Ok(Next::Continue)
+                    }
                     WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
                         cpu,
                         blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
@@ -226,13 +234,43 @@ impl VcpuThread {
                 if window as usize >= pvlock_abi::NR_WINDOWS {
                     return Err(self.abi_violation(format!("stall at unknown window id {window}")));
                 }
-                self.stall(Duration::from_micros(sh.cfg.window_stall_us));
+                let w = pvlock_abi::Window::ALL[window as usize];
+                sh.preempt.window_arrivals[window as usize].fetch_add(1, Ordering::AcqRel);
+                let rules = &sh.cfg.preempt.schedule;
+                if let Some(i) = sh.preempt.claim_rule(rules, cpu, w) {
+                    // Directed interleaving: hold here until the rule's condition.
+                    sh.set_preempted(cpu, true);
+                    let (why, held) = crate::preempt::hold(
+                        &rules[i],
+                        cpu,
+                        &sh.preempt,
+                        || sh.others_blocked(cpu),
+                        || sh.stop.load(Ordering::Acquire),
+                    );
+                    sh.set_preempted(cpu, false);
+                    crate::preempt::account_stall(&sh.channels[cpu as usize].counters, held);
+                    sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
+                        rule: i,
+                        cpu,
+                        window: w.name().to_string(),
+                        released_by: why.to_string(),
+                        held_us: held.as_micros() as u64,
+                    });
+                } else if sh.cfg.windows.always == 0 {
+                    self.stall(Duration::from_micros(sh.cfg.preempt.window_stall_us));
+                }
                 Ok(Next::Continue)
             }
             GuestRequest::Ping { .. } => Ok(Next::Continue),
-            GuestRequest::KickNoSuchCpu { cpu: target } => {
-                Err(self.abi_violation(format!("pv_kick of vCPU {target}, which does not exist")))
-            }
+            GuestRequest::KickNoSuchCpu { cpu: target } => match &sh.kick_timer {
+                // kick_delay_us > 0: kicks come through here, delivered late.
+                Some(timer) if target < sh.cfg.vcpus as u64 => {
+                    let at = Instant::now() + Duration::from_micros(sh.cfg.hypervisor.kick_delay_us);
+                    let _ = timer.lock().unwrap_or_else(|p| p.into_inner()).send((at, target as u32));
+                    Ok(Next::Continue)
+                }
+                _ => Err(self.abi_violation(format!("pv_kick of vCPU {target}, which does not exist"))),
+            },
         }
     }
 
@@ -248,8 +286,7 @@ impl VcpuThread {
         }
         sh.set_preempted(self.cpu, false);
         ch.counters.add(VmmCounter::Stalls, 1);
-        ch.counters
-            .add(VmmCounter::StalledUs, t.elapsed().as_micros() as u64);
+        ch.counters.add(VmmCounter::StalledUs, t.elapsed().as_micros() as u64);
     }
 
     fn guest_panic(&self, kind: u64) -> GuestFailure {

@@ -140,13 +140,7 @@ impl Platform for GuestCpu {
     fn trace(&self, ev: TraceEvent, lock: usize, arg: u16, value: u32) {
         let b = self.block();
         let slot = (b.trace_head as usize) % b.trace.len();
-        b.trace[slot] = TraceEntry {
-            tsc: rt::rdtsc(),
-            lock: lock as u64,
-            event: ev as u16,
-            arg,
-            value,
-        };
+        b.trace[slot] = TraceEntry { tsc: rt::rdtsc(), lock: lock as u64, event: ev as u16, arg, value };
         b.trace_head += 1;
     }
 

@@ -32,10 +32,7 @@ extern "C" fn guest_main(cpu: u64) -> ! {
     let entry_tsc = rt::rdtsc();
     let boot = rt::boot();
     if boot.magic != BOOT_MAGIC || boot.abi_version != ABI_VERSION {
-        panic!(
-            "boot block magic {:#x} / ABI {} (guest speaks ABI {})",
-            boot.magic, boot.abi_version, ABI_VERSION
-        );
+        panic!("boot block magic {:#x} / ABI {} (guest speaks ABI {})", boot.magic, boot.abi_version, ABI_VERSION);
     }
     // SAFETY: vCPU `cpu` is the only writer of its own block.
     let block = unsafe { &mut *rt::vcpu_block(cpu) };

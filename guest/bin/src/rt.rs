@@ -45,9 +45,7 @@ pub fn vcpu_block(cpu: u32) -> *mut VcpuBlock {
 pub fn current_cpu() -> u32 {
     let rsp: u64;
     // SAFETY: reads the stack pointer; no memory access, no flags.
-    unsafe {
-        core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
     let ram = boot().ram_mib as u64 * 1024 * 1024;
     (ram.saturating_sub(rsp) / STACK_SIZE) as u32
 }
@@ -78,10 +76,7 @@ pub struct FmtBuf<const N: usize> {
 
 impl<const N: usize> FmtBuf<N> {
     pub const fn new() -> Self {
-        Self {
-            buf: [0; N],
-            len: 0,
-        }
+        Self { buf: [0; N], len: 0 }
     }
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
@@ -100,10 +95,7 @@ impl<const N: usize> Write for FmtBuf<N> {
 /// Writes bytes to the VMM console (one exit).
 pub fn console_bytes(b: &[u8]) {
     if !b.is_empty() {
-        ring(
-            doorbell::CONSOLE,
-            doorbell::console_value(b.as_ptr() as u64, b.len() as u64),
-        );
+        ring(doorbell::CONSOLE, doorbell::console_value(b.as_ptr() as u64, b.len() as u64));
     }
 }
 
@@ -121,13 +113,7 @@ macro_rules! println {
 
 /// Reports a failure to the VMM through the assert record of vCPU `cpu` and
 /// the panic doorbell. The VMM stops the whole VM; this never returns.
-pub fn report_failure(
-    cpu: u32,
-    kind: PanicKind,
-    file: &str,
-    line: u32,
-    msg: fmt::Arguments<'_>,
-) -> ! {
+pub fn report_failure(cpu: u32, kind: PanicKind, file: &str, line: u32, msg: fmt::Arguments<'_>) -> ! {
     let mut text = FmtBuf::<400>::new();
     let _ = text.write_fmt(msg);
     // SAFETY: each vCPU writes only its own block; the VMM reads it after
@@ -151,17 +137,8 @@ pub fn report_failure(
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let (file, line) = info
-        .location()
-        .map(|l| (l.file(), l.line()))
-        .unwrap_or(("?", 0));
-    report_failure(
-        current_cpu(),
-        PanicKind::Panic,
-        file,
-        line,
-        format_args!("{}", info.message()),
-    )
+    let (file, line) = info.location().map(|l| (l.file(), l.line())).unwrap_or(("?", 0));
+    report_failure(current_cpu(), PanicKind::Panic, file, line, format_args!("{}", info.message()))
 }
 
 /// The precompiled `core` of the host target is built for unwinding and so

@@ -5,6 +5,7 @@ use crate::cpu::GuestCpu;
 use crate::rt;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use pvlock_abi::doorbell;
+use pvlock_abi::Window;
 use pvlock_abi::Workload;
 use pvlock_guest_lib::{Platform, WaitOn};
 
@@ -23,6 +24,7 @@ pub fn run(w: Workload, cpu: u32) -> u64 {
         }
         Workload::PingPong => ping_pong(&me),
         Workload::Doorbells => doorbells(&me),
+        Workload::PreemptProbe => preempt_probe(&me),
     }
 }
 
@@ -37,8 +39,7 @@ static SMOKE_WAITERS: AtomicU64 = AtomicU64::new(0);
 fn smoke_lock(me: &GuestCpu) {
     loop {
         for _ in 0..256 {
-            if SMOKE_LOCK.load(Ordering::Relaxed) == 0 && SMOKE_LOCK.swap(1, Ordering::Acquire) == 0
-            {
+            if SMOKE_LOCK.load(Ordering::Relaxed) == 0 && SMOKE_LOCK.swap(1, Ordering::Acquire) == 0 {
                 return;
             }
             core::hint::spin_loop();
@@ -102,10 +103,7 @@ fn bad_pointer(me: &GuestCpu) -> u64 {
     if me.id() == 0 {
         // A console message "at" an address far outside guest RAM: the VMM
         // must report an ABI error, not read it.
-        rt::ring(
-            doorbell::CONSOLE,
-            doorbell::console_value(0xBAD0_0000_0000, 64),
-        );
+        rt::ring(doorbell::CONSOLE, doorbell::console_value(0xBAD0_0000_0000, 64));
     }
     doorbell::DONE_OK
 }
@@ -160,9 +158,7 @@ fn ping_pong(me: &GuestCpu) -> u64 {
             while PING_FLAG[id].load(Ordering::Acquire) == 0 {
                 me.pv_wait(WaitOn::NodeState(&PING_FLAG[id]), 0);
             }
-            let lat = rt::cycles_to_ns(
-                rt::rdtsc().saturating_sub(PING_SENT_TSC[id].load(Ordering::Relaxed)),
-            );
+            let lat = rt::cycles_to_ns(rt::rdtsc().saturating_sub(PING_SENT_TSC[id].load(Ordering::Relaxed)));
             PING_FLAG[id].store(0, Ordering::Relaxed);
             let b = me.block();
             b.latency.record(lat);
@@ -194,5 +190,33 @@ fn doorbells(me: &GuestCpu) -> u64 {
     b.timing[0] = rt::cycles_to_ns(t1 - t0);
     b.timing[1] = rt::cycles_to_ns(t2 - t1);
     b.timing[2] = n;
+    doorbell::DONE_OK
+}
+
+static PROBE_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// vCPU 0 reaches the `critical-section` window (the VMM stalls it there
+/// when the window is enabled); the others poll vcpu_is_preempted() of
+/// every vCPU until vCPU 0 is back, counting what they saw in timing[c].
+fn preempt_probe(me: &GuestCpu) -> u64 {
+    let n = me.nr_cpus().min(8);
+    if me.id() == 0 {
+        // Let the watchers start polling first.
+        let t = rt::rdtsc();
+        while rt::rdtsc() - t < rt::ns_to_cycles(2_000_000) {
+            core::hint::spin_loop();
+        }
+        me.race_window(Window::CriticalSection);
+        PROBE_DONE.store(1, Ordering::Release);
+        return doorbell::DONE_OK;
+    }
+    while PROBE_DONE.load(Ordering::Acquire) == 0 {
+        for c in 0..n {
+            if me.vcpu_is_preempted(c) {
+                me.block().timing[c as usize] += 1;
+            }
+        }
+        me.block().acquisitions += 1;
+    }
     doorbell::DONE_OK
 }

@@ -1,0 +1,172 @@
+//! Reports: pure functions of the records of a result directory.
+//!
+//! A result directory holds `runs.jsonl` (one [`Record`] per line, appended
+//! as runs end), optionally `env.json` ([`EnvInfo`], written by whoever runs
+//! the matrix) and a `partial` marker file while (or if) the matrix did not
+//! finish. [`render_dir`] turns it into `report.md`, `summary.csv` and
+//! `plots/*.svg`; [`render`] is the same without any I/O.
+
+pub mod csv;
+pub mod diff;
+pub mod load;
+pub mod markdown;
+pub mod plots;
+pub mod summary;
+
+pub use diff::{diff, DiffReport};
+
+use crate::output::write_atomic;
+use crate::record::Record;
+use anyhow::{Context, Result};
+use load::Loaded;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where the runs ran. Stored as `env.json` in a result directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvInfo {
+    /// `model name` of the host's first CPU (/proc/cpuinfo).
+    pub host_cpu_model: String,
+    /// Host kernel release (`uname -r`).
+    pub kernel: String,
+    /// `kvm_pvm (PVM)`, `VMX`, `SVM`, or `none`.
+    pub kvm_flavour: String,
+    /// [`crate::version`] of the pvlock that ran the matrix.
+    pub pvlock_version: String,
+}
+
+impl Default for EnvInfo {
+    fn default() -> Self {
+        Self {
+            host_cpu_model: "unknown".into(),
+            kernel: "unknown".into(),
+            kvm_flavour: "unknown".into(),
+            pvlock_version: crate::version().into(),
+        }
+    }
+}
+
+impl EnvInfo {
+    /// Reads this host's facts; any that cannot be read are `unknown`.
+    pub fn collect() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let module = |m: &str| Path::new("/sys/module").join(m).exists();
+        let kvm = if module("kvm_pvm") {
+            "kvm_pvm (PVM)"
+        } else if module("kvm_intel") {
+            "VMX"
+        } else if module("kvm_amd") {
+            "SVM"
+        } else {
+            "none"
+        };
+        Self { host_cpu_model: cpu, kernel, kvm_flavour: kvm.into(), pvlock_version: crate::version().into() }
+    }
+
+    /// Writes `dir/env.json` (atomically).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join(ENV_FILE), &serde_json::to_vec_pretty(self)?)
+    }
+
+    /// Reads `dir/env.json`, if present.
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let p = dir.join(ENV_FILE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not an env record", p.display()))?))
+    }
+}
+
+pub const RUNS_FILE: &str = "runs.jsonl";
+pub const ENV_FILE: &str = "env.json";
+/// Present while a matrix runs, and left behind if it did not finish.
+pub const PARTIAL_FILE: &str = "partial";
+
+/// Everything a report consists of.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// `report.md`.
+    pub markdown: String,
+    /// `summary.csv`.
+    pub csv: String,
+    /// (file name under `plots/`, SVG).
+    pub plots: Vec<(String, String)>,
+    /// The main table alone (what `pvlock report` prints).
+    pub main_table: String,
+}
+
+/// Renders a report from records (no I/O). `partial`: the matrix did not
+/// finish (an aborted record also makes the report say partial).
+pub fn render(records: &[Record], env: &EnvInfo, partial: bool) -> Rendered {
+    render_loaded(&Loaded { records: records.to_vec(), skipped: Vec::new() }, env, partial)
+}
+
+/// [`render`], also naming the lines of `runs.jsonl` that were skipped.
+pub fn render_loaded(loaded: &Loaded, env: &EnvInfo, partial: bool) -> Rendered {
+    let sums = summary::summarize_all(&loaded.records);
+    let variants = load::variants(&loaded.records);
+    Rendered {
+        markdown: markdown::render(loaded, &sums, env, partial),
+        csv: csv::render(&sums),
+        plots: plots::render(&loaded.records, &sums, &variants),
+        main_table: markdown::main_table(&sums),
+    }
+}
+
+/// Reads `dir/runs.jsonl` and writes `report.md`, `summary.csv` and
+/// `plots/*.svg` into `dir`, each atomically. The environment is
+/// `dir/env.json` when present (it describes the host the runs ran on),
+/// otherwise `env`.
+pub fn render_dir(dir: &Path, env: &EnvInfo) -> Result<()> {
+    render_dir_with(dir, env).map(|_| ())
+}
+
+/// [`render_dir`], returning what it wrote.
+pub fn render_dir_with(dir: &Path, env: &EnvInfo) -> Result<Rendered> {
+    let loaded = load::load_jsonl(&dir.join(RUNS_FILE))?;
+    let env = EnvInfo::load(dir)?.unwrap_or_else(|| env.clone());
+    let partial = dir.join(PARTIAL_FILE).exists();
+    let r = render_loaded(&loaded, &env, partial);
+    write_atomic(&dir.join("report.md"), r.markdown.as_bytes())?;
+    write_atomic(&dir.join("summary.csv"), r.csv.as_bytes())?;
+    for (name, svg) in &r.plots {
+        write_atomic(&dir.join("plots").join(name), svg.as_bytes())?;
+    }
+    Ok(r)
+}
+
+/// `pvlock report DIR`: re-renders DIR and returns what to print (the main
+/// table, and where the report went).
+pub fn report_command(dir: &Path) -> Result<String> {
+    let r = render_dir_with(dir, &EnvInfo::collect())?;
+    Ok(format!("{}report: {}\n", r.main_table, dir.join("report.md").display()))
+}
+
+/// `pvlock diff A B`: the diff of two result directories, as markdown.
+pub fn diff_command(a: &Path, b: &Path) -> Result<String> {
+    let la = load::load_jsonl(&a.join(RUNS_FILE))?;
+    let lb = load::load_jsonl(&b.join(RUNS_FILE))?;
+    let mut out = diff(&la.records, &lb.records).to_markdown();
+    for (side, l) in [("A", &la), ("B", &lb)] {
+        if !l.skipped.is_empty() {
+            out.push_str(&format!(
+                "\n{side}: {} malformed or truncated line(s) of runs.jsonl skipped.\n",
+                l.skipped.len()
+            ));
+        }
+    }
+    Ok(out)
+}

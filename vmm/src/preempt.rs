@@ -1,0 +1,224 @@
+//! Deliberate preemption: random (Poisson) stalls, holder stalls, and the
+//! directed schedule's holds at race windows.
+//!
+//! A stall keeps a vCPU's thread out of `KVM_RUN`: the vCPU runs no guest
+//! code, exactly what a host scheduler does to a preempted vCPU. While it
+//! lasts the VMM sets the vCPU's `preempted` flag in guest memory
+//! (steal-time style) for the guest's `vcpu_is_preempted()`.
+
+use crate::config::{HoldRule, HoldUntil, StallDist};
+use pvlock_abi::{VmmCounter, NR_WINDOWS};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A small seeded generator (xorshift64*): stall choices are repeatable per
+/// seed; interleavings are not (that needs a directed schedule).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Exponential with the given mean.
+    pub fn exp(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.unit()).ln()
+    }
+    /// A stall length drawn from `dist` with mean `mean_us`.
+    pub fn stall_us(&mut self, dist: StallDist, mean_us: u64) -> u64 {
+        match dist {
+            StallDist::Fixed => mean_us,
+            StallDist::Uniform => (self.unit() * 2.0 * mean_us as f64) as u64,
+            StallDist::Exponential => self.exp(mean_us as f64) as u64,
+        }
+    }
+}
+
+/// How a directed hold ended.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HoldOutcome {
+    /// Index of the rule in the schedule.
+    pub rule: usize,
+    pub cpu: u32,
+    pub window: String,
+    /// `condition`, `timeout` or `stop`.
+    pub released_by: String,
+    pub held_us: u64,
+}
+
+/// Run-wide preemption state shared by vCPU threads and the preemptor.
+pub struct PreemptState {
+    /// Per vCPU: microseconds of stall requested by the preemptor (0 = none).
+    pub stall_request_us: Vec<AtomicU64>,
+    /// Per vCPU: 1 while stalled or held by the VMM.
+    pub stalled: Vec<AtomicU32>,
+    /// Times each window was reported by any vCPU (STALL exits).
+    pub window_arrivals: [AtomicU64; NR_WINDOWS],
+    /// Holds performed per rule.
+    pub rule_used: Vec<AtomicU32>,
+    pub holds: Mutex<Vec<HoldOutcome>>,
+    /// Stall requests the preemptor skipped because the vCPU was blocked
+    /// in a wait or already stalled.
+    pub skipped: AtomicU64,
+}
+
+impl PreemptState {
+    pub fn new(vcpus: usize, rules: usize) -> Self {
+        Self {
+            stall_request_us: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
+            stalled: (0..vcpus).map(|_| AtomicU32::new(0)).collect(),
+            window_arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
+            rule_used: (0..rules).map(|_| AtomicU32::new(0)).collect(),
+            holds: Mutex::new(Vec::new()),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn any_stalled(&self) -> bool {
+        self.stalled.iter().any(|s| s.load(Ordering::Acquire) != 0)
+    }
+
+    /// The first rule that applies to `cpu` at `window` and still has holds
+    /// left; claims one hold.
+    pub fn claim_rule(&self, rules: &[HoldRule], cpu: u32, window: pvlock_abi::Window) -> Option<usize> {
+        for (i, r) in rules.iter().enumerate() {
+            if r.at != window || r.cpu.is_some_and(|c| c != cpu) {
+                continue;
+            }
+            let used = &self.rule_used[i];
+            loop {
+                let n = used.load(Ordering::Acquire);
+                if r.count != 0 && n >= r.count {
+                    break;
+                }
+                if used.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Blocks the calling vCPU thread per `rule`; `others_blocked` returns the
+/// number of blocking waits other vCPUs have begun so far, `stop` the run's
+/// stop flag.
+pub fn hold(
+    rule: &HoldRule,
+    cpu: u32,
+    st: &PreemptState,
+    others_blocked: impl Fn() -> u64,
+    stop: impl Fn() -> bool,
+) -> (&'static str, Duration) {
+    let t0 = Instant::now();
+    let timeout = Duration::from_micros(rule.timeout_us);
+    let arrivals0: Vec<u64> = st.window_arrivals.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    let blocked0 = others_blocked();
+    loop {
+        if stop() {
+            return ("stop", t0.elapsed());
+        }
+        let met = match rule.until {
+            HoldUntil::Window(w) => st.window_arrivals[w as usize].load(Ordering::Acquire) > arrivals0[w as usize],
+            HoldUntil::Blocked => others_blocked() > blocked0,
+            HoldUntil::Timeout => false,
+        };
+        if met {
+            return ("condition", t0.elapsed());
+        }
+        if t0.elapsed() >= timeout {
+            return ("timeout", t0.elapsed());
+        }
+        let _ = cpu;
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Counter helper for stalls.
+pub fn account_stall(counters: &crate::hypervisor::Counters, d: Duration) {
+    counters.add(VmmCounter::Stalls, 1);
+    counters.add(VmmCounter::StalledUs, d.as_micros() as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvlock_abi::Window;
+
+    #[test]
+    fn stall_distributions_have_the_configured_mean() {
+        let mut r = Rng::new(7);
+        for dist in [StallDist::Fixed, StallDist::Uniform, StallDist::Exponential] {
+            let n = 200_000;
+            let mean = (0..n).map(|_| r.stall_us(dist, 1000) as f64).sum::<f64>() / n as f64;
+            assert!((mean - 1000.0).abs() < 15.0, "{dist:?}: mean {mean}");
+        }
+        // Poisson arrivals: exponential gaps with the configured mean.
+        let gaps: f64 = (0..100_000).map(|_| r.exp(500.0)).sum::<f64>() / 100_000.0;
+        assert!((gaps - 500.0).abs() < 10.0, "{gaps}");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_stalls() {
+        let a: Vec<u64> = {
+            let mut r = Rng::new(42);
+            (0..10).map(|_| r.stall_us(StallDist::Exponential, 100)).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = Rng::new(42);
+            (0..10).map(|_| r.stall_us(StallDist::Exponential, 100)).collect()
+        };
+        assert_eq!(a, b);
+    }
+
+    fn rule(at: Window, cpu: Option<u32>, until: HoldUntil, count: u32) -> HoldRule {
+        HoldRule { at, cpu, until, timeout_us: 20_000, count }
+    }
+
+    #[test]
+    fn rules_match_window_and_cpu_and_run_out() {
+        let rules =
+            [rule(Window::Handoff, Some(1), HoldUntil::Blocked, 1), rule(Window::Handoff, None, HoldUntil::Timeout, 2)];
+        let st = PreemptState::new(4, rules.len());
+        assert_eq!(st.claim_rule(&rules, 0, Window::Handoff), Some(1));
+        assert_eq!(st.claim_rule(&rules, 1, Window::Handoff), Some(0));
+        assert_eq!(st.claim_rule(&rules, 1, Window::Handoff), Some(1), "rule 0 is used up");
+        assert_eq!(st.claim_rule(&rules, 2, Window::Handoff), None, "both used up");
+        assert_eq!(st.claim_rule(&rules, 2, Window::UnlockKick), None);
+    }
+
+    #[test]
+    fn hold_is_released_by_its_condition_or_its_timeout() {
+        let st = PreemptState::new(2, 1);
+        let blocked = AtomicU64::new(0);
+        let r = rule(Window::Handoff, None, HoldUntil::Blocked, 0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(2));
+                blocked.fetch_add(1, Ordering::SeqCst);
+            });
+            let (why, d) = hold(&r, 0, &st, || blocked.load(Ordering::SeqCst), || false);
+            assert_eq!(why, "condition");
+            assert!(d < Duration::from_millis(20));
+        });
+        let r = HoldRule { timeout_us: 3000, ..rule(Window::Handoff, None, HoldUntil::Window(Window::UnlockKick), 0) };
+        let (why, d) = hold(&r, 0, &st, || 0, || false);
+        assert_eq!(why, "timeout");
+        assert!(d >= Duration::from_micros(3000));
+        st.window_arrivals[Window::UnlockKick as usize].fetch_add(0, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,265 @@
+//! Explaining hangs: a state dump of every vCPU, its lock and node, the PV
+//! hash entries of that lock and the last trace events, and a
+//! classification of the missed wakeup.
+//!
+//! Everything here reads guest memory through bounds-checked accessors: a
+//! corrupted guest produces a strange report, never a VMM crash.
+
+use crate::vcpu::Shared;
+use pvlock_abi::boot::{lock_layout, node_layout};
+use pvlock_abi::{GuestPhase, HashEntry, TraceEntry, TraceEvent, Variant, VcpuBlock, VmmCounter};
+use serde::Serialize;
+use std::mem::offset_of;
+use std::sync::atomic::Ordering;
+
+/// Why a waiter will never be woken (best judgement from memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissedWakeupClass {
+    /// Queue head waits on the locked byte, but the byte is not the slow
+    /// value (the unlocker takes the fast path and kicks nobody), or no
+    /// hash entry names its node.
+    WaiterNotHashed,
+    /// The lock's first hash entry (what the unlocker finds) names another
+    /// vCPU's node.
+    HashEntryPointsAtOtherVcpu,
+    /// More than one hash entry for one lock: one of them is stale.
+    StaleEntry,
+    /// A kick to this vCPU was dropped by the `lost-if-not-waiting` contract.
+    KickLostByContract,
+    /// Every vCPU that has not finished is blocked in a wait.
+    PlainDeadlock,
+    Unknown,
+}
+
+/// One vCPU as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcpuState {
+    pub cpu: u32,
+    pub phase: String,
+    pub blocked_ms: Option<f64>,
+    pub wait_gpa: Option<u64>,
+    pub stalled: bool,
+    pub in_interrupt: u32,
+    pub lock: u64,
+    pub node: u64,
+    pub node_state: Option<u8>,
+    pub last_events: Vec<String>,
+}
+
+/// The lock a blocked vCPU waits for.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockState {
+    pub addr: u64,
+    pub word: u32,
+    pub locked: u8,
+    pub pending: bool,
+    pub tail_cpu: Option<u32>,
+    pub tail_idx: u32,
+    pub owner_field: u32,
+    /// Hash entries for this lock: (slot, node, node's cpu).
+    pub hash_entries: Vec<(u64, u64, Option<u32>)>,
+}
+
+/// The report of one detected hang / missed wakeup.
+#[derive(Debug, Clone, Serialize)]
+pub struct HangReport {
+    pub blocked_cpu: u32,
+    pub class: MissedWakeupClass,
+    pub detail: String,
+    pub lock: Option<LockState>,
+    pub vcpus: Vec<VcpuState>,
+}
+
+fn slow_val(variant: Option<Variant>) -> u8 {
+    // _Q_SLOW_VAL; the 2016 _Q_HASH_VAL proposal moved it to 7.
+    if variant == Some(Variant::PvHashval2016) {
+        7
+    } else {
+        3
+    }
+}
+
+fn node_cpu(sh: &Shared, node: u64) -> Option<u32> {
+    let boot = sh.boot();
+    if boot.nodes_gpa == 0 || boot.node_stride == 0 || node < boot.nodes_gpa {
+        return None;
+    }
+    let idx = (node - boot.nodes_gpa) / boot.node_stride;
+    Some((idx / 4) as u32).filter(|c| *c < sh.cfg.vcpus)
+}
+
+fn lock_state(sh: &Shared, addr: u64) -> Option<LockState> {
+    let word = sh.ram.read_u32(addr + lock_layout::WORD).ok()?;
+    let tail = word >> 16;
+    let boot = sh.boot();
+    let mut hash_entries = Vec::new();
+    if boot.hash_gpa != 0 && boot.hash_entries <= 1 << 16 {
+        for i in 0..boot.hash_entries {
+            if let Ok(e) = sh.ram.read_pod::<HashEntry>(boot.hash_gpa + i * 16) {
+                if e.lock == addr {
+                    hash_entries.push((i, e.node, node_cpu(sh, e.node)));
+                }
+            }
+        }
+    }
+    Some(LockState {
+        addr,
+        word,
+        locked: word as u8,
+        pending: word & 0x100 != 0,
+        tail_cpu: (tail >> 2).checked_sub(1),
+        tail_idx: tail & 3,
+        owner_field: sh.ram.read_u32(addr + lock_layout::OWNER).unwrap_or(0),
+        hash_entries,
+    })
+}
+
+fn trace_tail(b: &VcpuBlock, n: usize) -> Vec<String> {
+    let head = b.trace_head as usize;
+    let len = b.trace.len();
+    let first = head.saturating_sub(n.min(len));
+    (first..head)
+        .map(|i| {
+            let e: &TraceEntry = &b.trace[i % len];
+            let name = TraceEvent::from_u16(e.event).map(|t| t.name()).unwrap_or("?");
+            format!("tsc={} {name} lock={:#x} arg={} val={}", e.tsc, e.lock, e.arg, e.value)
+        })
+        .collect()
+}
+
+/// Builds the state dump and classifies why `cpu` is stuck.
+pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
+    let variant = Variant::from_u32(sh.cfg.lock.variant);
+    let now_us = sh.run_start.elapsed().as_micros() as u64;
+    let mut vcpus = Vec::new();
+    let mut blocks = Vec::new();
+    for c in 0..sh.cfg.vcpus {
+        let b: VcpuBlock = sh.ram.read_pod(pvlock_abi::vcpu_block_gpa(c)).unwrap_or_default();
+        let ch = &sh.channels[c as usize];
+        let since = ch.blocked_since_us.load(Ordering::Acquire);
+        let node_state = (b.cur_node != 0).then(|| sh.ram.read_u8(b.cur_node + node_layout::STATE).ok()).flatten();
+        vcpus.push(VcpuState {
+            cpu: c,
+            phase: GuestPhase::from_u32(b.phase).map(|p| p.name()).unwrap_or("?").to_string(),
+            blocked_ms: (since != 0).then(|| now_us.saturating_sub(since) as f64 / 1e3),
+            wait_gpa: (since != 0).then(|| ch.wait_gpa.load(Ordering::Relaxed)),
+            stalled: sh.preempt.stalled[c as usize].load(Ordering::Acquire) != 0,
+            in_interrupt: b.irq_depth,
+            lock: b.cur_lock,
+            node: b.cur_node,
+            node_state,
+            last_events: trace_tail(&b, 8),
+        });
+        blocks.push(b);
+    }
+    let me = &blocks[cpu as usize];
+    let wait_gpa = sh.channels[cpu as usize].wait_gpa.load(Ordering::Relaxed);
+    let lock = (me.cur_lock != 0).then(|| lock_state(sh, me.cur_lock)).flatten();
+    let my_node_state = me.cur_node + node_layout::STATE;
+    let dropped = sh.channels[cpu as usize].counters.get(VmmCounter::KicksDropped) > 0;
+    let live: Vec<&VcpuState> = vcpus.iter().filter(|v| v.phase != "done").collect();
+    let all_blocked = !live.is_empty() && live.iter().all(|v| v.blocked_ms.is_some());
+
+    let (class, detail) = match &lock {
+        Some(l) if wait_gpa == me.cur_lock => {
+            // The queue head waits on the locked byte.
+            let slow = slow_val(variant);
+            let mine: Vec<_> = l.hash_entries.iter().filter(|e| e.1 == me.cur_node).collect();
+            if l.hash_entries.len() > 1 {
+                (
+                    MissedWakeupClass::StaleEntry,
+                    format!("{} hash entries for lock {:#x}: {:x?}", l.hash_entries.len(), l.addr, l.hash_entries),
+                )
+            } else if l.locked != slow {
+                (MissedWakeupClass::WaiterNotHashed, format!("head waits on lock {:#x} whose locked byte is {} (not _Q_SLOW_VAL {slow}): no unlock will look in the hash table", l.addr, l.locked))
+            } else if l.hash_entries.is_empty() {
+                (
+                    MissedWakeupClass::WaiterNotHashed,
+                    format!("lock {:#x} is _Q_SLOW_VAL but no hash entry names it", l.addr),
+                )
+            } else if mine.is_empty() {
+                (
+                    MissedWakeupClass::HashEntryPointsAtOtherVcpu,
+                    format!(
+                        "the hash entry for lock {:#x} names node {:#x} (vCPU {:?}), not this vCPU's",
+                        l.addr, l.hash_entries[0].1, l.hash_entries[0].2
+                    ),
+                )
+            } else if dropped {
+                (MissedWakeupClass::KickLostByContract, "a kick to this vCPU was dropped (lost-if-not-waiting)".into())
+            } else {
+                (MissedWakeupClass::Unknown, "hashed, slow value set: waiting for the owner's unlock".into())
+            }
+        }
+        _ if me.cur_node != 0 && wait_gpa == my_node_state => {
+            if dropped {
+                (
+                    MissedWakeupClass::KickLostByContract,
+                    "queued waiter; a kick to it was dropped (lost-if-not-waiting)".into(),
+                )
+            } else if all_blocked {
+                (MissedWakeupClass::PlainDeadlock, "queued waiter; every live vCPU is blocked".into())
+            } else {
+                (MissedWakeupClass::Unknown, format!("queued waiter on its node state byte {my_node_state:#x}"))
+            }
+        }
+        _ if dropped => {
+            (MissedWakeupClass::KickLostByContract, "a kick to this vCPU was dropped (lost-if-not-waiting)".into())
+        }
+        _ if all_blocked => (MissedWakeupClass::PlainDeadlock, "every live vCPU is blocked in a wait".into()),
+        _ => (MissedWakeupClass::Unknown, format!("waits on {wait_gpa:#x}, which is neither its lock nor its node")),
+    };
+    HangReport { blocked_cpu: cpu, class, detail, lock, vcpus }
+}
+
+/// The lock-aware detector's test: is `cpu`, blocked now, a head whose
+/// lock's state guarantees that no unlock will kick it? Only the classes
+/// that cannot resolve by themselves count.
+pub fn is_definite_missed_wakeup(r: &HangReport) -> bool {
+    matches!(
+        r.class,
+        MissedWakeupClass::WaiterNotHashed
+            | MissedWakeupClass::HashEntryPointsAtOtherVcpu
+            | MissedWakeupClass::StaleEntry
+    ) && r.lock.as_ref().is_some_and(|l| l.owner_field == 0 || l.hash_entries.len() > 1)
+}
+
+impl HangReport {
+    /// The dump for humans.
+    pub fn render(&self) -> String {
+        let mut s = format!("missed wakeup on vCPU {}: {:?}: {}\n", self.blocked_cpu, self.class, self.detail);
+        if let Some(l) = &self.lock {
+            s += &format!(
+                "  lock {:#x}: word {:#010x} = locked {} pending {} tail cpu {:?} idx {}; owner field {}; hash entries {:x?}\n",
+                l.addr, l.word, l.locked, l.pending as u8, l.tail_cpu, l.tail_idx, l.owner_field, l.hash_entries
+            );
+        }
+        for v in &self.vcpus {
+            s += &format!(
+                "  vCPU {}: {}{}{} lock {:#x} node {:#x} state {:?}{}\n",
+                v.cpu,
+                v.phase,
+                v.blocked_ms
+                    .map(|b| format!(", blocked {b:.1} ms on {:#x}", v.wait_gpa.unwrap_or(0)))
+                    .unwrap_or_default(),
+                if v.stalled { ", stalled by the VMM" } else { "" },
+                v.lock,
+                v.node,
+                v.node_state,
+                if v.in_interrupt > 0 {
+                    format!(", in simulated interrupt depth {}", v.in_interrupt)
+                } else {
+                    String::new()
+                },
+            );
+            for e in &v.last_events {
+                s += &format!("      {e}\n");
+            }
+        }
+        s
+    }
+}
+
+/// Offset check: the preempted flag the VMM writes.
+pub const PREEMPTED_OFFSET: usize = offset_of!(VcpuBlock, preempted);
