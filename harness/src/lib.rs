@@ -1,6 +1,7 @@
 //! The pvlock harness: experiment configs, running them on the VMM, JSON
 //! records, reports. The `pvlock` binary is a thin CLI over this library.
 
+pub mod compare;
 pub mod config;
 pub mod output;
 pub mod record;
@@ -26,4 +27,25 @@ pub fn kvm_available_for_tests() -> bool {
             false
         }
     }
+}
+
+/// The values of an experiment's varying keys for one run, e.g.
+/// `lock.variant=pv-v4.8,vcpus=4`: the run's identity within its matrix.
+pub fn run_key(exp: &config::Experiment, rc: &config::RunConfig) -> String {
+    let v = serde_json::to_value(rc).unwrap_or_default();
+    exp.varying
+        .iter()
+        .map(|k| {
+            let mut cur = &v;
+            for part in k.split('.') {
+                cur = cur.get(part).unwrap_or(&serde_json::Value::Null);
+            }
+            let s = match cur {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{k}={s}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use pvlock::compare::{compare, CompareOptions};
 use pvlock::config::{Experiment, RunConfig};
 use pvlock::output::write_atomic;
 use pvlock::record::Record;
@@ -26,6 +27,8 @@ enum Cmd {
         /// `variants`, `windows` or `workloads`.
         what: String,
     },
+    /// Run a config's matrix into OUT/<name>/<UTC time>/: runs.jsonl, report.md, summary.csv, plots.
+    Compare(CompareArgs),
     /// Re-render report.md, summary.csv and plots/ from DIR/runs.jsonl; print the main table.
     Report {
         /// Result directory (holds runs.jsonl).
@@ -38,6 +41,21 @@ enum Cmd {
         /// New result directory.
         dir_b: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Experiment config (TOML).
+    config: PathBuf,
+    /// Shrink durations and repeats for a first look in a few minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Where result directories go.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Runs at once. Concurrent VMs share the host CPUs: keep 1 for numbers.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +85,10 @@ struct RunArgs {
 }
 
 fn main() {
+    // Die quietly on a closed stdout (`pvlock ... | head`), as Unix tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any
+    // thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVLOCK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -89,6 +111,10 @@ fn run() -> Result<i32> {
             list(&what)?;
             Ok(0)
         }
+        Some(Cmd::Compare(a)) => {
+            let exp = Experiment::load(&a.config)?;
+            compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs, progress: true })
+        }
         Some(Cmd::Report { dir }) => {
             print!("{}", pvlock::report::report_command(&dir)?);
             Ok(0)
@@ -102,8 +128,29 @@ fn run() -> Result<i32> {
 
 /// `cargo run --release` with no arguments: the embedded default experiment.
 fn default_job() -> Result<i32> {
-    let exp = Experiment::parse(include_str!("../../configs/smoke.toml"), "configs/smoke.toml (embedded)", "smoke")?;
-    run_experiment(&exp, |_| {}, None, GUEST_ELF)
+    let exp =
+        Experiment::parse(include_str!("../../configs/default.toml"), "configs/default.toml (embedded)", "default")?;
+    println!("pvlock: the default experiment: {} runs of configs/default.toml (about two minutes)", exp.runs.len());
+    compare_and_print(&exp, &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true })
+}
+
+fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
+    let stop = StopHandle::new();
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("pvlock: stopping (Ctrl-C); the partial report will be written");
+        s.stop();
+    });
+    let out = compare(exp, opts, GUEST_ELF, &stop)?;
+    print!("{}", pvlock::report::report_command(&out.dir)?);
+    println!(
+        "\n{} runs, {} not ok{}; report: {}",
+        out.runs,
+        out.not_ok,
+        if out.aborted { " (ABORTED: partial)" } else { "" },
+        out.dir.join("report.md").display()
+    );
+    Ok(if out.aborted { 1 } else { 0 })
 }
 
 fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
@@ -159,25 +206,6 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
     run_experiment(&exp_checked, |_| {}, args.json.as_deref(), elf)
 }
 
-fn run_key(exp: &Experiment, rc: &RunConfig) -> String {
-    let v = serde_json::to_value(rc).unwrap_or_default();
-    exp.varying
-        .iter()
-        .map(|k| {
-            let mut cur = &v;
-            for part in k.split('.') {
-                cur = cur.get(part).unwrap_or(&serde_json::Value::Null);
-            }
-            let s = match cur {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            format!("{k}={s}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn run_experiment(
     exp: &Experiment,
     mut on_record: impl FnMut(&Record),
@@ -198,17 +226,17 @@ fn run_experiment(
         if stop.is_stopped() {
             break;
         }
-        let key = run_key(exp, rc);
+        let key = pvlock::run_key(exp, rc);
         let rec = run_one(rc, &key, elf, &stop)?;
-        print_summary(i + 1, exp.runs.len(), &rec);
         if rec.status != "ok" {
             code = 1;
         }
         on_record(&rec);
         records.push(rec);
         if let Some(p) = json {
-            // Rewritten after every run: an aborted matrix still leaves a
-            // valid file with every finished run.
+            // Rewritten after every run, before anything is printed: an
+            // aborted matrix (or a closed stdout) still leaves a valid file
+            // with every finished run.
             let body = if exp.runs.len() == 1 {
                 serde_json::to_vec_pretty(&records[0])?
             } else {
@@ -216,6 +244,7 @@ fn run_experiment(
             };
             write_atomic(p, &body)?;
         }
+        print_summary(i + 1, exp.runs.len(), records.last().expect("just pushed"));
     }
     if stop.is_stopped() {
         code = code.max(1);

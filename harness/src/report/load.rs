@@ -198,6 +198,46 @@ mod tests {
     }
 
     #[test]
+    fn groups_ignore_seed_and_repeat() {
+        let mut a = crate::record::Record {
+            schema_version: 1,
+            name: "x".into(),
+            run_key: "seed=1,vcpus=8,torture.locks=4".into(),
+            status: "ok".into(),
+            summary: String::new(),
+            failure: None,
+            started_at: String::new(),
+            pvlock_version: String::new(),
+            vcpus: 8,
+            host_cpus: 2,
+            duration_ms: 0.0,
+            tsc_khz: 0,
+            acquisitions: 0,
+            acquisitions_per_sec: 0.0,
+            latency_ns: Default::default(),
+            max_wait_ns: 0,
+            lock_events: Default::default(),
+            vmm: Default::default(),
+            hash: Default::default(),
+            params: Default::default(),
+            timing: Default::default(),
+            checks: vec![],
+            per_vcpu: vec![],
+            console: vec![],
+            config: Default::default(),
+        };
+        let k1 = GroupKey::of(&a);
+        assert_eq!(k1.other, "torture.locks=4");
+        assert_eq!(k1.setting(), "8 vCPUs / 2 host CPUs, torture.locks=4");
+        a.run_key = "seed=2,vcpus=8,torture.locks=4".into();
+        assert_eq!(GroupKey::of(&a), k1);
+        a.run_key = "seed=2,vcpus=8,torture.locks=8".into();
+        assert_ne!(GroupKey::of(&a), k1);
+        let b = a.clone();
+        assert_eq!(group(&[a, b]).len(), 1);
+    }
+
+    #[test]
     fn truncated_lines_are_skipped_and_counted() {
         let l = parse_jsonl("{\"schema_version\":1\n\n{not json");
         assert!(l.records.is_empty());

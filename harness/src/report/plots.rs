@@ -30,6 +30,12 @@ pub fn variant_color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// [`variant_color`] as SVG writes it, `#RRGGBB`.
+pub fn variant_color_hex(i: usize) -> String {
+    let c = variant_color(i);
+    format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+}
+
 fn status_color(status: &str) -> RGBColor {
     match status {
         "ok" => RGBColor(0x2c, 0xa0, 0x2c),
@@ -180,10 +186,10 @@ pub fn throughput(sums: &[GroupSummary], variants: &[String]) -> String {
     })
 }
 
-/// Per-vCPU (p50, p99) latency of every ok run of a variant, ns.
-fn per_vcpu_latencies(records: &[Record], variant: &str) -> (Vec<f64>, Vec<f64>) {
+/// Per-vCPU (p50, p99) latencies, ns, of the ok runs among `records`.
+fn per_vcpu_latencies<'a>(records: impl Iterator<Item = &'a Record>) -> (Vec<f64>, Vec<f64>) {
     let (mut p50, mut p99) = (Vec::new(), Vec::new());
-    for r in records.iter().filter(|r| r.status == "ok" && r.params.variant == variant) {
+    for r in records.filter(|r| r.status == "ok") {
         for v in r.per_vcpu.iter().filter(|v| v.latency_ns.count > 0) {
             p50.push(v.latency_ns.p50 as f64);
             p99.push(v.latency_ns.p99 as f64);
@@ -205,59 +211,90 @@ fn cdf(sorted: &[f64]) -> Vec<(f64, f64)> {
     out
 }
 
+/// One panel of the latency plot: a setting, and per variant (colour
+/// index, name, sorted per-vCPU p50s, sorted per-vCPU p99s).
+type LatencyPanel<'a> = (String, Vec<(usize, &'a str, Vec<f64>, Vec<f64>)>);
+
 /// (b) The guest's histograms are reduced to percentiles per vCPU, so this
 /// is not the latency CDF itself: it is, per variant, the distribution
-/// over vCPUs (of all ok runs) of each vCPU's p50 (solid) and p99 (dashed).
+/// over vCPUs (of all ok runs) of each vCPU's p50 (solid) and p99 (dashed),
+/// one panel per setting (pooling settings would mix distributions).
 pub fn latency(records: &[Record], variants: &[String]) -> String {
-    let data: Vec<(usize, &String, Vec<f64>, Vec<f64>)> = variants
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let (a, b) = per_vcpu_latencies(records, v);
-            (i, v, a, b)
-        })
-        .filter(|d| !d.2.is_empty())
-        .collect();
-    let all = data.iter().flat_map(|d| d.2.iter().chain(d.3.iter()));
-    let (mut lo, mut hi) = (f64::MAX, 1.0f64);
-    for &v in all {
-        lo = lo.min(v.max(1.0));
-        hi = hi.max(v);
+    let groups = super::load::group(records);
+    let many_names = groups.iter().any(|g| g.key.name != groups[0].key.name);
+    let panel_of = |k: &super::load::GroupKey| {
+        if many_names {
+            format!("{}: {}", k.name, k.setting())
+        } else {
+            k.setting()
+        }
+    };
+    let mut panels: Vec<LatencyPanel<'_>> = Vec::new();
+    for g in &groups {
+        let label = panel_of(&g.key);
+        if !panels.iter().any(|p| p.0 == label) {
+            panels.push((label, Vec::new()));
+        }
     }
-    let no_data = data.is_empty();
+    for (label, series) in &mut panels {
+        for (i, v) in variants.iter().enumerate() {
+            let recs = groups
+                .iter()
+                .filter(|g| &g.key.variant == v && &panel_of(&g.key) == label)
+                .flat_map(|g| g.records.iter().copied());
+            let (a, b) = per_vcpu_latencies(recs);
+            if !a.is_empty() {
+                series.push((i, v.as_str(), a, b));
+            }
+        }
+    }
+    panels.retain(|p| !p.1.is_empty());
+    let (mut lo, mut hi) = (f64::MAX, 1.0f64);
+    for v in panels.iter().flat_map(|p| p.1.iter()).flat_map(|d| d.2.iter().chain(d.3.iter())) {
+        lo = lo.min(v.max(1.0));
+        hi = hi.max(*v);
+    }
+    let no_data = panels.is_empty();
     if no_data {
         (lo, hi) = (1.0, 10.0);
+        panels.push(("no per-vCPU latency data".into(), Vec::new()));
     }
     let (lo, hi) = (lo / 1.5, hi * 1.5);
-    let title = "Acquisition latency: CDF over vCPUs of per-vCPU p50 and p99";
-    svg((800, 500), title, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(if no_data { "Acquisition latency (no per-vCPU latency data)" } else { title }, ("sans-serif", 18))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc("per-vCPU latency percentile, ns (log; solid p50, dashed p99; ok runs)")
-            .y_desc("fraction of vCPUs")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
-        for (i, v, p50, p99) in &data {
-            let c = variant_color(*i);
+    let title = "Acquisition latency: CDF over vCPUs of per-vCPU p50 (solid) and p99 (dashed), ok runs";
+    let width = if panels.len() == 1 { 800 } else { (panels.len() as u32 * 450).min(4000) };
+    svg((width, 500), title, |root| {
+        let root = root.titled(title, ("sans-serif", 18))?;
+        let areas = root.split_evenly((1, panels.len()));
+        for (pi, ((label, data), area)) in panels.iter().zip(areas.iter()).enumerate() {
+            let mut chart = ChartBuilder::on(area)
+                .caption(label.as_str(), ("sans-serif", 15))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)?;
             chart
-                .draw_series(LineSeries::new(cdf(p50), c.stroke_width(2)))?
-                .label(v.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            chart.draw_series(DashedLineSeries::new(cdf(p99), 6, 4, c.stroke_width(2)))?;
-        }
-        if !data.is_empty() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
+                .configure_mesh()
+                .x_desc("per-vCPU latency percentile, ns (log)")
+                .y_desc("fraction of vCPUs")
+                .x_label_formatter(&|v| format!("{v:.0}"))
                 .draw()?;
+            for (i, v, p50, p99) in data {
+                let c = variant_color(*i);
+                let s = chart.draw_series(LineSeries::new(cdf(p50), c.stroke_width(2)))?;
+                // The legend (in the first panel only) names each variant once.
+                if pi == 0 {
+                    s.label(*v).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                }
+                chart.draw_series(DashedLineSeries::new(cdf(p99), 6, 4, c.stroke_width(2)))?;
+            }
+            if pi == 0 && !data.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
         }
         Ok(())
     })
@@ -283,7 +320,7 @@ pub fn kicks(sums: &[GroupSummary], variants: &[String]) -> String {
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..n).into_segmented(), 0.0..ymax)?;
+            .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..ymax)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -329,7 +366,9 @@ pub fn kicks(sums: &[GroupSummary], variants: &[String]) -> String {
 pub fn outcomes(sums: &[GroupSummary]) -> String {
     let labels: Vec<String> = sums.iter().map(short_label).collect();
     let n = sums.len().max(1);
-    let ymax = sums.iter().map(|s| s.runs).max().unwrap_or(1).max(1) as f64 * 1.2;
+    // Integer runs on y, with room for the legend.
+    let most = sums.iter().map(|s| s.runs).max().unwrap_or(1).max(1) as u32;
+    let ymax = most + (most / 4).max(1);
     let title = if sums.is_empty() { "Run outcomes (no data)" } else { "Run outcomes" };
     svg((category_width(n), 500), title, |root| {
         let mut chart = ChartBuilder::on(root)
@@ -337,7 +376,7 @@ pub fn outcomes(sums: &[GroupSummary]) -> String {
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..n).into_segmented(), 0.0..ymax)?;
+            .build_cartesian_2d((0..n - 1).into_segmented(), 0u32..ymax)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -348,7 +387,7 @@ pub fn outcomes(sums: &[GroupSummary]) -> String {
             })
             .x_desc("variant vCPUs/host CPUs")
             .y_desc("runs")
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .y_labels((ymax as usize + 1).min(11))
             .draw()?;
         let mut base = vec![0usize; sums.len()];
         for (st, title) in STATUSES {
@@ -360,7 +399,7 @@ pub fn outcomes(sums: &[GroupSummary]) -> String {
                     continue;
                 }
                 let mut r = Rectangle::new(
-                    [(SegmentValue::Exact(i), base[i] as f64), (SegmentValue::Exact(i + 1), (base[i] + k) as f64)],
+                    [(SegmentValue::Exact(i), base[i] as u32), (SegmentValue::Exact(i + 1), (base[i] + k) as u32)],
                     c.filled(),
                 );
                 r.set_margin(0, 0, 12, 12);
