@@ -54,11 +54,16 @@ pub struct LockParams {
     pub variant: u32,
     /// `SPIN_THRESHOLD`: pause iterations before a waiter halts (kernel: 1 << 15).
     pub spin_threshold: u32,
-    /// log2 of the PV hash table's entries; the VMM fills in upstream's
-    /// sizing when the config leaves it out.
+    /// log2 of the PV hash table's entries; 0 = upstream's sizing (the
+    /// guest computes it from the vCPU count).
     pub hash_bits: u32,
-    pub _pad: u32,
+    /// `LOCK_FLAG_*` bits.
+    pub flags: u32,
 }
+
+/// Stop the run with a BUG report at the first `pv_hash()` insert for a
+/// lock that is already in the table (reproducers: time to detect).
+pub const LOCK_FLAG_STOP_ON_DOUBLE_HASH: u32 = 1;
 
 /// Lock-torture parameters.
 #[repr(C)]

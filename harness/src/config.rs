@@ -50,6 +50,8 @@ pub struct LockSection {
     pub spin_threshold: u32,
     /// log2 of PV hash entries, 2..=12; 0 = upstream's sizing.
     pub hash_bits: u32,
+    /// End the run (BUG) at the first double hash insert.
+    pub stop_on_double_hash: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,7 +167,7 @@ impl Default for RunConfig {
 
 impl Default for LockSection {
     fn default() -> Self {
-        Self { variant: "pv-upstream".into(), spin_threshold: 1 << 15, hash_bits: 0 }
+        Self { variant: "pv-upstream".into(), spin_threshold: 1 << 15, hash_bits: 0, stop_on_double_hash: false }
     }
 }
 
@@ -545,7 +547,7 @@ impl RunConfig {
                 variant: variant as u32,
                 spin_threshold: self.lock.spin_threshold,
                 hash_bits: self.lock.hash_bits,
-                _pad: 0,
+                flags: if self.lock.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
             },
             torture: pvlock_abi::TortureParams {
                 nr_locks: self.torture.locks,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod output;
 pub mod record;
 pub mod report;
+pub mod repro;
 pub mod runner;
 pub mod stats;
 

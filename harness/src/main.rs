@@ -27,6 +27,8 @@ enum Cmd {
         /// `variants`, `windows` or `workloads`.
         what: String,
     },
+    /// Provoke a known race (`pvlock list repros`) over several seeds and report detection.
+    Repro(ReproArgs),
     /// Run a config's matrix into OUT/<name>/<UTC time>/: runs.jsonl, report.md, summary.csv, plots.
     Compare(CompareArgs),
     /// Re-render report.md, summary.csv and plots/ from DIR/runs.jsonl; print the main table.
@@ -41,6 +43,30 @@ enum Cmd {
         /// New result directory.
         dir_b: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ReproArgs {
+    /// Reproducer name; omit with --all.
+    name: Option<String>,
+    /// Every reproducer against every PV variant and mutant: the outcome matrix.
+    #[arg(long)]
+    all: bool,
+    /// Lock variant (default: the reproducer's own).
+    #[arg(long)]
+    variant: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    seeds: u64,
+    #[arg(long, default_value_t = 1)]
+    seed_base: u64,
+    /// Per-seed time budget, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    budget_s: f64,
+    /// `random` (seeded stalls at the race's windows) or `directed` (forced interleaving).
+    #[arg(long, default_value = "random")]
+    mode: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +137,7 @@ fn run() -> Result<i32> {
             list(&what)?;
             Ok(0)
         }
+        Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
             compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs, progress: true })
@@ -280,8 +307,77 @@ fn print_summary(i: usize, n: usize, r: &Record) {
     }
 }
 
+fn cmd_repro(a: ReproArgs) -> Result<i32> {
+    use pvlock::repro::{catalog, find, run_repro, Mode};
+    let mode = match a.mode.as_str() {
+        "random" => Mode::Random,
+        "directed" => Mode::Directed,
+        m => bail!("--mode `{m}`: expected `random` or `directed`"),
+    };
+    if let Some(v) = &a.variant {
+        if Variant::from_name(v).is_none() {
+            bail!("--variant `{v}`: unknown (see `pvlock list variants`)");
+        }
+    }
+    let budget_ms = (a.budget_s * 1e3).clamp(100.0, 3_600_000.0) as u64;
+    let stop = StopHandle::new();
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || s.stop());
+    let mut results = Vec::new();
+    let jobs: Vec<(pvlock::repro::Repro, String)> = if a.all {
+        let pv: Vec<&str> = Variant::ALL.iter().filter(|v| v.is_pv()).map(|v| v.name()).collect();
+        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, v.to_string()))).collect()
+    } else {
+        let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };
+        let r = find(name)?;
+        let v = a.variant.clone().unwrap_or_else(|| r.default_variant.to_string());
+        vec![(r, v)]
+    };
+    for (r, v) in &jobs {
+        eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
+        let res = run_repro(r, v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, |o| {
+            eprintln!(
+                "  seed {}: {}{}",
+                o.seed,
+                if o.detected { "DETECTED" } else { "clean" },
+                o.evidence
+                    .as_ref()
+                    .map(|e| format!(" ({:.2} s): {e}", o.time_to_detect_s.unwrap_or(0.0)))
+                    .unwrap_or_default()
+            );
+        })?;
+        println!(
+            "{} on {} ({:?}): detected in {} of {} seeds{}",
+            res.repro,
+            res.variant,
+            mode,
+            res.detected(),
+            res.runs.len(),
+            res.median_time_to_detect_s().map(|t| format!(", median time to detect {t:.2} s")).unwrap_or_default()
+        );
+        results.push(res);
+    }
+    if a.all {
+        print!("{}", pvlock::repro::matrix_markdown(&results));
+    }
+    if let Some(p) = &a.json {
+        let body = if results.len() == 1 {
+            serde_json::to_vec_pretty(&results[0])?
+        } else {
+            serde_json::to_vec_pretty(&results)?
+        };
+        write_atomic(p, &body)?;
+    }
+    Ok(0)
+}
+
 fn list(what: &str) -> Result<()> {
     match what {
+        "repros" => {
+            for r in pvlock::repro::catalog() {
+                println!("{:<18}{:<10}{:<26}{}", r.name, r.race, r.default_variant, r.what);
+            }
+        }
         "variants" => {
             for v in Variant::ALL {
                 println!("{:<26}{}", v.name(), if v.is_mutant() { "(mutant)" } else { "" });
@@ -293,7 +389,7 @@ fn list(what: &str) -> Result<()> {
             }
         }
         "workloads" => println!("{}", pvlock::config::WORKLOADS),
-        other => bail!("unknown list `{other}` (variants, windows, workloads)"),
+        other => bail!("unknown list `{other}` (variants, windows, workloads, repros)"),
     }
     Ok(())
 }

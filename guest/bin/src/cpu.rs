@@ -17,6 +17,7 @@ pub struct GuestCpu {
     window_mask: u64,
     window_prob: u64,
     window_always: bool,
+    stop_on_double_hash: bool,
 }
 
 impl GuestCpu {
@@ -32,6 +33,7 @@ impl GuestCpu {
             window_mask: boot.windows.enabled_mask,
             window_prob: boot.windows.prob as u64,
             window_always: boot.windows.always != 0,
+            stop_on_double_hash: boot.lock.flags & pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH != 0,
         }
     }
 
@@ -121,6 +123,12 @@ impl Platform for GuestCpu {
 
     fn event(&self, ev: LockEvent, n: u64) {
         self.block().events[ev.index()] += n;
+        if ev == LockEvent::DoubleHash && self.stop_on_double_hash {
+            let lock = self.block().cur_lock;
+            self.bug(format_args!(
+                "double hash: pv_hash() inserted a second entry for lock {lock:#x} (stop_on_double_hash)"
+            ))
+        }
     }
 
     fn event_max(&self, ev: LockEvent, v: u64) {

@@ -105,12 +105,14 @@ pub fn render(records: &[Record], sums: &[GroupSummary], variants: &[String]) ->
     ]
 }
 
+/// A throughput line: label, colour index, points (x, mean, 95% half-width).
+type ThroughputSeries = (String, usize, Vec<(f64, f64, f64)>);
+
 /// (a) Mean acquisitions/s (ok runs) against vCPUs per host CPU, one line
 /// per variant (per variant and other key, if other keys vary), with the
 /// 95% interval as a vertical bar.
 pub fn throughput(sums: &[GroupSummary], variants: &[String]) -> String {
-    // Series: (label, colour index, points (x, mean, ci)).
-    let mut series: Vec<(String, usize, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut series: Vec<ThroughputSeries> = Vec::new();
     let many_others = {
         let mut o: Vec<(&str, &str)> = sums.iter().map(|s| (s.key.name.as_str(), s.key.other.as_str())).collect();
         o.sort_unstable();

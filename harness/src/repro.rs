@@ -1,0 +1,351 @@
+//! The reproducer catalog (`pvlock repro`): for each known race, a config
+//! that provokes it by random preemption at its window, a directed schedule
+//! that forces its interleaving, and the evidence that shows it happened.
+//! Races and windows: `../shared/PV-LOCK-BACKGROUND.md`, "Where the races live".
+
+use crate::config::{HoldRuleSection, RunConfig};
+use crate::record::Record;
+use crate::runner::run_one;
+use anyhow::{bail, Result};
+use pvlock_vmm::StopHandle;
+use serde::Serialize;
+
+/// How a reproducer provokes its race.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Seeded random stalls at the race's windows.
+    Random,
+    /// A schedule that holds one vCPU at the window until the race's other
+    /// half has happened.
+    Directed,
+}
+
+/// One catalog entry.
+#[derive(Clone, Copy)]
+pub struct Repro {
+    pub name: &'static str,
+    pub race: &'static str,
+    pub default_variant: &'static str,
+    pub what: &'static str,
+    /// The run for `variant`, seed and budget, in `mode`.
+    pub build: fn(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig,
+    /// The evidence in a record, if any.
+    pub evidence: fn(&Record) -> Option<String>,
+}
+
+fn base(variant: &str, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = RunConfig {
+        name: "repro".into(),
+        workload: "torture".into(),
+        vcpus: 4,
+        host_cpus: 2,
+        seed,
+        duration_ms: budget_ms,
+        timeout_ms: budget_ms + 20_000,
+        ..Default::default()
+    };
+    rc.lock.variant = variant.into();
+    // A short head spin makes waiters halt (and get hashed) often.
+    rc.lock.spin_threshold = 64;
+    rc.torture.locks = 1;
+    rc.torture.cs_ns = 300;
+    rc.torture.think_ns = 300;
+    rc.hypervisor.stall_timeout_ms = 500;
+    rc.hypervisor.detect_ms = 50;
+    rc
+}
+
+fn hold(at: &str, until: &str, timeout_us: u64) -> HoldRuleSection {
+    HoldRuleSection { at: at.into(), until: until.into(), timeout_us, cpu: None, count: 0 }
+}
+
+fn ev(r: &Record, name: &str) -> u64 {
+    r.lock_events.get(name).copied().unwrap_or(0)
+}
+
+fn failure_text(r: &Record) -> Option<String> {
+    r.failure.as_ref().map(|_| r.summary.clone())
+}
+
+/// A hang, a missed wakeup (detected or rescued), or a guest BUG.
+fn lost_or_bug(r: &Record) -> Option<String> {
+    if matches!(r.status.as_str(), "hang" | "guest-crash") {
+        return failure_text(r);
+    }
+    let rescued = r.vmm.get("rescues").copied().unwrap_or(0);
+    (rescued > 0).then(|| format!("{rescued} missed wakeups rescued"))
+}
+
+fn double_hash(r: &Record) -> Option<String> {
+    if r.status == "guest-crash" && r.summary.contains("double hash") {
+        return failure_text(r);
+    }
+    let n = ev(r, "double_hash");
+    if n > 0 {
+        return Some(format!("{n} double hash inserts"));
+    }
+    if r.status == "hang" && r.summary.contains("StaleEntry") {
+        return failure_text(r);
+    }
+    None
+}
+
+fn double_hash_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.lock.stop_on_double_hash = true;
+    match mode {
+        // R1: stall the new owner between the MCS hand-off and its
+        // halted -> hashed cmpxchg for longer than the successor's head spin.
+        Mode::Random => {
+            rc.preempt.windows = vec!["handoff".into()];
+            rc.preempt.window_prob = 0.02;
+            rc.preempt.window_stall_us = 3000;
+        }
+        // Hold the new owner at the hand-off until another vCPU blocks (the
+        // successor hashed itself and waits), then let it hash again.
+        Mode::Directed => rc.preempt.schedule = vec![hold("handoff", "blocked", 20_000)],
+    }
+    rc
+}
+
+fn stolen_wakeup_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.vcpus = 6;
+    // R2's hang needs a wait that does not re-check (with KVM's checked
+    // wait the kicked head only busy-spins: counted as kicked_but_stolen).
+    rc.hypervisor.wait = "unchecked".into();
+    match mode {
+        Mode::Random => {
+            rc.preempt.windows = vec!["unlock-kick".into(), "head-trylock".into()];
+            rc.preempt.window_prob = 0.2;
+            rc.preempt.window_stall_us = 500;
+        }
+        // Hold the kicked head before its trylock until a newcomer has
+        // stolen the lock (it reaches the critical-section window).
+        Mode::Directed => rc.preempt.schedule = vec![hold("head-trylock", "window:critical-section", 5_000)],
+    }
+    rc
+}
+
+fn stolen_wakeup(r: &Record) -> Option<String> {
+    lost_or_bug(r).or_else(|| {
+        let n = ev(r, "kicked_but_stolen");
+        (n > 0 && r.config.hypervisor.wait == "checked").then(|| format!("{n} kicked heads lost the lock to a stealer"))
+    })
+}
+
+fn rehash_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.lock.stop_on_double_hash = true;
+    match mode {
+        // R3: the owner between a successful state cmpxchg in pv_kick_node
+        // and its _Q_SLOW_VAL write / hash insert.
+        Mode::Random => {
+            rc.preempt.windows = vec!["kick-node-hash".into()];
+            rc.preempt.window_prob = 0.2;
+            rc.preempt.window_stall_us = 3000;
+        }
+        Mode::Directed => rc.preempt.schedule = vec![hold("kick-node-hash", "window:head-hash-slow", 20_000)],
+    }
+    rc
+}
+
+fn hashval_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    match mode {
+        Mode::Random => {
+            rc.preempt.windows = vec!["hashval-held".into()];
+            rc.preempt.window_prob = 0.1;
+            rc.preempt.window_stall_us = 2000;
+        }
+        Mode::Directed => rc.preempt.schedule = vec![hold("hashval-held", "timeout", 2_000)],
+    }
+    rc
+}
+
+/// R4 is a cost: evidence is that hashers were stalled with the hash in
+/// progress; the record's latency shows what it cost.
+fn hashval_stall(r: &Record) -> Option<String> {
+    lost_or_bug(r).or_else(|| {
+        let hits: u64 = r.per_vcpu.iter().map(|v| v.window_hits.get("hashval-held").copied().unwrap_or(0)).sum();
+        (hits > 0).then(|| {
+            format!(
+                "{hits} stalls with _Q_HASH_VAL held; latency p99 {} ns, longest wait {} ns",
+                r.latency_ns.p99, r.max_wait_ns
+            )
+        })
+    })
+}
+
+fn lost_kick_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.hypervisor.kick = "lost-if-not-waiting".into();
+    match mode {
+        Mode::Random => {
+            rc.preempt.random_mean_interval_us = 2000;
+            rc.preempt.random_stall_us = 500;
+        }
+        // Stall the unlocker between its release and its kick.
+        Mode::Directed => rc.preempt.schedule = vec![hold("unlock-kick", "timeout", 300)],
+    }
+    rc
+}
+
+fn mutant_run(window: &'static str) -> fn(&str, Mode, u64, u64) -> RunConfig {
+    match window {
+        "wait-node-recheck" => |variant, mode, seed, budget| {
+            let mut rc = base(variant, seed, budget);
+            rc.vcpus = 4;
+            match mode {
+                Mode::Random => {
+                    rc.preempt.random_mean_interval_us = 2000;
+                    rc.preempt.random_stall_us = 300;
+                }
+                Mode::Directed => rc.preempt.schedule = vec![hold("wait-node-recheck", "timeout", 200)],
+            }
+            rc
+        },
+        _ => |variant, mode, seed, budget| {
+            let mut rc = base(variant, seed, budget);
+            match mode {
+                Mode::Random => {
+                    rc.preempt.windows = vec!["head-hash-slow".into()];
+                    rc.preempt.window_prob = 0.2;
+                    rc.preempt.window_stall_us = 1000;
+                }
+                Mode::Directed => rc.preempt.schedule = vec![hold("head-hash-slow", "timeout", 1_000)],
+            }
+            rc
+        },
+    }
+}
+
+/// The catalog.
+pub fn catalog() -> Vec<Repro> {
+    vec![
+        Repro { name: "double-hash", race: "R1", default_variant: "pv-v4.5", what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash },
+        Repro { name: "stolen-wakeup", race: "R2", default_variant: "pv-v4.8", what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup },
+        Repro { name: "rehash-double", race: "R3", default_variant: "pv-rehash-2016", what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash },
+        Repro { name: "hashval-stall", race: "R4", default_variant: "pv-hashval-2016", what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall },
+        Repro { name: "lost-kick", race: "contract", default_variant: "pv-upstream", what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug },
+        Repro { name: "no-store-mb", race: "R5", default_variant: "mutant-no-store-mb", what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run("wait-node-recheck"), evidence: lost_or_bug },
+        Repro { name: "slow-before-hash", race: "mutant", default_variant: "mutant-slow-before-hash", what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run("head-hash-slow"), evidence: lost_or_bug },
+        Repro { name: "halted-head", race: "R1", default_variant: "mutant-halted-head", what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash },
+    ]
+}
+
+/// One seed's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedOutcome {
+    pub seed: u64,
+    pub detected: bool,
+    /// Wall time of the run that detected (the run stops at the evidence
+    /// for hangs and BUGs; counted evidence is seen at the run's end).
+    pub time_to_detect_s: Option<f64>,
+    pub evidence: Option<String>,
+    pub status: String,
+    pub summary: String,
+}
+
+/// All seeds of one reproducer against one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReproResult {
+    pub repro: String,
+    pub variant: String,
+    pub mode: Mode,
+    pub runs: Vec<SeedOutcome>,
+}
+
+impl ReproResult {
+    pub fn detected(&self) -> usize {
+        self.runs.iter().filter(|r| r.detected).count()
+    }
+    pub fn median_time_to_detect_s(&self) -> Option<f64> {
+        let mut t: Vec<f64> = self.runs.iter().filter_map(|r| r.time_to_detect_s).collect();
+        if t.is_empty() {
+            return None;
+        }
+        t.sort_by(|a, b| a.total_cmp(b));
+        Some(if t.len() % 2 == 1 { t[t.len() / 2] } else { (t[t.len() / 2 - 1] + t[t.len() / 2]) / 2.0 })
+    }
+}
+
+pub fn find(name: &str) -> Result<Repro> {
+    match catalog().into_iter().find(|r| r.name == name) {
+        Some(r) => Ok(r),
+        None => {
+            let names: Vec<_> = catalog().iter().map(|r| r.name).collect();
+            bail!("unknown reproducer `{name}` (one of: {})", names.join(", "))
+        }
+    }
+}
+
+/// Runs `repro` against `variant` for `seeds` seeds.
+pub fn run_repro(
+    repro: &Repro,
+    variant: &str,
+    mode: Mode,
+    seeds: u64,
+    seed_base: u64,
+    budget_ms: u64,
+    elf: &[u8],
+    stop: &StopHandle,
+    mut progress: impl FnMut(&SeedOutcome),
+) -> Result<ReproResult> {
+    let mut runs = Vec::new();
+    for i in 0..seeds {
+        if stop.is_stopped() {
+            break;
+        }
+        let seed = seed_base + i;
+        let mut rc = (repro.build)(variant, mode, seed, budget_ms);
+        rc.name = format!("repro-{}", repro.name);
+        rc.validate().map_err(|(k, why)| anyhow::anyhow!("reproducer config `{k}`: {why}"))?;
+        let rec = run_one(&rc, &format!("seed={seed}"), elf, stop)?;
+        let evidence = (repro.evidence)(&rec);
+        let out = SeedOutcome {
+            seed,
+            detected: evidence.is_some(),
+            time_to_detect_s: evidence.as_ref().map(|_| rec.duration_ms / 1e3),
+            evidence,
+            status: rec.status.clone(),
+            summary: rec.summary.clone(),
+        };
+        progress(&out);
+        runs.push(out);
+    }
+    Ok(ReproResult { repro: repro.name.into(), variant: variant.into(), mode, runs })
+}
+
+/// The `--all` outcome matrix: reproducers down, variants across; each
+/// cell "detected/seeds (median s)".
+pub fn matrix_markdown(results: &[ReproResult]) -> String {
+    let mut variants: Vec<&str> = Vec::new();
+    let mut repros: Vec<&str> = Vec::new();
+    for r in results {
+        if !variants.contains(&r.variant.as_str()) {
+            variants.push(&r.variant);
+        }
+        if !repros.contains(&r.repro.as_str()) {
+            repros.push(&r.repro);
+        }
+    }
+    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", variants.join(" | "), "---|".repeat(variants.len()));
+    for rp in &repros {
+        s += &format!("| {rp} |");
+        for v in &variants {
+            let cell = results
+                .iter()
+                .find(|r| r.repro == *rp && r.variant == *v)
+                .map(|r| {
+                    let t = r.median_time_to_detect_s().map(|t| format!(" ({t:.1} s)")).unwrap_or_default();
+                    format!(" {}/{}{} |", r.detected(), r.runs.len(), t)
+                })
+                .unwrap_or_else(|| " |".into());
+            s += &cell;
+        }
+        s += "\n";
+    }
+    s
+}
