@@ -302,6 +302,19 @@ fn print_summary(i: usize, n: usize, r: &Record) {
     if let (Some(e), Some(k)) = (r.timing.mmio_exit_us, r.timing.kick_store_us) {
         println!("  MMIO exit round trip {e:.2} us, kick store {k:.2} us");
     }
+    if let Some(h) = &r.diagnosis.hang_text {
+        print!("{h}");
+    }
+    if !r.diagnosis.missed_wakeups.is_empty() {
+        println!("  missed wakeups by class: {:?}", r.diagnosis.missed_wakeups);
+        if let Some(s) = &r.diagnosis.real_guest_severity {
+            println!("  severity {s}");
+        }
+    }
+    if !r.diagnosis.holds.is_empty() {
+        let by_cond = r.diagnosis.holds.iter().filter(|h| h["released_by"] == "condition").count();
+        println!("  directed holds: {} ({} released by their condition)", r.diagnosis.holds.len(), by_cond);
+    }
     if let Some(b) = r.timing.boot_us {
         println!("  VM creation -> first guest instruction: {:.0} us", b);
     }

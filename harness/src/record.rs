@@ -54,6 +54,25 @@ pub struct HashStats {
     pub double_hash: u64,
 }
 
+/// What the VMM saw of missed wakeups and directed holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// The state dump and class of the hang that ended the run, if any.
+    pub hang: Option<serde_json::Value>,
+    /// The same dump as text, for people.
+    pub hang_text: Option<String>,
+    /// Missed wakeups by class: the one that ended the run plus every one
+    /// rescued (`hypervisor.rescue`).
+    pub missed_wakeups: BTreeMap<String, u64>,
+    /// Severity of a missed wakeup in a real guest, which this testbed
+    /// (no interrupts) cannot show directly.
+    pub real_guest_severity: Option<String>,
+    /// Directed holds and what released each (`condition`, `timeout`, `stop`).
+    pub holds: Vec<serde_json::Value>,
+    /// Random / holder stall requests skipped (vCPU blocked or already stalled).
+    pub stalls_skipped: u64,
+}
+
 /// Lock parameters as run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Params {
@@ -111,6 +130,9 @@ pub struct Record {
     pub params: Params,
     pub timing: Timing,
     pub checks: Vec<Check>,
+    /// Hang dump, directed holds, missed wakeups by class.
+    #[serde(default)]
+    pub diagnosis: Diagnosis,
     pub per_vcpu: Vec<PerVcpu>,
     pub console: Vec<String>,
     /// The effective config of this run.

@@ -177,6 +177,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         },
         timing,
         checks,
+        diagnosis: diagnosis(r),
         per_vcpu,
         console: r.console.clone(),
         config: rc.clone(),
@@ -219,5 +220,28 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
                 format!("{} stale entries: {:x?}", r.hash_in_use.len(), r.hash_in_use)
             },
         ));
+    }
+}
+
+fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
+    let mut missed = BTreeMap::new();
+    let class = |h: &pvlock_vmm::watchdog::HangReport| {
+        serde_json::to_value(h.class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    };
+    for h in r.rescued.iter().chain(r.hang.iter()) {
+        *missed.entry(class(h)).or_insert(0) += 1;
+    }
+    let severity = (!missed.is_empty()).then(|| {
+        "in a real guest: a hang for callers that wait with interrupts disabled (spin_lock_irq*), \
+         otherwise latency until the waiter's next interrupt"
+            .to_string()
+    });
+    crate::record::Diagnosis {
+        hang: r.hang.as_ref().and_then(|h| serde_json::to_value(h).ok()),
+        hang_text: r.hang.as_ref().map(|h| h.render()),
+        missed_wakeups: missed,
+        real_guest_severity: severity,
+        holds: r.holds.iter().filter_map(|h| serde_json::to_value(h).ok()).collect(),
+        stalls_skipped: r.stalls_skipped,
     }
 }

@@ -158,6 +158,7 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
         },
         timing: Timing::default(),
         checks,
+        diagnosis: Default::default(),
         per_vcpu,
         console: vec![],
         config,

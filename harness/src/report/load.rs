@@ -222,6 +222,7 @@ mod tests {
             params: Default::default(),
             timing: Default::default(),
             checks: vec![],
+            diagnosis: Default::default(),
             per_vcpu: vec![],
             console: vec![],
             config: Default::default(),
