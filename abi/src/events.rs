@@ -27,11 +27,13 @@ macro_rules! counters {
 counters! {
     /// Per-vCPU lock events, counted by the guest's lock code.
     LockEvent, NR_LOCK_EVENTS {
-        /// Probes beyond the first slot, summed over `pv_hash()` inserts.
+        /// Slots probed by `pv_hash()` inserts, the first one included (as
+        /// Linux counts it: hops / inserts is 1.0 without collisions).
         PvHashHops = "pv_hash_hops",
         /// `pv_kick()` issued by the unlock slow path.
         PvKickUnlock = "pv_kick_unlock",
-        /// `pv_kick()` issued when a waiter is woken directly (pre-75d2270 owner kick).
+        /// A waiter's `pv_wait()` ended by a kick (Linux: the wakeups that
+        /// `pv_latency_wake` is measured over).
         PvKickWake = "pv_kick_wake",
         /// Cycles spent in `pv_kick()` by the unlocker (sum).
         PvLatencyKick = "pv_latency_kick",

@@ -125,11 +125,21 @@ pub struct HoldRuleSection {
     pub cpu: Option<u32>,
     /// Holds this rule performs (0 = unlimited).
     pub count: u32,
+    /// `always`, or `successor-running`: hold only while the vCPU's MCS
+    /// successor is still spinning (R1's precondition).
+    pub when: String,
 }
 
 impl Default for HoldRuleSection {
     fn default() -> Self {
-        Self { at: String::new(), until: "timeout".into(), timeout_us: 10_000, cpu: None, count: 1 }
+        Self {
+            at: String::new(),
+            until: "timeout".into(),
+            timeout_us: 10_000,
+            cpu: None,
+            count: 1,
+            when: "always".into(),
+        }
     }
 }
 
@@ -137,6 +147,7 @@ impl HoldRuleSection {
     fn until(&self) -> Option<HoldUntil> {
         Some(match self.until.as_str() {
             "blocked" => HoldUntil::Blocked,
+            "head-blocked" => HoldUntil::HeadBlocked,
             "timeout" => HoldUntil::Timeout,
             w => HoldUntil::Window(Window::from_name(w.strip_prefix("window:")?)?),
         })
@@ -494,10 +505,14 @@ impl RunConfig {
                 return Err(("preempt.schedule.at".into(), format!("unknown window `{}`", r.at)));
             }
             if r.until().is_none() {
-                let why = format!("`{}` is not `blocked`, `timeout` or `window:NAME`", r.until);
+                let why = format!("`{}` is not `blocked`, `head-blocked`, `timeout` or `window:NAME`", r.until);
                 return Err(("preempt.schedule.until".into(), why));
             }
             range("preempt.schedule.timeout_us", r.timeout_us, 1, 60_000_000)?;
+            if r.when != "always" && r.when != "successor-running" {
+                let why = format!("`{}` is not `always` or `successor-running`", r.when);
+                return Err(("preempt.schedule.when".into(), why));
+            }
             if let Some(c) = r.cpu {
                 if c >= self.vcpus {
                     let why = format!("vCPU {c} does not exist (vcpus = {})", self.vcpus);
@@ -527,7 +542,14 @@ impl RunConfig {
             if let HoldUntil::Window(w) = until {
                 mask |= 1 << w as u32;
             }
-            schedule.push(HoldRule { at, cpu: r.cpu, until, timeout_us: r.timeout_us, count: r.count });
+            schedule.push(HoldRule {
+                at,
+                cpu: r.cpu,
+                until,
+                timeout_us: r.timeout_us,
+                count: r.count,
+                successor_running: r.when == "successor-running",
+            });
         }
         let dist = match self.preempt.random_dist.as_str() {
             "fixed" => StallDist::Fixed,

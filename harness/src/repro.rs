@@ -57,7 +57,7 @@ fn base(variant: &str, seed: u64, budget_ms: u64) -> RunConfig {
 }
 
 fn hold(at: &str, until: &str, timeout_us: u64) -> HoldRuleSection {
-    HoldRuleSection { at: at.into(), until: until.into(), timeout_us, cpu: None, count: 0 }
+    HoldRuleSection { at: at.into(), until: until.into(), timeout_us, cpu: None, count: 0, when: "always".into() }
 }
 
 fn ev(r: &Record, name: &str) -> u64 {
@@ -102,9 +102,17 @@ fn double_hash_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunC
             rc.preempt.window_prob = 0.02;
             rc.preempt.window_stall_us = 3000;
         }
-        // Hold the new owner at the hand-off until another vCPU blocks (the
-        // successor hashed itself and waits), then let it hash again.
-        Mode::Directed => rc.preempt.schedule = vec![hold("handoff", "blocked", 20_000)],
+        // Hold the new owner at the hand-off until a queue head blocks (the
+        // successor became head, hashed itself and waits), then let it
+        // hash the successor again.
+        // The kernel's spin threshold keeps the successor spinning (not
+        // halted) in pv_wait_node when the hand-off comes: R1's precondition.
+        Mode::Directed => {
+            rc.lock.spin_threshold = 1 << 15;
+            let mut rule = hold("handoff", "head-blocked", 20_000);
+            rule.when = "successor-running".into();
+            rc.preempt.schedule = vec![rule];
+        }
     }
     rc
 }

@@ -167,6 +167,9 @@ pub enum HoldUntil {
     Window(Window),
     /// Another vCPU blocks in a pv_wait.
     Blocked,
+    /// Another vCPU blocks in a pv_wait on its own lock's word (a queue
+    /// head in pv_wait_head_or_lock).
+    HeadBlocked,
     /// Only the timeout.
     Timeout,
 }
@@ -182,6 +185,10 @@ pub struct HoldRule {
     pub timeout_us: u64,
     /// How many holds this rule performs (0 = unlimited).
     pub count: u32,
+    /// Hold only if the holding vCPU's MCS successor is still running (its
+    /// node state is `vcpu_running` and it is not blocked): R1's
+    /// precondition, read from guest memory at the window.
+    pub successor_running: bool,
 }
 
 /// Periodically stall whichever vCPU holds torture lock `lock`.

@@ -49,6 +49,11 @@ pub struct WaitChannel {
     pub blocked_since_us: AtomicU64,
     /// The byte address of the current wait (for reports).
     pub wait_gpa: AtomicU64,
+    /// Set by the vCPU thread before a wait on its own lock word (a queue
+    /// head's wait); counted in `head_blocks` if the wait blocks.
+    pub head_wait: std::sync::atomic::AtomicBool,
+    /// Blocking waits that were a queue head's (directed `head-blocked`).
+    pub head_blocks: AtomicU64,
 }
 
 /// How a wait ended.
@@ -76,6 +81,8 @@ impl WaitChannel {
             counters: Counters::default(),
             blocked_since_us: AtomicU64::new(0),
             wait_gpa: AtomicU64::new(0),
+            head_wait: std::sync::atomic::AtomicBool::new(false),
+            head_blocks: AtomicU64::new(0),
         })
     }
 
@@ -131,6 +138,9 @@ impl WaitChannel {
             }
         }
         self.counters.add(VmmCounter::WaitsBlocked, 1);
+        if self.head_wait.load(Ordering::Relaxed) {
+            self.head_blocks.fetch_add(1, Ordering::Release);
+        }
         let began = Instant::now();
         self.wait_gpa.store(gpa, Ordering::Relaxed);
         self.blocked_since_us.store((began - run_start).as_micros().max(1) as u64, Ordering::Release);

@@ -94,9 +94,15 @@ impl PreemptState {
 
     /// The first rule that applies to `cpu` at `window` and still has holds
     /// left; claims one hold.
-    pub fn claim_rule(&self, rules: &[HoldRule], cpu: u32, window: pvlock_abi::Window) -> Option<usize> {
+    pub fn claim_rule(
+        &self,
+        rules: &[HoldRule],
+        cpu: u32,
+        window: pvlock_abi::Window,
+        precondition: impl Fn(&HoldRule) -> bool,
+    ) -> Option<usize> {
         for (i, r) in rules.iter().enumerate() {
-            if r.at != window || r.cpu.is_some_and(|c| c != cpu) {
+            if r.at != window || r.cpu.is_some_and(|c| c != cpu) || !precondition(r) {
                 continue;
             }
             let used = &self.rule_used[i];
@@ -121,20 +127,21 @@ pub fn hold(
     rule: &HoldRule,
     cpu: u32,
     st: &PreemptState,
-    others_blocked: impl Fn() -> u64,
+    others_blocked: impl Fn(bool) -> u64,
     stop: impl Fn() -> bool,
 ) -> (&'static str, Duration) {
     let t0 = Instant::now();
     let timeout = Duration::from_micros(rule.timeout_us);
     let arrivals0: Vec<u64> = st.window_arrivals.iter().map(|a| a.load(Ordering::Acquire)).collect();
-    let blocked0 = others_blocked();
+    let heads = rule.until == HoldUntil::HeadBlocked;
+    let blocked0 = others_blocked(heads);
     loop {
         if stop() {
             return ("stop", t0.elapsed());
         }
         let met = match rule.until {
             HoldUntil::Window(w) => st.window_arrivals[w as usize].load(Ordering::Acquire) > arrivals0[w as usize],
-            HoldUntil::Blocked => others_blocked() > blocked0,
+            HoldUntil::Blocked | HoldUntil::HeadBlocked => others_blocked(heads) > blocked0,
             HoldUntil::Timeout => false,
         };
         if met {
@@ -186,7 +193,7 @@ mod tests {
     }
 
     fn rule(at: Window, cpu: Option<u32>, until: HoldUntil, count: u32) -> HoldRule {
-        HoldRule { at, cpu, until, timeout_us: 20_000, count }
+        HoldRule { at, cpu, until, timeout_us: 20_000, count, successor_running: false }
     }
 
     #[test]
@@ -194,11 +201,13 @@ mod tests {
         let rules =
             [rule(Window::Handoff, Some(1), HoldUntil::Blocked, 1), rule(Window::Handoff, None, HoldUntil::Timeout, 2)];
         let st = PreemptState::new(4, rules.len());
-        assert_eq!(st.claim_rule(&rules, 0, Window::Handoff), Some(1));
-        assert_eq!(st.claim_rule(&rules, 1, Window::Handoff), Some(0));
-        assert_eq!(st.claim_rule(&rules, 1, Window::Handoff), Some(1), "rule 0 is used up");
-        assert_eq!(st.claim_rule(&rules, 2, Window::Handoff), None, "both used up");
-        assert_eq!(st.claim_rule(&rules, 2, Window::UnlockKick), None);
+        let any = |_: &HoldRule| true;
+        assert_eq!(st.claim_rule(&rules, 0, Window::Handoff, |_: &HoldRule| false), None, "precondition fails");
+        assert_eq!(st.claim_rule(&rules, 0, Window::Handoff, any), Some(1));
+        assert_eq!(st.claim_rule(&rules, 1, Window::Handoff, any), Some(0));
+        assert_eq!(st.claim_rule(&rules, 1, Window::Handoff, any), Some(1), "rule 0 is used up");
+        assert_eq!(st.claim_rule(&rules, 2, Window::Handoff, any), None, "both used up");
+        assert_eq!(st.claim_rule(&rules, 2, Window::UnlockKick, any), None);
     }
 
     #[test]
@@ -211,12 +220,12 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(2));
                 blocked.fetch_add(1, Ordering::SeqCst);
             });
-            let (why, d) = hold(&r, 0, &st, || blocked.load(Ordering::SeqCst), || false);
+            let (why, d) = hold(&r, 0, &st, |_| blocked.load(Ordering::SeqCst), || false);
             assert_eq!(why, "condition");
             assert!(d < Duration::from_millis(20));
         });
         let r = HoldRule { timeout_us: 3000, ..rule(Window::Handoff, None, HoldUntil::Window(Window::UnlockKick), 0) };
-        let (why, d) = hold(&r, 0, &st, || 0, || false);
+        let (why, d) = hold(&r, 0, &st, |_| 0, || false);
         assert_eq!(why, "timeout");
         assert!(d >= Duration::from_micros(3000));
         st.window_arrivals[Window::UnlockKick as usize].fetch_add(0, Ordering::SeqCst);

@@ -58,18 +58,45 @@ impl Shared {
         self.ram.read_pod(pvlock_abi::BOOT_BLOCK_GPA).unwrap_or_default()
     }
 
-    /// Blocking waits begun so far by vCPUs other than `cpu`.
-    pub fn others_blocked(&self, cpu: u32) -> u64 {
+    /// Blocking waits begun so far by vCPUs other than `cpu` (only queue
+    /// heads' waits on their lock word if `heads_only`).
+    pub fn others_blocked(&self, cpu: u32, heads_only: bool) -> u64 {
         self.channels
             .iter()
             .enumerate()
             .filter(|(c, _)| *c as u32 != cpu)
-            .map(|(_, ch)| ch.counters.get(VmmCounter::WaitsBlocked))
+            .map(|(_, ch)| {
+                if heads_only {
+                    ch.head_blocks.load(Ordering::Acquire)
+                } else {
+                    ch.counters.get(VmmCounter::WaitsBlocked)
+                }
+            })
             .sum()
     }
 
     fn block_gpa(cpu: u32) -> u64 {
         pvlock_abi::vcpu_block_gpa(cpu)
+    }
+
+    /// Whether `cpu`'s MCS successor (the `next` of the node in its vCPU
+    /// block) is running: node state `vcpu_running` (0) and not blocked in
+    /// a wait. False when anything is missing or out of range.
+    pub fn successor_running(&self, cpu: u32) -> bool {
+        use pvlock_abi::boot::node_layout;
+        let node = self.ram.read_u64(Self::block_gpa(cpu) + offset_of!(VcpuBlock, cur_node) as u64).unwrap_or(0);
+        if node == 0 {
+            return false;
+        }
+        let next = self.ram.read_u64(node + node_layout::NEXT).unwrap_or(0);
+        if next == 0 {
+            return false;
+        }
+        let state = self.ram.read_u8(next + node_layout::STATE).unwrap_or(u8::MAX);
+        let next_cpu = self.ram.read_u32(next + node_layout::CPU).unwrap_or(u32::MAX);
+        state == 0
+            && (next_cpu as usize) < self.channels.len()
+            && self.channels[next_cpu as usize].blocked_since_us.load(Ordering::Acquire) == 0
     }
 
     /// Sets the steal-time style `preempted` flag the guest reads.
@@ -202,6 +229,9 @@ impl VcpuThread {
             GuestRequest::Wait { gpa, expected } => {
                 sh.ram.check_range(gpa, 1).map_err(|e| self.abi_violation(format!("pv_wait: {e}")))?;
                 let ch = &sh.channels[cpu as usize];
+                let cur_lock =
+                    sh.ram.read_u64(Shared::block_gpa(cpu) + offset_of!(VcpuBlock, cur_lock) as u64).unwrap_or(0);
+                ch.head_wait.store(cur_lock != 0 && gpa == cur_lock, Ordering::Relaxed);
                 let end = ch.wait(
                     &sh.cfg.hypervisor,
                     sh.may_poll,
@@ -237,14 +267,15 @@ impl VcpuThread {
                 let w = pvlock_abi::Window::ALL[window as usize];
                 sh.preempt.window_arrivals[window as usize].fetch_add(1, Ordering::AcqRel);
                 let rules = &sh.cfg.preempt.schedule;
-                if let Some(i) = sh.preempt.claim_rule(rules, cpu, w) {
+                let precondition = |r: &crate::config::HoldRule| !r.successor_running || sh.successor_running(cpu);
+                if let Some(i) = sh.preempt.claim_rule(rules, cpu, w, precondition) {
                     // Directed interleaving: hold here until the rule's condition.
                     sh.set_preempted(cpu, true);
                     let (why, held) = crate::preempt::hold(
                         &rules[i],
                         cpu,
                         &sh.preempt,
-                        || sh.others_blocked(cpu),
+                        |heads| sh.others_blocked(cpu, heads),
                         || sh.stop.load(Ordering::Acquire),
                     );
                     sh.set_preempted(cpu, false);

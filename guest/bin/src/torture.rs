@@ -1,11 +1,89 @@
-//! Lock torture in the guest: glue between the lock library's workload and
-//! this vCPU's platform.
+//! Lock torture in the guest: the lock library's workload on this vCPU,
+//! with the lock system's storage in static guest memory, published in the
+//! boot block so the VMM can read locks, nodes and the PV hash table.
 
 use crate::cpu::GuestCpu;
+use crate::rt;
+use core::sync::atomic::Ordering;
+use pvlock_abi::doorbell::{self, PanicKind};
+use pvlock_abi::{Variant, MAX_VCPUS};
+use pvlock_guest_lib::torture::{Observer, Torture, TortureLock, TortureResult, Violation, MAX_LOCKS};
+use pvlock_guest_lib::{
+    default_hash_bits, HashSlot, LockConfig, LockSystem, PerCpuNodes, Platform, DEFAULT_SPIN_THRESHOLD, MAX_HASH_BITS,
+};
+
+/// Per-CPU MCS / PV nodes (4 nesting levels each).
+static NODES: [PerCpuNodes; MAX_VCPUS] = [const { PerCpuNodes::new() }; MAX_VCPUS];
+/// The PV hash table at its largest; a run uses the first `1 << hash_bits`.
+static HASH: [HashSlot; 1 << MAX_HASH_BITS] = [const { HashSlot::new() }; 1 << MAX_HASH_BITS];
+/// Torture locks, then the simulated-interrupt lock sets.
+static LOCKS: [TortureLock; MAX_LOCKS] = [const { TortureLock::new() }; MAX_LOCKS];
+
+struct GuestObserver<'a>(&'a GuestCpu);
+
+impl Observer for GuestObserver<'_> {
+    fn violation(&self, v: &Violation) {
+        // Two owners at once: stop the VM now, with both CPUs in the message.
+        self.0.fail(PanicKind::MutualExclusion, format_args!("{v}"))
+    }
+    fn progress(&self, r: &TortureResult, now: u64) {
+        let b = self.0.block();
+        b.acquisitions = r.acquisitions;
+        b.heartbeat_tsc = now;
+    }
+    fn irq_depth(&self, depth: u32) {
+        self.0.block().irq_depth = depth;
+    }
+}
 
 pub fn run(me: &GuestCpu) -> u64 {
-    me.fail(
-        pvlock_abi::doorbell::PanicKind::Panic,
-        format_args!("the torture workload is not built into this guest yet"),
-    )
+    let boot = rt::boot();
+    let Some(variant) = Variant::from_u32(boot.lock.variant) else {
+        me.fail(PanicKind::Panic, format_args!("unknown lock variant id {}", boot.lock.variant))
+    };
+    let nr = boot.nr_vcpus;
+    let hash_bits = if boot.lock.hash_bits == 0 { default_hash_bits(nr) } else { boot.lock.hash_bits };
+    if !(2..=MAX_HASH_BITS).contains(&hash_bits) {
+        me.fail(PanicKind::Panic, format_args!("hash_bits {hash_bits} out of range 2..={MAX_HASH_BITS}"))
+    }
+    let spin = if boot.lock.spin_threshold == 0 { DEFAULT_SPIN_THRESHOLD } else { boot.lock.spin_threshold };
+    let cfg = LockConfig { variant, spin_threshold: spin, hash_bits };
+    let sys = LockSystem::new(cfg, &NODES[..nr as usize], &HASH[..1 << hash_bits]);
+    let stop = rt::boot_field(&boot.stop_request);
+    let torture = match Torture::new(&sys, &LOCKS, boot.torture, boot.tsc_khz, stop) {
+        Ok(t) => t,
+        Err(e) => me.fail(PanicKind::Panic, format_args!("torture parameters: {e}")),
+    };
+    if me.id() == 0 {
+        // Publish where everything lives, for the VMM's checks and dumps.
+        let total = pvlock_guest_lib::torture::total_locks(&boot.torture) as u64;
+        rt::boot_field(&boot.locks_gpa).store(LOCKS.as_ptr() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.lock_stride).store(core::mem::size_of::<TortureLock>() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.nr_locks).store(total, Ordering::Relaxed);
+        rt::boot_field(&boot.hash_gpa).store(HASH.as_ptr() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.hash_entries).store(1 << hash_bits, Ordering::Relaxed);
+        rt::boot_field(&boot.nodes_gpa).store(NODES.as_ptr() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.node_stride).store((core::mem::size_of::<PerCpuNodes>() / 4) as u64, Ordering::Relaxed);
+    }
+    let start = rt::boot_field(&boot.start_tsc).load(Ordering::Acquire).max(rt::rdtsc());
+    let torture = if boot.torture.max_acquisitions == 0 {
+        torture.with_deadline(start + rt::ns_to_cycles(boot.duration_ms * 1_000_000))
+    } else {
+        torture
+    };
+    let obs = GuestObserver(me);
+    let mut latency = pvlock_abi::LatencyHistogram::default();
+    let r = torture.run(me, &obs, &mut latency, &mut []);
+    let b = me.block();
+    b.latency = latency;
+    b.acquisitions = r.acquisitions;
+    b.max_wait_ns = r.max_wait_ns;
+    // timing[0..3]: torture-lock and irq-lock increments, handlers run: what
+    // the VMM compares with the locks' plain counters.
+    b.timing[0] = r.lock_acquisitions;
+    b.timing[1] = r.irq_acquisitions;
+    b.timing[2] = r.sim_irqs;
+    b.timing[3] = r.max_irq_depth as u64;
+    let _ = me.nr_cpus();
+    doorbell::DONE_OK
 }

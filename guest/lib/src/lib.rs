@@ -5,7 +5,23 @@
 //! `loom` (`RUSTFLAGS="--cfg loom"`).
 #![cfg_attr(not(any(test, feature = "std", loom)), no_std)]
 
+pub mod hash;
+#[cfg(all(feature = "std", not(loom)))]
+pub mod host;
+pub mod node;
 pub mod platform;
+mod pv;
+mod qspinlock;
+mod simple;
 pub mod sync;
+pub mod system;
+#[cfg(all(test, not(loom)))]
+mod testing;
+pub mod torture;
+pub mod variants;
+pub mod word;
 
 pub use platform::{Platform, WaitOn};
+pub use system::{
+    default_hash_bits, HashSlot, LockConfig, LockSystem, PerCpuNodes, RawLock, DEFAULT_SPIN_THRESHOLD, MAX_HASH_BITS,
+};

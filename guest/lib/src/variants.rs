@@ -1,0 +1,187 @@
+//! What each lock variant is, for `pvlock list variants` and reports:
+//! summary, source (commit or thread), the release it first shipped in and
+//! how that was checked, and the race windows its code calls.
+//!
+//! The windows listed are exactly the [`Window`]s the variant's lock and
+//! unlock code passes to [`crate::Platform::race_window`] (a unit test
+//! checks that a run reaches no other). `critical-section` is called by the
+//! torture workload around every critical section, for every variant, so
+//! it is not listed here.
+
+use pvlock_abi::{Variant, Window};
+
+/// Metadata of one variant.
+#[derive(Clone, Copy, Debug)]
+pub struct VariantInfo {
+    pub variant: Variant,
+    /// One line.
+    pub summary: &'static str,
+    /// Commit ids or mailing-list thread the code follows.
+    pub source: &'static str,
+    /// Release it first shipped in ("-" if never merged).
+    pub first_release: &'static str,
+    /// How the release and the code were checked.
+    pub verified: &'static str,
+    /// Lock stealing behaviour.
+    pub stealing: &'static str,
+    /// Race windows the code calls.
+    pub windows: &'static [Window],
+}
+
+use Window::*;
+
+const PV_V42: &[Window] = &[Handoff, HeadHashSlow, UnlockUnhash, UnlockKick, HeadTrylock, WaitNodeRecheck];
+const PV_ALL: &[Window] =
+    &[Handoff, KickNodeHash, HeadHashSlow, UnlockUnhash, UnlockKick, HeadTrylock, WaitNodeRecheck];
+const PV_HASHVAL: &[Window] =
+    &[Handoff, KickNodeHash, HeadHashSlow, UnlockUnhash, UnlockKick, HeadTrylock, HashvalHeld, WaitNodeRecheck];
+
+/// Every variant, in [`Variant::ALL`] order.
+pub const VARIANTS: &[VariantInfo] = &[
+    VariantInfo {
+        variant: Variant::Ticket,
+        summary: "FIFO ticket spinlock (x86's lock before qspinlock), no PV slow path",
+        source: "314cdbefd1fd \"x86: FIFO ticket spinlocks\"",
+        first_release: "v2.6.25 (x86 default until v4.2)",
+        verified: "not checked against a tree (baseline only)",
+        stealing: "none (FIFO)",
+        windows: &[],
+    },
+    VariantInfo {
+        variant: Variant::Tas,
+        summary: "test-and-test-and-set fallback virt_spin_lock(): what a guest without PV spinlocks runs",
+        source: "2aa79af64263 \"locking/qspinlock: Revert to test-and-set on hypervisors\"; arch/x86/include/asm/qspinlock.h",
+        first_release: "v4.2",
+        verified: "code checked against upstream arch/x86/include/asm/qspinlock.h",
+        stealing: "always (unfair)",
+        windows: &[],
+    },
+    VariantInfo {
+        variant: Variant::Qspinlock,
+        summary: "native queued spinlock: pending bit, then MCS queue (today's qspinlock.c)",
+        source: "a33fda35e3a7 (v4.2) as restructured since; upstream kernel/locking/qspinlock.c",
+        first_release: "v4.2",
+        verified: "slow path checked against a v6.x tree",
+        stealing: "none (the slow path's trylock needs an all-zero word)",
+        windows: &[],
+    },
+    VariantInfo {
+        variant: Variant::PvV42,
+        summary: "first PV qspinlock: owner kicks a halted successor, head hashes itself, unlock kicks a halted head",
+        source: "a23db284fe0d + b92b8b35a2e3 + 93edc8bd7750 (the file just before 75d2270280686)",
+        first_release: "v4.2",
+        verified: "no v4.2 tree in the index: reconstructed from the commits and the v4.4 file; \
+                   release from the commits' merge window (v4.2-rc1)",
+        stealing: "none",
+        windows: PV_V42,
+    },
+    VariantInfo {
+        variant: Variant::PvV43,
+        summary: "vcpu_hashed: the owner hashes a halted successor instead of kicking it; kick only at unlock",
+        source: "75d2270280686 \"locking/pvqspinlock: Only kick CPU at unlock time\" (posted 2015-07-11)",
+        first_release: "v4.3",
+        verified: "code checked against a v4.4.60 tree (unchanged v4.3-v4.4); v4.3, not v4.2: posted \
+                   after v4.2-rc1 closed the merge window, queued in tip for the next one \
+                   (no v4.2/v4.3 tree in the index to read directly)",
+        stealing: "none",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::PvV45,
+        summary: "head sets pending, one steal at slow-path entry, wait-early; head writes vcpu_halted: double hash (R1)",
+        source: "1c4941fd53af (limited stealing) + cd0272fab785 (wait early) + 45e898b73562 (stats); v4.5-v4.7 file",
+        first_release: "v4.5",
+        verified: "code checked against a stored tree at the v4.5-v4.7 state of the file",
+        stealing: "one attempt at slow-path entry when locked and pending are clear",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::PvV48,
+        summary: "v4.7 + \"Fix double hash race\": the head writes vcpu_hashed before pv_wait",
+        source: "229ce631574761870a2ac938845fadbd07f35caa (v4.8-rc2)",
+        first_release: "v4.8",
+        verified: "diff read (one line on top of v4.7); later relaxed orderings not included",
+        stealing: "one attempt at slow-path entry when locked and pending are clear",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::PvRehash2016,
+        summary: "v4.8 + a kicked-then-stolen head re-hashes and sets _Q_SLOW_VAL before waiting again (R3)",
+        source: "\"[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem\" (Waiman Long, July 2016); \
+                 rule reconstructed, see pv/lineage.rs",
+        first_release: "- (not merged)",
+        verified: "patch text not available: reconstruction",
+        stealing: "one attempt at slow-path entry when locked and pending are clear",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::PvHashval2016,
+        summary: "_Q_HASH_VAL=3 marks hashing in progress, _Q_SLOW_VAL=7, node/head x running/halted states",
+        source: "Peter Zijlstra's reply (2016-07-15) in the \"Fix missed PV wakeup problem\" thread; \
+                 base v4.7 + 229ce6315747; reconstructed, see pv/hashval.rs",
+        first_release: "- (not merged)",
+        verified: "diff text not available: reconstruction from the recorded facts, gap kept",
+        stealing: "one attempt at slow-path entry when locked and pending are clear",
+        windows: PV_HASHVAL,
+    },
+    VariantInfo {
+        variant: Variant::PvUpstream,
+        summary: "today's PV qspinlock: hybrid unfair trylock, smp_mb__before_atomic + relaxed cmpxchg in pv_kick_node",
+        source: "kernel/locking/qspinlock_paravirt.h (v6.x); 11752adb68a3 (hybrid), 89340d0935c9 (wait-early on state only)",
+        first_release: "v6.x (hybrid trylock since v4.15)",
+        verified: "code checked against v6.x trees",
+        stealing: "hybrid: newcomers keep trying while a queue exists and pending is clear",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::MutantNoStoreMb,
+        summary: "upstream without the full barrier between pv_wait_node's halted store and locked re-check (R5)",
+        source: "mutant of pv-upstream",
+        first_release: "- (self-test)",
+        verified: "-",
+        stealing: "hybrid",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::MutantSlowBeforeHash,
+        summary: "upstream whose head sets _Q_SLOW_VAL before its hash insert (pv_unhash BUG)",
+        source: "mutant of pv-upstream",
+        first_release: "- (self-test)",
+        verified: "-",
+        stealing: "hybrid",
+        windows: PV_ALL,
+    },
+    VariantInfo {
+        variant: Variant::MutantHaltedHead,
+        summary: "upstream with v4.5's vcpu_halted head write (R1 in an otherwise upstream lock)",
+        source: "mutant of pv-upstream",
+        first_release: "- (self-test)",
+        verified: "-",
+        stealing: "hybrid",
+        windows: PV_ALL,
+    },
+];
+
+/// Metadata of `v`.
+pub fn info(v: Variant) -> &'static VariantInfo {
+    match VARIANTS.iter().find(|i| i.variant == v) {
+        Some(i) => i,
+        None => &VARIANTS[0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_metadata_in_order() {
+        assert_eq!(VARIANTS.len(), Variant::ALL.len());
+        for (i, v) in Variant::ALL.iter().enumerate() {
+            assert_eq!(VARIANTS[i].variant, *v);
+            assert_eq!(info(*v).variant, *v);
+            assert_eq!(!info(*v).windows.is_empty(), v.is_pv(), "{}", v.name());
+            assert!(!info(*v).windows.contains(&Window::CriticalSection));
+        }
+    }
+}
