@@ -16,6 +16,7 @@
 //!
 //! Sizes are small in debug builds: the whole file runs in a few seconds on
 //! a 2-core machine.
+#![cfg(not(loom))]
 
 use std::time::Duration;
 
