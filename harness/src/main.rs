@@ -392,13 +392,23 @@ fn list(what: &str) -> Result<()> {
             }
         }
         "variants" => {
-            for v in Variant::ALL {
-                println!("{:<26}{}", v.name(), if v.is_mutant() { "(mutant)" } else { "" });
+            for i in pvlock_guest_lib::variants::VARIANTS {
+                let v = i.variant;
+                println!("{}{}", v.name(), if v.is_mutant() { "  (mutant, a self-test)" } else { "" });
+                println!("    {}", i.summary);
+                println!("    source: {}; first release: {}", i.source, i.first_release);
+                println!("    stealing: {}; checked: {}", i.stealing, i.verified);
             }
         }
         "windows" => {
             for w in Window::ALL {
-                println!("{}", w.name());
+                let users: Vec<&str> = pvlock_guest_lib::variants::VARIANTS
+                    .iter()
+                    .filter(|i| i.windows.contains(w))
+                    .map(|i| i.variant.name())
+                    .collect();
+                let users = if users.is_empty() { "the torture workload".to_string() } else { users.join(", ") };
+                println!("{:<20}{}", w.name(), users);
             }
         }
         "workloads" => println!("{}", pvlock::config::WORKLOADS),
