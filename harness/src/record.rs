@@ -52,6 +52,10 @@ pub struct HashStats {
     /// Probes beyond the first slot per insert (pv_hash_hops / inserts).
     pub hops_per_insert: f64,
     pub double_hash: u64,
+    /// Occupancy over the run: [entries in use, samples], sampled by the VMM
+    /// every ~20 ms.
+    #[serde(default)]
+    pub occupancy: Vec<[u64; 2]>,
 }
 
 /// What the VMM saw of missed wakeups and directed holds.

@@ -72,6 +72,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         max_probe,
         hops_per_insert: if inserts > 0 { ev(LockEvent::PvHashHops) as f64 / inserts as f64 } else { 0.0 },
         double_hash: ev(LockEvent::DoubleHash),
+        occupancy: r.hash_occupancy.iter().map(|&(k, v)| [k, v]).collect(),
     };
     // Guest run time: from the start barrier to the run's configured end
     // for timed workloads; wall time otherwise.

@@ -41,3 +41,49 @@ fn run_writes_a_json_record_and_a_crash_exits_nonzero() {
     }
     assert_eq!(v["status"], "guest-crash");
 }
+
+#[test]
+fn missing_kvm_device_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, "workload = \"smoke\"\nvcpus = 1\nhost_cpus = 1\n").unwrap();
+    let out = pvlock().args(["run"]).arg(&cfg).env("PVLOCK_KVM_DEVICE", "/nonexistent/kvm").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open /nonexistent/kvm") && err.contains("access to /dev/kvm"), "{err}");
+}
+
+#[test]
+fn a_matrix_killed_midway_leaves_runs_that_report_renders() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "name = \"killme\"\nworkload = \"torture\"\nvcpus = 2\nhost_cpus = 2\nduration_ms = 300\nrepeats = 20\n[lock]\nvariant = [\"pv-v4.8\", \"pv-upstream\"]\n",
+    )
+    .unwrap();
+    let out_dir = d.path().join("results");
+    let mut child = pvlock().args(["compare"]).arg(&cfg).arg("--out").arg(&out_dir).spawn().unwrap();
+    // Wait for at least two finished runs, then kill without warning.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let dir = loop {
+        let latest = out_dir.join("killme").join("latest");
+        let lines = std::fs::read_to_string(latest.join("runs.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 2 {
+            break std::fs::canonicalize(&latest).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no runs finished");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(dir.join("partial").exists(), "a killed matrix stays marked partial");
+    let out = pvlock().args(["report"]).arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("PARTIAL"), "{md}");
+    assert!(md.contains("pv-v4.8"));
+}

@@ -148,6 +148,7 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
             max_probe: if pv { 2 } else { 0 },
             hops_per_insert: if pv && kicks > 0 { (kicks / 20) as f64 / kicks as f64 } else { 0.0 },
             double_hash: if hang { 1 } else { 0 },
+            occupancy: Vec::new(),
         },
         params: Params {
             variant: variant.into(),
@@ -218,6 +219,7 @@ fn env() -> EnvInfo {
         kernel: "6.8.0-test".into(),
         kvm_flavour: "VMX".into(),
         pvlock_version: "0.1.0-fixture".into(),
+        command: "pvlock compare configs/fixture.toml".into(),
     }
 }
 

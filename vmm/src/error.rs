@@ -6,8 +6,12 @@ use thiserror::Error;
 /// Setting up the machine failed before any guest code ran.
 #[derive(Debug, Error)]
 pub enum MachineError {
-    #[error("cannot open /dev/kvm: {0} (pvlock needs Linux with KVM and read/write access to /dev/kvm)")]
-    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot open {path}: {source} (pvlock needs Linux with KVM and read/write access to /dev/kvm)")]
+    OpenKvm {
+        path: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmApiVersion(i32),
     #[error("KVM lacks a required capability: {0}")]

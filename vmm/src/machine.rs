@@ -84,7 +84,7 @@ fn host_tsc() -> u64 {
 impl Machine {
     /// Checks that KVM can be opened (for early, clear errors and test skips).
     pub fn check_kvm() -> Result<(), MachineError> {
-        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let kvm = open_kvm()?;
         let v = kvm.get_api_version();
         if v != 12 {
             return Err(MachineError::KvmApiVersion(v));
@@ -105,7 +105,7 @@ impl Machine {
         }
         let t_create = Instant::now();
         let tsc_create = host_tsc();
-        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let kvm = open_kvm()?;
         let api = kvm.get_api_version();
         if api != 12 {
             return Err(MachineError::KvmApiVersion(api));
@@ -188,6 +188,7 @@ impl Machine {
             preempt: PreemptState::new(cfg.vcpus as usize, cfg.preempt.schedule.len()),
             kick_timer: delayed_kicks.then(|| Mutex::new(timer_tx)),
             rescued: Mutex::new(Vec::new()),
+            hash_occupancy: Mutex::new(Default::default()),
         });
         let kick_timer = delayed_kicks.then(|| spawn_kick_timer(shared.clone(), timer_rx));
 
@@ -246,6 +247,15 @@ impl Machine {
         drop(vm);
         Ok(report)
     }
+}
+
+/// Opens the KVM device: `/dev/kvm`, or `PVLOCK_KVM_DEVICE` if set (for
+/// testing the error path).
+fn open_kvm() -> Result<Kvm, MachineError> {
+    let path = std::env::var("PVLOCK_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
+    let c =
+        std::ffi::CString::new(path.clone()).map_err(|_| MachineError::Config("PVLOCK_KVM_DEVICE has a NUL".into()))?;
+    Kvm::new_with_path(&c).map_err(|source| MachineError::OpenKvm { path, source })
 }
 
 fn measure_tsc_khz() -> u64 {
@@ -317,6 +327,7 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
                 return (Some(f), done, None);
             }
         }
+        sample_hash_occupancy(sh);
         // The lock-aware detector: a blocked waiter whose lock's state cannot
         // lead to a kick, judged so continuously for detect_ms while no vCPU
         // is held by the VMM (a held vCPU may be the one about to kick).
@@ -355,6 +366,18 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
             }
         }
     }
+}
+
+/// Counts the PV hash entries in use now, into the run's occupancy
+/// histogram (sampled every supervisor tick, ~20 ms).
+fn sample_hash_occupancy(sh: &Shared) {
+    let boot = sh.boot();
+    if boot.hash_gpa == 0 || boot.hash_entries == 0 || boot.hash_entries > 1 << 16 {
+        return;
+    }
+    let Ok(bytes) = sh.ram.read_bytes(boot.hash_gpa, boot.hash_entries * 16) else { return };
+    let used = bytes.chunks_exact(16).filter(|e| e[..8] != [0u8; 8]).count() as u64;
+    *sh.hash_occupancy.lock().unwrap_or_else(|p| p.into_inner()).entry(used).or_insert(0) += 1;
 }
 
 /// Random (Poisson) and holder stalls: asks vCPU threads to stall by
@@ -524,6 +547,13 @@ fn collect(
         rescued: std::mem::take(&mut *sh.rescued.lock().unwrap_or_else(|p| p.into_inner())),
         hang: None,
         stalls_skipped: sh.preempt.skipped.load(Ordering::Relaxed),
+        hash_occupancy: sh
+            .hash_occupancy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect(),
         status,
         failure,
         wall_ms: 0.0,

@@ -153,4 +153,6 @@ pub struct RunReport {
     pub rescued: Vec<crate::watchdog::HangReport>,
     /// Random / holder stall requests skipped (vCPU blocked or stalled).
     pub stalls_skipped: u64,
+    /// (entries in use, samples) of the PV hash table over the run.
+    pub hash_occupancy: Vec<(u64, u64)>,
 }

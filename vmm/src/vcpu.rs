@@ -50,6 +50,8 @@ pub struct Shared {
     pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
     /// Missed wakeups rescued (`--rescue`), with their reports.
     pub rescued: Mutex<Vec<crate::watchdog::HangReport>>,
+    /// PV hash entries in use -> supervisor samples that saw that many.
+    pub hash_occupancy: Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 impl Shared {

@@ -116,6 +116,9 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
     if !loaded.skipped.is_empty() {
         let _ = writeln!(out, "- Skipped: {}", skipped_text(&loaded.skipped));
     }
+    if !env.command.is_empty() {
+        let _ = writeln!(out, "- Produced by: `{}`", env.command);
+    }
     let _ = writeln!(out, "- Host CPU: {}", env.host_cpu_model);
     let _ = writeln!(out, "- Kernel: {}", env.kernel);
     let _ = writeln!(out, "- KVM: {}", env.kvm_flavour);

@@ -33,6 +33,9 @@ pub struct EnvInfo {
     pub kvm_flavour: String,
     /// [`crate::version`] of the pvlock that ran the matrix.
     pub pvlock_version: String,
+    /// The command that produced the results (empty if unknown).
+    #[serde(default)]
+    pub command: String,
 }
 
 impl Default for EnvInfo {
@@ -42,6 +45,7 @@ impl Default for EnvInfo {
             kernel: "unknown".into(),
             kvm_flavour: "unknown".into(),
             pvlock_version: crate::version().into(),
+            command: String::new(),
         }
     }
 }
@@ -71,7 +75,21 @@ impl EnvInfo {
         } else {
             "none"
         };
-        Self { host_cpu_model: cpu, kernel, kvm_flavour: kvm.into(), pvlock_version: crate::version().into() }
+        // The command line, as a person would retype it (program name
+        // without its directory).
+        let mut argv: Vec<String> = std::env::args().collect();
+        if let Some(first) = argv.first_mut() {
+            if let Some(base) = std::path::Path::new(first.as_str()).file_name() {
+                *first = base.to_string_lossy().into_owned();
+            }
+        }
+        Self {
+            host_cpu_model: cpu,
+            kernel,
+            kvm_flavour: kvm.into(),
+            pvlock_version: crate::version().into(),
+            command: argv.join(" "),
+        }
     }
 
     /// Writes `dir/env.json` (atomically).
