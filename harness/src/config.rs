@@ -349,12 +349,13 @@ fn collect_axes(
         let dotted = path.join(".");
         match v {
             Value::Table(sub) => collect_axes(sub, path, axes, text, file)?,
-            Value::Array(items) if LIST_KEYS.contains(&dotted.as_str()) => {
-                // A list-valued key is an axis only when it is a list of lists.
-                if items.iter().all(|i| i.is_array()) && !items.is_empty() {
-                    axes.push((path.clone(), items.clone()));
-                }
+            // A list-valued key is an axis only when it is a list of lists.
+            Value::Array(items)
+                if LIST_KEYS.contains(&dotted.as_str()) && !items.is_empty() && items.iter().all(|i| i.is_array()) =>
+            {
+                axes.push((path.clone(), items.clone()));
             }
+            Value::Array(_) if LIST_KEYS.contains(&dotted.as_str()) => {}
             Value::Array(items) => {
                 if items.is_empty() {
                     bail!(ConfigError {

@@ -290,6 +290,7 @@ pub fn find(name: &str) -> Result<Repro> {
 }
 
 /// Runs `repro` against `variant` for `seeds` seeds.
+#[allow(clippy::too_many_arguments)]
 pub fn run_repro(
     repro: &Repro,
     variant: &str,

@@ -80,7 +80,7 @@ pub fn decode_mmio_write(addr: u64, data: &[u8]) -> Result<GuestRequest, AbiViol
         doorbell::STALL => GuestRequest::Stall { window: value },
         doorbell::PING => GuestRequest::Ping { value },
         a if (doorbell::KICK_BASE..pvlock_abi::MMIO_BASE + pvlock_abi::MMIO_SIZE).contains(&a)
-            && (a - doorbell::KICK_BASE) % 8 == 0 =>
+            && (a - doorbell::KICK_BASE).is_multiple_of(8) =>
         {
             GuestRequest::KickNoSuchCpu { cpu: (a - doorbell::KICK_BASE) / 8 }
         }

@@ -99,6 +99,9 @@ impl WaitChannel {
 
     /// Implements one pv_wait of this vCPU. `current` re-reads the watched
     /// guest byte; `now_us` is the run clock. Returns how it ended.
+    // The arguments are the hypercall's inputs plus the run's context;
+    // bundling them would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub fn wait(
         &self,
         cfg: &HypervisorConfig,

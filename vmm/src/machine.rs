@@ -385,7 +385,7 @@ fn sample_hash_occupancy(sh: &Shared) {
 fn preemptor(sh: &Shared, targets: &[(ImmediateExit, libc::pthread_t)]) {
     let cfg = &sh.cfg.preempt;
     let n = targets.len();
-    let mut rng = Rng::new(sh.cfg.seed ^ 0x5eed_0f57_a1);
+    let mut rng = Rng::new(sh.cfg.seed ^ 0x005e_ed0f_57a1);
     let start = Instant::now();
     let mut next: Vec<Instant> = match cfg.random {
         Some(r) => (0..n).map(|_| start + Duration::from_micros(rng.exp(r.mean_interval_us as f64) as u64)).collect(),
