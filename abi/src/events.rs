@@ -109,5 +109,8 @@ counters! {
         WaitingUs = "waiting_us",
         /// Missed wakeups rescued by `--rescue`.
         Rescues = "rescues",
+        /// With `--rescue`: waits longer than the stall timeout that the
+        /// watchdog could not prove lost (left waiting).
+        LongWaits = "long_waits",
     }
 }

@@ -234,32 +234,41 @@ impl VcpuThread {
                 let cur_lock =
                     sh.ram.read_u64(Shared::block_gpa(cpu) + offset_of!(VcpuBlock, cur_lock) as u64).unwrap_or(0);
                 ch.head_wait.store(cur_lock != 0 && gpa == cur_lock, Ordering::Relaxed);
-                let end = ch.wait(
-                    &sh.cfg.hypervisor,
-                    sh.may_poll,
-                    expected,
-                    gpa,
-                    || sh.ram.read_u8(gpa).unwrap_or(0),
-                    sh.run_start,
-                    &mut self.rng,
-                );
-                match end {
-                    WaitEnd::TimedOut if sh.cfg.hypervisor.rescue => {
-                        // --rescue: record what was missed, wake it, go on.
-                        let report = crate::watchdog::explain(sh, cpu);
-                        ch.counters.add(VmmCounter::Rescues, 1);
-                        sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(report);
-                        Ok(Next::Continue)
-                    }
-                    WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
-                        cpu,
-                        blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
-                        gpa,
+                loop {
+                    let end = ch.wait(
+                        &sh.cfg.hypervisor,
+                        sh.may_poll,
                         expected,
-                        current: sh.ram.read_u8(gpa).unwrap_or(0),
-                    }),
-                    WaitEnd::Control if sh.stop.load(Ordering::Acquire) => Ok(Next::Finish),
-                    _ => Ok(Next::Continue),
+                        gpa,
+                        || sh.ram.read_u8(gpa).unwrap_or(0),
+                        sh.run_start,
+                        &mut self.rng,
+                    );
+                    return match end {
+                        WaitEnd::TimedOut if sh.cfg.hypervisor.rescue => {
+                            // --rescue: a wait the watchdog can prove lost is
+                            // recorded and woken; a merely long one (a slow
+                            // owner, a descheduled vCPU thread) is counted
+                            // and left waiting: the run timeout still bounds it.
+                            let report = crate::watchdog::explain(sh, cpu);
+                            if !crate::watchdog::is_provably_lost(&report) {
+                                ch.counters.add(VmmCounter::LongWaits, 1);
+                                continue;
+                            }
+                            ch.counters.add(VmmCounter::Rescues, 1);
+                            sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+                            Ok(Next::Continue)
+                        }
+                        WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
+                            cpu,
+                            blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
+                            gpa,
+                            expected,
+                            current: sh.ram.read_u8(gpa).unwrap_or(0),
+                        }),
+                        WaitEnd::Control if sh.stop.load(Ordering::Acquire) => Ok(Next::Finish),
+                        _ => Ok(Next::Continue),
+                    };
                 }
             }
             GuestRequest::Stall { window } => {

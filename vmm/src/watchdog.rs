@@ -225,6 +225,17 @@ pub fn is_definite_missed_wakeup(r: &HangReport) -> bool {
     ) && r.lock.as_ref().is_some_and(|l| l.owner_field == 0 || l.hash_entries.len() > 1)
 }
 
+/// For `--rescue` after a stall timeout: a class that no unlock or kick
+/// can resolve (the definite ones, a kick dropped by the contract, or every
+/// live vCPU blocked).
+pub fn is_provably_lost(r: &HangReport) -> bool {
+    is_definite_missed_wakeup(r)
+        || matches!(
+            r.class,
+            MissedWakeupClass::KickLostByContract | MissedWakeupClass::PlainDeadlock | MissedWakeupClass::StaleEntry
+        )
+}
+
 impl HangReport {
     /// The dump for humans.
     pub fn render(&self) -> String {
