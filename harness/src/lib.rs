@@ -1,6 +1,7 @@
 //! The pvlock harness: experiment configs, running them on the VMM, JSON
 //! records, reports. The `pvlock` binary is a thin CLI over this library.
 
+pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod output;

@@ -36,6 +36,19 @@ enum Cmd {
         /// Result directory (holds runs.jsonl).
         dir: PathBuf,
     },
+    /// Benchmark the testbed: mechanism costs, lock throughput vs vCPUs x host
+    /// CPUs, guest vs host threads, time to detect; into OUT/bench/<UTC time>/.
+    Bench {
+        /// Small matrix and short runs (well under a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Also write bench.json here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Where result directories go.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
     /// Compare two result directories group by group (Welch's t-test at 95%).
     Diff {
         /// Baseline result directory.
@@ -145,6 +158,9 @@ fn run() -> Result<i32> {
         Some(Cmd::Report { dir }) => {
             print!("{}", pvlock::report::report_command(&dir)?);
             Ok(0)
+        }
+        Some(Cmd::Bench { quick, json, out }) => {
+            pvlock::bench::command(&pvlock::bench::BenchOptions { quick, out, json, progress: true }, GUEST_ELF)
         }
         Some(Cmd::Diff { dir_a, dir_b }) => {
             print!("{}", pvlock::report::diff_command(&dir_a, &dir_b)?);

@@ -96,6 +96,11 @@ pub struct Timing {
     pub kick_store_us: Option<f64>,
     /// Kick -> wake latency, ns.
     pub kick_wake_ns: Option<Percentiles>,
+    /// Cost of one call of a disabled race window (`race_window()` with the
+    /// window off) over an identical loop without the call, ns per call
+    /// (doorbells workload; may be slightly negative in the noise).
+    #[serde(default)]
+    pub disabled_window_ns: Option<f64>,
     /// VM creation to the first guest instruction, microseconds.
     pub boot_us: Option<f64>,
 }

@@ -87,6 +87,10 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
                 let n = v.timing[2].max(1) as f64;
                 timing.mmio_exit_us = Some(v.timing[0] as f64 / n / 1e3);
                 timing.kick_store_us = Some(v.timing[1] as f64 / n / 1e3);
+                if v.timing[5] > 0 {
+                    let loops = v.timing[5] as f64;
+                    timing.disabled_window_ns = Some((v.timing[3] as f64 - v.timing[4] as f64) / loops);
+                }
             }
         }
         Workload::PingPong => {

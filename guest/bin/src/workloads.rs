@@ -169,10 +169,18 @@ fn ping_pong(me: &GuestCpu) -> u64 {
 }
 
 /// vCPU 0 times `iterations` exits through the PING doorbell and as many
-/// kick stores (to itself: its eventfd counts them; nothing waits).
+/// kick stores (to itself: its eventfd counts them; nothing waits), then
+/// the cost of a disabled race window: `WINDOW_LOOPS` calls of
+/// `race_window(Handoff)` (disabled unless the run enables it) against an
+/// identical loop without the call.
 /// timing[0] = total ns of exits, timing[1] = total ns of kick stores,
-/// timing[2] = iterations.
+/// timing[2] = iterations, timing[3] = ns of the window loop, timing[4] =
+/// ns of the empty loop, timing[5] = WINDOW_LOOPS.
 fn doorbells(me: &GuestCpu) -> u64 {
+    /// Long enough (a few ms) that the two rdtsc reads around a loop and
+    /// the loop's own overhead are small next to a per-call difference of
+    /// about a nanosecond.
+    const WINDOW_LOOPS: u64 = 1 << 22;
     if me.id() != 0 {
         return doorbell::DONE_OK;
     }
@@ -186,10 +194,25 @@ fn doorbells(me: &GuestCpu) -> u64 {
         me.pv_kick(0);
     }
     let t2 = rt::rdtsc();
+    // `black_box(me)` in both loops: the compiler must reload the window
+    // mask through the reference on every call (as the lock code does, the
+    // mask being a field of its platform), and cannot hoist the disabled
+    // check out of the loop or drop either loop.
+    for _ in 0..WINDOW_LOOPS {
+        core::hint::black_box(me).race_window(Window::Handoff);
+    }
+    let t3 = rt::rdtsc();
+    for _ in 0..WINDOW_LOOPS {
+        core::hint::black_box(me);
+    }
+    let t4 = rt::rdtsc();
     let b = me.block();
     b.timing[0] = rt::cycles_to_ns(t1 - t0);
     b.timing[1] = rt::cycles_to_ns(t2 - t1);
     b.timing[2] = n;
+    b.timing[3] = rt::cycles_to_ns(t3 - t2);
+    b.timing[4] = rt::cycles_to_ns(t4 - t3);
+    b.timing[5] = WINDOW_LOOPS;
     doorbell::DONE_OK
 }
 

@@ -1,0 +1,258 @@
+//! The bench's statistics: a figure's spread over repeats, and the ratio of
+//! two means with a 95% interval (Fieller's theorem).
+//!
+//! Means and Student-t intervals come from [`crate::stats::mean_ci95`];
+//! percentiles of raw values from [`crate::stats::percentile`].
+
+use crate::stats::{mean_ci95, t95};
+use serde::{Deserialize, Serialize};
+
+/// One figure over its repeats: mean with a 95% Student-t half-width, the
+/// range, and how many repeats went in. The unit is the field's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub mean: f64,
+    /// Half-width of the 95% interval of the mean; `None` below 2 repeats.
+    pub ci95: Option<f64>,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// `None` for no values.
+    pub fn of(xs: &[f64]) -> Option<Spread> {
+        if xs.is_empty() {
+            return None;
+        }
+        let (mean, ci95) = mean_ci95(xs);
+        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(Spread { mean, ci95, min, max, n: xs.len() })
+    }
+
+    /// `12.3 ± 0.4` (or `12.3 (n=1)`), with `prec` decimals.
+    pub fn show(&self, prec: usize) -> String {
+        match self.ci95 {
+            Some(h) => format!("{:.p$} ± {:.p$}", self.mean, h, p = prec),
+            None => format!("{:.p$} (n={})", self.mean, self.n, p = prec),
+        }
+    }
+}
+
+/// The ratio of two means with its 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    /// mean(numerator) / mean(denominator).
+    pub value: f64,
+    /// 95% interval (Fieller); both `None` when it is unbounded (the
+    /// denominator's mean is not clearly away from 0) or a side has fewer
+    /// than 2 values.
+    pub ci95_lo: Option<f64>,
+    pub ci95_hi: Option<f64>,
+    pub num: Spread,
+    pub den: Spread,
+}
+
+impl Ratio {
+    /// `10.2 [8.1, 12.9]`.
+    pub fn show(&self, prec: usize) -> String {
+        match (self.ci95_lo, self.ci95_hi) {
+            (Some(l), Some(h)) => format!("{:.p$} [{:.p$}, {:.p$}]", self.value, l, h, p = prec),
+            _ => format!("{:.p$} [interval unbounded]", self.value, p = prec),
+        }
+    }
+}
+
+/// Ratio of the means of two independent samples, `mean(num) /
+/// mean(den)`, with a 95% interval by **Fieller's theorem**.
+///
+/// With a = mean(num), b = mean(den) and their squared standard errors
+/// va = s²/n, vb (independent samples, so no covariance term), the interval
+/// is the set of r for which `a - r·b` is not significantly different from
+/// 0:  `(a - r b)² <= t² (va + r² vb)`, i.e. the roots of
+/// `(b² - t² vb) r² - 2ab r + (a² - t² va) = 0`. It is bounded only when
+/// `b² > t² vb` (the denominator is significantly non-zero); otherwise
+/// there is no finite interval and `None` is reported. Unlike the delta
+/// method (`r ± t·r·sqrt(va/a² + vb/b²)`) it is not symmetric and stays
+/// right when the denominator is noisy, which is the case for a collapsing
+/// lock under overcommit.
+///
+/// `t` is Student's two-sided 95% quantile with Welch–Satterthwaite
+/// degrees of freedom for `va + r² vb` at the point estimate.
+pub fn ratio_of_means(num: &[f64], den: &[f64]) -> Option<Ratio> {
+    let (sn, sd) = (Spread::of(num)?, Spread::of(den)?);
+    let (a, b) = (sn.mean, sd.mean);
+    if b == 0.0 {
+        return None;
+    }
+    let r = a / b;
+    let (lo, hi) = match (sq_se(num), sq_se(den)) {
+        (Some(va), Some(vb)) => fieller(a, b, va, vb, num.len(), den.len()).unzip(),
+        _ => (None, None),
+    };
+    Some(Ratio { value: r, ci95_lo: lo, ci95_hi: hi, num: sn, den: sd })
+}
+
+/// Squared standard error of the mean, s² / n (`None` below 2 values).
+fn sq_se(xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    if n < 2 {
+        return None;
+    }
+    let m = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+    Some(var / n as f64)
+}
+
+/// Welch–Satterthwaite degrees of freedom of `va + r² vb`.
+fn welch_df(va: f64, vb: f64, r: f64, na: usize, nb: usize) -> usize {
+    let (x, y) = (va, r * r * vb);
+    let den = x * x / (na - 1) as f64 + y * y / (nb - 1) as f64;
+    if den <= 0.0 {
+        // Both variances zero: the interval is a point whatever t is.
+        return na + nb - 2;
+    }
+    let df = (x + y).powi(2) / den;
+    (df.floor() as usize).clamp(1, na + nb - 2)
+}
+
+/// Fieller's 95% interval; see [`ratio_of_means`].
+fn fieller(a: f64, b: f64, va: f64, vb: f64, na: usize, nb: usize) -> Option<(f64, f64)> {
+    let t = t95(welch_df(va, vb, a / b, na, nb));
+    let t2 = t * t;
+    let qa = b * b - t2 * vb;
+    if qa <= 0.0 {
+        return None;
+    }
+    let qb = -2.0 * a * b;
+    let qc = a * a - t2 * va;
+    let disc = qb * qb - 4.0 * qa * qc;
+    // disc = 4 t² (b² va + a² vb - t² va vb) >= 0 whenever qa > 0.
+    let s = disc.max(0.0).sqrt();
+    let (r1, r2) = ((-qb - s) / (2.0 * qa), (-qb + s) / (2.0 * qa));
+    Some((r1.min(r2), r1.max(r2)))
+}
+
+/// Median of raw values (mean of the middle two for an even count).
+pub fn median(xs: &[f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::percentile;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * b.abs().max(1e-12)
+    }
+
+    #[test]
+    fn spread_of_repeats() {
+        let s = Spread::of(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((s.mean, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert!(close(s.ci95.unwrap(), 4.303 / 3f64.sqrt(), 1e-9));
+        assert_eq!(Spread::of(&[4.0]).unwrap().ci95, None);
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(s.show(1), "2.0 ± 2.5");
+    }
+
+    #[test]
+    fn ratio_without_noise_is_a_point() {
+        let r = ratio_of_means(&[10.0, 10.0, 10.0], &[2.0, 2.0]).unwrap();
+        assert_eq!(r.value, 5.0);
+        assert!(close(r.ci95_lo.unwrap(), 5.0, 1e-12) && close(r.ci95_hi.unwrap(), 5.0, 1e-12));
+    }
+
+    #[test]
+    fn fieller_matches_a_hand_computation() {
+        // a = 10, va = 1/3 (s² = 1, n = 3); b = 5, vb = 0.25/3 (s² = 0.25).
+        let num = [9.0, 10.0, 11.0];
+        let den = [4.5, 5.0, 5.5];
+        let r = ratio_of_means(&num, &den).unwrap();
+        assert!(close(r.value, 2.0, 1e-12));
+        // The samples are exact multiples: the Welch df is 4 (2 + 2).
+        let (va, vb) = (1.0 / 3.0, 0.25 / 3.0);
+        assert_eq!(welch_df(va, vb, 2.0, 3, 3), 4);
+        let t2: f64 = 2.776 * 2.776;
+        let qa = 25.0 - t2 * vb;
+        let qb = -100.0;
+        let qc = 100.0 - t2 * va;
+        let s = (qb * qb - 4.0 * qa * qc).sqrt();
+        let (lo, hi) = ((-qb - s) / (2.0 * qa), (-qb + s) / (2.0 * qa));
+        assert!(close(r.ci95_lo.unwrap(), lo, 1e-9), "{r:?} vs {lo}");
+        assert!(close(r.ci95_hi.unwrap(), hi, 1e-9), "{r:?} vs {hi}");
+        // Fieller's interval is skewed upwards (the denominator is in it).
+        assert!(hi - 2.0 > 2.0 - lo);
+        assert!(lo < 2.0 && hi > 2.0);
+    }
+
+    #[test]
+    fn fieller_approaches_the_delta_method_for_small_noise() {
+        let num = [1000.0, 1001.0, 999.0, 1000.5, 999.5];
+        let den = [100.0, 100.1, 99.9, 100.05, 99.95];
+        let r = ratio_of_means(&num, &den).unwrap();
+        let (va, vb) = (sq_se(&num).unwrap(), sq_se(&den).unwrap());
+        let (a, b) = (1000.0, 100.0);
+        let t = t95(welch_df(va, vb, a / b, 5, 5));
+        let half = t * (a / b) * (va / (a * a) + vb / (b * b)).sqrt();
+        assert!(close(r.ci95_lo.unwrap(), 10.0 - half, 1e-4));
+        assert!(close(r.ci95_hi.unwrap(), 10.0 + half, 1e-4));
+    }
+
+    #[test]
+    fn a_noisy_denominator_gives_no_interval() {
+        // mean 1, standard error ~1.7: not clearly away from 0.
+        let r = ratio_of_means(&[5.0, 6.0], &[-2.0, 4.0]).unwrap();
+        assert_eq!(r.value, 5.5);
+        assert_eq!((r.ci95_lo, r.ci95_hi), (None, None));
+        assert!(r.show(1).contains("unbounded"));
+    }
+
+    #[test]
+    fn single_values_and_zero_means() {
+        let r = ratio_of_means(&[3.0], &[1.5, 1.5]).unwrap();
+        assert_eq!((r.value, r.ci95_lo), (2.0, None));
+        assert!(ratio_of_means(&[1.0, 2.0], &[0.0, 0.0]).is_none());
+        assert!(ratio_of_means(&[], &[1.0]).is_none());
+    }
+
+    #[test]
+    fn interval_covers_the_truth_about_95_percent_of_the_time() {
+        // Deterministic pseudo-normal draws (sum of 12 uniforms - 6).
+        let mut s = 12345u64;
+        let mut unif = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut normal = || (0..12).map(|_| unif()).sum::<f64>() - 6.0;
+        let (trials, mut covered) = (2000, 0);
+        for _ in 0..trials {
+            let num: Vec<f64> = (0..5).map(|_| 20.0 + 2.0 * normal()).collect();
+            let den: Vec<f64> = (0..5).map(|_| 10.0 + 1.0 * normal()).collect();
+            let r = ratio_of_means(&num, &den).unwrap();
+            if r.ci95_lo.unwrap() <= 2.0 && 2.0 <= r.ci95_hi.unwrap() {
+                covered += 1;
+            }
+        }
+        let rate = covered as f64 / trials as f64;
+        assert!((0.92..=0.98).contains(&rate), "coverage {rate}");
+    }
+
+    #[test]
+    fn medians_and_percentiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert_eq!(percentile(&v, 99.0), 10.0);
+    }
+}
