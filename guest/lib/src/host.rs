@@ -173,15 +173,36 @@ enum WaitStat {
 pub struct HostMachine {
     cfg: HostConfig,
     cpus: Box<[HostCpu]>,
+    /// The clock of `cycles()` where there is no TSC.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     epoch: Instant,
     aborted: AtomicBool,
     abort_reason: Mutex<Option<String>>,
 }
 
 impl HostMachine {
-    /// `cycles()` counts nanoseconds: the TSC frequency to give
-    /// [`Torture::new`].
-    pub const TSC_KHZ: u64 = 1_000_000;
+    /// The frequency of `cycles()`, to give [`Torture::new`]. On x86-64
+    /// `cycles()` reads the TSC, as the guest does, so that guest/host
+    /// comparisons time the lock code with the same clock (a
+    /// `clock_gettime` per acquisition would dominate an uncontended
+    /// lock); the TSC is calibrated once against the monotonic clock.
+    /// Elsewhere it counts nanoseconds.
+    pub fn tsc_khz() -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+            *KHZ.get_or_init(|| {
+                let (t0, c0) = (Instant::now(), rdtsc());
+                std::thread::sleep(Duration::from_millis(20));
+                let (t1, c1) = (Instant::now(), rdtsc());
+                (((c1 - c0) as f64 / (t1 - t0).as_secs_f64() / 1e3) as u64).max(1)
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            1_000_000
+        }
+    }
 
     pub fn new(cfg: HostConfig) -> Self {
         Self {
@@ -372,8 +393,19 @@ impl Platform for FutexPlatform<'_> {
         false
     }
 
+    fn ns_per_kcycle(&self) -> u64 {
+        (1024 * 1_000_000 / HostMachine::tsc_khz()).max(1)
+    }
+
     fn cycles(&self) -> u64 {
-        self.m.epoch.elapsed().as_nanos() as u64
+        #[cfg(target_arch = "x86_64")]
+        {
+            rdtsc()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.m.epoch.elapsed().as_nanos() as u64
+        }
     }
 
     fn random(&self) -> u64 {
@@ -399,16 +431,24 @@ impl Platform for FutexPlatform<'_> {
         self.check_abort();
     }
 
+    // Counters: each CPU's are written only by its own thread, so a plain
+    // load + store (no `lock` prefix) is enough, as the guest's plain `+=`
+    // on its own vCPU block: the guest/host comparison then times the same
+    // bookkeeping. Readers only look after the threads are joined, or
+    // accept a stale value.
     fn race_window(&self, w: Window) {
-        self.me().window_hits[w as usize].fetch_add(1, Ordering::Relaxed);
+        bump(&self.me().window_hits[w as usize], 1);
     }
 
     fn event(&self, ev: LockEvent, n: u64) {
-        self.me().events[ev.index()].fetch_add(n, Ordering::Relaxed);
+        bump(&self.me().events[ev.index()], n);
     }
 
     fn event_max(&self, ev: LockEvent, v: u64) {
-        self.me().events[ev.index()].fetch_max(v, Ordering::Relaxed);
+        let e = &self.me().events[ev.index()];
+        if v > e.load(Ordering::Relaxed) {
+            e.store(v, Ordering::Relaxed);
+        }
     }
 
     fn set_phase(&self, phase: GuestPhase, lock: usize, node: usize) {
@@ -419,7 +459,7 @@ impl Platform for FutexPlatform<'_> {
     }
 
     fn trace(&self, _ev: TraceEvent, _lock: usize, _arg: u16, _value: u32) {
-        self.me().traces.fetch_add(1, Ordering::Relaxed);
+        bump(&self.me().traces, 1);
     }
 
     fn bug(&self, msg: core::fmt::Arguments<'_>) -> ! {
@@ -606,7 +646,7 @@ pub fn run_torture(spec: &HostRunSpec) -> Result<HostRun, ParamError> {
     let finished = AtomicUsize::new(0);
     let start = Instant::now();
 
-    let torture = Torture::new(&sys, &locks, spec.torture, HostMachine::TSC_KHZ, &stop)?;
+    let torture = Torture::new(&sys, &locks, spec.torture, HostMachine::tsc_khz(), &stop)?;
     let torture = if spec.duration.is_zero() {
         torture
     } else {
@@ -705,4 +745,15 @@ fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
     } else {
         "non-string panic".to_owned()
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions in user mode.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Adds `n` to a counter that only the calling thread writes.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
