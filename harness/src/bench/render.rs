@@ -189,38 +189,17 @@ pub fn markdown(r: &BenchResult) -> String {
     s
 }
 
-type PlotResult = Result<(), Box<dyn std::error::Error>>;
+use crate::report::plots::{svg as titled_svg, PlotResult};
 
-/// Runs a drawing function on an SVG string; a drawing error becomes an
-/// SVG that says so.
+/// An SVG of `size` drawn by `draw` (shared with the report's plots: a
+/// drawing error becomes an SVG that says so).
 fn svg(
     size: (u32, u32),
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> PlotResult,
 ) -> String {
-    let mut buf = String::new();
-    let err = {
-        let root = SVGBackend::with_string(&mut buf, size).into_drawing_area();
-        let r = root
-            .fill(&WHITE)
-            .map_err(|e| e.into())
-            .and_then(|_| draw(&root))
-            .and_then(|_| root.present().map_err(|e| e.into()));
-        r.err().map(|e| e.to_string())
-    };
-    match err {
-        None => buf,
-        Some(e) => format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\"><text x=\"10\" y=\"20\">cannot draw: {}</text></svg>\n",
-            size.0,
-            size.1,
-            e.replace('&', "&amp;").replace('<', "&lt;")
-        ),
-    }
+    titled_svg(size, "bench", draw)
 }
 
-/// Acquisitions/s (log) against vCPUs on `host_cpus` host CPUs: one colour
-/// per variant, solid without stalls, dashed with random stalls; bars are
-/// the 95% interval.
 pub fn throughput_svg(r: &BenchResult, host_cpus: u32) -> String {
     let rows: Vec<&ThroughputRow> =
         r.throughput.iter().filter(|t| t.host_cpus == host_cpus && t.acq_per_sec.is_some()).collect();

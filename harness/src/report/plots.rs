@@ -46,11 +46,11 @@ fn status_color(status: &str) -> RGBColor {
     }
 }
 
-type PlotResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Runs a drawing function on an SVG string; a drawing error becomes an
 /// SVG that says so (a report is never lost to a plot).
-fn svg(
+pub(crate) fn svg(
     size: (u32, u32),
     title: &str,
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> PlotResult,
