@@ -76,8 +76,12 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     };
     // Guest run time: from the start barrier to the run's configured end
     // for timed workloads; wall time otherwise.
+    // A run that ended early (abort, hang, crash) ran for its wall time,
+    // not for its configured duration.
     let run_secs = match workload {
-        Workload::Torture if rc.torture.max_acquisitions == 0 => rc.duration_ms as f64 / 1e3,
+        Workload::Torture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
+            rc.duration_ms as f64 / 1e3
+        }
         _ => r.wall_ms / 1e3,
     };
     let mut timing = Timing { boot_us: r.boot_us, ..Default::default() };

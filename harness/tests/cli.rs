@@ -87,3 +87,29 @@ fn a_matrix_killed_midway_leaves_runs_that_report_renders() {
     assert!(md.contains("PARTIAL"), "{md}");
     assert!(md.contains("pv-v4.8"));
 }
+
+#[test]
+fn ctrl_c_stops_the_vcpus_and_writes_an_aborted_record() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("long.toml");
+    std::fs::write(
+        &cfg,
+        "workload = \"torture\"\nvcpus = 2\nhost_cpus = 2\nduration_ms = 60000\ntimeout_ms = 120000\n",
+    )
+    .unwrap();
+    let json = d.path().join("r.json");
+    let child = pvlock().args(["run"]).arg(&cfg).arg("--json").arg(&json).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed().as_secs() < 20, "Ctrl-C did not stop the run promptly");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["status"], "aborted");
+    assert!(v["acquisitions"].as_u64().unwrap() > 0, "the partial record keeps what was done");
+}
