@@ -235,6 +235,7 @@ pub struct ConfigError {
 
 /// Seed of repeat `r` derived from the base seed (splitmix64), so repeats
 /// are independent streams and the same config always gives the same seeds.
+/// Repeat 0 keeps the base seed.
 pub fn derive_seed(base: u64, r: u32) -> u64 {
     if r == 0 {
         return base;
@@ -242,7 +243,9 @@ pub fn derive_seed(base: u64, r: u32) -> u64 {
     let mut x = base.wrapping_add((r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    // Below 2^63: TOML integers are i64, and a recorded seed must go back
+    // into a config to reproduce its run.
+    (x ^ (x >> 31)) >> 1
 }
 
 /// A parsed experiment: the matrix of runs it expands to.

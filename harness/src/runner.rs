@@ -149,6 +149,12 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         status = RunStatus::Failed;
     }
     let summary = match (&r.failure, status) {
+        (Some(f @ pvlock_vmm::GuestFailure::Timeout { .. }), _) if r.hang.is_none() => format!(
+            "{}; no vCPU was blocked in a wait at the end: the run made too little progress (a collapse or a \
+             livelock in the guest, not a missed wakeup); acquisitions per vCPU: {:?}",
+            f.summary(),
+            per_vcpu.iter().map(|v| v.acquisitions).collect::<Vec<_>>()
+        ),
         (Some(f), _) => f.summary(),
         (None, RunStatus::Failed) => {
             let failed: Vec<_> =

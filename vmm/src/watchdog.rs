@@ -165,7 +165,10 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
         Some(l) if wait_gpa == me.cur_lock => {
             // The queue head waits on the locked byte.
             let slow = slow_val(variant);
-            let mine: Vec<_> = l.hash_entries.iter().filter(|e| e.1 == me.cur_node).collect();
+            // A head waiting on its lock word publishes the word as what it
+            // waits on, not its node, so an entry is ours when the node it
+            // names is in this vCPU's per-CPU node array.
+            let mine: Vec<_> = l.hash_entries.iter().filter(|e| e.2 == Some(cpu)).collect();
             if l.hash_entries.len() > 1 {
                 (
                     MissedWakeupClass::StaleEntry,
