@@ -429,7 +429,7 @@ pub fn run_bench(opts: &BenchOptions, elf: &[u8], stop: &StopHandle) -> Result<B
     let plan = Plan::new(opts.quick);
     let dir = opts.out.join("bench").join(now_utc().replace(['-', ':'], ""));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut env = EnvInfo::collect();
+    let env = EnvInfo::collect();
     let started_at = now_utc();
     let load_start = load_avg();
     let jobs = plan.jobs();
