@@ -112,4 +112,5 @@ fn ctrl_c_stops_the_vcpus_and_writes_an_aborted_record() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["status"], "aborted");
     assert!(v["acquisitions"].as_u64().unwrap() > 0, "the partial record keeps what was done");
+    assert!(v["latency_ns"]["count"].as_u64().unwrap() > 0, "the partial record keeps the latency histogram");
 }

@@ -41,6 +41,12 @@ impl GuestCpu {
         self.cpu
     }
 
+    /// This vCPU's block as a raw pointer, for field-wise access while
+    /// part of it is mutably borrowed (see the Platform methods).
+    pub fn block_ptr(&self) -> *mut VcpuBlock {
+        self.block
+    }
+
     /// This vCPU's block. Only this vCPU writes it; the VMM reads it.
     #[allow(clippy::mut_from_ref)]
     pub fn block(&self) -> &mut VcpuBlock {
@@ -121,10 +127,16 @@ impl Platform for GuestCpu {
         self.window_hit(w);
     }
 
+    // The Platform methods touch the block field by field through the raw
+    // pointer, never as one `&mut VcpuBlock`: the torture run holds a
+    // `&mut` to the block's latency histogram across these calls.
     fn event(&self, ev: LockEvent, n: u64) {
-        self.block().events[ev.index()] += n;
+        // SAFETY: this vCPU's block (only this vCPU writes it); a raw place,
+        // so no reference to the whole block is created.
+        unsafe { (*self.block).events[ev.index()] += n };
         if ev == LockEvent::DoubleHash && self.stop_on_double_hash {
-            let lock = self.block().cur_lock;
+            // SAFETY: as above.
+            let lock = unsafe { (*self.block).cur_lock };
             self.bug(format_args!(
                 "double hash: pv_hash() inserted a second entry for lock {lock:#x} (stop_on_double_hash)"
             ))
@@ -132,24 +144,33 @@ impl Platform for GuestCpu {
     }
 
     fn event_max(&self, ev: LockEvent, v: u64) {
-        let e = &mut self.block().events[ev.index()];
-        if v > *e {
-            *e = v;
+        // SAFETY: as in `event`.
+        unsafe {
+            if v > (*self.block).events[ev.index()] {
+                (*self.block).events[ev.index()] = v;
+            }
         }
     }
 
     fn set_phase(&self, phase: GuestPhase, lock: usize, node: usize) {
-        let b = self.block();
-        b.cur_lock = lock as u64;
-        b.cur_node = node as u64;
-        b.phase = phase as u32;
+        let b = self.block;
+        // SAFETY: as in `event`.
+        unsafe {
+            (*b).cur_lock = lock as u64;
+            (*b).cur_node = node as u64;
+            (*b).phase = phase as u32;
+        }
     }
 
     fn trace(&self, ev: TraceEvent, lock: usize, arg: u16, value: u32) {
-        let b = self.block();
-        let slot = (b.trace_head as usize) % b.trace.len();
-        b.trace[slot] = TraceEntry { tsc: rt::rdtsc(), lock: lock as u64, event: ev as u16, arg, value };
-        b.trace_head += 1;
+        let b = self.block;
+        let entry = TraceEntry { tsc: rt::rdtsc(), lock: lock as u64, event: ev as u16, arg, value };
+        // SAFETY: as in `event`; the slot index is reduced modulo the ring.
+        unsafe {
+            let slot = ((*b).trace_head as usize) % pvlock_abi::vcpu::TRACE_LEN;
+            (*b).trace[slot] = entry;
+            (*b).trace_head += 1;
+        }
     }
 
     fn bug(&self, msg: core::fmt::Arguments<'_>) -> ! {
@@ -160,7 +181,8 @@ impl Platform for GuestCpu {
 impl GuestCpu {
     #[cold]
     fn window_hit(&self, w: Window) {
-        self.block().window_hits[w as usize] += 1;
+        // SAFETY: as in `event`.
+        unsafe { (*self.block).window_hits[w as usize] += 1 };
         // Decide from this vCPU's seeded stream; exit only to stall: an exit
         // is itself a ~33 us preemption on these hosts.
         let stall = self.window_always || (self.random() >> 32) < self.window_prob;

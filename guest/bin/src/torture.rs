@@ -26,13 +26,20 @@ impl Observer for GuestObserver<'_> {
         // Two owners at once: stop the VM now, with both CPUs in the message.
         self.0.fail(PanicKind::MutualExclusion, format_args!("{v}"))
     }
+    // Field-wise through the raw pointer: the run holds `&mut` to the
+    // block's latency histogram while it calls these.
     fn progress(&self, r: &TortureResult, now: u64) {
-        let b = self.0.block();
-        b.acquisitions = r.acquisitions;
-        b.heartbeat_tsc = now;
+        let b = self.0.block_ptr();
+        // SAFETY: this vCPU's own block; raw places, no reference to the
+        // whole block.
+        unsafe {
+            (*b).acquisitions = r.acquisitions;
+            (*b).heartbeat_tsc = now;
+        }
     }
     fn irq_depth(&self, depth: u32) {
-        self.0.block().irq_depth = depth;
+        // SAFETY: as in `progress`.
+        unsafe { (*self.0.block_ptr()).irq_depth = depth };
     }
 }
 
@@ -72,10 +79,15 @@ pub fn run(me: &GuestCpu) -> u64 {
         torture
     };
     let obs = GuestObserver(me);
-    let mut latency = pvlock_abi::LatencyHistogram::default();
-    let r = torture.run(me, &obs, &mut latency, &mut []);
+    // Record straight into the vCPU block, so that a run stopped by the VMM
+    // (abort, hang, crash) still has its latency histogram.
+    // SAFETY: this vCPU's own block; every other access to it during the
+    // run is field-wise through the raw pointer (GuestCpu's Platform
+    // methods, GuestObserver), never to this field, so this is the only
+    // reference to the histogram while it lives.
+    let latency = unsafe { &mut *core::ptr::addr_of_mut!((*me.block_ptr()).latency) };
+    let r = torture.run(me, &obs, latency, &mut []);
     let b = me.block();
-    b.latency = latency;
     b.acquisitions = r.acquisitions;
     b.max_wait_ns = r.max_wait_ns;
     // timing[0..3]: torture-lock and irq-lock increments, handlers run: what
