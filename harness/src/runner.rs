@@ -149,12 +149,14 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         status = RunStatus::Failed;
     }
     let summary = match (&r.failure, status) {
-        (Some(f @ pvlock_vmm::GuestFailure::Timeout { .. }), _) if r.hang.is_none() => format!(
-            "{}; no vCPU was blocked in a wait at the end: the run made too little progress (a collapse or a \
+        (Some(f @ pvlock_vmm::GuestFailure::Timeout { .. }), _) if r.hang.as_ref().is_none_or(|h| !h.blocked) => {
+            format!(
+                "{}; no vCPU was blocked in a wait at the end: the run made too little progress (a collapse or a \
              livelock in the guest, not a missed wakeup); acquisitions per vCPU: {:?}",
-            f.summary(),
-            per_vcpu.iter().map(|v| v.acquisitions).collect::<Vec<_>>()
-        ),
+                f.summary(),
+                per_vcpu.iter().map(|v| v.acquisitions).collect::<Vec<_>>()
+            )
+        }
         (Some(f), _) => f.summary(),
         (None, RunStatus::Failed) => {
             let failed: Vec<_> =
@@ -243,7 +245,8 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
     let class = |h: &pvlock_vmm::watchdog::HangReport| {
         serde_json::to_value(h.class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
     };
-    for h in r.rescued.iter().chain(r.hang.iter()) {
+    // A dump of a vCPU that was running (not blocked) is no missed wakeup.
+    for h in r.rescued.iter().chain(r.hang.iter().filter(|h| h.blocked)) {
         *missed.entry(class(h)).or_insert(0) += 1;
     }
     let severity = (!missed.is_empty()).then(|| {

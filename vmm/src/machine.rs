@@ -309,7 +309,12 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
         if Instant::now() >= deadline {
             let blocked =
                 (0..cfg.vcpus).find(|&c| sh.channels[c as usize].blocked_since_us.load(Ordering::Acquire) != 0);
-            let hang = blocked.map(|c| explain(sh, c));
+            // Nobody blocked: dump the first vCPU that has not finished
+            // (it is running guest code: spinning, or starved).
+            let hang = match blocked {
+                Some(c) => Some(explain(sh, c)),
+                None => not_done(&done).first().map(|&c| crate::watchdog::explain_running(sh, c)),
+            };
             return (Some(GuestFailure::Timeout { timeout_ms: cfg.timeout_ms, not_done: not_done(&done) }), done, hang);
         }
         match rx.recv_timeout(Duration::from_millis(20)) {

@@ -64,7 +64,12 @@ pub struct LockState {
 /// The report of one detected hang / missed wakeup.
 #[derive(Debug, Clone, Serialize)]
 pub struct HangReport {
+    /// The vCPU the report is about.
     pub blocked_cpu: u32,
+    /// It was blocked in a wait (false: it was running guest code).
+    pub blocked: bool,
+    /// Torture locks whose word is not 0 (held, queued, or slow), decoded.
+    pub busy_locks: Vec<LockState>,
     pub class: MissedWakeupClass,
     pub detail: String,
     pub lock: Option<LockState>,
@@ -213,7 +218,32 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
         _ if all_blocked => (MissedWakeupClass::PlainDeadlock, "every live vCPU is blocked in a wait".into()),
         _ => (MissedWakeupClass::Unknown, format!("waits on {wait_gpa:#x}, which is neither its lock nor its node")),
     };
-    HangReport { blocked_cpu: cpu, class, detail, lock, vcpus }
+    HangReport { blocked_cpu: cpu, blocked: true, busy_locks: busy_locks(sh), class, detail, lock, vcpus }
+}
+
+/// The dump for a vCPU that never finished but is not blocked in a wait:
+/// it runs guest code (spins) or its thread is starved.
+pub fn explain_running(sh: &Shared, cpu: u32) -> HangReport {
+    let mut r = explain(sh, cpu);
+    r.blocked = false;
+    r.class = MissedWakeupClass::Unknown;
+    r.detail = format!(
+        "vCPU {cpu} is not blocked in a wait but has not finished: it is running guest code (spinning) or its \
+         thread gets no host CPU; see its phase, its last trace events and the busy locks"
+    );
+    r
+}
+
+/// Every torture lock whose word is not 0.
+fn busy_locks(sh: &Shared) -> Vec<LockState> {
+    let boot = sh.boot();
+    if boot.locks_gpa == 0 || boot.nr_locks > 4096 || boot.lock_stride < 16 {
+        return Vec::new();
+    }
+    (0..boot.nr_locks)
+        .filter_map(|i| lock_state(sh, boot.locks_gpa + i * boot.lock_stride))
+        .filter(|l| l.word != 0)
+        .collect()
 }
 
 /// The lock-aware detector's test: is `cpu`, blocked now, a head whose
@@ -242,7 +272,14 @@ pub fn is_provably_lost(r: &HangReport) -> bool {
 impl HangReport {
     /// The dump for humans.
     pub fn render(&self) -> String {
-        let mut s = format!("missed wakeup on vCPU {}: {:?}: {}\n", self.blocked_cpu, self.class, self.detail);
+        let what = if self.blocked { "missed wakeup on" } else { "unfinished, not blocked:" };
+        let mut s = format!("{what} vCPU {}: {:?}: {}\n", self.blocked_cpu, self.class, self.detail);
+        for l in &self.busy_locks {
+            s += &format!(
+                "  busy lock {:#x}: word {:#010x} = locked {} pending {} tail cpu {:?} idx {}; owner field {}; hash entries {:x?}\n",
+                l.addr, l.word, l.locked, l.pending as u8, l.tail_cpu, l.tail_idx, l.owner_field, l.hash_entries
+            );
+        }
         if let Some(l) = &self.lock {
             s += &format!(
                 "  lock {:#x}: word {:#010x} = locked {} pending {} tail cpu {:?} idx {}; owner field {}; hash entries {:x?}\n",
