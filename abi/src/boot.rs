@@ -27,6 +27,12 @@ pub enum Workload {
     /// watch every vCPU's `vcpu_is_preempted()`; `timing[c]` of each
     /// watcher counts the polls that saw vCPU c preempted.
     PreemptProbe = 9,
+    /// Fuzz of the doorbell ABI: each vCPU makes `iterations` seeded random
+    /// MMIO accesses (addresses in and around the doorbells, widths 1..8,
+    /// values random or shaped like real requests, a few reads, a few
+    /// stores into the records the VMM reads). The VMM must end every run
+    /// with a record within its timeout.
+    DoorbellFuzz = 10,
 }
 
 impl Workload {
@@ -41,6 +47,7 @@ impl Workload {
             7 => Self::PingPong,
             8 => Self::Doorbells,
             9 => Self::PreemptProbe,
+            10 => Self::DoorbellFuzz,
             _ => return None,
         })
     }

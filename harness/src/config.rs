@@ -413,12 +413,14 @@ pub fn parse_workload(s: &str) -> Option<Workload> {
         "ping-pong" => Workload::PingPong,
         "doorbells" => Workload::Doorbells,
         "preempt-probe" => Workload::PreemptProbe,
+        // Added by branch `robust` (issue 15): the guest-side ABI fuzz.
+        "doorbell-fuzz" => Workload::DoorbellFuzz,
         _ => return None,
     })
 }
 
 pub const WORKLOADS: &str =
-    "smoke, torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic";
+    "smoke, torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic, doorbell-fuzz";
 
 impl RunConfig {
     /// Checks every value; the error names the key.

@@ -245,8 +245,14 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
     let class = |h: &pvlock_vmm::watchdog::HangReport| {
         serde_json::to_value(h.class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
     };
-    // A dump of a vCPU that was running (not blocked) is no missed wakeup.
-    for h in r.rescued.iter().chain(r.hang.iter().filter(|h| h.blocked)) {
+    // Every rescue counts (the VMM keeps only the first dumps, but counts
+    // all by class). A dump of a vCPU that was running (not blocked) is no
+    // missed wakeup.
+    for (c, n) in &r.rescued_by_class {
+        let name = serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        *missed.entry(name).or_insert(0) += n;
+    }
+    for h in r.hang.iter().filter(|h| h.blocked) {
         *missed.entry(class(h)).or_insert(0) += 1;
     }
     let severity = (!missed.is_empty()).then(|| {
@@ -261,5 +267,6 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         real_guest_severity: severity,
         holds: r.holds.iter().filter_map(|h| serde_json::to_value(h).ok()).collect(),
         stalls_skipped: r.stalls_skipped,
+        dropped: r.dropped,
     }
 }

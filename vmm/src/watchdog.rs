@@ -13,7 +13,7 @@ use std::mem::offset_of;
 use std::sync::atomic::Ordering;
 
 /// Why a waiter will never be woken (best judgement from memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MissedWakeupClass {
     /// Queue head waits on the locked byte, but the byte is not the slow
