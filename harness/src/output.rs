@@ -98,6 +98,9 @@ impl Destination {
     /// Checks `path` for `flag` (named in errors): a directory, or a file
     /// in a directory that does not exist or cannot be written, is refused.
     pub fn check(flag: &str, path: &Path) -> Result<Self> {
+        if path.file_name().is_none() {
+            bail!("{flag} {}: names no file (it ends in `..` or `/`)", path.display());
+        }
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => bail!("{flag} {}: is a directory; give a file name", path.display()),
             Ok(m) if m.is_file() => {
@@ -158,16 +161,18 @@ impl Destination {
     }
 }
 
+/// Checks that the atomic write into `dir` will work by doing its first
+/// step: creating (and removing) a temporary file there. `access(2)` would
+/// not do: root passes it on read-only mounts and in /proc.
 fn check_dir_writable(flag: &str, path: &Path, dir: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .with_context(|| format!("{flag} {}: path holds a NUL byte", path.display()))?;
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        let e = std::io::Error::last_os_error();
-        bail!("{flag} {}: cannot write into {}: {e}", path.display(), dir.display());
+    let probe = temp_name(dir, "probe");
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!("{flag} {}: cannot write into {}: {e}", path.display(), dir.display()),
     }
-    Ok(())
 }
 
 /// Appends one line to a JSONL file and flushes it to disk, so a crash or
