@@ -3,12 +3,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pvlock::compare::{compare, CompareOptions};
-use pvlock::config::{Experiment, RunConfig};
+use pvlock::config::{Experiment, Overrides};
 use pvlock::output::Destination;
 use pvlock::record::Record;
 use pvlock::runner::{run_one, GUEST_ELF};
 use pvlock_abi::{Variant, Window};
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{HoldRelease, StopHandle};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -70,8 +70,8 @@ struct ReproArgs {
     #[arg(long)]
     all: bool,
     /// Lock variant (default: the reproducer's own).
-    #[arg(long)]
-    variant: Option<String>,
+    #[arg(long, value_parser = parse_variant)]
+    variant: Option<Variant>,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     #[arg(long, default_value_t = 1)]
@@ -114,8 +114,8 @@ struct RunArgs {
     #[arg(long)]
     duration_ms: Option<u64>,
     /// Lock variant (`pvlock list variants`).
-    #[arg(long)]
-    variant: Option<String>,
+    #[arg(long, value_parser = parse_variant)]
+    variant: Option<Variant>,
     /// Number of torture locks.
     #[arg(long)]
     locks: Option<u32>,
@@ -125,6 +125,11 @@ struct RunArgs {
     /// Run this guest ELF instead of the built-in one.
     #[arg(long)]
     guest_elf: Option<PathBuf>,
+}
+
+/// A variant name from the command line (the edge where names become values).
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    Variant::from_name(s).ok_or_else(|| format!("unknown variant `{s}` (one of: {})", Variant::NAMES.join(", ")))
 }
 
 fn main() {
@@ -157,6 +162,7 @@ fn run() -> Result<i32> {
         Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
+            exp.check_host(pvlock_vmm::host_cpus_available())?;
             compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true })
         }
         Some(Cmd::Report { dir, out }) => {
@@ -225,7 +231,7 @@ fn check_address_space(exp: &Experiment, jobs: usize) -> Result<()> {
         if !seen.insert((rc.vcpus, rc.ram_mib)) {
             continue;
         }
-        let mut m = rc.machine()?;
+        let mut m = rc.machine();
         let jobs = jobs.clamp(1, 16) as u32;
         m.vcpus = m.vcpus.saturating_mul(jobs);
         m.ram_mib = m.ram_mib.saturating_mul(jobs);
@@ -248,30 +254,21 @@ fn stop_on_signals(what_happens: &'static str) -> StopHandle {
     stop
 }
 
-fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
-    if let Some(v) = a.vcpus {
-        rc.vcpus = v;
-    }
-    if let Some(v) = a.host_cpus {
-        rc.host_cpus = v;
-    }
-    if let Some(v) = a.seed {
-        rc.seed = v;
-    }
-    if let Some(v) = a.duration_ms {
-        rc.duration_ms = v;
-    }
-    if let Some(v) = &a.variant {
-        rc.lock.variant = v.clone();
-    }
-    if let Some(v) = a.locks {
-        rc.torture.locks = v;
-    }
-    rc.validate().map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
-}
-
 fn cmd_run(args: RunArgs) -> Result<i32> {
-    let exp = Experiment::load(&args.config)?;
+    let overrides = Overrides {
+        vcpus: args.vcpus,
+        host_cpus: args.host_cpus,
+        seed: args.seed,
+        duration_ms: args.duration_ms,
+        variant: args.variant,
+        locks: args.locks,
+    };
+    // Overrides replace config keys before the matrix is expanded.
+    let exp = Experiment::load_with(&args.config, &overrides)?;
+    for note in &exp.notes {
+        println!("pvlock: {note}");
+    }
+    exp.check_host(pvlock_vmm::host_cpus_available())?;
     let elf_owned;
     let elf: &[u8] = match &args.guest_elf {
         Some(p) => {
@@ -280,28 +277,10 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
         }
         None => GUEST_ELF,
     };
-    let mut err = None;
-    let exp_checked = Experiment {
-        runs: exp
-            .runs
-            .iter()
-            .cloned()
-            .map(|mut rc| {
-                if let Err(e) = apply_overrides(&mut rc, &args) {
-                    err.get_or_insert(e);
-                }
-                rc
-            })
-            .collect(),
-        ..exp
-    };
-    if let Some(e) = err {
-        return Err(e);
-    }
     // Check --json before running anything: a directory or an unwritable
     // place fails now, not after the whole matrix.
     let json = args.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
-    run_experiment(&exp_checked, |_| {}, json.as_ref(), elf)
+    run_experiment(&exp, |_| {}, json.as_ref(), elf)
 }
 
 fn run_experiment(
@@ -327,7 +306,7 @@ fn run_experiment(
         }
         let key = pvlock::run_key(exp, rc);
         let rec = run_one(rc, &key, elf, &stop)?;
-        if rec.status != "ok" {
+        if !rec.status.is_ok() {
             not_ok += 1;
         }
         on_record(&rec);
@@ -352,7 +331,7 @@ fn run_experiment(
 
 fn print_summary(i: usize, n: usize, r: &Record) {
     let key = if r.run_key.is_empty() { String::new() } else { format!(" [{}]", r.run_key) };
-    println!("run {i}/{n} {}{key}: {} — {}", r.name, r.status.to_uppercase(), r.summary);
+    println!("run {i}/{n} {}{key}: {} — {}", r.name, r.status.as_str().to_uppercase(), r.summary);
     println!(
         "  {} vCPUs on {} host CPUs, variant {}, {:.0} ms wall, {} acquisitions ({:.0}/s), latency p50 {} ns p99 {} ns",
         r.vcpus,
@@ -383,7 +362,7 @@ fn print_summary(i: usize, n: usize, r: &Record) {
         }
     }
     if !r.diagnosis.holds.is_empty() {
-        let by_cond = r.diagnosis.holds.iter().filter(|h| h["released_by"] == "condition").count();
+        let by_cond = r.diagnosis.holds.iter().filter(|h| h.released_by == HoldRelease::Condition).count();
         println!("  directed holds: {} ({} released by their condition)", r.diagnosis.holds.len(), by_cond);
     }
     if let Some(b) = r.timing.boot_us {
@@ -398,11 +377,6 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
         "directed" => Mode::Directed,
         m => bail!("--mode `{m}`: expected `random` or `directed`"),
     };
-    if let Some(v) = &a.variant {
-        if Variant::from_name(v).is_none() {
-            bail!("--variant `{v}`: unknown (see `pvlock list variants`)");
-        }
-    }
     // Checked here, naming the flag: a NaN or out-of-range budget would
     // otherwise reach the run config as a bogus `duration_ms`.
     if !(a.budget_s.is_finite() && (0.1..=3600.0).contains(&a.budget_s)) {
@@ -412,18 +386,18 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     let json = a.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
     let stop = stop_on_signals("finished seeds are kept");
     let mut results = Vec::new();
-    let jobs: Vec<(pvlock::repro::Repro, String)> = if a.all {
-        let pv: Vec<&str> = Variant::ALL.iter().filter(|v| v.is_pv()).map(|v| v.name()).collect();
-        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, v.to_string()))).collect()
+    let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
+        let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv()).collect();
+        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, *v))).collect()
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };
         let r = find(name)?;
-        let v = a.variant.clone().unwrap_or_else(|| r.default_variant.to_string());
+        let v = a.variant.unwrap_or(r.default_variant);
         vec![(r, v)]
     };
     for (r, v) in &jobs {
         eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
-        let res = run_repro(r, v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, |o| {
+        let res = run_repro(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, |o| {
             eprintln!(
                 "  seed {}: {}{}",
                 o.seed,
@@ -488,7 +462,7 @@ fn list(what: &str) -> Result<()> {
                 println!("{:<20}{}", w.name(), users);
             }
         }
-        "workloads" => println!("{}", pvlock::config::WORKLOADS),
+        "workloads" => println!("{}", pvlock::config::workload_names()),
         other => bail!("unknown list `{other}` (variants, windows, workloads, repros)"),
     }
     Ok(())
