@@ -108,14 +108,16 @@ impl Destination {
                 check_dir_writable(flag, path, real.parent().unwrap_or(Path::new("/")))?;
                 Ok(Self::Regular(real))
             }
-            Ok(_) => {
-                // Opening without create/truncate: never replaces it. A FIFO
-                // without a reader would block here, so open non-blocking
-                // just to check access (ENXIO = no reader yet: fine).
-                use std::os::unix::fs::OpenOptionsExt;
-                match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(m) => {
+                use std::os::unix::fs::FileTypeExt;
+                if m.file_type().is_fifo() {
+                    // Not opened here: opening and closing a FIFO would hand
+                    // its reader an end of file before the document.
+                    return Ok(Self::Special(path.to_path_buf()));
+                }
+                // Opening without create/truncate: never replaces it.
+                match std::fs::OpenOptions::new().write(true).open(path) {
                     Ok(_) => Ok(Self::Special(path.to_path_buf())),
-                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Self::Special(path.to_path_buf())),
                     Err(e) => bail!("{flag} {}: cannot open for writing: {e}", path.display()),
                 }
             }
