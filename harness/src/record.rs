@@ -49,8 +49,14 @@ pub struct HashStats {
     pub inserts: u64,
     pub removes: u64,
     pub max_probe: u64,
-    /// Probes beyond the first slot per insert (pv_hash_hops / inserts).
+    /// Slots probed per insert, the first one included (pv_hash_hops /
+    /// inserts: 1.0 without collisions).
     pub hops_per_insert: f64,
+    /// pv_hash_hops / pv_kick_unlock: what the kernel's debugfs
+    /// `pv_hash_hops` file shows (it divides the hops by the unlock kicks,
+    /// not by the inserts). 0 without kicks.
+    #[serde(default)]
+    pub hops_per_kick_unlock: f64,
     pub double_hash: u64,
     /// Occupancy over the run: [entries in use, samples], sampled by the VMM
     /// every ~20 ms.
@@ -85,6 +91,14 @@ pub struct Params {
     pub pv: bool,
     pub spin_threshold: u32,
     pub hash_bits: u32,
+    /// `model-only` when the variant's era had no PV lock statistics in
+    /// the kernel (v4.2, v4.3): its lock events are the testbed's own.
+    #[serde(default)]
+    pub counters: String,
+    /// Whether `pv_wait_early()` could fire in this run (false below a
+    /// spin threshold of 256, and for variants without it).
+    #[serde(default)]
+    pub wait_early: bool,
 }
 
 /// Guest-measured mechanism costs (timing workloads).
