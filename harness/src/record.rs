@@ -3,6 +3,8 @@
 
 use crate::config::RunConfig;
 use crate::stats::Percentiles;
+use pvlock_abi::Variant;
+use pvlock_vmm::{GuestFailure, HoldOutcome, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -78,27 +80,63 @@ pub struct Diagnosis {
     /// (no interrupts) cannot show directly.
     pub real_guest_severity: Option<String>,
     /// Directed holds and what released each (`condition`, `timeout`, `stop`).
-    pub holds: Vec<serde_json::Value>,
+    pub holds: Vec<HoldOutcome>,
     /// Random / holder stall requests skipped (vCPU blocked or already stalled).
     pub stalls_skipped: u64,
 }
 
 /// Lock parameters as run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
-    pub variant: String,
+    pub variant: Variant,
     pub mutant: bool,
     pub pv: bool,
     pub spin_threshold: u32,
     pub hash_bits: u32,
-    /// `model-only` when the variant's era had no PV lock statistics in
-    /// the kernel (v4.2, v4.3): its lock events are the testbed's own.
+    /// Whether the kernel of the variant's era had these lock-event
+    /// counters (`model-only` for v4.2, v4.3).
     #[serde(default)]
-    pub counters: String,
+    pub counters: CounterOrigin,
     /// Whether `pv_wait_early()` could fire in this run (false below a
     /// spin threshold of 256, and for variants without it).
     #[serde(default)]
     pub wait_early: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            variant: Variant::PvUpstream,
+            mutant: false,
+            pv: true,
+            spin_threshold: 1 << 15,
+            hash_bits: 0,
+            counters: CounterOrigin::Kernel,
+            wait_early: true,
+        }
+    }
+}
+
+/// Where a run's lock-event counters come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CounterOrigin {
+    /// The kernel of the variant's era counted the same events
+    /// (`qspinlock_stat.h` / `lock_events.h`, v4.5 on).
+    #[default]
+    Kernel,
+    /// No PV lock statistics in that kernel: the testbed's own counts.
+    ModelOnly,
+}
+
+impl CounterOrigin {
+    pub fn of(v: Variant) -> Self {
+        if pvlock_guest_lib::variants::counters_model_only(v) {
+            Self::ModelOnly
+        } else {
+            Self::Kernel
+        }
+    }
 }
 
 /// Guest-measured mechanism costs (timing workloads).
@@ -127,11 +165,11 @@ pub struct Record {
     /// The values of the matrix keys that vary, e.g. `lock.variant=pv-v4.8,vcpus=4`.
     pub run_key: String,
     /// `ok` | `failed` | `hang` | `aborted` | `guest-crash`.
-    pub status: String,
+    pub status: RunStatus,
     /// One line: why the status is what it is.
     pub summary: String,
     /// Structured failure (kind, vCPU, RIP, message...), if any.
-    pub failure: Option<serde_json::Value>,
+    pub failure: Option<GuestFailure>,
     pub started_at: String,
     pub pvlock_version: String,
     pub vcpus: u32,
