@@ -48,6 +48,8 @@ pub struct Shared {
     pub preempt: crate::preempt::PreemptState,
     /// Delayed kick delivery (`kick_delay_us` > 0): (deliver at, target).
     pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
+    /// How the guest's locks are laid out (decoding guest memory).
+    pub layout: pvlock_abi::lockword::LockLayout,
     /// Missed wakeups rescued (`--rescue`), with their reports.
     pub rescued: Mutex<Vec<crate::watchdog::HangReport>>,
     /// PV hash entries in use -> supervisor samples that saw that many.
@@ -85,18 +87,18 @@ impl Shared {
     /// block) is running: node state `vcpu_running` (0) and not blocked in
     /// a wait. False when anything is missing or out of range.
     pub fn successor_running(&self, cpu: u32) -> bool {
-        use pvlock_abi::boot::node_layout;
+        let n = self.layout.node;
         let node = self.ram.read_u64(Self::block_gpa(cpu) + offset_of!(VcpuBlock, cur_node) as u64).unwrap_or(0);
         if node == 0 {
             return false;
         }
-        let next = self.ram.read_u64(node + node_layout::NEXT).unwrap_or(0);
+        let next = self.ram.read_u64(node + n.next).unwrap_or(0);
         if next == 0 {
             return false;
         }
-        let state = self.ram.read_u8(next + node_layout::STATE).unwrap_or(u8::MAX);
-        let next_cpu = self.ram.read_u32(next + node_layout::CPU).unwrap_or(u32::MAX);
-        state == 0
+        let state = self.ram.read_u8(next + n.state).unwrap_or(u8::MAX);
+        let next_cpu = self.ram.read_u32(next + n.cpu).unwrap_or(u32::MAX);
+        state == n.state_running
             && (next_cpu as usize) < self.channels.len()
             && self.channels[next_cpu as usize].blocked_since_us.load(Ordering::Acquire) == 0
     }
