@@ -156,8 +156,15 @@ pub fn render_dir(dir: &Path, env: &EnvInfo) -> Result<()> {
 pub fn render_dir_with(dir: &Path, env: &EnvInfo) -> Result<Rendered> {
     let loaded = load::load_jsonl(&dir.join(RUNS_FILE))?;
     let env = EnvInfo::load(dir)?.unwrap_or_else(|| env.clone());
-    let partial = dir.join(PARTIAL_FILE).exists();
-    let r = render_loaded(&loaded, &env, partial);
+    let marker = dir.join(PARTIAL_FILE);
+    let partial = marker.exists();
+    let mut r = render_loaded(&loaded, &env, partial);
+    // A marker that says more than "not finished" (a partial merge names
+    // its missing runs) is shown as it is.
+    let note = if partial { std::fs::read_to_string(&marker).unwrap_or_default() } else { String::new() };
+    if !note.trim().is_empty() && !note.starts_with("the matrix has not finished") {
+        r.markdown = markdown::with_partial_note(&r.markdown, &note);
+    }
     write_atomic(&dir.join("report.md"), r.markdown.as_bytes())?;
     write_atomic(&dir.join("summary.csv"), r.csv.as_bytes())?;
     for (name, svg) in &r.plots {
