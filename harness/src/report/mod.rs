@@ -170,6 +170,11 @@ pub fn render_dir_with(dir: &Path, env: &EnvInfo) -> Result<Rendered> {
     for (name, svg) in &r.plots {
         write_atomic(&dir.join("plots").join(name), svg.as_bytes())?;
     }
+    // A plot this render left out (outcomes, when all is ok) must not
+    // survive from an earlier render of the same directory.
+    for f in plots::FILES.iter().filter(|f| !r.plots.iter().any(|(n, _)| n == *f)) {
+        let _ = std::fs::remove_file(dir.join("plots").join(f));
+    }
     Ok(r)
 }
 
