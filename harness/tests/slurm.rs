@@ -77,6 +77,51 @@ fn job_id(stdout: &str, prefix: &str) -> String {
     line[prefix.len()..].split_whitespace().next().unwrap().to_string()
 }
 
+/// `pvlock slurm CFG --submit` into `sub`, then waits (polling squeue,
+/// with a deadline) until none of its three jobs is left; returns their ids
+/// (array, afterok merge, afterany merge).
+fn submit_and_wait(cluster: &Cluster, cfg: &Path, sub: &Path, extra: &[&str]) -> [String; 3] {
+    let out = pvlock()
+        .env("SLURM_CONF", &cluster.conf)
+        .arg("slurm")
+        .arg(cfg)
+        .args(["--shards", "2", "--time", "5", "--submit", "--out"])
+        .arg(sub)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "pvlock slurm --submit: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let jobs =
+        [job_id(&stdout, "shards: job array "), job_id(&stdout, "merge: job "), job_id(&stdout, "partial merge: job ")];
+    // Poll (sbatch --wait backs off to 32 s) until no job of ours is left.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let q = cluster.cmd("squeue").args(["-h", "-o", "%i %T %r", "-j", &jobs.join(",")]).output().unwrap();
+        let left = String::from_utf8_lossy(&q.stdout).into_owned();
+        if q.status.success() && left.trim().is_empty() {
+            return jobs;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = std::fs::read_dir(sub.join("logs"))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| {
+                            format!(
+                                "{}:\n{}",
+                                e.path().display(),
+                                std::fs::read_to_string(e.path()).unwrap_or_default()
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            panic!("jobs still queued after 120 s:\n{left}{}\n{}", String::from_utf8_lossy(&q.stderr), logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn slurm_shards_merge_to_the_unsharded_matrix() {
     let have_slurm = ["slurmctld", "slurmd", "sbatch", "munged"].iter().all(|c| {
@@ -110,45 +155,7 @@ fn slurm_shards_merge_to_the_unsharded_matrix() {
     )
     .unwrap();
     let sub = d.path().join("sub");
-    let out = pvlock()
-        .env("SLURM_CONF", &cluster.conf)
-        .arg("slurm")
-        .arg(&cfg)
-        .args(["--shards", "2", "--time", "5", "--submit", "--out"])
-        .arg(&sub)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "pvlock slurm --submit: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let jobs =
-        [job_id(&stdout, "shards: job array "), job_id(&stdout, "merge: job "), job_id(&stdout, "partial merge: job ")];
-
-    // Poll (sbatch --wait backs off to 32 s) until no job of ours is left.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let q = cluster.cmd("squeue").args(["-h", "-o", "%i %T %r", "-j", &jobs.join(",")]).output().unwrap();
-        let left = String::from_utf8_lossy(&q.stdout).into_owned();
-        if q.status.success() && left.trim().is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = std::fs::read_dir(sub.join("logs"))
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .map(|e| {
-                            format!(
-                                "{}:\n{}",
-                                e.path().display(),
-                                std::fs::read_to_string(e.path()).unwrap_or_default()
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            panic!("jobs still queued after 120 s:\n{left}{}\n{}", String::from_utf8_lossy(&q.stderr), logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let jobs = submit_and_wait(&cluster, &cfg, &sub, &[]);
     let merged = sub.join("merged");
     let log = |name: &str| std::fs::read_to_string(sub.join("logs").join(name)).unwrap_or_default();
     assert!(
@@ -184,4 +191,32 @@ fn slurm_shards_merge_to_the_unsharded_matrix() {
     assert_eq!(want.len(), 6);
     // Merged in matrix order: the same keys and seeds, in the same order.
     assert_eq!(run_ids(&merged), want);
+
+    // A shard that fails: run 1 (shard 2 of 2) pins to 2 host CPUs, the
+    // allocation gives 1. The afterok merge is cancelled; the afterany
+    // one writes a partial merge that names run 1 as missing.
+    let cfg2 = d.path().join("fail.toml");
+    std::fs::write(
+        &cfg2,
+        "name = \"halfway\"\nworkload = \"smoke\"\nvcpus = 2\nhost_cpus = [1, 2]\niterations = 2000\ntimeout_ms = 20000\n",
+    )
+    .unwrap();
+    let sub2 = d.path().join("sub2");
+    let jobs = submit_and_wait(&cluster, &cfg2, &sub2, &["--cpus-per-task", "1"]);
+    let log2 = |name: &str| std::fs::read_to_string(sub2.join("logs").join(name)).unwrap_or_default();
+    let failed = log2(&format!("shard-2-of-2-job-{}.out", jobs[0]));
+    assert!(failed.contains("host_cpus = 2") && failed.contains("gives 1 CPU"), "shard 2 log: {failed}");
+    assert!(!sub2.join("logs").join(format!("merge-job-{}.out", jobs[1])).exists(), "the afterok merge ran");
+    let merged = sub2.join("merged");
+    let partial = std::fs::read_to_string(merged.join("partial")).unwrap_or_else(|e| {
+        panic!("no partial merge ({e}); afterany log: {}", log2(&format!("merge-job-{}.out", jobs[2])))
+    });
+    assert!(
+        partial.contains("merged 1 of 2 runs")
+            && partial.contains("#1 [host_cpus=2]")
+            && partial.contains("(shard 2/2)"),
+        "{partial}"
+    );
+    let report = std::fs::read_to_string(merged.join("report.md")).unwrap();
+    assert!(report.contains("PARTIAL") && report.contains("#1 [host_cpus=2]"), "{report}");
 }
