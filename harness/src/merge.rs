@@ -136,9 +136,9 @@ fn dir_label(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
 }
 
-fn read_inputs(roots: &[PathBuf]) -> Result<Vec<Input>> {
+fn read_inputs(roots: &[PathBuf], expected: Option<&Expected>) -> Result<Vec<Input>> {
     let dirs = find_shard_dirs(roots)?;
-    if dirs.is_empty() {
+    if dirs.is_empty() && expected.is_none() {
         bail!(
             "no shard result directories (with {}) in {}",
             crate::shard::MANIFEST_FILE,
@@ -193,19 +193,55 @@ fn shared_experiment(inputs: &[Input], hash: &str) -> Result<Experiment> {
 }
 
 /// Merges what `inputs` hold into a summary and the records in matrix order.
-fn combine(inputs: &[Input]) -> Result<(MergeSummary, Vec<Record>)> {
-    let hash = same(inputs, "config hash", |i| i.manifest.config_hash.clone())?;
-    let version = same(inputs, "pvlock version", |i| {
-        let mut v: Vec<&str> = i.records.iter().map(|r| r.pvlock_version.as_str()).collect();
-        v.push(&i.manifest.pvlock_version);
-        v.sort_unstable();
-        v.dedup();
-        v.join(" + ")
-    })?;
-    let count = same(inputs, "shard count", |i| i.manifest.shard.count.to_string())?;
-    let count: u32 = count.parse().expect("a shard count");
-    let exp = shared_experiment(inputs, &hash)?;
-    let planned: Vec<PlannedRun> = plan(&exp, inputs[0].manifest.quick).into_iter().map(|(p, _)| p).collect();
+fn combine(inputs: &[Input], expected: Option<&Expected>) -> Result<(MergeSummary, Vec<Record>)> {
+    let version = if inputs.is_empty() {
+        crate::version().to_string()
+    } else {
+        same(inputs, "pvlock version", |i| {
+            let mut v: Vec<&str> = i.records.iter().map(|r| r.pvlock_version.as_str()).collect();
+            v.push(&i.manifest.pvlock_version);
+            v.sort_unstable();
+            v.dedup();
+            v.join(" + ")
+        })?
+    };
+    let (hash, count, quick, exp) = match expected {
+        Some(e) => {
+            let text = std::fs::read_to_string(&e.config)
+                .with_context(|| format!("cannot read config {}", e.config.display()))?;
+            let hash = config_hash(&text, e.quick);
+            let name = e.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let exp = Experiment::parse(&text, &e.config.display().to_string(), &name)?;
+            for i in inputs {
+                if i.manifest.config_hash != hash || i.manifest.shard.count != e.shards || i.manifest.quick != e.quick {
+                    bail!(
+                        "{} is shard {} of config {}{}, not of {} cut into {} (config {}{})",
+                        i.dir.display(),
+                        i.manifest.shard,
+                        crate::shard::short_hash(&i.manifest.config_hash),
+                        if i.manifest.quick { ", --quick" } else { "" },
+                        e.config.display(),
+                        e.shards,
+                        crate::shard::short_hash(&hash),
+                        if e.quick { ", --quick" } else { "" }
+                    );
+                }
+            }
+            // The shards' own copies must still be that config.
+            if !inputs.is_empty() {
+                shared_experiment(inputs, &hash)?;
+            }
+            (hash, e.shards, e.quick, exp)
+        }
+        None => {
+            let hash = same(inputs, "config hash", |i| i.manifest.config_hash.clone())?;
+            let count = same(inputs, "shard count", |i| i.manifest.shard.count.to_string())?;
+            let count: u32 = count.parse().expect("a shard count");
+            let exp = shared_experiment(inputs, &hash)?;
+            (hash, count, inputs[0].manifest.quick, exp)
+        }
+    };
+    let planned: Vec<PlannedRun> = plan(&exp, quick).into_iter().map(|(p, _)| p).collect();
 
     // (run key, seed) -> planned indices (a config could repeat a point).
     let mut by_id: HashMap<(&str, u64), Vec<usize>> = HashMap::new();
@@ -309,6 +345,16 @@ fn merged_env(envs: &[(String, EnvInfo)]) -> EnvInfo {
     }
 }
 
+/// The matrix a merge expects, when known without any shard (the merge
+/// jobs of `pvlock slurm` pass it, so that a merge after every shard failed
+/// still names every run as missing).
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub config: PathBuf,
+    pub shards: u32,
+    pub quick: bool,
+}
+
 /// Options of `pvlock merge`.
 pub struct MergeOptions {
     /// The merged result directory (created; must not hold a merge yet).
@@ -318,6 +364,8 @@ pub struct MergeOptions {
     /// Write nothing when every run is in and every shard finished (the
     /// `afterany` job of `pvlock slurm`, beside the `afterok` one).
     pub only_if_incomplete: bool,
+    /// The config and shard count the shards must be of.
+    pub expected: Option<Expected>,
 }
 
 /// What a merge did.
@@ -331,8 +379,8 @@ pub struct MergeOutcome {
 /// env/HOST.json, merge.json}` (and `partial` when partial) and renders the
 /// report there.
 pub fn merge(opts: &MergeOptions) -> Result<MergeOutcome> {
-    let inputs = read_inputs(&opts.inputs)?;
-    let (summary, records) = combine(&inputs)?;
+    let inputs = read_inputs(&opts.inputs, opts.expected.as_ref())?;
+    let (summary, records) = combine(&inputs, opts.expected.as_ref())?;
     if opts.only_if_incomplete && !summary.partial {
         return Ok(MergeOutcome { summary, written: false });
     }
@@ -348,7 +396,11 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutcome> {
         body.push('\n');
     }
     write_atomic(&opts.out.join(RUNS_FILE), body.as_bytes())?;
-    let config = std::fs::read(inputs[0].dir.join("config.toml"))?;
+    let config = match (&opts.expected, inputs.first()) {
+        (Some(e), _) => std::fs::read(&e.config)?,
+        (None, Some(i)) => std::fs::read(i.dir.join("config.toml"))?,
+        (None, None) => bail!("no shard directories and no --config: nothing to merge"),
+    };
     write_atomic(&opts.out.join("config.toml"), &config)?;
     let mut envs: Vec<(String, EnvInfo)> = Vec::new();
     for i in &inputs {
@@ -379,7 +431,7 @@ pub fn merge(opts: &MergeOptions) -> Result<MergeOutcome> {
 /// `pvlock status DIR...`: per config found, runs in of runs planned, and
 /// per shard (absent shards too).
 pub fn status(roots: &[PathBuf]) -> Result<(String, bool)> {
-    let inputs = read_inputs(roots)?;
+    let inputs = read_inputs(roots, None)?;
     let mut out = String::new();
     let mut all_done = true;
     let mut by_hash: BTreeMap<&str, Vec<&Input>> = BTreeMap::new();

@@ -16,6 +16,16 @@ pub struct MergeArgs {
     /// `afterany` merge job beside the `afterok` one).
     #[arg(long)]
     pub only_if_incomplete: bool,
+    /// The config the shards must be of (with --shards): runs of shards
+    /// that left no directory at all are then named missing too.
+    #[arg(long, requires = "shards")]
+    pub config: Option<PathBuf>,
+    /// The shard count the shards must be of (with --config).
+    #[arg(long, requires = "config")]
+    pub shards: Option<u32>,
+    /// With --config: the shards ran with `--quick`.
+    #[arg(long, requires = "config")]
+    pub quick: bool,
     /// Shard result directories, or directories above them (searched three
     /// levels down for shard.json).
     #[arg(required = true)]
@@ -65,8 +75,16 @@ pub struct StatusArgs {
 
 /// `pvlock merge`: 0 when complete, 1 when partial (written or not).
 pub fn merge(a: MergeArgs) -> Result<i32> {
-    let o =
-        do_merge(&MergeOptions { out: a.out.clone(), inputs: a.shard_dirs, only_if_incomplete: a.only_if_incomplete })?;
+    let expected = match (a.config, a.shards) {
+        (Some(config), Some(shards)) => Some(crate::merge::Expected { config, shards, quick: a.quick }),
+        _ => None,
+    };
+    let o = do_merge(&MergeOptions {
+        out: a.out.clone(),
+        inputs: a.shard_dirs,
+        only_if_incomplete: a.only_if_incomplete,
+        expected,
+    })?;
     print!("{}", o.summary.render());
     if !o.written {
         println!(
@@ -81,11 +99,6 @@ pub fn merge(a: MergeArgs) -> Result<i32> {
 
 /// `pvlock slurm`.
 pub fn slurm(a: SlurmArgs) -> Result<i32> {
-    let exp_name = a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "matrix".into());
-    let out = a.out.unwrap_or_else(|| {
-        let stamp = crate::record::now_utc().replace(['-', ':'], "");
-        PathBuf::from("results").join(&exp_name).join(format!("slurm-{stamp}"))
-    });
     let pvlock = match a.pvlock {
         Some(p) => p,
         None => std::env::current_exe().context("cannot find this executable (give --pvlock)")?,
@@ -96,7 +109,7 @@ pub fn slurm(a: SlurmArgs) -> Result<i32> {
         partition: a.partition,
         time: a.time,
         cpus_per_task: a.cpus_per_task,
-        out,
+        out: a.out,
         quick: a.quick,
         pvlock,
     })?;

@@ -3,7 +3,7 @@
 //! scripts that call `pvlock compare --shard` and `pvlock merge`, and with
 //! `--submit` hands them to `sbatch`.
 //!
-//! Layout of `--out DIR`: `config.toml` (the copy every shard reads, so the
+//! Layout of `--out DIR`: `<name>.toml` (the copy every shard reads, so the
 //! hash cannot change under a running array), `shards.sbatch`,
 //! `merge.sbatch`, `submit.sh` (the sbatch calls), `logs/`, `shards/`
 //! (the shards' result directories) and `merged/` (the merge).
@@ -72,7 +72,8 @@ pub struct SlurmOptions {
     pub time: Option<String>,
     /// CPUs per shard; default: the matrix's largest `host_cpus` (at least 1).
     pub cpus_per_task: Option<u32>,
-    pub out: PathBuf,
+    /// Default: `results/<experiment name>/slurm-<UTC time>`.
+    pub out: Option<PathBuf>,
     pub quick: bool,
     /// The pvlock the jobs run (default: this executable).
     pub pvlock: PathBuf,
@@ -146,16 +147,30 @@ pub fn prepare(opts: &SlurmOptions) -> Result<Prepared> {
              will stop with an error naming both numbers"
         ));
     }
-    let dir = absolute(&opts.out)?;
+    let out = opts.out.clone().unwrap_or_else(|| {
+        let stamp = crate::record::now_utc().replace(['-', ':'], "");
+        PathBuf::from("results").join(&exp.name).join(format!("slurm-{stamp}"))
+    });
+    let dir = absolute(&out)?;
+    // `#SBATCH --output=` takes the rest of its line unquoted.
+    if dir.to_string_lossy().chars().any(char::is_whitespace) {
+        bail!("--out {}: Slurm's #SBATCH lines cannot hold a path with white space", dir.display());
+    }
     if dir.join("shards.sbatch").exists() {
         bail!("{} already holds a Slurm submission: choose another --out", dir.display());
     }
     let pvlock = absolute(&opts.pvlock)?;
+    // Named after the experiment, so that a config without `name` gets the
+    // same name (its file stem) in every shard and in the merge.
+    if exp.name.is_empty() || exp.name.starts_with('.') || exp.name.contains(['/', '\0']) {
+        bail!("the experiment's name `{}` cannot name a file: set `name` in the config", exp.name);
+    }
+    let config_copy = dir.join(format!("{}.toml", exp.name));
     let hash = config_hash(&exp.source, opts.quick);
     for sub in ["logs", "shards"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    write_atomic(&dir.join("config.toml"), exp.source.as_bytes())?;
+    write_atomic(&config_copy, exp.source.as_bytes())?;
     let n = opts.shards;
     let mut common = String::new();
     if let Some(p) = &opts.partition {
@@ -180,7 +195,7 @@ pub fn prepare(opts: &SlurmOptions) -> Result<Prepared> {
         time = opts.time.as_ref().map(|t| format!("#SBATCH --time={t}\n")).unwrap_or_default(),
         logs = dir.join("logs").display(),
         pvlock = sh_path(&pvlock),
-        config = sh_path(&dir.join("config.toml")),
+        config = sh_path(&config_copy),
         shards_dir = sh_path(&dir.join("shards")),
     );
     let merge = format!(
@@ -190,11 +205,12 @@ pub fn prepare(opts: &SlurmOptions) -> Result<Prepared> {
          # afterany with --only-if-incomplete (a partial merge of the shards\n\
          # that finished, written only if some did not).\n\
          set -euo pipefail\n\
-         exec {pvlock} merge --out {merged} \"$@\" {shards_dir}\n",
+         exec {pvlock} merge --out {merged} --config {config} --shards {n}{quick} \"$@\" {shards_dir}\n",
         name = exp.name,
         logs = dir.join("logs").display(),
         pvlock = sh_path(&pvlock),
         merged = sh_path(&dir.join("merged")),
+        config = sh_path(&config_copy),
         shards_dir = sh_path(&dir.join("shards")),
     );
     let submit = format!(
@@ -258,7 +274,7 @@ mod tests {
             partition: Some("debug".into()),
             time: Some("10:00".into()),
             cpus_per_task: None,
-            out: dir.join("s"),
+            out: Some(dir.join("s")),
             quick: false,
             pvlock: "/opt/pvlock/bin/pvlock".into(),
         }
@@ -285,9 +301,11 @@ mod tests {
         assert!(sub.contains("--dependency=afterok:$array --kill-on-invalid-dep=yes merge.sbatch"));
         assert!(sub.contains("--dependency=afterany:$array merge.sbatch --only-if-incomplete"));
         assert_eq!(
-            std::fs::read_to_string(p.dir.join("config.toml")).unwrap(),
+            std::fs::read_to_string(p.dir.join("m.toml")).unwrap(),
             std::fs::read_to_string(d.path().join("m.toml")).unwrap()
         );
+        let m = std::fs::read_to_string(p.dir.join("merge.sbatch")).unwrap();
+        assert!(m.contains("merge --out") && m.contains("/s/m.toml' --shards 3 "), "{m}");
         // A second submission into the same directory is refused.
         assert!(prepare(&opts(d.path(), 3)).unwrap_err().to_string().contains("already holds"));
     }

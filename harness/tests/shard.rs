@@ -126,3 +126,25 @@ fn bad_shard_arguments_are_clear_errors() {
     let o = pvlock(&["merge", "--out"], &[&d.path().join("m"), d.path()]);
     assert!(text(&o).contains("no shard result directories"), "{}", text(&o));
 }
+
+#[test]
+fn a_merge_of_no_shard_with_the_config_names_every_run_missing() {
+    // What the afterany merge job does when every shard failed before
+    // writing anything: the config and shard count come from the job.
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("sh.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let empty = d.path().join("shards");
+    std::fs::create_dir(&empty).unwrap();
+    let out = d.path().join("m");
+    let o = pvlock(&["merge", "--shards", "2", "--config"], &[&cfg, Path::new("--out"), &out, &empty]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("merged 0 of 4 runs") && t.contains("shard 1/2: no result directory"), "{t}");
+    assert_eq!(t.matches("] seed=").count(), 4, "{t}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("PARTIAL") && report.contains("[lock.variant=ticket] seed="), "{report}");
+    // --shards without --config is refused by the parser.
+    let o = pvlock(&["merge", "--shards", "2", "--out"], &[&d.path().join("x"), &empty]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
