@@ -16,6 +16,7 @@ use crate::record::Record;
 use crate::report::{EnvInfo, ENV_FILE, PARTIAL_FILE, RUNS_FILE};
 use crate::shard::{config_hash, find_shard_dirs, plan, PlannedRun, Shard, ShardManifest};
 use anyhow::{bail, Context, Result};
+use pvlock_vmm::RunStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -263,7 +264,7 @@ fn combine(inputs: &[Input], expected: Option<&Expected>) -> Result<(MergeSummar
                 None => slots[slot] = Some((r.clone(), vec![label.clone()])),
                 Some((kept, dirs)) => {
                     dirs.push(label.clone());
-                    if kept.status == "aborted" && r.status != "aborted" {
+                    if kept.status == RunStatus::Aborted && r.status != RunStatus::Aborted {
                         *kept = r.clone();
                     }
                 }
