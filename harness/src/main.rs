@@ -53,6 +53,14 @@ enum Cmd {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
+    /// Merge the shards of one matrix (`compare --shard`) into one result
+    /// directory and render its report; partial if runs are missing.
+    Merge(pvlock::scale_cli::MergeArgs),
+    /// Write (and with --submit, submit) a Slurm job array of shards plus
+    /// the jobs that merge them.
+    Slurm(pvlock::scale_cli::SlurmArgs),
+    /// How many runs of how many are in, per shard.
+    Status(pvlock::scale_cli::StatusArgs),
     /// Compare two result directories group by group (Welch's t-test at 95%).
     Diff {
         /// Baseline result directory.
@@ -99,6 +107,11 @@ struct CompareArgs {
     /// Runs at once (1..=16). Concurrent VMs share the host CPUs: keep 1 for numbers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     jobs: u16,
+    /// Run only shard K of N (1-based) of the matrix: runs i with
+    /// i mod N = K - 1, with the unsharded run's seeds; `pvlock merge`
+    /// puts the shards back together.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<pvlock::shard::Shard>,
 }
 
 #[derive(clap::Args)]
@@ -163,9 +176,20 @@ fn run() -> Result<i32> {
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
             warn_config(&exp);
-            exp.check_host(pvlock_vmm::host_cpus_available())?;
-            compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true })
+            // A shard checks only its own runs against the CPUs it may use
+            // (compare does, naming the Slurm allocation): the matrix's
+            // largest host_cpus may be another shard's.
+            if a.shard.is_none() {
+                exp.check_host(pvlock_vmm::host_cpus_available())?;
+            }
+            compare_and_print(
+                &exp,
+                &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true, shard: a.shard },
+            )
         }
+        Some(Cmd::Merge(a)) => pvlock::scale_cli::merge(a),
+        Some(Cmd::Slurm(a)) => pvlock::scale_cli::slurm(a),
+        Some(Cmd::Status(a)) => pvlock::scale_cli::status(a),
         Some(Cmd::Report { dir, out }) => {
             print!("{}", pvlock::report::report_command(&dir, out.as_deref())?);
             Ok(0)
@@ -189,7 +213,10 @@ fn default_job() -> Result<i32> {
     let exp =
         Experiment::parse(include_str!("../../configs/default.toml"), "configs/default.toml (embedded)", "default")?;
     println!("pvlock: the default experiment: {} runs of configs/default.toml (about two minutes)", exp.runs.len());
-    compare_and_print(&exp, &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true })
+    compare_and_print(
+        &exp,
+        &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true, shard: None },
+    )
 }
 
 fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
