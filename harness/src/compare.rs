@@ -24,6 +24,8 @@ pub struct CompareOptions {
     pub jobs: usize,
     /// Show a progress bar (off in tests).
     pub progress: bool,
+    /// Run only this shard of the matrix (see [`crate::shard`]).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// Where the results went and how the matrix ended.
@@ -51,9 +53,10 @@ fn stamp() -> String {
     crate::record::now_utc().replace(['-', ':'], "")
 }
 
-pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopHandle) -> Result<CompareOutcome> {
+/// The runs `compare` makes of `exp`, in matrix order (`--quick` applied).
+pub fn planned_runs(exp: &Experiment, quick_look: bool) -> Vec<RunConfig> {
     let mut runs: Vec<RunConfig> = exp.runs.clone();
-    if opts.quick {
+    if quick_look {
         // Repeats were expanded already: keep at most two per matrix point.
         let mut seen = std::collections::HashMap::new();
         runs.retain(|rc| {
@@ -65,17 +68,38 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
         });
         runs.iter_mut().for_each(quick);
     }
+    runs
+}
+
+pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopHandle) -> Result<CompareOutcome> {
+    let mut runs = planned_runs(exp, opts.quick);
+    let manifest = opts.shard.map(|s| crate::shard::ShardManifest::new(exp, opts.quick, s));
+    if let Some(s) = opts.shard {
+        runs = runs.into_iter().enumerate().filter(|(i, _)| s.owns(*i)).map(|(_, rc)| rc).collect();
+    }
+    // Before anything is written: a run pinned to more CPUs than this
+    // process may use (a Slurm allocation, taskset) would fail anyway.
+    crate::slurm::check_host_cpus(&runs)?;
     // The name becomes a directory under --out: one path component only,
     // so that no config can write outside --out.
     check_path_component("experiment name", &exp.name)?;
     let parent = opts.out.join(&exp.name);
+    let stem = match &manifest {
+        Some(m) => crate::shard::dir_name(&stamp(), m.shard, &m.config_hash),
+        None => stamp(),
+    };
     // A fresh directory per invocation, even for two in the same second.
-    let (dir, name) = create_unique_dir(&parent, &stamp())?;
+    let (dir, name) = create_unique_dir(&parent, &stem)?;
     write_atomic(&dir.join("partial"), b"the matrix has not finished\n")?;
     let env = EnvInfo::collect();
     write_atomic(&dir.join("env.json"), &serde_json::to_vec_pretty(&env)?)?;
     write_atomic(&dir.join("config.toml"), exp.source.as_bytes())?;
-    set_latest(&parent, &name)?;
+    match &manifest {
+        Some(m) => write_atomic(&dir.join(crate::shard::MANIFEST_FILE), &serde_json::to_vec_pretty(m)?)?,
+        // Shards of one matrix start together: `latest` would point at
+        // any one of them, so only a whole matrix sets it.
+        None => set_latest(&parent, &name)?,
+    }
 
     let total = runs.len();
     let bar = if opts.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };

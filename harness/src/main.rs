@@ -53,6 +53,14 @@ enum Cmd {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
+    /// Merge the shards of one matrix (`compare --shard`) into one result
+    /// directory and render its report; partial if runs are missing.
+    Merge(pvlock::scale_cli::MergeArgs),
+    /// Write (and with --submit, submit) a Slurm job array of shards plus
+    /// the jobs that merge them.
+    Slurm(pvlock::scale_cli::SlurmArgs),
+    /// How many runs of how many are in, per shard.
+    Status(pvlock::scale_cli::StatusArgs),
     /// Compare two result directories group by group (Welch's t-test at 95%).
     Diff {
         /// Baseline result directory.
@@ -99,6 +107,11 @@ struct CompareArgs {
     /// Runs at once (1..=16). Concurrent VMs share the host CPUs: keep 1 for numbers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     jobs: u16,
+    /// Run only shard K of N (1-based) of the matrix: runs i with
+    /// i mod N = K - 1, with the unsharded run's seeds; `pvlock merge`
+    /// puts the shards back together.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<pvlock::shard::Shard>,
 }
 
 #[derive(clap::Args)]
@@ -162,9 +175,21 @@ fn run() -> Result<i32> {
         Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
-            exp.check_host(pvlock_vmm::host_cpus_available())?;
-            compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true })
+            warn_config(&exp);
+            // A shard checks only its own runs against the CPUs it may use
+            // (compare does, naming the Slurm allocation): the matrix's
+            // largest host_cpus may be another shard's.
+            if a.shard.is_none() {
+                exp.check_host(pvlock_vmm::host_cpus_available())?;
+            }
+            compare_and_print(
+                &exp,
+                &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true, shard: a.shard },
+            )
         }
+        Some(Cmd::Merge(a)) => pvlock::scale_cli::merge(a),
+        Some(Cmd::Slurm(a)) => pvlock::scale_cli::slurm(a),
+        Some(Cmd::Status(a)) => pvlock::scale_cli::status(a),
         Some(Cmd::Report { dir, out }) => {
             print!("{}", pvlock::report::report_command(&dir, out.as_deref())?);
             Ok(0)
@@ -188,7 +213,10 @@ fn default_job() -> Result<i32> {
     let exp =
         Experiment::parse(include_str!("../../configs/default.toml"), "configs/default.toml (embedded)", "default")?;
     println!("pvlock: the default experiment: {} runs of configs/default.toml (about two minutes)", exp.runs.len());
-    compare_and_print(&exp, &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true })
+    compare_and_print(
+        &exp,
+        &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true, shard: None },
+    )
 }
 
 fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
@@ -254,6 +282,24 @@ fn stop_on_signals(what_happens: &'static str) -> StopHandle {
     stop
 }
 
+/// Settings that are valid but probably not what the user meant, once per
+/// distinct message.
+fn warn_config(exp: &Experiment) {
+    let mut seen = std::collections::BTreeSet::new();
+    for rc in &exp.runs {
+        let v = rc.lock.variant;
+        let t = rc.lock.spin_threshold;
+        if pvlock_guest_lib::variants::wait_early_disabled(v, t) && seen.insert((v, t)) {
+            eprintln!(
+                "pvlock: warning: lock.spin_threshold = {t} with {}: pv_wait_early() never fires below {} \
+                 (it looks at the predecessor only when (loop & 0xff) == 0), so queued waiters never halt early",
+                v.name(),
+                pvlock_guest_lib::variants::WAIT_EARLY_MIN_SPIN_THRESHOLD
+            );
+        }
+    }
+}
+
 fn cmd_run(args: RunArgs) -> Result<i32> {
     let overrides = Overrides {
         vcpus: args.vcpus,
@@ -265,6 +311,7 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
     };
     // Overrides replace config keys before the matrix is expanded.
     let exp = Experiment::load_with(&args.config, &overrides)?;
+    warn_config(&exp);
     for note in &exp.notes {
         println!("pvlock: {note}");
     }
@@ -449,6 +496,16 @@ fn list(what: &str) -> Result<()> {
                 println!("    {}", i.summary);
                 println!("    source: {}; first release: {}", i.source, i.first_release);
                 println!("    stealing: {}; checked: {}", i.stealing, i.verified);
+                if pvlock_guest_lib::variants::has_wait_early(v) {
+                    println!(
+                        "    wait-early: pv_wait_node() looks at the predecessor every 256 spins; \
+                         off when lock.spin_threshold < {}",
+                        pvlock_guest_lib::variants::WAIT_EARLY_MIN_SPIN_THRESHOLD
+                    );
+                }
+                if pvlock_guest_lib::variants::counters_model_only(v) {
+                    println!("    counters: model-only (no PV lock statistics in the kernel before v4.5)");
+                }
             }
         }
         "windows" => {

@@ -163,8 +163,15 @@ pub fn render_dir_with(dir: &Path, env: &EnvInfo) -> Result<Rendered> {
 fn render_from(dir: &Path, env: &EnvInfo) -> Result<(Loaded, Rendered)> {
     let loaded = load::load_jsonl(&dir.join(RUNS_FILE))?;
     let env = EnvInfo::load(dir)?.unwrap_or_else(|| env.clone());
-    let partial = dir.join(PARTIAL_FILE).exists();
-    let r = render_loaded(&loaded, &env, partial);
+    let marker = dir.join(PARTIAL_FILE);
+    let partial = marker.exists();
+    let mut r = render_loaded(&loaded, &env, partial);
+    // A marker that says more than "not finished" (a partial merge names
+    // its missing runs) is shown as it is.
+    let note = if partial { std::fs::read_to_string(&marker).unwrap_or_default() } else { String::new() };
+    if !note.trim().is_empty() && !note.starts_with("the matrix has not finished") {
+        r.markdown = markdown::with_partial_note(&r.markdown, &note);
+    }
     Ok((loaded, r))
 }
 
@@ -175,6 +182,11 @@ fn write_rendered(r: &Rendered, out: &Path) -> Result<()> {
     write_atomic(&out.join("summary.csv"), r.csv.as_bytes())?;
     for (name, svg) in &r.plots {
         write_atomic(&out.join("plots").join(name), svg.as_bytes())?;
+    }
+    // A plot this render left out (outcomes, when all is ok) must not
+    // survive from an earlier render of the same directory.
+    for f in plots::FILES.iter().filter(|f| !r.plots.iter().any(|(n, _)| n == *f)) {
+        let _ = std::fs::remove_file(out.join("plots").join(f));
     }
     Ok(())
 }
