@@ -1,0 +1,246 @@
+//! Property test of the config layer (issue 15): configs generated from the
+//! schema (every key of `RunConfig::default()`, with its type), then
+//! mutated: wrong types, out-of-range and non-finite numbers, huge values,
+//! lists (matrix axes) of junk, removed, unknown and duplicated keys,
+//! tables replaced by values, extra `[[preempt.schedule]]` rules, truncated
+//! text. Every one must parse to runs that all validate, or fail with a
+//! `ConfigError` naming a key and a line of the file; never panic, never
+//! hang (each parse has a 10 s budget). Parsing only (no runs): hundreds of
+//! cases in a few seconds.
+
+use proptest::prelude::*;
+use pvlock::config::{ConfigError, Experiment, RunConfig};
+use std::time::Duration;
+use toml::Value;
+
+/// Every leaf of the schema as (dotted key, default value).
+fn leaves() -> Vec<(String, Value)> {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+        match v {
+            Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &Value::try_from(RunConfig::default()).unwrap(), &mut out);
+    out
+}
+
+fn junk() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Float(f64::NAN)),
+        Just(Value::Float(f64::INFINITY)),
+        Just(Value::Float(f64::NEG_INFINITY)),
+        Just(Value::Float(1e308)),
+        Just(Value::Float(-0.5)),
+        Just(Value::Float(0.5)),
+        Just(Value::Integer(i64::MAX)),
+        Just(Value::Integer(i64::MIN)),
+        Just(Value::Integer(-1)),
+        Just(Value::Integer(0)),
+        Just(Value::Integer(1)),
+        Just(Value::Integer(u32::MAX as i64 + 1)),
+        any::<i64>().prop_map(Value::Integer),
+        any::<bool>().prop_map(Value::Boolean),
+        Just(Value::String(String::new())),
+        Just(Value::String("four".into())),
+        Just(Value::String("x".repeat(5000))),
+        "[a-z-]{1,12}".prop_map(Value::String),
+        Just(Value::Array(vec![])),
+        Just(Value::Array(vec![Value::Array(vec![Value::Integer(1)])])),
+        Just(Value::Table(Default::default())),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Replace leaf `i` with a value.
+    Set(usize, Value),
+    /// Make leaf `i` a matrix axis: its default and a value.
+    Axis(usize, Value),
+    Remove(usize),
+    /// An unknown key in the section of leaf `i`.
+    Unknown(usize, String),
+    /// Replace the whole section of leaf `i` by a value.
+    SectionAsValue(usize, Value),
+    /// Append a `[[preempt.schedule]]` rule with these fields.
+    Rule(Vec<(String, Value)>),
+}
+
+fn mutation(n: usize) -> impl Strategy<Value = Mutation> {
+    let field = prop_oneof![
+        Just("at"),
+        Just("until"),
+        Just("cpu"),
+        Just("timeout_us"),
+        Just("count"),
+        Just("when"),
+        Just("bogus")
+    ];
+    let good = prop_oneof![
+        Just(Value::String("handoff".into())),
+        Just(Value::String("blocked".into())),
+        Just(Value::String("window:unlock-kick".into())),
+        Just(Value::Integer(1)),
+    ];
+    prop_oneof![
+        4 => (0..n, junk()).prop_map(|(i, v)| Mutation::Set(i, v)),
+        2 => (0..n, junk()).prop_map(|(i, v)| Mutation::Axis(i, v)),
+        1 => (0..n).prop_map(Mutation::Remove),
+        1 => (0..n, "[a-z_]{1,10}").prop_map(|(i, k)| Mutation::Unknown(i, k)),
+        1 => (0..n, junk()).prop_map(|(i, v)| Mutation::SectionAsValue(i, v)),
+        1 => proptest::collection::vec((field, prop_oneof![junk(), good]), 0..5)
+            .prop_map(|f| Mutation::Rule(f.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+    ]
+}
+
+fn table_at<'a>(root: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml::Table> {
+    let mut t = root;
+    for p in path {
+        t = t.get_mut(*p)?.as_table_mut()?;
+    }
+    Some(t)
+}
+
+/// The config text after `muts` (and a cut of the text, if `cut`).
+fn render(muts: &[Mutation], cut: Option<usize>) -> String {
+    let leaves = leaves();
+    let Value::Table(mut root) = Value::try_from(RunConfig::default()).unwrap() else { unreachable!() };
+    for m in muts {
+        let path = |i: usize| -> Vec<String> { leaves[i].0.split('.').map(str::to_string).collect() };
+        match m {
+            Mutation::Set(i, _) | Mutation::Axis(i, _) | Mutation::Remove(i) | Mutation::Unknown(i, _) => {
+                let p = path(*i);
+                let (last, sect) = p.split_last().unwrap();
+                let sect: Vec<&str> = sect.iter().map(String::as_str).collect();
+                let Some(t) = table_at(&mut root, &sect) else { continue };
+                match m {
+                    Mutation::Set(_, v) => {
+                        t.insert(last.clone(), v.clone());
+                    }
+                    Mutation::Axis(_, v) => {
+                        let old = leaves[*i].1.clone();
+                        t.insert(last.clone(), Value::Array(vec![old, v.clone()]));
+                    }
+                    Mutation::Remove(_) => {
+                        t.remove(last);
+                    }
+                    Mutation::Unknown(_, k) => {
+                        t.insert(format!("zz_{k}"), Value::Integer(1));
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            Mutation::SectionAsValue(i, v) => {
+                let p = path(*i);
+                if p.len() > 1 {
+                    root.insert(p[0].clone(), v.clone());
+                }
+            }
+            Mutation::Rule(fields) => {
+                if let Some(t) = table_at(&mut root, &["preempt"]) {
+                    let rule: toml::Table = fields.iter().cloned().collect();
+                    match t.get_mut("schedule") {
+                        Some(Value::Array(a)) => a.push(Value::Table(rule)),
+                        _ => {
+                            t.insert("schedule".into(), Value::Array(vec![Value::Table(rule)]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut text = toml::to_string(&root).unwrap_or_default();
+    if let Some(c) = cut {
+        let mut c = c % (text.len() + 1);
+        while !text.is_char_boundary(c) {
+            c -= 1;
+        }
+        text.truncate(c);
+    }
+    text
+}
+
+/// Parses `text` on a thread with a time budget: a hang is a failure.
+fn parse_bounded(text: &str) -> Result<Experiment, anyhow::Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = text.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(Experiment::parse(&t, "fuzz.toml", "fuzz"));
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => panic!("parse did not finish within 10 s ({e}) for:\n{text}"),
+    }
+}
+
+fn check(text: &str) -> Result<(), TestCaseError> {
+    match parse_bounded(text) {
+        Ok(exp) => {
+            prop_assert!(!exp.runs.is_empty(), "no runs from:\n{text}");
+            for rc in &exp.runs {
+                prop_assert!(rc.validate().is_ok(), "an accepted run does not validate: {:?}\n{text}", rc.validate());
+                // Every float the run carries is finite (NaN once became
+                // `null` in records and silently dropped runs).
+                let json = serde_json::to_string(rc).unwrap();
+                prop_assert!(!json.contains("null") || json.contains("\"cpu\":null"), "{json}");
+            }
+        }
+        Err(e) => {
+            let Some(ce) = e.downcast_ref::<ConfigError>() else {
+                return Err(TestCaseError::fail(format!("not a ConfigError: {e:#}\n{text}")));
+            };
+            prop_assert!(!ce.key.is_empty() && ce.key != "(config)", "no key: {ce}\n{text}");
+            prop_assert_eq!(&ce.file, "fuzz.toml");
+            if ce.key != "(matrix)" {
+                prop_assert!(ce.line.is_some(), "no line: {}\n{}", ce, text);
+                let lines = text.lines().count().max(1);
+                prop_assert!(ce.line.unwrap() <= lines + 1, "line {:?} of {}: {}", ce.line, lines, ce);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_config_parses_to_valid_runs_or_names_key_and_line(
+        muts in proptest::collection::vec(mutation(leaves().len()), 1..4),
+        cut in proptest::option::weighted(0.1, any::<usize>()),
+    ) {
+        check(&render(&muts, cut))?;
+    }
+}
+
+/// The same property through the binary, for a few fixed mutations: exit 2
+/// with `file:line: `key`` on stderr, never a panic.
+#[test]
+fn the_binary_names_key_and_line_for_bad_values() {
+    let leaves = leaves();
+    let d = tempfile::tempdir().unwrap();
+    let idx = |k: &str| leaves.iter().position(|(n, _)| n == k).unwrap_or_else(|| panic!("no key {k}"));
+    let cases = [
+        ("torture.irq_prob", Value::Float(f64::NAN)),
+        ("vcpus", Value::String("four".into())),
+        ("preempt.holder_stall_us", Value::Integer(i64::MAX)),
+        ("hypervisor.spurious_wakeup_prob", Value::Float(f64::INFINITY)),
+        ("timeout_ms", Value::Float(1e308)),
+    ];
+    for (key, v) in cases {
+        let text = render(&[Mutation::Set(idx(key), v)], None);
+        let p = d.path().join("fuzz.toml");
+        std::fs::write(&p, &text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pvlock")).arg("run").arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert!(err.contains("fuzz.toml:") && err.contains(&format!("`{key}`")), "{key}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
