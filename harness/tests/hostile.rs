@@ -652,7 +652,9 @@ fn a_full_disk_or_a_vanished_directory_loses_no_finished_record() {
     let on_disk = std::fs::read_to_string(dir.join("runs.jsonl")).unwrap_or_default();
     let on_stdout = text(&out.stdout);
     let parse_all = |t: &str| -> usize {
-        t.lines().map(|l| serde_json::from_str::<pvlock::record::Record>(l).expect("a whole record")).count()
+        let recs: Vec<pvlock::record::Record> =
+            t.lines().map(|l| serde_json::from_str(l).expect("a whole record")).collect();
+        recs.len()
     };
     let (n_disk, n_out) = (parse_all(&on_disk), parse_all(&on_stdout));
     assert!(n_out >= 1, "the record that did not fit is printed: {err}");

@@ -207,7 +207,8 @@ mod tests {
     #[test]
     fn each_bad_header_is_named() {
         let good = tiny_image(&[0xeb, 0xfe], GUEST_IMAGE_GPA);
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Corrupt, &str)> = vec![
             (Box::new(|b| b.truncate(10)), "too short"),
             (Box::new(|b| b[0] = 0), "magic"),
             (Box::new(|b| b[4] = 1), "ELFCLASS64"),

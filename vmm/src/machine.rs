@@ -123,7 +123,7 @@ impl Machine {
         const MARGIN: u64 = 24 << 20;
         let threads = cfg.vcpus as u64 + 4; // vCPUs, preemptor, kick timer, signal handler, spare
         let need = cfg.ram_mib as u64 * (1 << 20) + threads * PER_THREAD + MARGIN;
-        let limit = lim.rlim_cur as u64;
+        let limit = lim.rlim_cur;
         if used.saturating_add(need) > limit {
             return Err(MachineError::AddressSpace {
                 limit_kib: limit >> 10,
