@@ -575,7 +575,11 @@ fn report_and_diff_skip_invalid_lines_and_say_so() {
     let out = pvlock().arg("report").arg(&a).output().unwrap();
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(stdout.contains("2 invalid line(s) skipped, 2 record(s) kept") && stdout.contains("line 2"), "{stdout}");
+    assert!(
+        stdout.contains("2 malformed or truncated line(s) of runs.jsonl skipped, 2 record(s) kept")
+            && stdout.contains("line 2"),
+        "{stdout}"
+    );
     let out = pvlock().arg("diff").arg(&a).arg(&a).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("line 2: not UTF-8"), "{}", text(&out.stdout));

@@ -60,6 +60,11 @@ impl Loaded {
     /// when nothing was skipped): how many, which (the first few), and
     /// whether anything was left.
     pub fn skipped_note(&self, path: &Path) -> Option<String> {
+        self.skipped_summary().map(|s| format!("{}: {s}", path.display()))
+    }
+
+    /// [`Self::skipped_note`] without the path.
+    pub fn skipped_summary(&self) -> Option<String> {
         if self.skipped.is_empty() {
             return None;
         }
@@ -68,14 +73,12 @@ impl Loaded {
             if self.skipped.len() > 5 { format!("; and {} more", self.skipped.len() - 5) } else { String::new() };
         let head = if self.records.is_empty() {
             format!(
-                "{}: no valid record: every one of its {} non-blank line(s) is invalid",
-                path.display(),
+                "no valid record: every one of its {} non-blank line(s) is malformed or truncated",
                 self.skipped.len()
             )
         } else {
             format!(
-                "{}: {} invalid line(s) skipped, {} record(s) kept",
-                path.display(),
+                "{} malformed or truncated line(s) of runs.jsonl skipped, {} record(s) kept",
                 self.skipped.len(),
                 self.records.len()
             )

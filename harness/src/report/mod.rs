@@ -228,10 +228,9 @@ pub fn diff_command(a: &Path, b: &Path) -> Result<String> {
     let la = load::load_jsonl(&a.join(RUNS_FILE))?;
     let lb = load::load_jsonl(&b.join(RUNS_FILE))?;
     let mut out = String::new();
-    for (dir, l) in [(a, &la), (b, &lb)] {
-        if let Some(note) = l.skipped_note(&dir.join(RUNS_FILE)) {
-            out.push_str(&note);
-            out.push('\n');
+    for (side, l) in [("A", &la), ("B", &lb)] {
+        if let Some(note) = l.skipped_summary() {
+            out.push_str(&format!("{side}: {note}\n"));
         }
     }
     out.push_str(&diff(&la.records, &lb.records).to_markdown());
