@@ -15,8 +15,8 @@ use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd};
 use pvlock_abi::seed::{stream_seed, Stream};
 use pvlock_abi::{
-    BootBlock, GuestPhase, HashEntry, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window, BOOT_BLOCK_GPA,
-    BOOT_MAGIC, GUEST_IMAGE_GPA, NR_WINDOWS,
+    BootBlock, GuestPhase, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window, BOOT_BLOCK_GPA, BOOT_MAGIC,
+    GUEST_IMAGE_GPA, NR_WINDOWS,
 };
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -194,6 +194,7 @@ impl Machine {
             may_poll: runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted,
             preempt: PreemptState::new(cfg.vcpus as usize, cfg.preempt.schedule.len()),
             kick_timer: delayed_kicks.then(|| Mutex::new(timer_tx)),
+            layout: cfg.layout(),
             rescued: Mutex::new(Vec::new()),
             hash_occupancy: Mutex::new(Default::default()),
         });
@@ -383,11 +384,10 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
 /// histogram (sampled every supervisor tick, ~20 ms).
 fn sample_hash_occupancy(sh: &Shared) {
     let boot = sh.boot();
-    if boot.hash_gpa == 0 || boot.hash_entries == 0 || boot.hash_entries > 1 << 16 {
+    if boot.hash_gpa == 0 || boot.hash_entries == 0 || boot.hash_entries > crate::watchdog::MAX_HASH_ENTRIES {
         return;
     }
-    let Ok(bytes) = sh.ram.read_bytes(boot.hash_gpa, boot.hash_entries * 16) else { return };
-    let used = bytes.chunks_exact(16).filter(|e| e[..8] != [0u8; 8]).count() as u64;
+    let used = crate::watchdog::hash_entries_in_use(sh).len() as u64;
     *sh.hash_occupancy.lock().unwrap_or_else(|p| p.into_inner()).entry(used).or_insert(0) += 1;
 }
 
@@ -428,8 +428,7 @@ fn preemptor(sh: &Shared, targets: &[(ImmediateExit, libc::pthread_t)]) {
             if *t <= now {
                 let boot = sh.boot();
                 if boot.locks_gpa != 0 && (h.lock as u64) < boot.nr_locks {
-                    let owner_gpa =
-                        boot.locks_gpa + h.lock as u64 * boot.lock_stride + pvlock_abi::boot::lock_layout::OWNER;
+                    let owner_gpa = boot.locks_gpa + h.lock as u64 * boot.lock_stride + sh.layout.torture_lock.owner;
                     let owner = sh.ram.read_u32(owner_gpa).unwrap_or(0);
                     if owner != 0 && (owner as usize) <= n {
                         request(owner as usize - 1, h.stall_us);
@@ -532,22 +531,14 @@ fn collect(
                 .collect(),
         });
     }
-    let mut hash_in_use = Vec::new();
-    if boot.hash_gpa != 0 && boot.hash_entries <= 1 << 16 {
-        for i in 0..boot.hash_entries {
-            if let Ok(e) = sh.ram.read_pod::<HashEntry>(boot.hash_gpa + i * 16) {
-                if e.lock != 0 {
-                    hash_in_use.push((e.lock, e.node));
-                }
-            }
-        }
-    }
+    let hash_in_use = crate::watchdog::hash_entries_in_use(sh).into_iter().map(|(_, e)| (e.lock, e.node)).collect();
     let (mut lock_counts, mut lock_owners) = (Vec::new(), Vec::new());
-    if boot.locks_gpa != 0 && boot.nr_locks <= 4096 && boot.lock_stride >= 16 {
+    let tl = sh.layout.torture_lock;
+    if boot.locks_gpa != 0 && boot.nr_locks <= 4096 && boot.lock_stride >= tl.min_stride {
         for i in 0..boot.nr_locks {
             let base = boot.locks_gpa + i * boot.lock_stride;
-            lock_counts.push(sh.ram.read_u64(base + pvlock_abi::boot::lock_layout::COUNT).unwrap_or(0));
-            lock_owners.push(sh.ram.read_u32(base + pvlock_abi::boot::lock_layout::OWNER).unwrap_or(0));
+            lock_counts.push(sh.ram.read_u64(base + tl.count).unwrap_or(0));
+            lock_owners.push(sh.ram.read_u32(base + tl.owner).unwrap_or(0));
         }
     }
     let status = failure.as_ref().map(GuestFailure::status).unwrap_or(RunStatus::Ok);

@@ -48,6 +48,8 @@ pub struct Shared {
     pub preempt: crate::preempt::PreemptState,
     /// Delayed kick delivery (`kick_delay_us` > 0): (deliver at, target).
     pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
+    /// How the guest's locks are laid out (decoding guest memory).
+    pub layout: pvlock_abi::lockword::LockLayout,
     /// Missed wakeups rescued (`--rescue`), with their reports.
     pub rescued: Mutex<Vec<crate::watchdog::HangReport>>,
     /// PV hash entries in use -> supervisor samples that saw that many.
@@ -85,18 +87,18 @@ impl Shared {
     /// block) is running: node state `vcpu_running` (0) and not blocked in
     /// a wait. False when anything is missing or out of range.
     pub fn successor_running(&self, cpu: u32) -> bool {
-        use pvlock_abi::boot::node_layout;
+        let n = self.layout.node;
         let node = self.ram.read_u64(Self::block_gpa(cpu) + offset_of!(VcpuBlock, cur_node) as u64).unwrap_or(0);
         if node == 0 {
             return false;
         }
-        let next = self.ram.read_u64(node + node_layout::NEXT).unwrap_or(0);
+        let next = self.ram.read_u64(node + n.next).unwrap_or(0);
         if next == 0 {
             return false;
         }
-        let state = self.ram.read_u8(next + node_layout::STATE).unwrap_or(u8::MAX);
-        let next_cpu = self.ram.read_u32(next + node_layout::CPU).unwrap_or(u32::MAX);
-        state == 0
+        let state = self.ram.read_u8(next + n.state).unwrap_or(u8::MAX);
+        let next_cpu = self.ram.read_u32(next + n.cpu).unwrap_or(u32::MAX);
+        state == n.state_running
             && (next_cpu as usize) < self.channels.len()
             && self.channels[next_cpu as usize].blocked_since_us.load(Ordering::Acquire) == 0
     }
@@ -341,10 +343,7 @@ impl VcpuThread {
         sh.set_preempted(self.cpu, true);
         let t = Instant::now();
         while t.elapsed() < d && !sh.stop.load(Ordering::Acquire) {
-            // Saturating: the clock moves between the check above and this
-            // read (a host preemption of this thread is enough), and a plain
-            // `d - elapsed` then panics and kills the vCPU thread.
-            std::thread::sleep(d.saturating_sub(t.elapsed()).min(Duration::from_millis(20)));
+            std::thread::sleep(stall_slice(d, t.elapsed()));
         }
         sh.set_preempted(self.cpu, false);
         ch.counters.add(VmmCounter::Stalls, 1);
@@ -368,5 +367,28 @@ impl VcpuThread {
             line: rec.line,
             message: String::from_utf8_lossy(msg).into_owned(),
         }
+    }
+}
+
+/// The next sleep of a stall of `d` after `elapsed`: at most 20 ms, so a
+/// stop request is seen soon. Saturating: the clock moves between the
+/// caller's `elapsed < d` check and the read passed here (a host
+/// preemption of the vCPU thread is enough), and a plain `d - elapsed`
+/// then panicked and killed the vCPU thread (results/findings, 2026-12-01).
+fn stall_slice(d: Duration, elapsed: Duration) -> Duration {
+    d.saturating_sub(elapsed).min(Duration::from_millis(20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stall_slice;
+    use std::time::Duration;
+
+    #[test]
+    fn a_stall_whose_time_ran_out_between_two_clock_reads_sleeps_zero() {
+        let us = Duration::from_micros;
+        assert_eq!(stall_slice(us(1), us(3)), Duration::ZERO, "used to panic: overflow when subtracting durations");
+        assert_eq!(stall_slice(us(500), us(100)), us(400));
+        assert_eq!(stall_slice(Duration::from_secs(1), Duration::ZERO), Duration::from_millis(20));
     }
 }
