@@ -78,6 +78,10 @@ named! {
         WaitNodeRecheck = 7, "wait-node-recheck";
         /// Lock holder inside its critical section (used by `holder` stalls).
         CriticalSection = 8, "critical-section";
+        /// Mutex waiter between setting `MUTEX_FLAG_HANDOFF` with
+        /// `__mutex_set_flag()` and its trylock (v4.10..v5.15): a steal here
+        /// clears the flag (the 048661a1f963 starvation).
+        MutexHandoffSet = 9, "mutex-handoff-set";
     }
 }
 
