@@ -638,11 +638,11 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
 
     /// `mutex_optimistic_spin(lock, ww_ctx, waiter)` of v4.10 and later.
     fn optimistic_spin<P: Platform>(&self, p: &P, m: &Mutex, waiter: bool) -> Option<AcquirePath> {
-        if !waiter {
-            if !self.can_spin_on_owner(p, self.owner_task(m)) || !osq::lock(&self.tasks, p, &m.osq, OsqFlavor::V4_10) {
-                self.spin_failed(p);
-                return None;
-            }
+        if !waiter
+            && (!self.can_spin_on_owner(p, self.owner_task(m)) || !osq::lock(&self.tasks, p, &m.osq, OsqFlavor::V4_10))
+        {
+            self.spin_failed(p);
+            return None;
         }
         let curr = task_id(p.cpu());
         let got = loop {

@@ -33,8 +33,16 @@ impl OsqNode {
         Self { next: AtomicU32::new(0), prev: AtomicU32::new(0), locked: AtomicU32::new(0) }
     }
     #[cfg(loom)]
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Self { next: AtomicU32::new(0), prev: AtomicU32::new(0), locked: AtomicU32::new(0) }
+    }
+}
+
+#[cfg(not(loom))]
+impl Default for OsqNode {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -52,6 +60,13 @@ impl Osq {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Self { tail: AtomicU32::new(UNLOCKED) }
+    }
+}
+
+#[cfg(not(loom))]
+impl Default for Osq {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
