@@ -27,6 +27,9 @@ pub enum Workload {
     /// watch every vCPU's `vcpu_is_preempted()`; `timing[c]` of each
     /// watcher counts the polls that saw vCPU c preempted.
     PreemptProbe = 9,
+    /// Mutex torture (`guest/lib/src/sleeping`): one task per vCPU takes
+    /// `lock.mutex` mutexes whose `wait_lock` is `lock.variant`.
+    MutexTorture = 10,
 }
 
 impl Workload {
@@ -41,6 +44,7 @@ impl Workload {
             7 => Self::PingPong,
             8 => Self::Doorbells,
             9 => Self::PreemptProbe,
+            10 => Self::MutexTorture,
             _ => return None,
         })
     }
@@ -59,6 +63,9 @@ pub struct LockParams {
     pub hash_bits: u32,
     /// `LOCK_FLAG_*` bits.
     pub flags: u32,
+    /// [`crate::MutexVariant`] id of the mutex torture (0: none).
+    pub mutex: u32,
+    pub _pad: u32,
 }
 
 /// Stop the run with a BUG report at the first `pv_hash()` insert for a

@@ -24,7 +24,7 @@ pub mod vcpu;
 pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams, Workload};
 pub use events::{LockEvent, VmmCounter, NR_LOCK_EVENTS, NR_VMM_COUNTERS};
 pub use layout::*;
-pub use names::{Variant, Window, NR_WINDOWS};
+pub use names::{MutexVariant, Variant, Window, NR_WINDOWS};
 pub use vcpu::{AssertRecord, GuestPhase, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.

@@ -85,6 +85,28 @@ named! {
     }
 }
 
+named! {
+    /// The sleeping-lock (mutex) variants, named by release; sources in
+    /// `guest/lib/src/sleeping/mutex.rs` (`pvlock list variants`). Their
+    /// `wait_lock` is a spinlock of the run's [`Variant`].
+    MutexVariant {
+        V2_6_28 = 1, "mutex-v2.6.28";
+        V4_9 = 2, "mutex-v4.9";
+        V4_10 = 3, "mutex-v4.10";
+        V5_12 = 4, "mutex-v5.12";
+        V5_13 = 5, "mutex-v5.13";
+        Upstream = 6, "mutex-upstream";
+        MutantRelaxedFastpath = 20, "mutant-mutex-relaxed-fastpath";
+    }
+}
+
+impl MutexVariant {
+    /// A deliberately broken self-test, not a historical variant.
+    pub const fn is_mutant(self) -> bool {
+        (self as u32) >= 20
+    }
+}
+
 /// Number of race windows; window ids are `0..NR_WINDOWS`.
 pub const NR_WINDOWS: usize = Window::ALL.len();
 

@@ -52,6 +52,9 @@ pub struct LockSection {
     pub hash_bits: u32,
     /// End the run (BUG) at the first double hash insert.
     pub stop_on_double_hash: bool,
+    /// The mutex variant of `workload = "mutex-torture"` (its `wait_lock`
+    /// is `variant`).
+    pub mutex: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,7 +181,13 @@ impl Default for RunConfig {
 
 impl Default for LockSection {
     fn default() -> Self {
-        Self { variant: "pv-upstream".into(), spin_threshold: 1 << 15, hash_bits: 0, stop_on_double_hash: false }
+        Self {
+            variant: "pv-upstream".into(),
+            spin_threshold: 1 << 15,
+            hash_bits: 0,
+            stop_on_double_hash: false,
+            mutex: "mutex-upstream".into(),
+        }
     }
 }
 
@@ -413,12 +422,13 @@ pub fn parse_workload(s: &str) -> Option<Workload> {
         "ping-pong" => Workload::PingPong,
         "doorbells" => Workload::Doorbells,
         "preempt-probe" => Workload::PreemptProbe,
+        "mutex-torture" => Workload::MutexTorture,
         _ => return None,
     })
 }
 
 pub const WORKLOADS: &str =
-    "smoke, torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic";
+    "smoke, torture, mutex-torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic";
 
 impl RunConfig {
     /// Checks every value; the error names the key.
@@ -446,6 +456,25 @@ impl RunConfig {
                 "lock.variant".into(),
                 format!("unknown variant `{}` (one of: {})", self.lock.variant, all.join(", ")),
             ));
+        }
+        if pvlock_abi::MutexVariant::from_name(&self.lock.mutex).is_none() {
+            let all: Vec<_> = pvlock_abi::MutexVariant::ALL.iter().map(|v| v.name()).collect();
+            return Err((
+                "lock.mutex".into(),
+                format!("unknown mutex variant `{}` (one of: {})", self.lock.mutex, all.join(", ")),
+            ));
+        }
+        if parse_workload(&self.workload) == Some(Workload::MutexTorture) {
+            if self.torture.nest != 1 {
+                return Err(("torture.nest".into(), "mutex-torture takes one mutex at a time: nest = 1".into()));
+            }
+            if self.torture.irq_prob != 0.0 {
+                return Err((
+                    "torture.irq_prob".into(),
+                    "mutex-torture: a mutex is never taken in interrupt context, irq_prob must be 0".into(),
+                ));
+            }
+            range("torture.locks", self.torture.locks, 1, pvlock_guest_lib::sleeping::torture::MAX_MUTEXES as u32)?;
         }
         range("lock.spin_threshold", self.lock.spin_threshold, 1, 1 << 24)?;
         if self.lock.hash_bits != 0 {
@@ -574,6 +603,8 @@ impl RunConfig {
                 spin_threshold: self.lock.spin_threshold,
                 hash_bits: self.lock.hash_bits,
                 flags: if self.lock.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
+                mutex: pvlock_abi::MutexVariant::from_name(&self.lock.mutex).map_or(0, |m| m as u32),
+                _pad: 0,
             },
             torture: pvlock_abi::TortureParams {
                 nr_locks: self.torture.locks,

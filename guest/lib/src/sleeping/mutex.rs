@@ -41,71 +41,36 @@ pub const FLAG_PICKUP: u32 = 0x04;
 /// `MUTEX_FLAGS`.
 pub const FLAGS: u32 = 0x07;
 
-/// Which release of `mutex.c` (see the module table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum MutexFlavor {
-    V2_6_28,
-    V4_9,
-    V4_10,
-    V5_12,
-    V5_13,
-    Upstream,
-    /// Self-test of the acquire audit: upstream with a relaxed fast path.
-    MutantRelaxedFastpath,
+/// Which release of `mutex.c` (see the module table): the ABI's names.
+pub use pvlock_abi::MutexVariant as MutexFlavor;
+
+/// What differs between the releases.
+trait Release {
+    fn counting(self) -> bool;
+    fn pickup(self) -> bool;
+    fn sets_handoff_flag(self) -> bool;
+    fn checks_preempted(self) -> bool;
 }
 
-impl MutexFlavor {
-    pub const ALL: &'static [MutexFlavor] = &[
-        MutexFlavor::V2_6_28,
-        MutexFlavor::V4_9,
-        MutexFlavor::V4_10,
-        MutexFlavor::V5_12,
-        MutexFlavor::V5_13,
-        MutexFlavor::Upstream,
-        MutexFlavor::MutantRelaxedFastpath,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            MutexFlavor::V2_6_28 => "mutex-v2.6.28",
-            MutexFlavor::V4_9 => "mutex-v4.9",
-            MutexFlavor::V4_10 => "mutex-v4.10",
-            MutexFlavor::V5_12 => "mutex-v5.12",
-            MutexFlavor::V5_13 => "mutex-v5.13",
-            MutexFlavor::Upstream => "mutex-upstream",
-            MutexFlavor::MutantRelaxedFastpath => "mutant-mutex-relaxed-fastpath",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|f| f.name() == s)
-    }
-
-    pub const fn is_mutant(self) -> bool {
-        matches!(self, MutexFlavor::MutantRelaxedFastpath)
-    }
-
+impl Release for MutexFlavor {
     /// The counting mutex of v4.9 and before.
-    const fn counting(self) -> bool {
+    fn counting(self) -> bool {
         matches!(self, MutexFlavor::V2_6_28 | MutexFlavor::V4_9)
     }
 
     /// Hand-off pickup through `MUTEX_FLAG_PICKUP` (e274795ea7b7 and later).
-    const fn pickup(self) -> bool {
-        matches!(
-            self,
-            MutexFlavor::V5_12 | MutexFlavor::V5_13 | MutexFlavor::Upstream | MutexFlavor::MutantRelaxedFastpath
-        )
+    fn pickup(self) -> bool {
+        !self.counting() && self != MutexFlavor::V4_10
     }
 
     /// HANDOFF set by a separate `__mutex_set_flag()` (v4.10..v5.15), which
     /// can land on an unlocked mutex; the trylock then clears it.
-    const fn sets_handoff_flag(self) -> bool {
+    fn sets_handoff_flag(self) -> bool {
         matches!(self, MutexFlavor::V4_10 | MutexFlavor::V5_12 | MutexFlavor::V5_13)
     }
 
     /// `vcpu_is_preempted()` in the owner-running checks (v4.10 and later).
-    const fn checks_preempted(self) -> bool {
+    fn checks_preempted(self) -> bool {
         !self.counting()
     }
 }
