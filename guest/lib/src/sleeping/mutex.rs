@@ -335,15 +335,20 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
         let start = p.cycles();
         let mut last = start;
         let mut wasted = 0u64;
+        let mut was_preempted = false;
         let mut ret = true;
         // `barrier()` between the owner check and `owner->on_cpu`: relaxed
         // loads; the owner word's value is only a hint here.
         while self.owner_task(m) == owner {
             let preempted = p.vcpu_is_preempted(cpu);
             let now = p.cycles();
-            if preempted {
+            // Wasted: an interval that starts and ends with the owner
+            // preempted (so a v4.10+ spinner that stops at its first sight
+            // of the flag wastes nothing, whatever happened before).
+            if preempted && was_preempted {
                 wasted += now.wrapping_sub(last);
             }
+            was_preempted = preempted;
             last = now;
             if !self.tasks.on_cpu(cpu) || self.tasks.need_resched(p) {
                 ret = false;
