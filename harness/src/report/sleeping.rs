@@ -13,6 +13,7 @@ use super::plots::{svg, variant_color};
 use super::summary::Estimate;
 use crate::record::Record;
 use plotters::prelude::*;
+use pvlock_abi::Workload;
 use std::collections::BTreeMap;
 
 /// Plot files of this section.
@@ -53,8 +54,9 @@ fn ev(r: &Record, name: &str) -> f64 {
 /// The mutex rows of `records` (empty when there are no mutex runs).
 pub fn rows(records: &[Record]) -> Vec<MutexRow> {
     let mut groups: BTreeMap<(String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.config.workload == "mutex-torture") {
-        let k = (r.config.lock.mutex.clone(), r.config.lock.variant.clone(), r.vcpus, r.host_cpus);
+    for r in records.iter().filter(|r| r.config.workload == Workload::MutexTorture) {
+        let k =
+            (r.config.lock.mutex.name().to_string(), r.config.lock.variant.name().to_string(), r.vcpus, r.host_cpus);
         groups.entry(k).or_default().push(r);
     }
     groups

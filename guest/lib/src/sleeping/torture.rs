@@ -15,7 +15,7 @@ use core::fmt;
 use pvlock_abi::{GuestPhase, LatencyHistogram, TortureParams, Variant, Window};
 
 /// Most mutexes a run may have.
-pub const MAX_MUTEXES: usize = 64;
+pub const MAX_MUTEXES: usize = pvlock_abi::MAX_MUTEXES;
 
 /// A torture mutex as the VMM sees it: a [`TortureLock`] (owner mark and
 /// plain counter at the usual offsets), then the mutex.
