@@ -144,9 +144,12 @@ pub fn markdown(rows: &[MutexRow]) -> String {
     out
 }
 
+/// A plotted line: label, points (x, mean, 95% half-width).
+type Series = (String, Vec<(f64, f64, f64)>);
+
 /// A metric against overcommit, one line per mutex variant.
 fn line_plot(rows: &[MutexRow], title: &str, y_desc: &str, f: impl Fn(&MutexRow) -> Option<Estimate>) -> String {
-    let mut series: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     for r in rows {
         let (Some(x), Some(y)) = (r.overcommit(), f(r)) else { continue };
         let label = format!("{} on {}", r.mutex, r.wait_lock);
