@@ -84,7 +84,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     // A run that ended early (abort, hang, crash) ran for its wall time,
     // not for its configured duration.
     let run_secs = match workload {
-        Workload::Torture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
+        Workload::Torture | Workload::MutexTorture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
             rc.duration_ms as f64 / 1e3
         }
         _ => r.wall_ms / 1e3,
@@ -128,7 +128,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
                 format!("{p} of {want} increments under the lock"),
             ));
         }
-        Workload::Torture => torture_checks(r, &per_vcpu, &mut checks),
+        Workload::Torture | Workload::MutexTorture => torture_checks(r, &per_vcpu, &mut checks),
         Workload::PreemptProbe => {
             // Polls (by all watchers) that saw vCPU c preempted.
             let n = (rc.vcpus as usize).min(PreemptProbeTiming::WATCHED);
@@ -257,8 +257,13 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
 
 fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
     let mut missed = BTreeMap::new();
-    // A dump of a vCPU that was running (not blocked) is no missed wakeup.
-    for h in r.rescued.iter().chain(r.hang.iter().filter(|h| h.blocked)) {
+    // Every rescue counts (the VMM keeps only the first dumps, but counts
+    // all by class). A dump of a vCPU that was running (not blocked) is no
+    // missed wakeup.
+    for (c, n) in &r.rescued_by_class {
+        *missed.entry(c.name().to_string()).or_insert(0) += n;
+    }
+    for h in r.hang.iter().filter(|h| h.blocked) {
         *missed.entry(h.class.name().to_string()).or_insert(0) += 1;
     }
     let severity = (!missed.is_empty()).then(|| {
@@ -273,5 +278,6 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         real_guest_severity: severity,
         holds: r.holds.clone(),
         stalls_skipped: r.stalls_skipped,
+        dropped: r.dropped,
     }
 }
