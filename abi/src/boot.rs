@@ -17,6 +17,9 @@ pub struct LockParams {
     pub hash_bits: u32,
     /// `LOCK_FLAG_*` bits.
     pub flags: u32,
+    /// [`crate::MutexVariant`] id of the mutex torture (0: none).
+    pub mutex: u32,
+    pub _pad: u32,
 }
 
 /// Stop the run with a BUG report at the first `pv_hash()` insert for a

@@ -80,6 +80,35 @@ counters! {
         SimIrqs = "sim_irqs",
         /// Ours: race windows at which the guest chose to stall.
         WindowStalls = "window_stalls",
+        /// Sleeping locks (`guest/lib/src/sleeping`). The kernel keeps no
+        /// lock events for the mutex; these are ours, named after the
+        /// rwsem's (`rwsem_opt_lock`, `rwsem_sleep_*`) in lock_events_list.h.
+        /// Mutex taken by the fast path (`__mutex_trylock_fast()`, count 1 -> 0).
+        MutexFastpath = "mutex_fastpath",
+        /// Mutex taken while optimistically spinning (OSQ head or waiter-spinner).
+        MutexOptLock = "mutex_opt_lock",
+        /// Optimistic spinning gave up (owner off CPU / preempted / need_resched).
+        MutexOptFail = "mutex_opt_fail",
+        /// Spinning stopped because `vcpu_is_preempted()` said the owner's vCPU is preempted.
+        MutexSpinBreakPreempted = "mutex_spin_break_preempted",
+        /// Cycles spent in `mutex_spin_on_owner()` (sum).
+        MutexSpinCycles = "mutex_spin_cycles",
+        /// Cycles of that spinning during which the owner's vCPU was preempted: wasted (sum).
+        MutexSpinPreemptedCycles = "mutex_spin_preempted_cycles",
+        /// `schedule()` calls in the mutex slow path (the task slept: pv_wait).
+        MutexSleep = "mutex_sleep",
+        /// `schedule()` returned with the task still not woken (spurious wakeup).
+        MutexSpuriousWakeup = "mutex_spurious_wakeup",
+        /// `wake_up_process()` by a mutex unlock that found the task sleeping.
+        MutexWake = "mutex_wake",
+        /// Unlocks that handed the mutex to the top waiter (`__mutex_handoff()`).
+        MutexHandoff = "mutex_handoff",
+        /// Cycles from `__mutex_handoff()` to the new owner picking the mutex up (sum).
+        MutexHandoffCycles = "mutex_handoff_cycles",
+        /// Acquisitions through the wait list (slow path, after queueing).
+        MutexSlowpath = "mutex_slowpath",
+        /// rtmutex acquisitions through `try_to_take_rt_mutex()` (slow path).
+        RtMutexSlowpath = "rtmutex_slowpath",
     }
 }
 

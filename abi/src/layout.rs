@@ -62,3 +62,6 @@ const _: () = assert!(core::mem::size_of::<crate::VcpuBlock>() as u64 <= VCPU_BL
 const _: () = assert!(core::mem::size_of::<crate::BootBlock>() as u64 <= VCPU_BLOCKS_GPA - BOOT_BLOCK_GPA);
 const _: () = assert!(PD_GPA + NR_PAGE_DIRS * 0x1000 <= BOOT_BLOCK_GPA);
 const _: () = assert!(MMIO_BASE + MMIO_SIZE <= MAPPED_LIMIT);
+
+/// Most mutexes of a mutex-torture run (the guest's static array).
+pub const MAX_MUTEXES: usize = 64;

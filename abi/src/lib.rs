@@ -26,7 +26,7 @@ pub mod vcpu;
 pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams};
 pub use events::{LockEvent, VmmCounter, NR_LOCK_EVENTS, NR_VMM_COUNTERS};
 pub use layout::*;
-pub use names::{GuestPhase, PanicKind, Variant, VariantKind, Window, Workload, NR_WINDOWS};
+pub use names::{GuestPhase, MutexVariant, PanicKind, Variant, VariantKind, Window, Workload, NR_WINDOWS};
 pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.

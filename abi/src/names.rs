@@ -152,6 +152,32 @@ named! {
         WaitNodeRecheck = 7, "wait-node-recheck";
         /// Lock holder inside its critical section (used by `holder` stalls).
         CriticalSection = 8, "critical-section";
+        /// Mutex waiter between setting `MUTEX_FLAG_HANDOFF` with
+        /// `__mutex_set_flag()` and its trylock (v4.10..v5.15): a steal here
+        /// clears the flag (the 048661a1f963 starvation).
+        MutexHandoffSet = 9, "mutex-handoff-set";
+    }
+}
+
+named! {
+    /// The sleeping-lock (mutex) variants, named by release; sources in
+    /// `guest/lib/src/sleeping/mutex.rs` (`pvlock list variants`). Their
+    /// `wait_lock` is a spinlock of the run's [`Variant`].
+    MutexVariant {
+        V2_6_28 = 1, "mutex-v2.6.28";
+        V4_9 = 2, "mutex-v4.9";
+        V4_10 = 3, "mutex-v4.10";
+        V5_12 = 4, "mutex-v5.12";
+        V5_13 = 5, "mutex-v5.13";
+        Upstream = 6, "mutex-upstream";
+        MutantRelaxedFastpath = 20, "mutant-mutex-relaxed-fastpath";
+    }
+}
+
+impl MutexVariant {
+    /// A deliberately broken self-test, not a historical variant.
+    pub const fn is_mutant(self) -> bool {
+        (self as u32) >= 20
     }
 }
 
@@ -195,6 +221,9 @@ named! {
         /// stores into the records the VMM reads). The VMM must end every run
         /// with a record within its timeout.
         DoorbellFuzz = 10, "doorbell-fuzz";
+        /// Mutex torture (`guest/lib/src/sleeping`): one task per vCPU takes
+        /// `lock.mutex` mutexes whose `wait_lock` is `lock.variant`.
+        MutexTorture = 11, "mutex-torture";
     }
 }
 

@@ -507,6 +507,15 @@ fn list(what: &str) -> Result<()> {
                     println!("    counters: model-only (no PV lock statistics in the kernel before v4.5)");
                 }
             }
+            println!();
+            println!("Sleeping locks (workload = \"mutex-torture\", lock.mutex; wait_lock = lock.variant):");
+            for i in pvlock_guest_lib::sleeping::MUTEX_VARIANTS {
+                let v = i.variant;
+                println!("{}{}", v.name(), if v.is_mutant() { "  (mutant, a self-test)" } else { "" });
+                println!("    {}", i.summary);
+                println!("    source: {}; releases: {}", i.source, i.releases);
+                println!("    spinning: {}; hand-off: {}; checked: {}", i.spinning, i.handoff, i.verified);
+            }
         }
         "windows" => {
             for w in Window::ALL {

@@ -84,7 +84,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     // A run that ended early (abort, hang, crash) ran for its wall time,
     // not for its configured duration.
     let run_secs = match workload {
-        Workload::Torture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
+        Workload::Torture | Workload::MutexTorture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
             rc.duration_ms as f64 / 1e3
         }
         _ => r.wall_ms / 1e3,
@@ -128,7 +128,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
                 format!("{p} of {want} increments under the lock"),
             ));
         }
-        Workload::Torture => torture_checks(r, &per_vcpu, &mut checks),
+        Workload::Torture | Workload::MutexTorture => torture_checks(r, &per_vcpu, &mut checks),
         Workload::PreemptProbe => {
             // Polls (by all watchers) that saw vCPU c preempted.
             let n = (rc.vcpus as usize).min(PreemptProbeTiming::WATCHED);

@@ -7,7 +7,9 @@
 //! their config spelling once; after that everything is typed.
 
 use pvlock_abi::lockword::LockLayout;
-use pvlock_abi::{LockParams, TortureParams, Variant, Window, WindowParams, Workload, MAX_VCPUS};
+use pvlock_abi::{
+    LockParams, MutexVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES, MAX_VCPUS,
+};
 use serde::{Deserialize, Serialize};
 
 /// A value out of its range: the config key and why.
@@ -160,11 +162,20 @@ pub struct LockConfig {
     pub hash_bits: u32,
     /// End the run (BUG) at the first double hash insert.
     pub stop_on_double_hash: bool,
+    /// The mutex variant of `workload = "mutex-torture"`; its `wait_lock`
+    /// is a spinlock of `variant`.
+    pub mutex: MutexVariant,
 }
 
 impl Default for LockConfig {
     fn default() -> Self {
-        Self { variant: Variant::PvUpstream, spin_threshold: 1 << 15, hash_bits: 0, stop_on_double_hash: false }
+        Self {
+            variant: Variant::PvUpstream,
+            spin_threshold: 1 << 15,
+            hash_bits: 0,
+            stop_on_double_hash: false,
+            mutex: MutexVariant::Upstream,
+        }
     }
 }
 
@@ -184,6 +195,8 @@ impl LockConfig {
             spin_threshold: self.spin_threshold,
             hash_bits: self.hash_bits,
             flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
+            mutex: self.mutex as u32,
+            _pad: 0,
         }
     }
 }
@@ -313,6 +326,20 @@ impl MachineConfig {
         check_range("iterations", self.iterations, 1, 1 << 40)?;
         self.lock.validate()?;
         self.torture.validate()?;
+        if self.workload == Workload::MutexTorture {
+            // The mutex torture takes one mutex at a time, never in an
+            // interrupt (guest/lib/src/sleeping/torture.rs checks the same).
+            if self.torture.nest != 1 {
+                return Err(InvalidValue::new("torture.nest", "mutex-torture takes one mutex at a time: nest = 1"));
+            }
+            if self.torture.irq_prob != 0.0 {
+                return Err(InvalidValue::new(
+                    "torture.irq_prob",
+                    "mutex-torture: a mutex is never taken in interrupt context, irq_prob must be 0",
+                ));
+            }
+            check_range("torture.locks", self.torture.locks, 1, MAX_MUTEXES as u32)?;
+        }
         self.hypervisor.validate()?;
         self.preempt.validate(self.vcpus, self.torture.locks)?;
         Ok(())

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 mod mem;
+mod mutex_torture;
 pub mod rt;
 mod torture;
 mod workloads;

@@ -14,6 +14,7 @@ pub fn run(w: Workload, cpu: u32) -> u64 {
     match w {
         Workload::Smoke => smoke(&me),
         Workload::Torture => crate::torture::run(&me),
+        Workload::MutexTorture => crate::mutex_torture::run(&me),
         Workload::Fault => fault(&me),
         Workload::BadPointer => bad_pointer(&me),
         Workload::WaitForever => wait_forever(&me),

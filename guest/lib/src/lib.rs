@@ -13,6 +13,7 @@ pub mod platform;
 mod pv;
 mod qspinlock;
 mod simple;
+pub mod sleeping;
 pub mod sync;
 pub mod system;
 #[cfg(all(test, not(loom)))]

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod load;
 pub mod markdown;
 pub mod plots;
+pub mod sleeping;
 pub mod summary;
 
 pub use diff::{diff, DiffReport};
@@ -136,12 +137,12 @@ pub fn render(records: &[Record], env: &EnvInfo, partial: bool) -> Rendered {
 pub fn render_loaded(loaded: &Loaded, env: &EnvInfo, partial: bool) -> Rendered {
     let sums = summary::summarize_all(&loaded.records);
     let variants = load::variants(&loaded.records);
-    Rendered {
-        markdown: markdown::render(loaded, &sums, env, partial),
-        csv: csv::render(&sums),
-        plots: plots::render(&loaded.records, &sums, &variants),
-        main_table: markdown::main_table(&sums),
-    }
+    let mutex_rows = sleeping::rows(&loaded.records);
+    let mut md = markdown::render(loaded, &sums, env, partial);
+    md.push_str(&sleeping::markdown(&mutex_rows));
+    let mut plots = plots::render(&loaded.records, &sums, &variants);
+    plots.extend(sleeping::plots(&mutex_rows));
+    Rendered { markdown: md, csv: csv::render(&sums), plots, main_table: markdown::main_table(&sums) }
 }
 
 /// Reads `dir/runs.jsonl` and writes `report.md`, `summary.csv` and

@@ -1,0 +1,88 @@
+//! Mutex torture in the guest: one task per vCPU (`guest/lib/src/sleeping`),
+//! the mutex variant of `lock.mutex` with its `wait_lock` a spinlock of
+//! `lock.variant`. Storage is static guest memory, published in the boot
+//! block like the spinlock torture's, so the VMM's owner-mark reads
+//! (holder stalls), count checks, PV hash and node dumps work unchanged.
+
+use crate::cpu::GuestCpu;
+use crate::rt;
+use core::sync::atomic::Ordering;
+use pvlock_abi::doorbell::{self, PanicKind};
+use pvlock_abi::{MutexVariant, Variant, MAX_VCPUS};
+use pvlock_guest_lib::sleeping::torture::{MutexTorture, MutexTortureLock, MAX_MUTEXES};
+use pvlock_guest_lib::sleeping::{MutexSystem, TaskSlot, Tasks};
+use pvlock_guest_lib::torture::{Observer, Violation};
+use pvlock_guest_lib::{
+    default_hash_bits, HashSlot, LockConfig, LockSystem, PerCpuNodes, Platform, DEFAULT_SPIN_THRESHOLD, MAX_HASH_BITS,
+};
+
+/// The `wait_lock`s' MCS / PV nodes.
+static NODES: [PerCpuNodes; MAX_VCPUS] = [const { PerCpuNodes::new() }; MAX_VCPUS];
+/// The `wait_lock`s' PV hash table.
+static HASH: [HashSlot; 1 << MAX_HASH_BITS] = [const { HashSlot::new() }; 1 << MAX_HASH_BITS];
+/// One task per vCPU.
+static TASKS: [TaskSlot; MAX_VCPUS] = [const { TaskSlot::new() }; MAX_VCPUS];
+/// The torture mutexes.
+static MUTEXES: [MutexTortureLock; MAX_MUTEXES] = [const { MutexTortureLock::new() }; MAX_MUTEXES];
+
+struct GuestObserver<'a>(&'a GuestCpu);
+
+impl Observer for GuestObserver<'_> {
+    fn violation(&self, v: &Violation) {
+        self.0.fail(PanicKind::MutualExclusion, format_args!("mutex torture: {v}"))
+    }
+}
+
+pub fn run(me: &GuestCpu) -> u64 {
+    let boot = rt::boot();
+    let Some(variant) = Variant::from_u32(boot.lock.variant) else {
+        me.fail(PanicKind::Panic, format_args!("unknown lock variant id {}", boot.lock.variant))
+    };
+    let Some(flavor) = MutexVariant::from_u32(boot.lock.mutex) else {
+        me.fail(PanicKind::Panic, format_args!("unknown mutex variant id {} (lock.mutex)", boot.lock.mutex))
+    };
+    let nr = boot.nr_vcpus;
+    let hash_bits = if boot.lock.hash_bits == 0 { default_hash_bits(nr) } else { boot.lock.hash_bits };
+    if !(2..=MAX_HASH_BITS).contains(&hash_bits) {
+        me.fail(PanicKind::Panic, format_args!("hash_bits {hash_bits} out of range 2..={MAX_HASH_BITS}"))
+    }
+    let spin = if boot.lock.spin_threshold == 0 { DEFAULT_SPIN_THRESHOLD } else { boot.lock.spin_threshold };
+    let cfg = LockConfig { variant, spin_threshold: spin, hash_bits };
+    let spin_sys = LockSystem::new(cfg, &NODES[..nr as usize], &HASH[..1 << hash_bits]);
+    let sys = MutexSystem::new(flavor, &spin_sys, Tasks::new(&TASKS[..nr as usize]));
+    let stop = rt::boot_field(&boot.stop_request);
+    let torture = match MutexTorture::new(&sys, &MUTEXES, boot.torture, boot.tsc_khz, stop) {
+        Ok(t) => t,
+        Err(e) => me.fail(PanicKind::Panic, format_args!("mutex torture parameters: {e}")),
+    };
+    if me.id() == 0 {
+        rt::boot_field(&boot.locks_gpa).store(MUTEXES.as_ptr() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.lock_stride).store(core::mem::size_of::<MutexTortureLock>() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.nr_locks).store(boot.torture.nr_locks as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.hash_gpa).store(HASH.as_ptr() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.hash_entries).store(1 << hash_bits, Ordering::Relaxed);
+        rt::boot_field(&boot.nodes_gpa).store(NODES.as_ptr() as u64, Ordering::Relaxed);
+        rt::boot_field(&boot.node_stride).store((core::mem::size_of::<PerCpuNodes>() / 4) as u64, Ordering::Relaxed);
+    }
+    let start = rt::boot_field(&boot.start_tsc).load(Ordering::Acquire).max(rt::rdtsc());
+    let torture = if boot.torture.max_acquisitions == 0 {
+        torture.with_deadline(start + rt::ns_to_cycles(boot.duration_ms * 1_000_000))
+    } else {
+        torture
+    };
+    let obs = GuestObserver(me);
+    // SAFETY: this vCPU's own block; the Platform methods touch it field by
+    // field through the raw pointer, never this field (as in torture.rs).
+    let latency = unsafe { &mut *core::ptr::addr_of_mut!((*me.block_ptr()).latency) };
+    let r = torture.run(me, &obs, latency);
+    let b = me.block();
+    b.acquisitions = r.acquisitions;
+    b.max_wait_ns = r.max_wait_ns;
+    // timing[0..3] as the spinlock torture: lock increments (what the VMM
+    // compares with the plain counters), no irq locks, no handlers.
+    b.timing[0] = r.acquisitions;
+    b.timing[1] = 0;
+    b.timing[2] = 0;
+    b.timing[3] = 0;
+    doorbell::DONE_OK
+}
