@@ -158,6 +158,7 @@ fn run() -> Result<i32> {
         Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
+            warn_config(&exp);
             exp.check_host(pvlock_vmm::host_cpus_available())?;
             compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs, progress: true })
         }
@@ -202,6 +203,24 @@ fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
     Ok(if out.aborted { 1 } else { 0 })
 }
 
+/// Settings that are valid but probably not what the user meant, once per
+/// distinct message.
+fn warn_config(exp: &Experiment) {
+    let mut seen = std::collections::BTreeSet::new();
+    for rc in &exp.runs {
+        let v = rc.lock.variant;
+        let t = rc.lock.spin_threshold;
+        if pvlock_guest_lib::variants::wait_early_disabled(v, t) && seen.insert((v, t)) {
+            eprintln!(
+                "pvlock: warning: lock.spin_threshold = {t} with {}: pv_wait_early() never fires below {} \
+                 (it looks at the predecessor only when (loop & 0xff) == 0), so queued waiters never halt early",
+                v.name(),
+                pvlock_guest_lib::variants::WAIT_EARLY_MIN_SPIN_THRESHOLD
+            );
+        }
+    }
+}
+
 fn cmd_run(args: RunArgs) -> Result<i32> {
     let overrides = Overrides {
         vcpus: args.vcpus,
@@ -213,6 +232,7 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
     };
     // Overrides replace config keys before the matrix is expanded.
     let exp = Experiment::load_with(&args.config, &overrides)?;
+    warn_config(&exp);
     for note in &exp.notes {
         println!("pvlock: {note}");
     }
@@ -388,6 +408,16 @@ fn list(what: &str) -> Result<()> {
                 println!("    {}", i.summary);
                 println!("    source: {}; first release: {}", i.source, i.first_release);
                 println!("    stealing: {}; checked: {}", i.stealing, i.verified);
+                if pvlock_guest_lib::variants::has_wait_early(v) {
+                    println!(
+                        "    wait-early: pv_wait_node() looks at the predecessor every 256 spins; \
+                         off when lock.spin_threshold < {}",
+                        pvlock_guest_lib::variants::WAIT_EARLY_MIN_SPIN_THRESHOLD
+                    );
+                }
+                if pvlock_guest_lib::variants::counters_model_only(v) {
+                    println!("    counters: model-only (no PV lock statistics in the kernel before v4.5)");
+                }
             }
         }
         "windows" => {

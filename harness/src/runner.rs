@@ -72,6 +72,10 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         removes: ev(LockEvent::HashRemoves),
         max_probe,
         hops_per_insert: if inserts > 0 { ev(LockEvent::PvHashHops) as f64 / inserts as f64 } else { 0.0 },
+        hops_per_kick_unlock: match ev(LockEvent::PvKickUnlock) {
+            0 => 0.0,
+            kicks => ev(LockEvent::PvHashHops) as f64 / kicks as f64,
+        },
         double_hash: ev(LockEvent::DoubleHash),
         occupancy: r.hash_occupancy.iter().map(|&(k, v)| [k, v]).collect(),
     };
@@ -195,6 +199,9 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             pv: variant.is_pv(),
             spin_threshold: rc.lock.spin_threshold,
             hash_bits: if r.boot.hash_entries > 0 { r.boot.hash_entries.trailing_zeros() } else { rc.lock.hash_bits },
+            counters: crate::record::CounterOrigin::of(variant),
+            wait_early: pvlock_guest_lib::variants::has_wait_early(variant)
+                && rc.lock.spin_threshold >= pvlock_guest_lib::variants::WAIT_EARLY_MIN_SPIN_THRESHOLD,
         },
         timing,
         checks,

@@ -343,10 +343,7 @@ impl VcpuThread {
         sh.set_preempted(self.cpu, true);
         let t = Instant::now();
         while t.elapsed() < d && !sh.stop.load(Ordering::Acquire) {
-            // Saturating: the clock moves between the check above and this
-            // read (a host preemption of this thread is enough), and a plain
-            // `d - elapsed` then panics and kills the vCPU thread.
-            std::thread::sleep(d.saturating_sub(t.elapsed()).min(Duration::from_millis(20)));
+            std::thread::sleep(stall_slice(d, t.elapsed()));
         }
         sh.set_preempted(self.cpu, false);
         ch.counters.add(VmmCounter::Stalls, 1);
@@ -370,5 +367,28 @@ impl VcpuThread {
             line: rec.line,
             message: String::from_utf8_lossy(msg).into_owned(),
         }
+    }
+}
+
+/// The next sleep of a stall of `d` after `elapsed`: at most 20 ms, so a
+/// stop request is seen soon. Saturating: the clock moves between the
+/// caller's `elapsed < d` check and the read passed here (a host
+/// preemption of the vCPU thread is enough), and a plain `d - elapsed`
+/// then panicked and killed the vCPU thread (results/findings, 2026-12-01).
+fn stall_slice(d: Duration, elapsed: Duration) -> Duration {
+    d.saturating_sub(elapsed).min(Duration::from_millis(20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stall_slice;
+    use std::time::Duration;
+
+    #[test]
+    fn a_stall_whose_time_ran_out_between_two_clock_reads_sleeps_zero() {
+        let us = Duration::from_micros;
+        assert_eq!(stall_slice(us(1), us(3)), Duration::ZERO, "used to panic: overflow when subtracting durations");
+        assert_eq!(stall_slice(us(500), us(100)), us(400));
+        assert_eq!(stall_slice(Duration::from_secs(1), Duration::ZERO), Duration::from_millis(20));
     }
 }
