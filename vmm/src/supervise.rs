@@ -102,7 +102,7 @@ pub(crate) fn supervise(
             if first.0.elapsed() >= Duration::from_millis(cfg.hypervisor.detect_ms) {
                 if cfg.hypervisor.rescue {
                     ch.counters.add(VmmCounter::Rescues, 1);
-                    sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    sh.record_rescue(r);
                     let _ = ch.kick.write(1);
                     suspect[c as usize] = None;
                     continue;
