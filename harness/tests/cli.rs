@@ -18,6 +18,30 @@ fn invalid_config_names_the_key_and_exits_2() {
 }
 
 #[test]
+fn bad_values_name_key_and_line_before_any_run() {
+    let d = tempfile::tempdir().unwrap();
+    for (text, key, line) in [
+        ("[torture]\nirq_prob = nan\n", "torture.irq_prob", 2),
+        ("name = \"x\"\nvcpus = \"four\"\n", "vcpus", 2),
+        (
+            "[[preempt.schedule]]\nat = \"handoff\"\n[[preempt.schedule]]\nuntil = \"blocked\"\n",
+            "preempt.schedule[1]",
+            3,
+        ),
+        ("[preempt]\nholder_stall_us = 9223372036854775807\n", "preempt.holder_stall_us", 2),
+        ("vcpus = 2\nhost_cpus = 1024\n", "host_cpus", 2),
+    ] {
+        let p = d.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = pvlock().args(["run"]).arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(&format!("`{key}`")) && err.contains(&format!("bad.toml:{line}")), "{text}: {err}");
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing ran: {text}");
+    }
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let out = pvlock().args(["run", "/nonexistent/x.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -19,6 +19,7 @@ pub mod machine;
 pub mod preempt;
 pub mod report;
 pub mod signal;
+pub mod supervise;
 pub mod vcpu;
 pub mod watchdog;
 

@@ -298,3 +298,41 @@ pub struct RunReport {
     /// (entries in use, samples) of the PV hash table over the run.
     pub hash_occupancy: Vec<(u64, u64)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_statuses_are_their_json_spellings() {
+        let failures = [
+            GuestFailure::TripleFault { cpu: 0, rip: 0, rsp: 0, cr2: 0, rax: 0, rdi: 0 },
+            GuestFailure::Panic { cpu: 0, what: PanicKind::Bug, file: "f".into(), line: 1, message: "m".into() },
+            GuestFailure::AbiViolation { cpu: 0, rip: 0, detail: String::new() },
+            GuestFailure::UnexpectedExit { cpu: 0, rip: 0, exit: String::new(), rsp: 0, cr2: 0, rax: 0, rdi: 0 },
+            GuestFailure::WorkloadFailed { cpu: 0, status: 1 },
+            GuestFailure::MissedWakeup { cpu: 0, class: MissedWakeupClass::StaleEntry, detail: String::new() },
+            GuestFailure::BlockedWait { cpu: 0, blocked_ms: 1, gpa: 0, expected: 0, current: 0 },
+            GuestFailure::Timeout { timeout_ms: 1, not_done: vec![] },
+            GuestFailure::Host { cpu: 0, error: String::new() },
+            GuestFailure::Aborted { reason: String::new() },
+        ];
+        for f in failures {
+            let v = serde_json::to_value(&f).unwrap();
+            assert_eq!(v["kind"], f.kind());
+            assert_eq!(serde_json::from_value::<GuestFailure>(v).unwrap(), f);
+        }
+        for s in RunStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(RunStatus::from_name(s.as_str()), Some(*s));
+        }
+        for c in MissedWakeupClass::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.name());
+        }
+        // Records written before the class was typed spelled it as the Rust name.
+        let old: MissedWakeupClass = serde_json::from_str("\"StaleEntry\"").unwrap();
+        assert_eq!(old, MissedWakeupClass::StaleEntry);
+        let p = serde_json::to_value(PanicKind::MutualExclusion).unwrap();
+        assert_eq!(p, "mutual-exclusion violation");
+    }
+}
