@@ -40,17 +40,26 @@ named! {
         MutantNoStoreMb = 20, "mutant-no-store-mb";
         MutantSlowBeforeHash = 21, "mutant-slow-before-hash";
         MutantHaltedHead = 22, "mutant-halted-head";
+        /// A kernel tree's own `__pv_queued_spin_lock_slowpath` +
+        /// `__pv_queued_spin_unlock`, built from `lock.kernel_tree`.
+        KernelPv = 30, "kernel-pv";
+        /// A kernel tree's own `native_queued_spin_lock_slowpath`.
+        KernelNative = 31, "kernel-native";
     }
 }
 
 impl Variant {
     /// Uses pv_wait / pv_kick and the PV hash table.
     pub const fn is_pv(self) -> bool {
-        (self as u32) >= 10
+        !matches!(self, Self::Ticket | Self::Tas | Self::Qspinlock | Self::KernelNative)
     }
     /// A deliberately broken self-test, not a historical variant.
     pub const fn is_mutant(self) -> bool {
-        (self as u32) >= 20
+        matches!(self, Self::MutantNoStoreMb | Self::MutantSlowBeforeHash | Self::MutantHaltedHead)
+    }
+    /// Runs a kernel tree's own code (the kernel-lock module), not ours.
+    pub const fn is_kernel(self) -> bool {
+        matches!(self, Self::KernelPv | Self::KernelNative)
     }
 }
 

@@ -165,3 +165,7 @@ const struct pvlock_kmod pvlock_kmod_descriptor = {
 	.q_pending_bits = _Q_PENDING_BITS,
 	.flavour_x86 = PVLOCK_FLAVOUR_X86,
 };
+
+/* pvlock_abi::kmod checks the same sizes on the Rust side. */
+_Static_assert(sizeof(struct pvlock_kmod) == 176, "struct pvlock_kmod does not match pvlock_abi::kmod");
+_Static_assert(sizeof(struct pvlock_ksvc) == 7 * 8, "struct pvlock_ksvc does not match pvlock_abi::kmod");

@@ -52,6 +52,34 @@ pub struct LockSection {
     pub hash_bits: u32,
     /// End the run (BUG) at the first double hash insert.
     pub stop_on_double_hash: bool,
+    /// Kernel variants (`kernel-pv`, `kernel-native`): the kernel tree whose
+    /// own `kernel/locking/qspinlock.c` is built and run. (The kernel keys
+    /// are left out of records when at their defaults.)
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kernel_tree: String,
+    /// Unified diffs (`-p1`) applied in order to a private copy of the
+    /// files the build reads; a list of lists is an axis of patch sets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_patches: Vec<String>,
+    /// `x86` (arch/x86's qspinlock headers) or `generic` (asm-generic only).
+    #[serde(skip_serializing_if = "is_x86")]
+    pub kernel_flavour: String,
+    /// `CONFIG_NR_CPUS` of the build; 0 = 64 (the guest's most vCPUs).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kernel_nr_cpus: u32,
+    /// `CONFIG_LOCK_EVENT_COUNTS`: the kernel's own event counters.
+    #[serde(skip_serializing_if = "is_true")]
+    pub kernel_lock_events: bool,
+}
+
+fn is_x86(s: &str) -> bool {
+    s == "x86"
+}
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,7 +206,59 @@ impl Default for RunConfig {
 
 impl Default for LockSection {
     fn default() -> Self {
-        Self { variant: "pv-upstream".into(), spin_threshold: 1 << 15, hash_bits: 0, stop_on_double_hash: false }
+        Self {
+            variant: "pv-upstream".into(),
+            spin_threshold: 1 << 15,
+            hash_bits: 0,
+            stop_on_double_hash: false,
+            kernel_tree: String::new(),
+            kernel_patches: Vec::new(),
+            kernel_flavour: "x86".into(),
+            kernel_nr_cpus: 0,
+            kernel_lock_events: true,
+        }
+    }
+}
+
+impl LockSection {
+    /// The kernel build a kernel variant needs (`None` for our variants);
+    /// `Err((key, why))` when its keys are wrong.
+    pub fn kernel_spec(&self, vcpus: u32) -> Result<Option<crate::kernel::KernelSpec>, (String, String)> {
+        use crate::kernel::{Flavour, KernelSpec};
+        let flavour = match self.kernel_flavour.as_str() {
+            "x86" => Flavour::X86,
+            "generic" => Flavour::Generic,
+            other => {
+                return Err(("lock.kernel_flavour".into(), format!("`{other}` is not a flavour (x86 or generic)")))
+            }
+        };
+        let kernel = Variant::from_name(&self.variant).is_some_and(|v| v.is_kernel());
+        if !kernel {
+            return Ok(None);
+        }
+        if self.kernel_tree.is_empty() {
+            return Err((
+                "lock.kernel_tree".into(),
+                format!("variant `{}` runs a kernel tree's own code: name the tree (or --kernel-tree)", self.variant),
+            ));
+        }
+        let nr_cpus = if self.kernel_nr_cpus == 0 { pvlock_abi::MAX_VCPUS as u32 } else { self.kernel_nr_cpus };
+        if nr_cpus < vcpus || nr_cpus as usize > pvlock_abi::MAX_VCPUS {
+            return Err((
+                "lock.kernel_nr_cpus".into(),
+                format!(
+                    "CONFIG_NR_CPUS {nr_cpus} must be at least vcpus ({vcpus}) and at most {}",
+                    pvlock_abi::MAX_VCPUS
+                ),
+            ));
+        }
+        Ok(Some(KernelSpec {
+            tree: self.kernel_tree.clone().into(),
+            patches: self.kernel_patches.iter().map(Into::into).collect(),
+            flavour,
+            nr_cpus,
+            lock_event_counts: self.kernel_lock_events,
+        }))
     }
 }
 
@@ -338,7 +418,7 @@ fn unknown_key(msg: &str) -> Option<String> {
 }
 
 /// Keys whose value is a list by nature (not a matrix axis).
-const LIST_KEYS: &[&str] = &["preempt.windows", "preempt.schedule"];
+const LIST_KEYS: &[&str] = &["preempt.windows", "preempt.schedule", "lock.kernel_patches"];
 
 fn collect_axes(
     t: &Table,
@@ -448,6 +528,14 @@ impl RunConfig {
             ));
         }
         range("lock.spin_threshold", self.lock.spin_threshold, 1, 1 << 24)?;
+        // A missing tree is only an error when the run starts: a config may
+        // leave it to --kernel-tree.
+        match self.lock.kernel_spec(self.vcpus) {
+            Err((key, _)) if key == "lock.kernel_tree" => {}
+            r => {
+                r?;
+            }
+        }
         if self.lock.hash_bits != 0 {
             range("lock.hash_bits", self.lock.hash_bits, 2, 12)?;
         }

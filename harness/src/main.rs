@@ -82,6 +82,45 @@ struct ReproArgs {
     json: Option<PathBuf>,
 }
 
+/// The kernel-tree options of run and compare.
+#[derive(clap::Args, Clone, Default)]
+struct KernelArgs {
+    /// Kernel tree for the kernel variants (sets `lock.kernel_tree`).
+    #[arg(long)]
+    kernel_tree: Option<PathBuf>,
+    /// A unified diff (-p1) applied to a private copy of the tree's files;
+    /// repeat for several, applied in order (sets `lock.kernel_patches`).
+    #[arg(long = "kernel-patch")]
+    kernel_patches: Vec<PathBuf>,
+    /// Rebuild kernel modules even when the build cache has them.
+    #[arg(long)]
+    rebuild: bool,
+}
+
+impl KernelArgs {
+    /// Applies the options to one run's config.
+    fn apply(&self, rc: &mut RunConfig) {
+        if let Some(t) = &self.kernel_tree {
+            rc.lock.kernel_tree = t.display().to_string();
+        }
+        if !self.kernel_patches.is_empty() {
+            rc.lock.kernel_patches = self.kernel_patches.iter().map(|p| p.display().to_string()).collect();
+        }
+    }
+
+    /// `exp` with the options applied to every run, re-checked.
+    fn apply_all(&self, exp: Experiment) -> Result<Experiment> {
+        pvlock::kernel::set_rebuild(self.rebuild);
+        let mut runs = Vec::with_capacity(exp.runs.len());
+        for mut rc in exp.runs {
+            self.apply(&mut rc);
+            rc.validate().map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))?;
+            runs.push(rc);
+        }
+        Ok(Experiment { runs, ..exp })
+    }
+}
+
 #[derive(clap::Args)]
 struct CompareArgs {
     /// Experiment config (TOML).
@@ -95,6 +134,8 @@ struct CompareArgs {
     /// Runs at once. Concurrent VMs share the host CPUs: keep 1 for numbers.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +162,8 @@ struct RunArgs {
     /// Run this guest ELF instead of the built-in one.
     #[arg(long)]
     guest_elf: Option<PathBuf>,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 fn main() {
@@ -152,7 +195,7 @@ fn run() -> Result<i32> {
         }
         Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
-            let exp = Experiment::load(&a.config)?;
+            let exp = a.kernel.apply_all(Experiment::load(&a.config)?)?;
             compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs, progress: true })
         }
         Some(Cmd::Report { dir }) => {
@@ -215,11 +258,13 @@ fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
     if let Some(v) = a.locks {
         rc.torture.locks = v;
     }
+    a.kernel.apply(rc);
     rc.validate().map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
 }
 
 fn cmd_run(args: RunArgs) -> Result<i32> {
     let exp = Experiment::load(&args.config)?;
+    pvlock::kernel::set_rebuild(args.kernel.rebuild);
     let elf_owned;
     let elf: &[u8] = match &args.guest_elf {
         Some(p) => {
@@ -354,7 +399,7 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     let _ = ctrlc::set_handler(move || s.stop());
     let mut results = Vec::new();
     let jobs: Vec<(pvlock::repro::Repro, String)> = if a.all {
-        let pv: Vec<&str> = Variant::ALL.iter().filter(|v| v.is_pv()).map(|v| v.name()).collect();
+        let pv: Vec<&str> = Variant::ALL.iter().filter(|v| v.is_pv() && !v.is_kernel()).map(|v| v.name()).collect();
         catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, v.to_string()))).collect()
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };

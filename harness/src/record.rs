@@ -146,6 +146,10 @@ pub struct Record {
     pub console: Vec<String>,
     /// The effective config of this run.
     pub config: RunConfig,
+    /// Kernel variants: the build that ran (tree version, flavour, patches
+    /// with their sha256, compiler, the layout it reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::kernel::KernelBuildInfo>,
 }
 
 impl Record {

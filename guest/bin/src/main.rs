@@ -6,6 +6,7 @@
 #![no_main]
 
 pub mod cpu;
+mod kmod;
 mod mem;
 pub mod rt;
 mod torture;

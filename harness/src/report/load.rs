@@ -226,6 +226,7 @@ mod tests {
             per_vcpu: vec![],
             console: vec![],
             config: Default::default(),
+            kernel: None,
         };
         let k1 = GroupKey::of(&a);
         assert_eq!(k1.other, "torture.locks=4");

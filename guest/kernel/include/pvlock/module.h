@@ -88,8 +88,11 @@ static inline __attribute__((__noreturn__)) void pvlock_bug(const char *file, in
 	__builtin_unreachable();
 }
 
+extern u64 pvlock_kernel_warnings;
+
 static inline void pvlock_warn(const char *file, int line, const char *msg)
 {
+	pvlock_kernel_warnings++;
 	pvlock_svc.warn(file, (u32)line, msg);
 }
 
