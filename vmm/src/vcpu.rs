@@ -131,11 +131,26 @@ impl VcpuThread {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
-            match self.step() {
-                Ok(Next::Continue) => {}
-                Ok(Next::Finish) => break,
-                Err(f) => {
+            // A panic here would end this thread silently: the vCPU would
+            // never run again and the run would time out as a guest "hang"
+            // with this vCPU apparently running (how the VMM's own stall
+            // bug looked). Report it as the host failure it is.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            match step {
+                Ok(Ok(Next::Continue)) => {}
+                Ok(Ok(Next::Finish)) => break,
+                Ok(Err(f)) => {
                     let _ = self.tx.send(VcpuEvent::Failed(f));
+                    break;
+                }
+                Err(payload) => {
+                    let what = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".to_string());
+                    let error = format!("VMM vCPU thread panicked: {what}");
+                    let _ = self.tx.send(VcpuEvent::Failed(GuestFailure::Host { cpu, error }));
                     break;
                 }
             }
@@ -324,7 +339,10 @@ impl VcpuThread {
         sh.set_preempted(self.cpu, true);
         let t = Instant::now();
         while t.elapsed() < d && !sh.stop.load(Ordering::Acquire) {
-            std::thread::sleep((d - t.elapsed()).min(Duration::from_millis(20)));
+            // Saturating: the clock moves between the check above and this
+            // read (a host preemption of this thread is enough), and a plain
+            // `d - elapsed` then panics and kills the vCPU thread.
+            std::thread::sleep(d.saturating_sub(t.elapsed()).min(Duration::from_millis(20)));
         }
         sh.set_preempted(self.cpu, false);
         ch.counters.add(VmmCounter::Stalls, 1);
