@@ -258,6 +258,7 @@ impl LockSection {
             flavour,
             nr_cpus,
             lock_event_counts: self.kernel_lock_events,
+            spin_threshold: self.spin_threshold,
         }))
     }
 }

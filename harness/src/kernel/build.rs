@@ -120,7 +120,7 @@ fn compiler() -> Result<(String, String), KernelError> {
 }
 
 fn knob_flags(spec: &KernelSpec) -> Vec<String> {
-    let mut f = vec![format!("-DCONFIG_NR_CPUS={}", spec.nr_cpus)];
+    let mut f = vec![format!("-DCONFIG_NR_CPUS={}", spec.nr_cpus), format!("-DSPIN_THRESHOLD={}", spec.spin_threshold)];
     if spec.lock_event_counts {
         f.push("-DCONFIG_LOCK_EVENT_COUNTS".into());
     }

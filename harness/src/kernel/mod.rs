@@ -48,6 +48,9 @@ pub struct KernelSpec {
     pub nr_cpus: u32,
     /// `CONFIG_LOCK_EVENT_COUNTS`: the kernel's own event counters.
     pub lock_event_counts: bool,
+    /// `SPIN_THRESHOLD` (x86's `asm/spinlock.h` has 1 << 15). Below 256
+    /// the tree's wait-early check, made every 256 spins, never runs.
+    pub spin_threshold: u32,
 }
 
 /// Why a kernel build could not be made. Each names the thing at fault.
