@@ -10,6 +10,11 @@
 #include <pvlock/kernel.h>
 #include <kernel/locking/qspinlock.c>
 
+/* 6.15+ spells the node count _Q_MAX_NODES (kernel/locking/qspinlock.h). */
+#if !defined(MAX_NODES) && defined(_Q_MAX_NODES)
+#define MAX_NODES _Q_MAX_NODES
+#endif
+
 #ifndef PVLOCK_FLAVOUR_X86
 #define PVLOCK_FLAVOUR_X86 0
 #endif

@@ -17,7 +17,7 @@ use pvlock_abi::doorbell::PanicKind;
 use pvlock_abi::kmod::{
     self, KmodDescriptor, KmodInit, KmodServices, KmodSlowpath, KmodUnlock, KMOD_GPA, KMOD_MAGIC, KMOD_VERSION,
 };
-use pvlock_abi::{LockEvent, VcpuBlock, MAX_VCPUS, STACK_SIZE};
+use pvlock_abi::{GuestPhase, LockEvent, VcpuBlock, MAX_VCPUS, STACK_SIZE};
 use pvlock_guest_lib::{ExternalLock, Platform, RawLock, WaitOn};
 
 /// Which of the tree's slow paths a kernel variant runs.
@@ -33,6 +33,7 @@ pub enum KernelPath {
 pub struct KernelLock {
     slowpath: KmodSlowpath,
     unlock: KmodUnlock,
+    desc: &'static KmodDescriptor,
 }
 
 /// The module's descriptor, once checked.
@@ -90,6 +91,17 @@ impl KernelLock {
             let (table, bits) = unsafe { (*(d.hash_table_var as *const u64), *(d.hash_bits_var as *const u32)) };
             rt::boot_field(&boot.hash_gpa).store(table, Ordering::Relaxed);
             rt::boot_field(&boot.hash_entries).store(1 << bits, Ordering::Relaxed);
+            // And its nodes, for the VMM's node -> vCPU mapping: CPU c's
+            // qnodes are at qnodes + __per_cpu_offset[c], the per-CPU
+            // copies one fixed stride apart, so `(node - nodes_gpa) /
+            // node_stride / 4` is the CPU of any of its nodes.
+            // SAFETY: init filled __per_cpu_offset[0..nr_cpus_max].
+            let off = |c: usize| unsafe { *((d.per_cpu_offset as *const u64).add(c)) };
+            if d.nr_cpus_max >= 2 {
+                let stride = off(1) - off(0);
+                rt::boot_field(&boot.nodes_gpa).store(d.qnodes + off(0), Ordering::Relaxed);
+                rt::boot_field(&boot.node_stride).store(stride / 4, Ordering::Relaxed);
+            }
             STATE.store(1, Ordering::Release);
         } else {
             while STATE.load(Ordering::Acquire) == 0 {
@@ -112,6 +124,7 @@ impl KernelLock {
             Self {
                 slowpath: core::mem::transmute::<u64, KmodSlowpath>(slowpath),
                 unlock: core::mem::transmute::<u64, KmodUnlock>(unlock),
+                desc: d,
             }
         }
     }
@@ -151,6 +164,9 @@ impl ExternalLock for KernelLock {
             Ok(_) => return,
             Err(v) => v,
         };
+        // What the VMM's watchdog reads while we wait: the lock and the
+        // node the slow path is about to take (qnodes[count] of this CPU).
+        p.set_phase(GuestPhase::Spinning, lock.addr(), self.next_node(p.cpu()));
         let ptr = lock as *const RawLock as *mut u32;
         with_platform(p, || (self.slowpath)(ptr, val));
     }
@@ -161,8 +177,29 @@ impl ExternalLock for KernelLock {
     }
 }
 
-// SAFETY: KernelLock holds two function pointers; the module code they
-// point at is written for concurrent callers (it is a spinlock).
+impl KernelLock {
+    /// Address of the node `cpu`'s next slow path will use (0 past
+    /// `MAX_NODES`, where the tree spins without a node).
+    fn next_node(&self, cpu: u32) -> usize {
+        let d = self.desc;
+        // SAFETY: init filled __per_cpu_offset; cpu < nr_vcpus <= nr_cpus_max;
+        // node 0's count of this CPU is only written by this CPU (in the
+        // slow path, which is not running on it now: we are in a fast path
+        // or an interrupt's, and the count is only read).
+        unsafe {
+            let base = d.qnodes + *((d.per_cpu_offset as *const u64).add(cpu as usize));
+            let count = core::ptr::read_volatile((base + d.mcs_count_off as u64) as *const i32);
+            if count < 0 || count as u32 >= d.max_nodes {
+                return 0;
+            }
+            (base + count as u64 * d.qnode_size as u64) as usize
+        }
+    }
+}
+
+// SAFETY: KernelLock holds two function pointers and the (read-only)
+// descriptor; the module code is written for concurrent callers (it is a
+// spinlock).
 unsafe impl Sync for KernelLock {}
 
 /// Adds this vCPU's kernel event counters into its block under the

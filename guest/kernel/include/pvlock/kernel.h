@@ -65,6 +65,7 @@ typedef _Bool bool;
 #define __initdata
 #define __read_mostly
 #define __user
+#define __percpu
 #define __lockfunc __section(".spinlock.text")
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
