@@ -48,6 +48,10 @@ enum Cmd {
         /// Where result directories go.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Also measure this kernel tree's kernel-pv against pv-upstream
+        /// (uncontended, and contended at 4x overcommit).
+        #[arg(long)]
+        kernel_tree: Option<PathBuf>,
     },
     /// Compare two result directories group by group (Welch's t-test at 95%).
     Diff {
@@ -202,8 +206,9 @@ fn run() -> Result<i32> {
             print!("{}", pvlock::report::report_command(&dir)?);
             Ok(0)
         }
-        Some(Cmd::Bench { quick, json, out }) => {
-            pvlock::bench::command(&pvlock::bench::BenchOptions { quick, out, json, progress: true }, GUEST_ELF)
+        Some(Cmd::Bench { quick, json, out, kernel_tree }) => {
+            let opts = pvlock::bench::BenchOptions { quick, out, json, progress: true, kernel_tree };
+            pvlock::bench::command(&opts, GUEST_ELF)
         }
         Some(Cmd::Diff { dir_a, dir_b }) => {
             print!("{}", pvlock::report::diff_command(&dir_a, &dir_b)?);
