@@ -135,9 +135,11 @@ fn with_platform<R>(p: &dyn Platform, f: impl FnOnce() -> R) -> R {
     let cpu = p.cpu() as usize;
     let slot: &dyn Platform = p;
     let here = &slot as *const &dyn Platform as *mut ();
-    // Relaxed: only this vCPU reads its slot (in the services, called from
-    // within `f` on the same vCPU).
-    let prev = CURRENT[cpu].swap(here, Ordering::Relaxed);
+    // Plain (relaxed) load and store, no locked RMW: only this vCPU
+    // touches its slot (here and in the services, called from within `f`
+    // on the same vCPU), so nothing races; this runs on every unlock.
+    let prev = CURRENT[cpu].load(Ordering::Relaxed);
+    CURRENT[cpu].store(here, Ordering::Relaxed);
     let r = f();
     CURRENT[cpu].store(prev, Ordering::Relaxed);
     r
