@@ -57,6 +57,9 @@ fn main() {
             cmd.env_remove(k);
         }
     }
+    // Source paths in the guest (panic and BUG locations in records, debug
+    // info) relative to the repository, not to this machine.
+    cmd.env("RUSTFLAGS", format!("--remap-path-prefix={}/=", root.display()));
     let status = cmd.status().expect("cannot run cargo to build the guest");
     if !status.success() {
         panic!("building the guest (guest/bin) failed: {status}");

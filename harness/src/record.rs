@@ -3,6 +3,8 @@
 
 use crate::config::RunConfig;
 use crate::stats::Percentiles;
+use pvlock_abi::Variant;
+use pvlock_vmm::{GuestFailure, HoldOutcome, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -72,19 +74,25 @@ pub struct Diagnosis {
     /// (no interrupts) cannot show directly.
     pub real_guest_severity: Option<String>,
     /// Directed holds and what released each (`condition`, `timeout`, `stop`).
-    pub holds: Vec<serde_json::Value>,
+    pub holds: Vec<HoldOutcome>,
     /// Random / holder stall requests skipped (vCPU blocked or already stalled).
     pub stalls_skipped: u64,
 }
 
 /// Lock parameters as run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
-    pub variant: String,
+    pub variant: Variant,
     pub mutant: bool,
     pub pv: bool,
     pub spin_threshold: u32,
     pub hash_bits: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { variant: Variant::PvUpstream, mutant: false, pv: true, spin_threshold: 1 << 15, hash_bits: 0 }
+    }
 }
 
 /// Guest-measured mechanism costs (timing workloads).
@@ -113,11 +121,11 @@ pub struct Record {
     /// The values of the matrix keys that vary, e.g. `lock.variant=pv-v4.8,vcpus=4`.
     pub run_key: String,
     /// `ok` | `failed` | `hang` | `aborted` | `guest-crash`.
-    pub status: String,
+    pub status: RunStatus,
     /// One line: why the status is what it is.
     pub summary: String,
     /// Structured failure (kind, vCPU, RIP, message...), if any.
-    pub failure: Option<serde_json::Value>,
+    pub failure: Option<GuestFailure>,
     pub started_at: String,
     pub pvlock_version: String,
     pub vcpus: u32,
@@ -153,6 +161,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// The variant as reports show it: its name, and for a kernel build
+    /// the tree's release, the flavour and the patches applied, e.g.
+    /// `kernel-pv 6.12.117 x86 +fix.patch`.
+    pub fn variant_label(&self) -> String {
+        let name = self.params.variant.name();
+        let Some(k) = &self.kernel else { return name.to_string() };
+        let mut label = format!("{name} {} {}", k.version, k.flavour.name());
+        for [path, _sha] in &k.patches {
+            let file = std::path::Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned());
+            label += &format!(" +{}", file.unwrap_or_else(|| path.clone()));
+        }
+        label
+    }
+
     pub fn all_checks_passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }

@@ -7,6 +7,7 @@ use pvlock::config::RunConfig;
 use pvlock::kernel::{self, build, BuildOptions, Flavour, KernelError, KernelSpec};
 use pvlock::record::Record;
 use pvlock::runner::{run_one, GUEST_ELF};
+use pvlock_abi::{Variant, Workload};
 use pvlock_vmm::StopHandle;
 use std::path::{Path, PathBuf};
 
@@ -28,19 +29,19 @@ fn spec(tree: &Path, patches: &[PathBuf]) -> KernelSpec {
 }
 
 /// Torture with simulated interrupts and random stalls, 4 vCPUs on 2 host CPUs.
-fn torture(variant: &str, tree: &Path, vcpus: u32, patches: &[PathBuf]) -> RunConfig {
+fn torture(variant: Variant, tree: &Path, vcpus: u32, patches: &[PathBuf]) -> RunConfig {
     let mut rc = RunConfig {
-        name: format!("kernel-{variant}"),
-        workload: "torture".into(),
+        name: format!("{variant}"),
+        workload: Workload::Torture,
         vcpus,
         host_cpus: 2,
         duration_ms: 600,
         timeout_ms: 30_000,
         ..Default::default()
     };
-    rc.lock.variant = variant.into();
-    rc.lock.kernel_tree = tree.display().to_string();
-    rc.lock.kernel_patches = patches.iter().map(|p| p.display().to_string()).collect();
+    rc.lock.variant = variant;
+    rc.lock.kernel_tree = Some(tree.to_path_buf());
+    rc.lock.kernel_patches = patches.to_vec();
     rc.torture.locks = 8;
     rc.torture.nest = 2;
     rc.torture.cs_ns = 500;
@@ -67,7 +68,7 @@ fn both_trees_run_pv_and_native_under_torture_with_the_pv_paths_taken() {
         return;
     }
     for tree in &trees {
-        for (variant, vcpus) in [("kernel-pv", 4), ("kernel-native", 4), ("kernel-pv", 8)] {
+        for (variant, vcpus) in [(Variant::KernelPv, 4), (Variant::KernelNative, 4), (Variant::KernelPv, 8)] {
             let r = run(&torture(variant, tree, vcpus, &[]));
             let what = format!("{variant} {vcpus} vCPUs, {}", tree.display());
             assert_eq!(r.status, "ok", "{what}: {} {:?}", r.summary, r.checks);
@@ -78,7 +79,7 @@ fn both_trees_run_pv_and_native_under_torture_with_the_pv_paths_taken() {
             let k = r.kernel.as_ref().expect("the record names the kernel build");
             assert!(k.version.starts_with("6.1"), "{what}: version {}", k.version);
             assert!(ev(&r, "sim_irqs") > 0, "{what}: simulated interrupts ran");
-            if variant == "kernel-pv" {
+            if variant == Variant::KernelPv {
                 // The tree's PV paths really ran, counted by the tree itself.
                 for c in ["pv_wait_head", "pv_wait_node", "pv_kick_unlock", "pv_lock_stealing", "lock_slowpath"] {
                     assert!(ev(&r, c) > 0, "{what}: kernel counter {c} is 0: {:?}", r.lock_events);
@@ -113,17 +114,17 @@ fn fixture_patches_that_break_the_lock_are_caught() {
     for tree in &trees {
         // pv_unhash never finds the lock: the tree's own BUG(), reported
         // with the kernel's file:line.
-        let r = run(&torture("kernel-pv", tree, 4, &[fixture("unhash-misses.patch")]));
+        let r = run(&torture(Variant::KernelPv, tree, 4, &[fixture("unhash-misses.patch")]));
         assert_eq!(r.status, "guest-crash", "{}: {}", tree.display(), r.summary);
         assert!(r.summary.contains("BUG at kernel/locking/qspinlock_paravirt.h:"), "{}", r.summary);
         // pv_unhash leaves its entry behind: stale entries, a lost kick.
-        let r = run(&torture("kernel-pv", tree, 4, &[fixture("stale-hash-entry.patch")]));
+        let r = run(&torture(Variant::KernelPv, tree, 4, &[fixture("stale-hash-entry.patch")]));
         assert_ne!(r.status, "ok", "{}: the stale-entry patch went unnoticed: {}", tree.display(), r.summary);
         let text = format!("{} {:?}", r.diagnosis.hang_text.as_deref().unwrap_or(""), r.checks);
         assert!(text.contains("hash entries"), "{}: {text}", tree.display());
     }
     // The pending waiter takes the lock without waiting for its owner.
-    let r = run(&torture("kernel-native", new, 4, &[fixture("pending-ignores-owner.patch")]));
+    let r = run(&torture(Variant::KernelNative, new, 4, &[fixture("pending-ignores-owner.patch")]));
     assert_eq!(r.status, "guest-crash", "{}", r.summary);
     assert!(r.summary.contains("mutual exclusion violated"), "{}", r.summary);
     let k = r.kernel.as_ref().expect("kernel build recorded");

@@ -293,7 +293,9 @@ impl VcpuThread {
                 let w = pvlock_abi::Window::ALL[window as usize];
                 sh.preempt.window_arrivals[window as usize].fetch_add(1, Ordering::AcqRel);
                 let rules = &sh.cfg.preempt.schedule;
-                let precondition = |r: &crate::config::HoldRule| !r.successor_running || sh.successor_running(cpu);
+                let precondition = |r: &crate::config::HoldRule| {
+                    r.when != crate::config::HoldWhen::SuccessorRunning || sh.successor_running(cpu)
+                };
                 if let Some(i) = sh.preempt.claim_rule(rules, cpu, w, precondition) {
                     // Directed interleaving: hold here until the rule's condition.
                     sh.set_preempted(cpu, true);
@@ -309,11 +311,11 @@ impl VcpuThread {
                     sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
                         rule: i,
                         cpu,
-                        window: w.name().to_string(),
-                        released_by: why.to_string(),
+                        window: w,
+                        released_by: why,
                         held_us: held.as_micros() as u64,
                     });
-                } else if sh.cfg.windows.always == 0 {
+                } else if sh.cfg.preempt.schedule.is_empty() {
                     self.stall(Duration::from_micros(sh.cfg.preempt.window_stall_us));
                 }
                 Ok(Next::Continue)
@@ -356,15 +358,12 @@ impl VcpuThread {
         let rec: pvlock_abi::AssertRecord = self.shared.ram.read_pod(rec_gpa).unwrap_or_default();
         let file = &rec.file[..(rec.file_len as usize).min(rec.file.len())];
         let msg = &rec.msg[..(rec.msg_len as usize).min(rec.msg.len())];
-        let what = match PanicKind::from_u64(kind) {
-            Some(PanicKind::Panic) => "panic",
-            Some(PanicKind::Bug) => "BUG",
-            Some(PanicKind::MutualExclusion) => "mutual-exclusion violation",
-            None => "failure of unknown kind",
+        let Some(what) = PanicKind::from_u64(kind) else {
+            return self.abi_violation(format!("panic doorbell with unknown kind {kind}"));
         };
         GuestFailure::Panic {
             cpu,
-            what: what.to_string(),
+            what,
             file: String::from_utf8_lossy(file).into_owned(),
             line: rec.line,
             message: String::from_utf8_lossy(msg).into_owned(),

@@ -17,26 +17,8 @@ pub use tree::{Layout, Tree};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Which arch headers the build uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Flavour {
-    /// arch/x86's qspinlock headers: the `lock bts` pending path, the asm
-    /// PV unlock, `virt_spin_lock` (what an x86 KVM guest runs).
-    #[default]
-    X86,
-    /// asm-generic's qspinlock only, with the PV operations.
-    Generic,
-}
-
-impl Flavour {
-    pub fn name(self) -> &'static str {
-        match self {
-            Flavour::X86 => "x86",
-            Flavour::Generic => "generic",
-        }
-    }
-}
+/// Which arch headers the build uses (`lock.kernel_flavour`).
+pub use pvlock_vmm::KernelFlavour as Flavour;
 
 /// What to build: the tree, the patches (in order) and the build knobs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,6 +58,28 @@ pub enum KernelError {
     Bad(String),
     #[error("kernel build: {0}")]
     Io(String),
+}
+
+/// The kernel build `rc` needs: `None` for our own variants.
+pub fn spec_of(rc: &crate::config::RunConfig) -> Result<Option<KernelSpec>, pvlock_vmm::InvalidValue> {
+    let lock = &rc.lock;
+    if !lock.variant.is_kernel() {
+        return Ok(None);
+    }
+    let tree = lock.kernel_tree.clone().ok_or_else(|| {
+        pvlock_vmm::InvalidValue::new(
+            "lock.kernel_tree",
+            format!("variant `{}` runs a kernel tree's own code: name the tree (or --kernel-tree)", lock.variant),
+        )
+    })?;
+    Ok(Some(KernelSpec {
+        tree,
+        patches: lock.kernel_patches.clone(),
+        flavour: lock.kernel_flavour,
+        nr_cpus: lock.kernel_nr_cpus(),
+        lock_event_counts: lock.kernel_lock_events,
+        spin_threshold: lock.spin_threshold,
+    }))
 }
 
 /// The builds of this process: each spec is built (or read from the cache)

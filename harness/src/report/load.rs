@@ -81,7 +81,8 @@ pub fn split_run_key(key: &str) -> Vec<(String, String)> {
 pub struct GroupKey {
     /// Experiment name (a "question").
     pub name: String,
-    /// `params.variant`.
+    /// `params.variant`, for a kernel build with its release, flavour and
+    /// patches ([`Record::variant_label`]).
     pub variant: String,
     pub vcpus: u32,
     pub host_cpus: u32,
@@ -100,7 +101,7 @@ impl GroupKey {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        Self { name: r.name.clone(), variant: r.params.variant.clone(), vcpus: r.vcpus, host_cpus: r.host_cpus, other }
+        Self { name: r.name.clone(), variant: r.variant_label(), vcpus: r.vcpus, host_cpus: r.host_cpus, other }
     }
 
     /// The setting without the variant: `8 vCPUs / 2 host CPUs`, plus the
@@ -173,8 +174,9 @@ pub fn group(records: &[Record]) -> Vec<Group<'_>> {
 pub fn variants(records: &[Record]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in records {
-        if !out.contains(&r.params.variant) {
-            out.push(r.params.variant.clone());
+        let name = r.variant_label();
+        if !out.contains(&name) {
+            out.push(name);
         }
     }
     out
@@ -203,7 +205,7 @@ mod tests {
             schema_version: 1,
             name: "x".into(),
             run_key: "seed=1,vcpus=8,torture.locks=4".into(),
-            status: "ok".into(),
+            status: pvlock_vmm::RunStatus::Ok,
             summary: String::new(),
             failure: None,
             started_at: String::new(),
