@@ -19,6 +19,7 @@ pub mod doorbell;
 pub mod events;
 pub mod kmod;
 pub mod layout;
+pub mod lockword;
 pub mod names;
 pub mod seed;
 pub mod vcpu;

@@ -5,13 +5,14 @@
 //! `runs.jsonl` alone, so `pvlock report DIR` gives the same result later.
 
 use crate::config::{Experiment, RunConfig};
-use crate::output::{append_line, write_atomic};
+use crate::output::{append_line, check_path_component, create_unique_dir, set_latest, write_atomic};
 use crate::record::Record;
 use crate::report::EnvInfo;
 use crate::runner::run_one;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use pvlock_vmm::StopHandle;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -28,7 +29,11 @@ pub struct CompareOptions {
 /// Where the results went and how the matrix ended.
 pub struct CompareOutcome {
     pub dir: PathBuf,
+    /// Runs in the matrix.
     pub runs: usize,
+    /// Runs that finished (their records are in runs.jsonl): fewer than
+    /// `runs` when the matrix was stopped.
+    pub finished: usize,
     pub not_ok: usize,
     pub aborted: bool,
 }
@@ -46,15 +51,6 @@ fn stamp() -> String {
     crate::record::now_utc().replace(['-', ':'], "")
 }
 
-/// Points `parent/latest` at `target` (a symlink replaced atomically).
-fn set_latest(parent: &Path, target: &str) -> Result<()> {
-    let tmp = parent.join(format!(".latest.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, parent.join("latest"))?;
-    Ok(())
-}
-
 pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopHandle) -> Result<CompareOutcome> {
     let mut runs: Vec<RunConfig> = exp.runs.clone();
     if opts.quick {
@@ -69,10 +65,12 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
         });
         runs.iter_mut().for_each(quick);
     }
+    // The name becomes a directory under --out: one path component only,
+    // so that no config can write outside --out.
+    check_path_component("experiment name", &exp.name)?;
     let parent = opts.out.join(&exp.name);
-    let name = stamp();
-    let dir = parent.join(&name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A fresh directory per invocation, even for two in the same second.
+    let (dir, name) = create_unique_dir(&parent, &stamp())?;
     write_atomic(&dir.join("partial"), b"the matrix has not finished\n")?;
     let env = EnvInfo::collect();
     write_atomic(&dir.join("env.json"), &serde_json::to_vec_pretty(&env)?)?;
@@ -90,7 +88,10 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
     let next = AtomicUsize::new(0);
     let not_ok = AtomicUsize::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let write_lock = Mutex::new(());
+    // Lines appended to runs.jsonl so far (guarded: one writer at a time),
+    // and finished records that could not be written.
+    let write_lock: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let unsaved: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let jobs = opts.jobs.clamp(1, 16);
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -107,10 +108,21 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
                             not_ok.fetch_add(1, Ordering::AcqRel);
                         }
                         let line = serde_json::to_string(&rec).expect("records serialize");
-                        let _g = write_lock.lock();
-                        if let Err(e) = append_line(&jsonl, &line) {
-                            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        let mut saved = write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                        match append_line(&jsonl, &line) {
+                            Ok(()) => saved.push(line),
+                            Err(e) => {
+                                // A full disk, or the directory was removed:
+                                // stop, and hand every record that is not on
+                                // disk any more back to the caller.
+                                if !jsonl.exists() {
+                                    unsaved.lock().unwrap_or_else(|p| p.into_inner()).append(&mut saved);
+                                }
+                                unsaved.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                                failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            }
                         }
+                        drop(saved);
                         bar.set_message(format!("{} not ok", not_ok.load(Ordering::Acquire)));
                         bar.inc(1);
                     }
@@ -122,15 +134,31 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
         }
     });
     bar.finish_and_clear();
+    let finished = write_lock.into_inner().unwrap_or_else(|p| p.into_inner()).len();
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e.context(format!("matrix stopped; partial results in {}", dir.display())));
+        let unsaved = unsaved.into_inner().unwrap_or_else(|p| p.into_inner());
+        if unsaved.is_empty() {
+            return Err(e.context(format!("matrix stopped; partial results in {}", dir.display())));
+        }
+        // No finished record is lost: what could not be written goes to
+        // stdout, one JSON line per record (the runs.jsonl format).
+        let mut out = std::io::stdout().lock();
+        for l in &unsaved {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+        return Err(e.context(format!(
+            "matrix stopped; {} finished record(s) could not be written to {} and were printed to stdout as JSON lines",
+            unsaved.len(),
+            jsonl.display()
+        )));
     }
     let aborted = stop.is_stopped();
     if !aborted {
         std::fs::remove_file(dir.join("partial"))?;
     }
     crate::report::render_dir(&dir, &env)?;
-    Ok(CompareOutcome { dir, runs: total, not_ok: not_ok.into_inner(), aborted })
+    Ok(CompareOutcome { dir, runs: total, finished, not_ok: not_ok.into_inner(), aborted })
 }
 
 /// Reads back `runs.jsonl` of a result directory (for callers that print).

@@ -6,6 +6,7 @@
 //! Names (variants, windows, contracts, distributions) deserialize from
 //! their config spelling once; after that everything is typed.
 
+use pvlock_abi::lockword::LockLayout;
 use pvlock_abi::{LockParams, TortureParams, Variant, Window, WindowParams, Workload, MAX_VCPUS};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -333,6 +334,10 @@ pub struct MachineConfig {
     pub torture: TortureConfig,
     pub hypervisor: HypervisorConfig,
     pub preempt: PreemptConfig,
+    /// How the guest's locks are laid out in its memory; None: pvlock's own
+    /// guest ([`LockLayout::for_variant`]). A guest built from a kernel tree
+    /// supplies the descriptor read from that tree.
+    pub lock_layout: Option<LockLayout>,
 }
 
 impl Default for MachineConfig {
@@ -350,11 +355,17 @@ impl Default for MachineConfig {
             torture: TortureConfig::default(),
             hypervisor: HypervisorConfig::default(),
             preempt: PreemptConfig::default(),
+            lock_layout: None,
         }
     }
 }
 
 impl MachineConfig {
+    /// The layout the VMM decodes the guest's locks with.
+    pub fn layout(&self) -> LockLayout {
+        self.lock_layout.unwrap_or(LockLayout::for_variant(self.lock.variant))
+    }
+
     /// Checks every value; the error names the config key. The harness
     /// calls this on every run of a matrix before any runs (and adds the
     /// file line); [`crate::Machine::run`] calls it again as the last line

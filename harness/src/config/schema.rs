@@ -83,6 +83,7 @@ impl RunConfig {
             torture: self.torture.clone(),
             hypervisor: self.hypervisor.clone(),
             preempt: self.preempt.clone(),
+            lock_layout: None,
         }
     }
 }
