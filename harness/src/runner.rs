@@ -23,6 +23,12 @@ pub fn run_one(rc: &RunConfig, run_key: &str, elf: &[u8], stop: &StopHandle) -> 
         Some(spec) => Some(crate::kernel::module_for(&spec)?),
         None => None,
     };
+    let mut machine = machine;
+    if let Some(k) = &kernel {
+        // The VMM reads the tree's locks, nodes and hash entries through
+        // the layout its build reported.
+        machine.lock_layout = Some(k.lock_layout()?);
+    }
     let started_at = now_utc();
     let report = Machine::run_with_module(&machine, elf, kernel.as_ref().map(|k| k.image.as_slice()), stop)?;
     let mut rec = make_record(rc, run_key, started_at, &report);

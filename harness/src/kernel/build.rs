@@ -100,6 +100,30 @@ pub struct KernelBuild {
     pub cached: bool,
 }
 
+impl KernelBuild {
+    /// The tree's lock layout as its build reported it, for the VMM's
+    /// decoding (hang dumps, the missed-wakeup detector, hash checks). The
+    /// word's tail fields are asm-generic's for fewer than 16K CPUs, which
+    /// every build here is (`CONFIG_NR_CPUS` <= 64).
+    pub fn lock_layout(&self) -> Result<pvlock_abi::lockword::LockLayout, KernelError> {
+        let d = check_image(&self.image)?;
+        let mut l = pvlock_abi::lockword::LockLayout::for_variant(pvlock_abi::Variant::KernelPv);
+        l.word.locked_val = d.q_locked_val;
+        l.word.slow_val = d.q_slow_val;
+        l.hash_entry.size = d.hash_entry_size as u64;
+        l.hash_entry.lock = d.hash_entry_lock_off as u64;
+        l.hash_entry.node = d.hash_entry_node_off as u64;
+        l.node.max_nodes = d.max_nodes;
+        l.node.next = d.mcs_next_off as u64;
+        l.node.locked = d.mcs_locked_off as u64;
+        l.node.count = d.mcs_count_off as u64;
+        l.node.cpu = d.pv_node_cpu_off as u64;
+        l.node.state = d.pv_node_state_off as u64;
+        l.node.state_running = d.vcpu_running;
+        Ok(l)
+    }
+}
+
 fn io(what: &str, p: &Path, e: std::io::Error) -> KernelError {
     KernelError::Io(format!("{what} {}: {e}", p.display()))
 }
