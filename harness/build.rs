@@ -69,6 +69,8 @@ fn main() {
     std::fs::copy(&elf, &dest).unwrap_or_else(|e| panic!("cannot copy {}: {e}", elf.display()));
     println!("cargo:rustc-env=PVLOCK_GUEST_ELF={}", dest.display());
 
+    embed_kernel_standins(&root, &out_dir);
+
     // The git revision, for records ("" outside a checkout).
     let rev = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
@@ -80,4 +82,32 @@ fn main() {
         .unwrap_or_default();
     println!("cargo:rustc-env=PVLOCK_GIT_REV={rev}");
     println!("cargo:rerun-if-changed={}", root.join(".git/logs/HEAD").display());
+}
+
+/// Lists guest/kernel's stand-in headers, wrapper and link script for
+/// `include_bytes!` (harness/src/kernel/standins.rs): pvlock writes them out
+/// next to each kernel build, so the binary needs no checkout at run time.
+fn embed_kernel_standins(root: &std::path::Path, out_dir: &std::path::Path) {
+    fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<(String, PathBuf)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else if p.extension().is_some_and(|e| e == "h" || e == "c" || e == "ld") {
+                out.push((p.strip_prefix(base).unwrap().to_string_lossy().into_owned(), p));
+            }
+        }
+    }
+    let dir = root.join("guest/kernel");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files = Vec::new();
+    walk(&dir, &dir, &mut files);
+    let mut src = String::from("&[\n");
+    for (rel, abs) in &files {
+        println!("cargo:rerun-if-changed={}", abs.display());
+        src += &format!("    ({rel:?}, include_bytes!({:?}) as &[u8]),\n", abs.display().to_string());
+    }
+    src += "]\n";
+    std::fs::write(out_dir.join("kernel_standins.rs"), src).unwrap();
 }

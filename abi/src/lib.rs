@@ -17,6 +17,7 @@
 pub mod boot;
 pub mod doorbell;
 pub mod events;
+pub mod kmod;
 pub mod layout;
 pub mod lockword;
 pub mod names;

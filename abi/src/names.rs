@@ -114,6 +114,11 @@ variant_registry! {
         MutantNoStoreMb = 20, "mutant-no-store-mb", Mutant;
         MutantSlowBeforeHash = 21, "mutant-slow-before-hash", Mutant;
         MutantHaltedHead = 22, "mutant-halted-head", Mutant;
+        /// A kernel tree's own `__pv_queued_spin_lock_slowpath` +
+        /// `__pv_queued_spin_unlock`, built from `lock.kernel_tree`.
+        KernelPv = 30, "kernel-pv", Pv;
+        /// A kernel tree's own `native_queued_spin_lock_slowpath`.
+        KernelNative = 31, "kernel-native", Native;
     }
 }
 
@@ -125,6 +130,11 @@ impl Variant {
     /// A deliberately broken self-test, not a historical variant.
     pub const fn is_mutant(self) -> bool {
         matches!(self.kind(), VariantKind::Mutant)
+    }
+    /// Runs a kernel tree's own code (the kernel-lock module built by the
+    /// harness), not one of our reconstructions.
+    pub const fn is_kernel(self) -> bool {
+        matches!(self, Self::KernelPv | Self::KernelNative)
     }
 }
 

@@ -63,6 +63,8 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     /// Print a line per measurement on stderr.
     pub progress: bool,
+    /// Also measure this kernel tree's `kernel-pv` against `pv-upstream`.
+    pub kernel_tree: Option<PathBuf>,
 }
 
 /// What one invocation measures. Plain data, stored in `bench.json`.
@@ -98,6 +100,10 @@ pub struct Plan {
     pub repros: Vec<String>,
     pub seeds: u64,
     pub detect_budget_ms: u64,
+    /// `--kernel-tree`: its `kernel-pv` is measured beside `pv-upstream`
+    /// (uncontended, and contended at 8 vCPUs on 2 host CPUs).
+    #[serde(default)]
+    pub kernel_tree: Option<String>,
 }
 
 impl Plan {
@@ -124,6 +130,7 @@ impl Plan {
                 repros: vec!["double-hash".into()],
                 seeds: 2,
                 detect_budget_ms: 3000,
+                kernel_tree: None,
             }
         } else {
             let (vcpus, host_cpus) = (vec![1, 2, 4, 8, 16], vec![1, 2]);
@@ -148,6 +155,7 @@ impl Plan {
                 repros: crate::repro::catalog().iter().map(|r| r.name.to_string()).collect(),
                 seeds: 5,
                 detect_budget_ms: 4000,
+                kernel_tree: None,
             }
         }
     }
@@ -179,6 +187,18 @@ impl Plan {
         }
         for rep in 0..self.mech_repeats {
             jobs.push(Job::Uncontended { rep });
+        }
+        if self.kernel_tree.is_some() {
+            for rep in 0..self.mech_repeats {
+                for variant in KERNEL_PAIR {
+                    jobs.push(Job::Kernel { variant, contended: false, rep });
+                }
+            }
+            for rep in 0..self.repeats {
+                for variant in KERNEL_PAIR {
+                    jobs.push(Job::Kernel { variant, contended: true, rep });
+                }
+            }
         }
         for r in &self.repros {
             for i in 0..self.seeds {
@@ -227,13 +247,40 @@ pub struct Point {
 /// One measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Job {
-    Doorbells { rep: u32 },
-    PingPong { halt_poll_us: u64, rep: u32 },
-    Guest { point: Point, stalls: bool, rep: u32 },
-    Host { point: Point, rep: u32 },
-    Uncontended { rep: u32 },
-    Detect { repro: String, seed: u64 },
+    Doorbells {
+        rep: u32,
+    },
+    PingPong {
+        halt_poll_us: u64,
+        rep: u32,
+    },
+    Guest {
+        point: Point,
+        stalls: bool,
+        rep: u32,
+    },
+    Host {
+        point: Point,
+        rep: u32,
+    },
+    Uncontended {
+        rep: u32,
+    },
+    /// `kernel-pv` or `pv-upstream`: uncontended (1 vCPU, cs = think = 0)
+    /// or contended (the throughput point at 8 vCPUs on 2 host CPUs).
+    Kernel {
+        variant: Variant,
+        contended: bool,
+        rep: u32,
+    },
+    Detect {
+        repro: String,
+        seed: u64,
+    },
 }
+
+/// The kernel build and the Rust variant it is measured against.
+const KERNEL_PAIR: [Variant; 2] = [Variant::PvUpstream, Variant::KernelPv];
 
 /// Raw per-run values, everything the summary is computed from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -244,6 +291,33 @@ pub struct Samples {
     pub host: Vec<HostSample>,
     pub uncontended: Vec<UncontendedSample>,
     pub detect: Vec<DetectSample>,
+    #[serde(default)]
+    pub kernel: Vec<KernelSample>,
+}
+
+/// One `Job::Kernel` run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelSample {
+    pub variant: Variant,
+    pub contended: bool,
+    pub ok: bool,
+    pub acq_per_sec: f64,
+}
+
+/// `kernel-pv` of `plan.kernel_tree` against `pv-upstream`, in one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelBench {
+    /// The tree's version (its Makefile).
+    pub version: String,
+    /// ns per uncontended acquire+release, torture loop included.
+    pub uncontended_kernel_ns: Spread,
+    pub uncontended_rust_ns: Spread,
+    /// kernel-pv over pv-upstream, ns.
+    pub uncontended_ratio: Ratio,
+    /// Acquisitions/s at 8 vCPUs on 2 host CPUs.
+    pub contended_kernel_aps: Option<Spread>,
+    pub contended_rust_aps: Option<Spread>,
+    pub contended_ratio: Option<Ratio>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -393,6 +467,9 @@ pub struct BenchResult {
     pub kick_wake_tuned_us: Option<KickWake>,
     pub throughput: Vec<ThroughputRow>,
     pub uncontended: Option<Uncontended>,
+    /// With `--kernel-tree`: the kernel build beside pv-upstream.
+    #[serde(default)]
+    pub kernel: Option<KernelBench>,
     pub time_to_detect: Vec<DetectRow>,
     pub ratios: BTreeMap<String, Ratio>,
     pub goals: Vec<Goal>,
@@ -427,7 +504,8 @@ pub fn command(opts: &BenchOptions, elf: &[u8]) -> Result<i32> {
 /// Runs the bench and writes its results; `Err` only when a machine could
 /// not be built or a file not written.
 pub fn run_bench(opts: &BenchOptions, elf: &[u8], stop: &StopHandle) -> Result<BenchOutcome> {
-    let plan = Plan::new(opts.quick);
+    let mut plan = Plan::new(opts.quick);
+    plan.kernel_tree = opts.kernel_tree.as_ref().map(|t| t.display().to_string());
     let dir = opts.out.join("bench").join(now_utc().replace(['-', ':'], ""));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let env = EnvInfo::collect();
@@ -613,6 +691,42 @@ fn run_job(
                 s.uncontended.push(UncontendedSample { guest_ns: g, host_ns: h });
             }
             (format!("{what}: guest {g:.1} ns, host thread {h:.1} ns per acquisition"), bad(&rec, &what))
+        }
+        Job::Kernel { variant, contended, rep } => {
+            let point = Point { variant: *variant, vcpus: 8, host_cpus: 2 };
+            let mut rc = if *contended {
+                plan.guest_config(&point, false, *rep)
+            } else {
+                let mut rc = RunConfig {
+                    name: "bench-uncontended".into(),
+                    workload: Workload::Torture,
+                    vcpus: 1,
+                    host_cpus: 1,
+                    seed: 1 + *rep as u64,
+                    duration_ms: plan.uncontended_ms,
+                    ..Default::default()
+                };
+                rc.lock.variant = *variant;
+                rc.torture.cs_ns = 0;
+                rc.torture.think_ns = 0;
+                rc
+            };
+            rc.lock.kernel_tree = plan.kernel_tree.as_ref().map(PathBuf::from);
+            let key = format!("variant={variant},contended={contended},rep={rep}");
+            let rec = vm(&rc, &key)?;
+            let what = format!("{} {variant} rep {rep}", if *contended { "contended 8v/2h" } else { "uncontended" });
+            s.kernel.push(KernelSample {
+                variant: *variant,
+                contended: *contended,
+                ok: rec.status == "ok",
+                acq_per_sec: rec.acquisitions_per_sec,
+            });
+            let line = if *contended {
+                format!("{what}: {:.0} acq/s [{}]", rec.acquisitions_per_sec, rec.status)
+            } else {
+                format!("{what}: {:.1} ns per acquisition [{}]", 1e9 / rec.acquisitions_per_sec, rec.status)
+            };
+            (line, bad(&rec, &what))
         }
         Job::Detect { repro, seed } => {
             let r = find(repro)?;
@@ -810,6 +924,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         kick_wake_tuned_us: kick_wake(&s.ping_pong, plan.tuned_halt_poll_us),
         throughput,
         uncontended,
+        kernel: kernel_bench(plan, s),
         time_to_detect,
         ratios,
         goals: Vec::new(),
@@ -830,6 +945,30 @@ impl BenchResult {
 }
 
 /// The issue's goals against this result, each with the numbers behind it.
+/// The kernel build's numbers beside pv-upstream's, if they were measured.
+fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
+    let tree = plan.kernel_tree.as_ref()?;
+    let pick = |variant: Variant, contended: bool| -> Vec<f64> {
+        s.kernel
+            .iter()
+            .filter(|k| k.ok && k.variant == variant && k.contended == contended && k.acq_per_sec > 0.0)
+            .map(|k| if contended { k.acq_per_sec } else { 1e9 / k.acq_per_sec })
+            .collect()
+    };
+    let (kn, rn) = (pick(Variant::KernelPv, false), pick(Variant::PvUpstream, false));
+    let (kc, rc) = (pick(Variant::KernelPv, true), pick(Variant::PvUpstream, true));
+    let version = crate::kernel::Tree::open(Path::new(tree)).map(|t| t.version).unwrap_or_else(|_| "?".into());
+    Some(KernelBench {
+        version,
+        uncontended_kernel_ns: Spread::of(&kn)?,
+        uncontended_rust_ns: Spread::of(&rn)?,
+        uncontended_ratio: ratio_of_means(&kn, &rn)?,
+        contended_kernel_aps: Spread::of(&kc),
+        contended_rust_aps: Spread::of(&rc),
+        contended_ratio: ratio_of_means(&kc, &rc),
+    })
+}
+
 pub fn goals(r: &BenchResult) -> Vec<Goal> {
     let mut out = Vec::new();
     let mmio = r.mmio_exit_us.map(|m| format!("; MMIO exit round trip {} us", m.show(1))).unwrap_or_default();
@@ -877,6 +1016,25 @@ pub fn goals(r: &BenchResult) -> Vec<Goal> {
             None => "not measured".into(),
         },
     });
+    if r.plan.kernel_tree.is_some() {
+        out.push(Goal {
+            goal: "kernel-pv uncontended acquire+release within 1.2x of pv-upstream in the guest".into(),
+            met: r.kernel.as_ref().map(|k| k.uncontended_ratio.value <= 1.2),
+            detail: match &r.kernel {
+                Some(k) => format!(
+                    "Linux {}: kernel-pv {} ns, pv-upstream {} ns per acquisition (torture loop included); \
+                     ratio {}; contended at 8 vCPUs / 2 host CPUs: kernel-pv {} acq/s, pv-upstream {} acq/s",
+                    k.version,
+                    k.uncontended_kernel_ns.show(1),
+                    k.uncontended_rust_ns.show(1),
+                    k.uncontended_ratio.show(3),
+                    k.contended_kernel_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
+                    k.contended_rust_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
+                ),
+                None => "not measured".into(),
+            },
+        });
+    }
     out
 }
 
@@ -916,6 +1074,38 @@ mod tests {
     }
 
     #[test]
+    fn kernel_pair_is_measured_only_with_a_tree() {
+        let mut p = Plan::new(true);
+        assert!(!p.jobs().iter().any(|j| matches!(j, Job::Kernel { .. })));
+        p.kernel_tree = Some("/nonexistent".into());
+        let n = p.jobs().iter().filter(|j| matches!(j, Job::Kernel { .. })).count();
+        assert_eq!(n as u32, 2 * (p.mech_repeats + p.repeats));
+        let k = |variant: Variant, contended: bool, aps: f64| KernelSample {
+            variant,
+            contended,
+            ok: true,
+            acq_per_sec: aps,
+        };
+        let s = Samples {
+            kernel: vec![
+                k(Variant::KernelPv, false, 4e6),
+                k(Variant::KernelPv, false, 5e6),
+                k(Variant::PvUpstream, false, 5e6),
+                k(Variant::PvUpstream, false, 4e6),
+                k(Variant::KernelPv, true, 1000.0),
+                k(Variant::PvUpstream, true, 2000.0),
+            ],
+            ..Default::default()
+        };
+        let r = summarize(&p, &s);
+        let kb = r.kernel.as_ref().expect("kernel figures");
+        assert!((kb.uncontended_ratio.value - 1.0).abs() < 1e-9);
+        assert_eq!(kb.contended_ratio.unwrap().value, 0.5);
+        let g = r.goals.iter().find(|g| g.goal.starts_with("kernel-pv uncontended")).unwrap();
+        assert_eq!(g.met, Some(true));
+    }
+
+    #[test]
     fn summary_of_made_up_samples() {
         let p = Plan::new(true);
         let s = Samples {
@@ -942,8 +1132,10 @@ mod tests {
                 UncontendedSample { guest_ns: 84.0, host_ns: 104.0 },
             ],
             detect: vec![],
+            kernel: vec![],
         };
         let r = summarize(&p, &s);
+        assert_eq!(r.kernel, None, "no --kernel-tree, no kernel figures");
         assert_eq!(r.mmio_exit_us.unwrap().mean, 35.0);
         assert!((r.disabled_window_ns.unwrap().mean - 0.6).abs() < 1e-12);
         let k = r.kick_wake_us.as_ref().unwrap();

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod compare;
 pub mod config;
+pub mod kernel;
 pub mod merge;
 pub mod output;
 pub mod record;

@@ -52,6 +52,10 @@ enum Cmd {
         /// Where result directories go.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Also measure this kernel tree's kernel-pv against pv-upstream
+        /// (uncontended, and contended at 4x overcommit).
+        #[arg(long)]
+        kernel_tree: Option<PathBuf>,
     },
     /// Merge the shards of one matrix (`compare --shard`) into one result
     /// directory and render its report; partial if runs are missing.
@@ -112,6 +116,35 @@ struct CompareArgs {
     /// puts the shards back together.
     #[arg(long, value_name = "K/N")]
     shard: Option<pvlock::shard::Shard>,
+    #[command(flatten)]
+    kernel: KernelArgs,
+}
+
+/// The kernel-tree options of run and compare.
+#[derive(clap::Args, Clone, Default)]
+struct KernelArgs {
+    /// Kernel tree for the kernel variants (replaces `lock.kernel_tree`).
+    #[arg(long)]
+    kernel_tree: Option<PathBuf>,
+    /// A unified diff (-p1) applied to a private copy of the tree's files;
+    /// repeat for several, applied in order (replaces `lock.kernel_patches`).
+    #[arg(long = "kernel-patch")]
+    kernel_patches: Vec<PathBuf>,
+    /// Rebuild kernel modules even when the build cache has them.
+    #[arg(long)]
+    rebuild: bool,
+}
+
+impl KernelArgs {
+    /// The config overrides these options give.
+    fn overrides(&self) -> Overrides {
+        pvlock::kernel::set_rebuild(self.rebuild);
+        Overrides {
+            kernel_tree: self.kernel_tree.clone(),
+            kernel_patches: (!self.kernel_patches.is_empty()).then(|| self.kernel_patches.clone()),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -138,6 +171,8 @@ struct RunArgs {
     /// Run this guest ELF instead of the built-in one.
     #[arg(long)]
     guest_elf: Option<PathBuf>,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 /// A variant name from the command line (the edge where names become values).
@@ -174,7 +209,7 @@ fn run() -> Result<i32> {
         }
         Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
-            let exp = Experiment::load(&a.config)?;
+            let exp = Experiment::load_with(&a.config, &a.kernel.overrides())?;
             warn_config(&exp);
             // A shard checks only its own runs against the CPUs it may use
             // (compare does, naming the Slurm allocation): the matrix's
@@ -194,12 +229,13 @@ fn run() -> Result<i32> {
             print!("{}", pvlock::report::report_command(&dir, out.as_deref())?);
             Ok(0)
         }
-        Some(Cmd::Bench { quick, json, out }) => {
+        Some(Cmd::Bench { quick, json, out, kernel_tree }) => {
             if let Some(p) = &json {
                 // Fail on a bad --json before the benchmark, not after it.
                 Destination::check("--json", p)?;
             }
-            pvlock::bench::command(&pvlock::bench::BenchOptions { quick, out, json, progress: true }, GUEST_ELF)
+            let opts = pvlock::bench::BenchOptions { quick, out, json, progress: true, kernel_tree };
+            pvlock::bench::command(&opts, GUEST_ELF)
         }
         Some(Cmd::Diff { dir_a, dir_b }) => {
             print!("{}", pvlock::report::diff_command(&dir_a, &dir_b)?);
@@ -308,6 +344,7 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
         duration_ms: args.duration_ms,
         variant: args.variant,
         locks: args.locks,
+        ..args.kernel.overrides()
     };
     // Overrides replace config keys before the matrix is expanded.
     let exp = Experiment::load_with(&args.config, &overrides)?;
@@ -434,7 +471,7 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     let stop = stop_on_signals("finished seeds are kept");
     let mut results = Vec::new();
     let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
-        let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv()).collect();
+        let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_kernel()).collect();
         catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, *v))).collect()
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };

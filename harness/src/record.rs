@@ -202,9 +202,27 @@ pub struct Record {
     pub console: Vec<String>,
     /// The effective config of this run.
     pub config: RunConfig,
+    /// Kernel variants: the build that ran (tree version, flavour, patches
+    /// with their sha256, compiler, the layout it reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::kernel::KernelBuildInfo>,
 }
 
 impl Record {
+    /// The variant as reports show it: its name, and for a kernel build
+    /// the tree's release, the flavour and the patches applied, e.g.
+    /// `kernel-pv 6.12.117 x86 +fix.patch`.
+    pub fn variant_label(&self) -> String {
+        let name = self.params.variant.name();
+        let Some(k) = &self.kernel else { return name.to_string() };
+        let mut label = format!("{name} {} {}", k.version, k.flavour.name());
+        for [path, _sha] in &k.patches {
+            let file = std::path::Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned());
+            label += &format!(" +{}", file.unwrap_or_else(|| path.clone()));
+        }
+        label
+    }
+
     pub fn all_checks_passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }

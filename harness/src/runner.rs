@@ -17,9 +17,23 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("PVLOCK_GUEST_ELF"));
 /// (no KVM, bad ELF): every guest outcome is a record.
 pub fn run_one(rc: &RunConfig, run_key: &str, elf: &[u8], stop: &StopHandle) -> Result<Record> {
     let machine = rc.machine();
+    // A kernel variant runs the tree's own code: build it (or take it from
+    // the cache) and load it beside the guest.
+    let kernel = match crate::kernel::spec_of(rc)? {
+        Some(spec) => Some(crate::kernel::module_for(&spec)?),
+        None => None,
+    };
+    let mut machine = machine;
+    if let Some(k) = &kernel {
+        // The VMM reads the tree's locks, nodes and hash entries through
+        // the layout its build reported.
+        machine.lock_layout = Some(k.lock_layout()?);
+    }
     let started_at = now_utc();
-    let report = Machine::run(&machine, elf, stop)?;
-    Ok(make_record(rc, run_key, started_at, &report))
+    let report = Machine::run_with_module(&machine, elf, kernel.as_ref().map(|k| k.image.as_slice()), stop)?;
+    let mut rec = make_record(rc, run_key, started_at, &report);
+    rec.kernel = kernel.map(|k| k.info.clone());
+    Ok(rec)
 }
 
 fn sum_map<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
@@ -209,6 +223,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         per_vcpu,
         console: r.console.clone(),
         config: rc.clone(),
+        kernel: None,
     }
 }
 

@@ -19,7 +19,13 @@ fn quick_bench_writes_its_results() {
     }
     let d = tempfile::tempdir().unwrap();
     let json = d.path().join("copy/bench.json");
-    let opts = BenchOptions { quick: true, out: d.path().join("results"), json: Some(json.clone()), progress: false };
+    let opts = BenchOptions {
+        quick: true,
+        out: d.path().join("results"),
+        json: Some(json.clone()),
+        progress: false,
+        kernel_tree: None,
+    };
     let t = std::time::Instant::now();
     let out = run_bench(&opts, GUEST_ELF, &StopHandle::new()).unwrap();
     eprintln!("quick bench: {:.1} s", t.elapsed().as_secs_f64());

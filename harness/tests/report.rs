@@ -170,6 +170,7 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
         per_vcpu,
         console: vec![],
         config,
+        kernel: None,
     }
 }
 

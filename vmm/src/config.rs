@@ -11,6 +11,7 @@ use pvlock_abi::{
     LockParams, MutexVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES, MAX_VCPUS,
 };
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// A value out of its range: the config key and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +166,57 @@ pub struct LockConfig {
     /// The mutex variant of `workload = "mutex-torture"`; its `wait_lock`
     /// is a spinlock of `variant`.
     pub mutex: MutexVariant,
+    /// Kernel variants (`kernel-pv`, `kernel-native`): the kernel tree whose
+    /// own `kernel/locking/qspinlock.c` the harness builds into the module
+    /// the VMM loads (`Machine::run_with_module`). The kernel keys are left
+    /// out of records when at their defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_tree: Option<PathBuf>,
+    /// Unified diffs (`-p1`) applied in order to a private copy of the
+    /// files the build reads; a list of lists is an axis of patch sets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_patches: Vec<PathBuf>,
+    /// Which arch headers the kernel build uses.
+    #[serde(skip_serializing_if = "KernelFlavour::is_default")]
+    pub kernel_flavour: KernelFlavour,
+    /// `CONFIG_NR_CPUS` of the kernel build; 0 = 64 (the most vCPUs).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kernel_nr_cpus: u32,
+    /// `CONFIG_LOCK_EVENT_COUNTS`: the kernel's own event counters.
+    #[serde(skip_serializing_if = "is_true")]
+    pub kernel_lock_events: bool,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+/// The arch headers of a kernel build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelFlavour {
+    /// arch/x86's qspinlock headers: the `lock bts` pending path, the asm
+    /// PV unlock, `virt_spin_lock` (what an x86 KVM guest runs).
+    #[default]
+    X86,
+    /// asm-generic's qspinlock only, with the PV operations.
+    Generic,
+}
+
+impl KernelFlavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFlavour::X86 => "x86",
+            KernelFlavour::Generic => "generic",
+        }
+    }
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for LockConfig {
@@ -175,6 +227,11 @@ impl Default for LockConfig {
             hash_bits: 0,
             stop_on_double_hash: false,
             mutex: MutexVariant::Upstream,
+            kernel_tree: None,
+            kernel_patches: Vec::new(),
+            kernel_flavour: KernelFlavour::X86,
+            kernel_nr_cpus: 0,
+            kernel_lock_events: true,
         }
     }
 }
@@ -185,7 +242,19 @@ impl LockConfig {
         if self.hash_bits != 0 {
             check_range("lock.hash_bits", self.hash_bits, 2, 12)?;
         }
+        if self.kernel_nr_cpus != 0 {
+            check_range("lock.kernel_nr_cpus", self.kernel_nr_cpus, 1, pvlock_abi::MAX_VCPUS as u32)?;
+        }
         Ok(())
+    }
+
+    /// `CONFIG_NR_CPUS` of the kernel build.
+    pub fn kernel_nr_cpus(&self) -> u32 {
+        if self.kernel_nr_cpus == 0 {
+            pvlock_abi::MAX_VCPUS as u32
+        } else {
+            self.kernel_nr_cpus
+        }
     }
 
     /// The boot block's view (the variant as its ABI id).
@@ -325,6 +394,12 @@ impl MachineConfig {
         check_range("timeout_ms", self.timeout_ms, 100, 24 * 3_600_000)?;
         check_range("iterations", self.iterations, 1, 1 << 40)?;
         self.lock.validate()?;
+        if self.lock.variant.is_kernel() && self.lock.kernel_nr_cpus() < self.vcpus {
+            return Err(InvalidValue::new(
+                "lock.kernel_nr_cpus",
+                format!("CONFIG_NR_CPUS {} is below vcpus = {}", self.lock.kernel_nr_cpus(), self.vcpus),
+            ));
+        }
         self.torture.validate()?;
         if self.workload == Workload::MutexTorture {
             // The mutex torture takes one mutex at a time, never in an

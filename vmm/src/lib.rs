@@ -24,8 +24,8 @@ pub mod vcpu;
 pub mod watchdog;
 
 pub use config::{
-    HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KickContract, LockConfig,
-    MachineConfig, PreemptConfig, RandomStalls, StallDist, TortureConfig, WaitContract,
+    HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KernelFlavour, KickContract,
+    LockConfig, MachineConfig, PreemptConfig, RandomStalls, StallDist, TortureConfig, WaitContract,
 };
 pub use error::{MachineError, RunError};
 pub use machine::{host_cpus_available, Machine, StopHandle};

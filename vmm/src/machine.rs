@@ -138,6 +138,18 @@ impl Machine {
 
     /// Runs `elf` under `cfg` until it finishes, fails, hangs, or `stop`.
     pub fn run(cfg: &MachineConfig, elf: &[u8], stop: &StopHandle) -> Result<RunReport, MachineError> {
+        Self::run_with_module(cfg, elf, None, stop)
+    }
+
+    /// As [`Machine::run`], with a kernel-lock module image (a kernel
+    /// tree's qspinlock built by the harness, `pvlock_abi::kmod`) loaded at
+    /// its link address beside the guest.
+    pub fn run_with_module(
+        cfg: &MachineConfig,
+        elf: &[u8],
+        kmod: Option<&[u8]>,
+        stop: &StopHandle,
+    ) -> Result<RunReport, MachineError> {
         cfg.validate().map_err(|e| MachineError::Config(e.to_string()))?;
         Self::check_address_space(cfg)?;
         let allowed = allowed_host_cpus();
@@ -170,6 +182,9 @@ impl Machine {
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         ram.write_page_tables().map_err(MachineError::Memory)?;
         let entry = load_elf(&ram, elf, cfg.vcpus)?;
+        if let Some(image) = kmod {
+            load_module(&ram, image)?;
+        }
 
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut fds = Vec::new();
@@ -385,6 +400,25 @@ fn load_elf(ram: &GuestRam, elf: &[u8], vcpus: u32) -> Result<u64, MachineError>
         )));
     }
     Ok(entry)
+}
+
+/// Loads the kernel-lock module; it must lie inside its window, which the
+/// guest image and the stacks never use.
+fn load_module(ram: &GuestRam, image: &[u8]) -> Result<(), MachineError> {
+    use linux_loader::loader::{elf::Elf, KernelLoader};
+    use pvlock_abi::kmod::{KMOD_GPA, KMOD_LIMIT};
+    crate::elf::check(image, ram.size(), KMOD_LIMIT.min(ram.size()))
+        .map_err(|e| MachineError::LoadElf(format!("kernel-lock module: {e}")))?;
+    let mut cursor = std::io::Cursor::new(image);
+    let res = Elf::load(ram.mem(), None, &mut cursor, None)
+        .map_err(|e| MachineError::LoadElf(format!("kernel-lock module: {e}")))?;
+    if res.kernel_load.0 < KMOD_GPA || res.kernel_end > KMOD_LIMIT || res.kernel_end > ram.size() {
+        return Err(MachineError::LoadElf(format!(
+            "kernel-lock module {:#x}..{:#x} is outside its window {KMOD_GPA:#x}..{KMOD_LIMIT:#x}",
+            res.kernel_load.0, res.kernel_end
+        )));
+    }
+    Ok(())
 }
 
 /// Stops every vCPU thread and joins it (bounded: a thread that does not

@@ -6,6 +6,7 @@
 #![no_main]
 
 pub mod cpu;
+mod kmod;
 mod mem;
 mod mutex_torture;
 pub mod rt;

@@ -3,6 +3,7 @@
 //! boot block so the VMM can read locks, nodes and the PV hash table.
 
 use crate::cpu::GuestCpu;
+use crate::kmod::{KernelLock, KernelPath};
 use crate::rt;
 use core::sync::atomic::Ordering;
 use pvlock_abi::doorbell::{self, PanicKind};
@@ -55,7 +56,18 @@ pub fn run(me: &GuestCpu) -> u64 {
     }
     let spin = if boot.lock.spin_threshold == 0 { DEFAULT_SPIN_THRESHOLD } else { boot.lock.spin_threshold };
     let cfg = LockConfig { variant, spin_threshold: spin, hash_bits };
-    let sys = LockSystem::new(cfg, &NODES[..nr as usize], &HASH[..1 << hash_bits]);
+    // Kernel variants run the kernel-lock module (a tree's own
+    // qspinlock.c): binding it publishes the tree's hash table.
+    let kernel = match variant {
+        Variant::KernelPv => Some(KernelLock::bind(me.id(), KernelPath::Pv)),
+        Variant::KernelNative => Some(KernelLock::bind(me.id(), KernelPath::Native)),
+        _ => None,
+    };
+    let (nodes, hash) = (&NODES[..nr as usize], &HASH[..1 << hash_bits]);
+    let sys = match &kernel {
+        Some(k) => LockSystem::with_external(cfg, nodes, hash, k),
+        None => LockSystem::new(cfg, nodes, hash),
+    };
     let stop = rt::boot_field(&boot.stop_request);
     let torture = match Torture::new(&sys, &LOCKS, boot.torture, boot.tsc_khz, stop) {
         Ok(t) => t,
@@ -67,10 +79,13 @@ pub fn run(me: &GuestCpu) -> u64 {
         rt::boot_field(&boot.locks_gpa).store(LOCKS.as_ptr() as u64, Ordering::Relaxed);
         rt::boot_field(&boot.lock_stride).store(core::mem::size_of::<TortureLock>() as u64, Ordering::Relaxed);
         rt::boot_field(&boot.nr_locks).store(total, Ordering::Relaxed);
-        rt::boot_field(&boot.hash_gpa).store(HASH.as_ptr() as u64, Ordering::Relaxed);
-        rt::boot_field(&boot.hash_entries).store(1 << hash_bits, Ordering::Relaxed);
-        rt::boot_field(&boot.nodes_gpa).store(NODES.as_ptr() as u64, Ordering::Relaxed);
-        rt::boot_field(&boot.node_stride).store((core::mem::size_of::<PerCpuNodes>() / 4) as u64, Ordering::Relaxed);
+        if kernel.is_none() {
+            rt::boot_field(&boot.hash_gpa).store(HASH.as_ptr() as u64, Ordering::Relaxed);
+            rt::boot_field(&boot.hash_entries).store(1 << hash_bits, Ordering::Relaxed);
+            rt::boot_field(&boot.nodes_gpa).store(NODES.as_ptr() as u64, Ordering::Relaxed);
+            rt::boot_field(&boot.node_stride)
+                .store((core::mem::size_of::<PerCpuNodes>() / 4) as u64, Ordering::Relaxed);
+        }
     }
     let start = rt::boot_field(&boot.start_tsc).load(Ordering::Acquire).max(rt::rdtsc());
     let torture = if boot.torture.max_acquisitions == 0 {
@@ -87,6 +102,9 @@ pub fn run(me: &GuestCpu) -> u64 {
     // reference to the histogram while it lives.
     let latency = unsafe { &mut *core::ptr::addr_of_mut!((*me.block_ptr()).latency) };
     let r = torture.run(me, &obs, latency, &mut []);
+    if kernel.is_some() {
+        crate::kmod::collect_events(me.id(), me.block_ptr());
+    }
     let b = me.block();
     b.acquisitions = r.acquisitions;
     b.max_wait_ns = r.max_wait_ns;

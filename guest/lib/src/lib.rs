@@ -5,6 +5,7 @@
 //! `loom` (`RUSTFLAGS="--cfg loom"`).
 #![cfg_attr(not(any(test, feature = "std", loom)), no_std)]
 
+pub mod external;
 pub mod hash;
 #[cfg(all(feature = "std", not(loom)))]
 pub mod host;
@@ -22,6 +23,7 @@ pub mod torture;
 pub mod variants;
 pub mod word;
 
+pub use external::ExternalLock;
 pub use platform::{Platform, WaitOn};
 pub use system::{
     default_hash_bits, HashSlot, LockConfig, LockSystem, PerCpuNodes, RawLock, DEFAULT_SPIN_THRESHOLD, MAX_HASH_BITS,

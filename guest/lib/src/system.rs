@@ -15,7 +15,7 @@ use crate::pv::v4_3::V43;
 use crate::qspinlock::{self, Cx, Native, PvHooks};
 use crate::simple;
 use crate::sync::atomic::AtomicU32;
-use crate::Platform;
+use crate::{ExternalLock, Platform};
 use pvlock_abi::{GuestPhase, TraceEvent, Variant};
 
 pub use crate::hash::{default_hash_bits, HashSlot, MAX_HASH_BITS, MIN_HASH_BITS};
@@ -85,6 +85,9 @@ pub struct LockSystem<'a> {
     cfg: LockConfig,
     nodes: NodeArray<'a>,
     hash: PvHash<'a>,
+    /// Set: every lock and unlock goes to this implementation (a kernel
+    /// tree's own code); `nodes` and `hash` then stay unused.
+    external: Option<&'a dyn ExternalLock>,
 }
 
 impl<'a> LockSystem<'a> {
@@ -99,7 +102,23 @@ impl<'a> LockSystem<'a> {
         );
         assert!(hash.len() >= 1 << cfg.hash_bits, "hash table of {} slots, 1 << {} needed", hash.len(), cfg.hash_bits);
         assert!(!nodes.is_empty() && nodes.len() as u32 <= crate::word::MAX_TAIL_CPU + 1);
-        Self { cfg, nodes: NodeArray { cpus: nodes }, hash: PvHash::new(hash, cfg.hash_bits, cfg.variant) }
+        Self {
+            cfg,
+            nodes: NodeArray { cpus: nodes },
+            hash: PvHash::new(hash, cfg.hash_bits, cfg.variant),
+            external: None,
+        }
+    }
+
+    /// A system whose locks are `external`'s (`cfg.variant` names it in
+    /// reports); `nodes` and `hash` are only what [`Self::new`] checks.
+    pub fn with_external(
+        cfg: LockConfig,
+        nodes: &'a [PerCpuNodes],
+        hash: &'a [HashSlot],
+        external: &'a dyn ExternalLock,
+    ) -> Self {
+        Self { external: Some(external), ..Self::new(cfg, nodes, hash) }
     }
 
     pub fn config(&self) -> LockConfig {
@@ -114,6 +133,12 @@ impl<'a> LockSystem<'a> {
     /// `spin_lock()`.
     pub fn lock<P: Platform>(&self, p: &P, lock: &RawLock) {
         p.trace(TraceEvent::LockEnter, lock.addr(), 0, 0);
+        if let Some(ext) = self.external {
+            ext.lock(p, lock);
+            p.set_phase(GuestPhase::Holding, lock.addr(), 0);
+            p.trace(TraceEvent::Acquired, lock.addr(), 0, 0);
+            return;
+        }
         match self.cfg.variant {
             Variant::Ticket => simple::ticket_lock(p, lock),
             Variant::Tas => simple::tas_lock(p, lock),
@@ -128,6 +153,7 @@ impl<'a> LockSystem<'a> {
             Variant::MutantNoStoreMb => self.q(p, &Lineage(Flavor::NoStoreMb), lock),
             Variant::MutantSlowBeforeHash => self.q(p, &Lineage(Flavor::SlowBeforeHash), lock),
             Variant::MutantHaltedHead => self.q(p, &Lineage(Flavor::HaltedHead), lock),
+            Variant::KernelPv | Variant::KernelNative => no_kernel_module(p),
         }
         p.set_phase(GuestPhase::Holding, lock.addr(), 0);
         p.trace(TraceEvent::Acquired, lock.addr(), 0, 0);
@@ -136,6 +162,12 @@ impl<'a> LockSystem<'a> {
     /// `spin_unlock()`.
     pub fn unlock<P: Platform>(&self, p: &P, lock: &RawLock) {
         p.set_phase(GuestPhase::Unlocking, lock.addr(), 0);
+        if let Some(ext) = self.external {
+            ext.unlock(p, lock);
+            p.trace(TraceEvent::Released, lock.addr(), 0, 0);
+            p.set_phase(GuestPhase::Running, 0, 0);
+            return;
+        }
         match self.cfg.variant {
             Variant::Ticket => simple::ticket_unlock(lock),
             Variant::Tas => simple::tas_unlock(lock),
@@ -150,6 +182,7 @@ impl<'a> LockSystem<'a> {
             Variant::MutantNoStoreMb => Lineage(Flavor::NoStoreMb).unlock(&self.cx(p), lock),
             Variant::MutantSlowBeforeHash => Lineage(Flavor::SlowBeforeHash).unlock(&self.cx(p), lock),
             Variant::MutantHaltedHead => Lineage(Flavor::HaltedHead).unlock(&self.cx(p), lock),
+            Variant::KernelPv | Variant::KernelNative => no_kernel_module(p),
         }
         p.trace(TraceEvent::Released, lock.addr(), 0, 0);
         p.set_phase(GuestPhase::Running, 0, 0);
@@ -174,6 +207,12 @@ impl<'a> LockSystem<'a> {
     pub fn nodes(&self) -> &[PerCpuNodes] {
         self.nodes.cpus
     }
+}
+
+/// A kernel variant's code is a kernel tree's, reached only through
+/// [`LockSystem::with_external`].
+fn no_kernel_module<P: Platform>(p: &P) -> ! {
+    p.bug(format_args!("a kernel variant runs a kernel tree's code: build the LockSystem with_external()"))
 }
 
 #[cfg(all(test, not(loom)))]
@@ -285,7 +324,7 @@ mod tests {
 
     #[test]
     fn every_variant_keeps_mutual_exclusion() {
-        for v in Variant::ALL.iter().copied().filter(|v| !v.is_mutant()) {
+        for v in Variant::ALL.iter().copied().filter(|v| !v.is_mutant() && !v.is_kernel()) {
             let (ev, _) = hammer(cfg(v), 4, 2000, None);
             if v.is_pv() {
                 assert_eq!(ev[LockEvent::LockPending.index()], 0, "{}: PV waiters skip pending", v.name());
@@ -307,7 +346,7 @@ mod tests {
 
     #[test]
     fn windows_reached_are_the_declared_ones() {
-        for v in Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_mutant()) {
+        for v in Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_mutant() && !v.is_kernel()) {
             let nodes = nodes(3);
             let hash = table(8);
             let sys = LockSystem::new(LockConfig { variant: v, spin_threshold: 2, hash_bits: 8 }, &nodes, &hash);

@@ -165,6 +165,24 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "hybrid",
         windows: PV_ALL,
     },
+    VariantInfo {
+        variant: Variant::KernelPv,
+        summary: "a kernel tree's own __pv_queued_spin_lock_slowpath + __pv_queued_spin_unlock, compiled unmodified",
+        source: "lock.kernel_tree (+ lock.kernel_patches): kernel/locking/qspinlock.c of that tree",
+        first_release: "the tree's (its Makefile)",
+        verified: "it is the tree's code; layouts built: docs/KERNEL-BUILDS.md",
+        stealing: "the tree's",
+        windows: &[],
+    },
+    VariantInfo {
+        variant: Variant::KernelNative,
+        summary: "a kernel tree's own native_queued_spin_lock_slowpath and native unlock, compiled unmodified",
+        source: "lock.kernel_tree (+ lock.kernel_patches): kernel/locking/qspinlock.c of that tree",
+        first_release: "the tree's (its Makefile)",
+        verified: "it is the tree's code; layouts built: docs/KERNEL-BUILDS.md",
+        stealing: "the tree's",
+        windows: &[],
+    },
 ];
 
 /// The smallest `SPIN_THRESHOLD` at which `pv_wait_early()` can fire: the
@@ -211,7 +229,8 @@ mod tests {
         for (i, v) in Variant::ALL.iter().enumerate() {
             assert_eq!(VARIANTS[i].variant, *v);
             assert_eq!(info(*v).variant, *v);
-            assert_eq!(!info(*v).windows.is_empty(), v.is_pv(), "{}", v.name());
+            // The kernel's code has no race-window calls in it.
+            assert_eq!(!info(*v).windows.is_empty(), v.is_pv() && !v.is_kernel(), "{}", v.name());
             assert!(!info(*v).windows.contains(&Window::CriticalSection));
         }
     }

@@ -39,6 +39,10 @@ pub struct Overrides {
     pub duration_ms: Option<u64>,
     pub variant: Option<Variant>,
     pub locks: Option<u32>,
+    /// `--kernel-tree`.
+    pub kernel_tree: Option<std::path::PathBuf>,
+    /// `--kernel-patch` (repeatable), in order.
+    pub kernel_patches: Option<Vec<std::path::PathBuf>>,
 }
 
 impl Overrides {
@@ -56,6 +60,14 @@ impl Overrides {
         put("duration_ms", "--duration-ms", self.duration_ms.map(|x| x.to_string()));
         put("lock.variant", "--variant", self.variant.map(|x| x.name().to_string()));
         put("torture.locks", "--locks", self.locks.map(|x| x.to_string()));
+        put("lock.kernel_tree", "--kernel-tree", self.kernel_tree.as_ref().map(|p| p.display().to_string()));
+        put(
+            "lock.kernel_patches",
+            "--kernel-patch",
+            self.kernel_patches
+                .as_ref()
+                .map(|ps| ps.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")),
+        );
         v
     }
 
@@ -66,6 +78,12 @@ impl Overrides {
         rc.duration_ms = self.duration_ms.unwrap_or(rc.duration_ms);
         rc.lock.variant = self.variant.unwrap_or(rc.lock.variant);
         rc.torture.locks = self.locks.unwrap_or(rc.torture.locks);
+        if let Some(t) = &self.kernel_tree {
+            rc.lock.kernel_tree = Some(t.clone());
+        }
+        if let Some(p) = &self.kernel_patches {
+            rc.lock.kernel_patches = p.clone();
+        }
     }
 
     /// The flag that set `key`, if one did.

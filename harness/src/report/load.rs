@@ -128,7 +128,8 @@ pub fn split_run_key(key: &str) -> Vec<(String, String)> {
 pub struct GroupKey {
     /// Experiment name (a "question").
     pub name: String,
-    /// `params.variant`.
+    /// `params.variant`, for a kernel build with its release, flavour and
+    /// patches ([`Record::variant_label`]).
     pub variant: String,
     pub vcpus: u32,
     pub host_cpus: u32,
@@ -147,13 +148,7 @@ impl GroupKey {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        Self {
-            name: r.name.clone(),
-            variant: r.params.variant.name().to_string(),
-            vcpus: r.vcpus,
-            host_cpus: r.host_cpus,
-            other,
-        }
+        Self { name: r.name.clone(), variant: r.variant_label(), vcpus: r.vcpus, host_cpus: r.host_cpus, other }
     }
 
     /// The setting without the variant: `8 vCPUs / 2 host CPUs`, plus the
@@ -226,9 +221,9 @@ pub fn group(records: &[Record]) -> Vec<Group<'_>> {
 pub fn variants(records: &[Record]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in records {
-        let name = r.params.variant.name();
-        if !out.iter().any(|v| v == name) {
-            out.push(name.to_string());
+        let name = r.variant_label();
+        if !out.contains(&name) {
+            out.push(name);
         }
     }
     out
@@ -280,6 +275,7 @@ mod tests {
             per_vcpu: vec![],
             console: vec![],
             config: Default::default(),
+            kernel: None,
         };
         let k1 = GroupKey::of(&a);
         assert_eq!(k1.other, "torture.locks=4");

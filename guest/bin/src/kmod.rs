@@ -1,0 +1,299 @@
+//! Binding the kernel-lock module (a kernel tree's own `qspinlock.c`, built
+//! by the harness and loaded by the VMM at [`KMOD_GPA`]): vCPU 0 checks
+//! its descriptor and initialises it once; every lock and unlock of a
+//! kernel variant then goes through [`KernelLock`], which runs the tree's
+//! slow paths with this vCPU's platform.
+//!
+//! The module calls back through [`KmodServices`] with no context, as the
+//! kernel calls pv_wait()/pv_kick(): the platform of the call is found in
+//! [`CURRENT`], one slot per vCPU, which [`KernelLock`] points at the
+//! caller's platform for the duration of each call (saving and restoring
+//! the previous one, so a simulated interrupt's nested lock is served by
+//! the interrupt's platform and the interrupted one is back afterwards).
+
+use crate::rt;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use pvlock_abi::doorbell::PanicKind;
+use pvlock_abi::kmod::{
+    self, KmodDescriptor, KmodInit, KmodServices, KmodSlowpath, KmodUnlock, KMOD_GPA, KMOD_MAGIC, KMOD_VERSION,
+};
+use pvlock_abi::{GuestPhase, LockEvent, VcpuBlock, MAX_VCPUS, STACK_SIZE};
+use pvlock_guest_lib::{ExternalLock, Platform, RawLock, WaitOn};
+
+/// Which of the tree's slow paths a kernel variant runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelPath {
+    /// `__pv_queued_spin_lock_slowpath` + `__pv_queued_spin_unlock`.
+    Pv,
+    /// `native_queued_spin_lock_slowpath` + the native unlock.
+    Native,
+}
+
+/// The module's entry points for one path.
+pub struct KernelLock {
+    slowpath: KmodSlowpath,
+    unlock: KmodUnlock,
+    desc: &'static KmodDescriptor,
+}
+
+/// The module's descriptor, once checked.
+fn descriptor() -> &'static KmodDescriptor {
+    // SAFETY: the VMM loads the module image at KMOD_GPA (identity mapped,
+    // RAM) before any vCPU runs, and nothing writes its descriptor after;
+    // `bind` checks the magic, version and size before anything else is read.
+    unsafe { &*(KMOD_GPA as *const KmodDescriptor) }
+}
+
+/// Set by vCPU 0 once the module is initialised (1) or refused (2).
+static STATE: AtomicU32 = AtomicU32::new(0);
+
+/// Per vCPU: a pointer to the `&dyn Platform` the current module call runs
+/// for (null outside one).
+static CURRENT: [AtomicPtr<()>; MAX_VCPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_VCPUS];
+
+static SERVICES: KmodServices = KmodServices {
+    pv_wait: svc_pv_wait,
+    pv_kick: svc_pv_kick,
+    vcpu_is_preempted: svc_vcpu_is_preempted,
+    cpu_relax: svc_cpu_relax,
+    bug: svc_bug,
+    warn: svc_warn,
+    sched_clock_ns: svc_sched_clock_ns,
+};
+
+impl KernelLock {
+    /// Binds the module for `path`; vCPU 0 initialises it, the others wait
+    /// for that. Fails the run (panic record) when no usable module is there.
+    pub fn bind(cpu: u32, path: KernelPath) -> Self {
+        let d = descriptor();
+        if cpu == 0 {
+            let boot = rt::boot();
+            if d.magic != KMOD_MAGIC || d.version != KMOD_VERSION || d.size as usize != size_of::<KmodDescriptor>() {
+                STATE.store(2, Ordering::Release);
+                panic!(
+                    "no kernel-lock module at {KMOD_GPA:#x} (magic {:#x}, version {}, size {}): \
+                     a kernel variant needs one (--kernel-tree)",
+                    d.magic, d.version, d.size
+                );
+            }
+            // SAFETY: the descriptor's init is the module's
+            // pvlock_kmod_init, whose C signature KmodInit mirrors.
+            let init: KmodInit = unsafe { core::mem::transmute::<u64, KmodInit>(d.init) };
+            let ram_top = boot.ram_mib as u64 * 1024 * 1024;
+            let rc = init(&SERVICES, boot.nr_vcpus, ram_top, STACK_SIZE.trailing_zeros());
+            if rc != 0 {
+                STATE.store(2, Ordering::Release);
+                panic!("kernel-lock module init failed ({rc}): {}", kmod::init_error(rc));
+            }
+            // Publish the tree's hash table where the VMM reads one: its
+            // entries are {lock, node} pointer pairs, as ours are.
+            // SAFETY: init has set both variables; they are the module's.
+            let (table, bits) = unsafe { (*(d.hash_table_var as *const u64), *(d.hash_bits_var as *const u32)) };
+            rt::boot_field(&boot.hash_gpa).store(table, Ordering::Relaxed);
+            rt::boot_field(&boot.hash_entries).store(1 << bits, Ordering::Relaxed);
+            // And its nodes, for the VMM's node -> vCPU mapping: CPU c's
+            // qnodes are at qnodes + __per_cpu_offset[c], the per-CPU
+            // copies one fixed stride apart, so `(node - nodes_gpa) /
+            // node_stride / 4` is the CPU of any of its nodes.
+            // SAFETY: init filled __per_cpu_offset[0..nr_cpus_max].
+            let off = |c: usize| unsafe { *((d.per_cpu_offset as *const u64).add(c)) };
+            if d.nr_cpus_max >= 2 {
+                let stride = off(1) - off(0);
+                rt::boot_field(&boot.nodes_gpa).store(d.qnodes + off(0), Ordering::Relaxed);
+                rt::boot_field(&boot.node_stride).store(stride / 4, Ordering::Relaxed);
+            }
+            STATE.store(1, Ordering::Release);
+        } else {
+            while STATE.load(Ordering::Acquire) == 0 {
+                core::hint::spin_loop();
+            }
+            if STATE.load(Ordering::Acquire) != 1 {
+                // vCPU 0 is reporting why; wait for the VMM to stop us.
+                loop {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+        let (slowpath, unlock) = match path {
+            KernelPath::Pv => (d.pv_slowpath, d.pv_unlock),
+            KernelPath::Native => (d.native_slowpath, d.native_unlock),
+        };
+        // SAFETY: the descriptor's entries are the module's functions with
+        // the C signatures KmodSlowpath / KmodUnlock mirror.
+        unsafe {
+            Self {
+                slowpath: core::mem::transmute::<u64, KmodSlowpath>(slowpath),
+                unlock: core::mem::transmute::<u64, KmodUnlock>(unlock),
+                desc: d,
+            }
+        }
+    }
+}
+
+/// Runs `f` with `p` as this vCPU's current platform.
+fn with_platform<R>(p: &dyn Platform, f: impl FnOnce() -> R) -> R {
+    let cpu = p.cpu() as usize;
+    let slot: &dyn Platform = p;
+    let here = &slot as *const &dyn Platform as *mut ();
+    // Plain (relaxed) load and store, no locked RMW: only this vCPU
+    // touches its slot (here and in the services, called from within `f`
+    // on the same vCPU), so nothing races; this runs on every unlock.
+    let prev = CURRENT[cpu].load(Ordering::Relaxed);
+    CURRENT[cpu].store(here, Ordering::Relaxed);
+    let r = f();
+    CURRENT[cpu].store(prev, Ordering::Relaxed);
+    r
+}
+
+/// The platform of the module call running on this vCPU.
+fn current() -> &'static dyn Platform {
+    let cpu = rt::current_cpu() as usize;
+    let p = CURRENT.get(cpu).map_or(core::ptr::null_mut(), |s| s.load(Ordering::Relaxed));
+    if p.is_null() {
+        panic!("kernel-lock module called back outside a lock operation on vCPU {cpu}");
+    }
+    // SAFETY: `with_platform` stored a pointer to a `&dyn Platform` on its
+    // own stack frame, which is live until it restores the slot, and every
+    // callback runs inside it on the same vCPU. The 'static lifetime never
+    // leaves the callback that uses it.
+    unsafe { *(p as *const &'static dyn Platform) }
+}
+
+impl ExternalLock for KernelLock {
+    fn lock(&self, p: &dyn Platform, lock: &RawLock) {
+        // The fast path is ours, as in queued_spin_lock(): 0 -> locked.
+        let val = match lock.val.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(v) => v,
+        };
+        // What the VMM's watchdog reads while we wait: the lock and the
+        // node the slow path is about to take (qnodes[count] of this CPU).
+        p.set_phase(GuestPhase::Spinning, lock.addr(), self.next_node(p.cpu()));
+        let ptr = lock as *const RawLock as *mut u32;
+        with_platform(p, || (self.slowpath)(ptr, val));
+    }
+
+    fn unlock(&self, p: &dyn Platform, lock: &RawLock) {
+        let ptr = lock as *const RawLock as *mut u32;
+        with_platform(p, || (self.unlock)(ptr));
+    }
+}
+
+impl KernelLock {
+    /// Address of the node `cpu`'s next slow path will use (0 past
+    /// `MAX_NODES`, where the tree spins without a node).
+    fn next_node(&self, cpu: u32) -> usize {
+        let d = self.desc;
+        // SAFETY: init filled __per_cpu_offset; cpu < nr_vcpus <= nr_cpus_max;
+        // node 0's count of this CPU is only written by this CPU (in the
+        // slow path, which is not running on it now: we are in a fast path
+        // or an interrupt's, and the count is only read).
+        unsafe {
+            let base = d.qnodes + *((d.per_cpu_offset as *const u64).add(cpu as usize));
+            let count = core::ptr::read_volatile((base + d.mcs_count_off as u64) as *const i32);
+            if count < 0 || count as u32 >= d.max_nodes {
+                return 0;
+            }
+            (base + count as u64 * d.qnode_size as u64) as usize
+        }
+    }
+}
+
+// SAFETY: KernelLock holds two function pointers and the (read-only)
+// descriptor; the module code is written for concurrent callers (it is a
+// spinlock).
+unsafe impl Sync for KernelLock {}
+
+/// Adds this vCPU's kernel event counters into its block under the
+/// kernel's names (ours are the same names, `lock_events_list.h`).
+pub fn collect_events(cpu: u32, block: *mut VcpuBlock) {
+    if STATE.load(Ordering::Acquire) != 1 {
+        return;
+    }
+    let d = descriptor();
+    if d.lockevents == 0 || d.lockevent_names == 0 {
+        return;
+    }
+    // SAFETY: init filled __per_cpu_offset; cpu < nr_vcpus <= nr_cpus_max.
+    let off = unsafe { *((d.per_cpu_offset as *const u64).add(cpu as usize)) };
+    for i in 0..d.nr_lockevents as usize {
+        // SAFETY: the names array has nr_lockevents NUL-terminated strings,
+        // and this vCPU's counters are its per-CPU copy of `lockevents`.
+        let (name, count) = unsafe {
+            let name = *((d.lockevent_names as *const *const u8).add(i));
+            (c_str(name), *((d.lockevents + off) as *const u64).add(i))
+        };
+        if let Some(ev) = LockEvent::ALL.iter().find(|e| e.name() == name) {
+            // SAFETY: this vCPU's own block, field-wise.
+            unsafe { (*block).events[ev.index()] += count };
+        }
+    }
+}
+
+/// A NUL-terminated string of the module's (its text is ASCII).
+///
+/// # Safety
+/// `p` must point at a NUL-terminated string that stays in place.
+unsafe fn c_str(p: *const u8) -> &'static str {
+    if p.is_null() {
+        return "?";
+    }
+    let mut n = 0;
+    // SAFETY: the caller promises a terminator.
+    while unsafe { *p.add(n) } != 0 && n < 256 {
+        n += 1;
+    }
+    // SAFETY: n bytes are readable (see above).
+    let bytes = unsafe { core::slice::from_raw_parts(p, n) };
+    core::str::from_utf8(bytes).unwrap_or("?")
+}
+
+extern "C" fn svc_pv_wait(ptr: *mut u8, val: u8) {
+    // SAFETY: the kernel passes the address of a byte of guest memory (a
+    // node's state or a lock's locked byte) that stays valid while it waits;
+    // only its address and an atomic load are used.
+    let byte = unsafe { &*(ptr as *const core::sync::atomic::AtomicU8) };
+    current().pv_wait(WaitOn::NodeState(byte), val);
+}
+
+extern "C" fn svc_pv_kick(cpu: i32) {
+    current().pv_kick(cpu as u32);
+}
+
+extern "C" fn svc_vcpu_is_preempted(cpu: i64) -> bool {
+    current().vcpu_is_preempted(cpu as u32)
+}
+
+extern "C" fn svc_cpu_relax() {
+    let p = current();
+    p.cpu_relax();
+    p.maybe_interrupt();
+}
+
+extern "C" fn svc_bug(file: *const u8, line: u32, msg: *const u8) -> ! {
+    let cpu = rt::current_cpu();
+    collect_events(cpu, rt::vcpu_block(cpu));
+    // SAFETY: the module passes __FILE__ and a string literal.
+    let (file, msg) = unsafe { (c_str(file), c_str(msg)) };
+    rt::report_failure(cpu, PanicKind::Bug, file, line, format_args!("kernel {msg} at {file}:{line}"))
+}
+
+extern "C" fn svc_warn(file: *const u8, line: u32, msg: *const u8) {
+    // A kernel WARN in a lock-torture run is a failure (a kernel tester
+    // treats the splat so): report it with the kernel's file:line.
+    let cpu = rt::current_cpu();
+    collect_events(cpu, rt::vcpu_block(cpu));
+    // SAFETY: as in svc_bug.
+    let (file, msg) = unsafe { (c_str(file), c_str(msg)) };
+    rt::report_failure(
+        cpu,
+        PanicKind::Bug,
+        file,
+        line,
+        format_args!("kernel WARNING at {file}:{line}: {}", msg.trim_end()),
+    )
+}
+
+extern "C" fn svc_sched_clock_ns() -> u64 {
+    rt::cycles_to_ns(rt::rdtsc())
+}

@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* pvlock stand-in for <linux/memblock.h>: everything is in pvlock/kernel.h. */
+#include <pvlock/kernel.h>
