@@ -13,6 +13,7 @@ fn main() {
         "guest/bin/src",
         "guest/bin/Cargo.toml",
         "guest/bin/build.rs",
+        "guest/bin/.cargo/config.toml",
         "guest/bin/link.ld",
         "guest/lib/src",
         "guest/lib/Cargo.toml",

@@ -27,6 +27,9 @@ pub enum Workload {
     /// watch every vCPU's `vcpu_is_preempted()`; `timing[c]` of each
     /// watcher counts the polls that saw vCPU c preempted.
     PreemptProbe = 9,
+    /// Self-test: vCPU 0 spins forever in one function without an exit
+    /// (the watchdog must say where: function and source line).
+    SpinForever = 10,
 }
 
 impl Workload {
@@ -41,6 +44,7 @@ impl Workload {
             7 => Self::PingPong,
             8 => Self::Doorbells,
             9 => Self::PreemptProbe,
+            10 => Self::SpinForever,
             _ => return None,
         })
     }
@@ -134,6 +138,13 @@ pub struct BootBlock {
     pub hypervisor: HypervisorParams,
     /// Iterations for counting workloads (smoke, ping-pong, doorbells).
     pub iterations: u64,
+    /// Guest address of the per-vCPU trace rings ([`crate::TraceEntry`]
+    /// arrays, [`crate::vcpu::trace_ring_gpa`]); placed by the VMM in RAM
+    /// below the stacks.
+    pub trace_gpa: u64,
+    /// Entries per trace ring, a power of two; 0 = tracing off (each trace
+    /// point then costs the guest one load and a branch).
+    pub trace_len: u64,
 
     // ---- written by the guest, read by the VMM ----
     /// vCPUs that reached the start barrier.

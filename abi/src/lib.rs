@@ -28,7 +28,7 @@ pub use names::{Variant, Window, NR_WINDOWS};
 pub use vcpu::{AssertRecord, GuestPhase, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Written by the VMM into [`BootBlock::magic`]; the guest refuses to run
 /// without it (it would be reading garbage parameters).

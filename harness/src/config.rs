@@ -21,7 +21,7 @@ pub struct RunConfig {
     pub name: String,
     pub description: String,
     /// `smoke`, `torture`, `ping-pong`, `doorbells`, or a self-test:
-    /// `fault`, `bad-pointer`, `wait-forever`, `panic`.
+    /// `fault`, `bad-pointer`, `wait-forever`, `panic`, `spin-forever`.
     pub workload: String,
     pub vcpus: u32,
     /// Host CPUs the vCPU threads are pinned to (0 = no pinning).
@@ -36,6 +36,10 @@ pub struct RunConfig {
     pub iterations: u64,
     /// Runs per matrix point; repeat r gets seed `derive_seed(seed, r)`.
     pub repeats: u32,
+    /// Entries of each vCPU's event trace ring (a power of two; 0 = off).
+    /// The ring always keeps the last events before a failure; `--trace`
+    /// raises it to [`TRACE_ENTRIES_FOR_EXPORT`].
+    pub trace_entries: u64,
     pub lock: LockSection,
     pub torture: TortureSection,
     pub hypervisor: HypervisorSection,
@@ -168,6 +172,7 @@ impl Default for RunConfig {
             timeout_ms: 60_000,
             iterations: 20_000,
             repeats: 1,
+            trace_entries: pvlock_vmm::config::DEFAULT_TRACE_LEN,
             lock: LockSection::default(),
             torture: TortureSection::default(),
             hypervisor: HypervisorSection::default(),
@@ -410,6 +415,7 @@ pub fn parse_workload(s: &str) -> Option<Workload> {
         "bad-pointer" => Workload::BadPointer,
         "wait-forever" => Workload::WaitForever,
         "panic" => Workload::Panic,
+        "spin-forever" => Workload::SpinForever,
         "ping-pong" => Workload::PingPong,
         "doorbells" => Workload::Doorbells,
         "preempt-probe" => Workload::PreemptProbe,
@@ -418,7 +424,7 @@ pub fn parse_workload(s: &str) -> Option<Workload> {
 }
 
 pub const WORKLOADS: &str =
-    "smoke, torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic";
+    "smoke, torture, ping-pong, doorbells, preempt-probe, fault, bad-pointer, wait-forever, panic, spin-forever";
 
 impl RunConfig {
     /// Checks every value; the error names the key.
@@ -429,11 +435,26 @@ impl RunConfig {
         range("vcpus", self.vcpus, 1, pvlock_abi::MAX_VCPUS as u32)?;
         range("host_cpus", self.host_cpus, 0, 1024)?;
         range("ram_mib", self.ram_mib, (pvlock_abi::MIN_RAM_BYTES >> 20) as u32, 2048)?;
+        if self.trace_entries != 0
+            && (!self.trace_entries.is_power_of_two() || self.trace_entries > pvlock_abi::vcpu::MAX_TRACE_LEN)
+        {
+            return Err((
+                "trace_entries".into(),
+                format!("{} is not 0 or a power of two up to {}", self.trace_entries, pvlock_abi::vcpu::MAX_TRACE_LEN),
+            ));
+        }
         let stacks = self.vcpus as u64 * pvlock_abi::STACK_SIZE;
-        if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks {
+        let rings = pvlock_vmm::config::trace_bytes(self.vcpus, self.trace_entries);
+        if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks + rings {
             return Err((
                 "ram_mib".into(),
-                format!("{} MiB is too small for {} vCPU stacks and the image", self.ram_mib, self.vcpus),
+                format!(
+                    "{} MiB is too small for {} vCPU stacks, {} KiB of trace rings (trace_entries = {}) and the image",
+                    self.ram_mib,
+                    self.vcpus,
+                    rings >> 10,
+                    self.trace_entries
+                ),
             ));
         }
         range("duration_ms", self.duration_ms, 1, 3_600_000)?;
@@ -619,9 +640,24 @@ impl RunConfig {
                     stall_us: self.preempt.holder_stall_us,
                 }),
             },
+            trace_len: self.trace_entries,
         })
     }
+
+    /// For `--trace`: a ring big enough for a whole short run, and the RAM
+    /// to hold it.
+    pub fn enable_trace_export(&mut self) {
+        self.trace_entries = self.trace_entries.max(TRACE_ENTRIES_FOR_EXPORT);
+        let need = (8u64 << 20)
+            + self.vcpus as u64 * pvlock_abi::STACK_SIZE
+            + pvlock_vmm::config::trace_bytes(self.vcpus, self.trace_entries);
+        self.ram_mib = self.ram_mib.max(need.div_ceil(1 << 20) as u32 + 8);
+    }
 }
+
+/// Trace ring entries per vCPU with `--trace` (6 MiB per vCPU): every
+/// event of a run of a few hundred ms under contention.
+pub const TRACE_ENTRIES_FOR_EXPORT: u64 = 1 << 18;
 
 #[cfg(test)]
 mod tests {

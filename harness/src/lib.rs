@@ -5,11 +5,13 @@ pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod output;
+pub mod race_diagram;
 pub mod record;
 pub mod report;
 pub mod repro;
 pub mod runner;
 pub mod stats;
+pub mod trace_export;
 
 /// pvlock's version and git revision (if built from a checkout).
 pub fn version() -> &'static str {

@@ -6,7 +6,7 @@ use pvlock::compare::{compare, CompareOptions};
 use pvlock::config::{Experiment, RunConfig};
 use pvlock::output::write_atomic;
 use pvlock::record::Record;
-use pvlock::runner::{run_one, GUEST_ELF};
+use pvlock::runner::{run_one_with_report, GUEST_ELF};
 use pvlock_abi::{Variant, Window};
 use pvlock_vmm::StopHandle;
 use std::path::PathBuf;
@@ -80,6 +80,10 @@ struct ReproArgs {
     mode: String,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the event trace (Chrome trace-event JSON, opens in Perfetto UI)
+    /// of the first seed that detected the race (the last seed if none did).
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +125,11 @@ struct RunArgs {
     /// Run this guest ELF instead of the built-in one.
     #[arg(long)]
     guest_elf: Option<PathBuf>,
+    /// Write the run's event trace here as Chrome trace-event JSON (opens in
+    /// Perfetto UI: one track per vCPU). Raises the trace ring to a size
+    /// that holds a whole short run. Needs a config with a single run.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 fn main() {
@@ -215,6 +224,9 @@ fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
     if let Some(v) = a.locks {
         rc.torture.locks = v;
     }
+    if a.trace.is_some() {
+        rc.enable_trace_export();
+    }
     rc.validate().map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
 }
 
@@ -246,13 +258,17 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
     if let Some(e) = err {
         return Err(e);
     }
-    run_experiment(&exp_checked, |_| {}, args.json.as_deref(), elf)
+    if args.trace.is_some() && exp_checked.runs.len() != 1 {
+        bail!("--trace writes the trace of one run, but this config has {} runs", exp_checked.runs.len());
+    }
+    run_experiment(&exp_checked, |_| {}, args.json.as_deref(), args.trace.as_deref(), elf)
 }
 
 fn run_experiment(
     exp: &Experiment,
     mut on_record: impl FnMut(&Record),
     json: Option<&std::path::Path>,
+    trace: Option<&std::path::Path>,
     elf: &[u8],
 ) -> Result<i32> {
     let stop = StopHandle::new();
@@ -270,7 +286,10 @@ fn run_experiment(
             break;
         }
         let key = pvlock::run_key(exp, rc);
-        let rec = run_one(rc, &key, elf, &stop)?;
+        let (rec, report) = run_one_with_report(rc, &key, elf, &stop)?;
+        if let Some(p) = trace {
+            pvlock::trace_export::write_run(p, &rec, &report)?;
+        }
         if rec.status != "ok" {
             code = 1;
         }
@@ -321,6 +340,12 @@ fn print_summary(i: usize, n: usize, r: &Record) {
     if let Some(h) = &r.diagnosis.hang_text {
         print!("{h}");
     }
+    if let Some(v) = &r.diagnosis.vcpus_text {
+        print!("{}", indent(v));
+    }
+    if let Some(d) = &r.diagnosis.race_diagram {
+        print!("{}", indent(d));
+    }
     if !r.diagnosis.missed_wakeups.is_empty() {
         println!("  missed wakeups by class: {:?}", r.diagnosis.missed_wakeups);
         if let Some(s) = &r.diagnosis.real_guest_severity {
@@ -336,8 +361,12 @@ fn print_summary(i: usize, n: usize, r: &Record) {
     }
 }
 
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
 fn cmd_repro(a: ReproArgs) -> Result<i32> {
-    use pvlock::repro::{catalog, find, run_repro, Mode};
+    use pvlock::repro::{catalog, find, run_repro_traced, Mode};
     let mode = match a.mode.as_str() {
         "random" => Mode::Random,
         "directed" => Mode::Directed,
@@ -364,7 +393,8 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     };
     for (r, v) in &jobs {
         eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
-        let res = run_repro(r, v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, |o| {
+        let trace = a.trace.as_deref();
+        let res = run_repro_traced(r, v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
             eprintln!(
                 "  seed {}: {}{}",
                 o.seed,
@@ -374,6 +404,9 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
                     .map(|e| format!(" ({:.2} s): {e}", o.time_to_detect_s.unwrap_or(0.0)))
                     .unwrap_or_default()
             );
+            if let Some(d) = &o.race_diagram {
+                eprint!("{}", indent(d));
+            }
         })?;
         println!(
             "{} on {} ({:?}): detected in {} of {} seeds{}",

@@ -93,6 +93,9 @@ pub struct MachineConfig {
     pub windows: WindowParams,
     pub hypervisor: HypervisorConfig,
     pub preempt: PreemptConfig,
+    /// Entries of each vCPU's trace ring (a power of two, at most
+    /// `pvlock_abi::vcpu::MAX_TRACE_LEN`); 0 = tracing off.
+    pub trace_len: u64,
 }
 
 impl Default for MachineConfig {
@@ -111,8 +114,17 @@ impl Default for MachineConfig {
             windows: WindowParams::default(),
             hypervisor: HypervisorConfig::default(),
             preempt: PreemptConfig::default(),
+            trace_len: DEFAULT_TRACE_LEN,
         }
     }
+}
+
+/// Trace ring entries per vCPU by default: the last ~16K events (384 KiB).
+pub const DEFAULT_TRACE_LEN: u64 = 1 << 14;
+
+/// Bytes of RAM the trace rings of `vcpus` vCPUs take.
+pub fn trace_bytes(vcpus: u32, trace_len: u64) -> u64 {
+    vcpus as u64 * trace_len * std::mem::size_of::<pvlock_abi::TraceEntry>() as u64
 }
 
 impl MachineConfig {
@@ -136,6 +148,15 @@ impl MachineConfig {
         }
         if self.timeout_ms == 0 {
             return Err("timeout_ms must be > 0".into());
+        }
+        if self.trace_len != 0
+            && (!self.trace_len.is_power_of_two() || self.trace_len > pvlock_abi::vcpu::MAX_TRACE_LEN)
+        {
+            return Err(format!(
+                "trace_len = {} is not 0 or a power of two up to {}",
+                self.trace_len,
+                pvlock_abi::vcpu::MAX_TRACE_LEN
+            ));
         }
         Ok(())
     }

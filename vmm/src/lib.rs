@@ -16,10 +16,16 @@ pub mod guest_mem;
 pub mod hypervisor;
 pub mod machine;
 pub mod preempt;
+pub mod regs;
 pub mod report;
 pub mod signal;
+pub mod symbolize;
+pub mod trace;
 pub mod vcpu;
+pub mod vcpu_dump;
 pub mod watchdog;
+#[cfg(test)]
+mod watchdog_tests;
 
 pub use config::{
     HoldRule, HoldUntil, HolderStalls, HypervisorConfig, KickContract, MachineConfig, PreemptConfig, RandomStalls,
