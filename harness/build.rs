@@ -58,6 +58,11 @@ fn main() {
             cmd.env_remove(k);
         }
     }
+    // Source paths in the guest (panic and BUG locations in records, debug
+    // info) relative to the repository, not to this machine. Frame pointers
+    // in every function: the VMM's dumps walk the rbp chain (RUSTFLAGS
+    // replaces guest/bin/.cargo/config.toml's rustflags, so say it here too).
+    cmd.env("RUSTFLAGS", format!("--remap-path-prefix={}/= -C force-frame-pointers=yes", root.display()));
     let status = cmd.status().expect("cannot run cargo to build the guest");
     if !status.success() {
         panic!("building the guest (guest/bin) failed: {status}");

@@ -2,53 +2,7 @@
 //! few fields the guest publishes back (where its lock tables live) or
 //! updates while it runs (start barrier, smoke counters).
 
-/// What the guest runs. Chosen by the VMM; the guest dispatches on it.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Workload {
-    /// Shared atomic counter plus a plain counter under a test-and-set lock
-    /// that backs off with wait/kick; the VMM checks both totals.
-    Smoke = 1,
-    /// Lock torture over a chosen lock variant (`guest/lib/src/torture.rs`).
-    Torture = 2,
-    /// Self-test: vCPU 0 executes `ud2` (a fault that becomes a triple fault).
-    Fault = 3,
-    /// Self-test: vCPU 0 rings the console doorbell with an address outside RAM.
-    BadPointer = 4,
-    /// Self-test: vCPU 0 waits on a byte nobody will ever change or kick.
-    WaitForever = 5,
-    /// Self-test: vCPU 0 fails an assertion (panic doorbell).
-    Panic = 6,
-    /// Ping-pong between vCPU 0 and 1 through wait/kick, to time kick -> wake.
-    PingPong = 7,
-    /// Doorbell round trips (exit cost) and kick stores, timed by the guest.
-    Doorbells = 8,
-    /// vCPU 0 stalls at the `critical-section` window while the others
-    /// watch every vCPU's `vcpu_is_preempted()`; `timing[c]` of each
-    /// watcher counts the polls that saw vCPU c preempted.
-    PreemptProbe = 9,
-    /// Self-test: vCPU 0 spins forever in one function without an exit
-    /// (the watchdog must say where: function and source line).
-    SpinForever = 10,
-}
-
-impl Workload {
-    pub const fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            1 => Self::Smoke,
-            2 => Self::Torture,
-            3 => Self::Fault,
-            4 => Self::BadPointer,
-            5 => Self::WaitForever,
-            6 => Self::Panic,
-            7 => Self::PingPong,
-            8 => Self::Doorbells,
-            9 => Self::PreemptProbe,
-            10 => Self::SpinForever,
-            _ => return None,
-        })
-    }
-}
+pub use crate::names::Workload;
 
 /// Lock algorithm parameters.
 #[repr(C)]

@@ -36,29 +36,7 @@ pub const DONE_CHECK_FAILED: u64 = 1;
 /// Largest console message the VMM accepts in one doorbell.
 pub const CONSOLE_MAX: u64 = 4096;
 
-/// What a [`PANIC`] doorbell reports.
-#[repr(u64)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PanicKind {
-    /// A Rust panic in the guest (assertion, bounds check...).
-    Panic = 1,
-    /// A lock-algorithm BUG(): `pv_hash` found no free slot, `pv_unhash`
-    /// did not find the lock, or another "cannot happen".
-    Bug = 2,
-    /// Two vCPUs inside the same critical section.
-    MutualExclusion = 3,
-}
-
-impl PanicKind {
-    pub fn from_u64(v: u64) -> Option<Self> {
-        match v {
-            1 => Some(Self::Panic),
-            2 => Some(Self::Bug),
-            3 => Some(Self::MutualExclusion),
-            _ => None,
-        }
-    }
-}
+pub use crate::names::PanicKind;
 
 /// Address of vCPU `cpu`'s kick doorbell.
 pub const fn kick_addr(cpu: u32) -> u64 {

@@ -19,13 +19,14 @@ pub mod doorbell;
 pub mod events;
 pub mod layout;
 pub mod names;
+pub mod seed;
 pub mod vcpu;
 
-pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams, Workload};
+pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams};
 pub use events::{LockEvent, VmmCounter, NR_LOCK_EVENTS, NR_VMM_COUNTERS};
 pub use layout::*;
-pub use names::{Variant, Window, NR_WINDOWS};
-pub use vcpu::{AssertRecord, GuestPhase, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
+pub use names::{GuestPhase, PanicKind, Variant, VariantKind, Window, Workload, NR_WINDOWS};
+pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
 pub const ABI_VERSION: u32 = 2;

@@ -1,6 +1,15 @@
-//! Lock variants and race windows: ids shared by the harness (names in
-//! configs), the guest (dispatch) and the VMM (reports).
+//! Named values shared by the harness (names in configs and records), the
+//! guest (dispatch on ids) and the VMM (reports): lock variants, race
+//! windows, workloads, guest phases and panic kinds.
+//!
+//! Each is declared once with [`named!`]: its id (what crosses the ABI in
+//! the boot block or a doorbell) and its name (what configs, JSON and the
+//! terminal say). With the `serde` feature every one (de)serializes as its
+//! name, so the VMM and the harness hold the typed value end to end and
+//! decode a string exactly once, at the edge.
 
+/// Declares a `#[repr(u32)]` enum with its ids and names: `ALL`, `NAMES`,
+/// `name()`, `from_u32()`, `from_name()`, and serde as the name.
 macro_rules! named {
     ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $id:literal, $name:literal;)* }) => {
         $(#[$m])*
@@ -9,48 +18,113 @@ macro_rules! named {
         pub enum $ty { $($(#[$vm])* $v = $id,)* }
 
         impl $ty {
+            /// Every value, in declaration order.
             pub const ALL: &'static [$ty] = &[$($ty::$v,)*];
+            /// Every name, in declaration order (for "one of: ..." errors).
+            pub const NAMES: &'static [&'static str] = &[$($name,)*];
+            /// The name in configs, records and reports.
             pub const fn name(self) -> &'static str {
                 match self { $($ty::$v => $name,)* }
             }
+            /// The value of an id read from the ABI (guest memory, a doorbell).
             pub const fn from_u32(v: u32) -> Option<$ty> {
                 match v { $($id => Some($ty::$v),)* _ => None }
             }
+            /// The value of a name read from a config or the command line.
             pub fn from_name(s: &str) -> Option<$ty> {
                 match s { $($name => Some($ty::$v),)* _ => None }
+            }
+        }
+
+        impl core::fmt::Display for $ty {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct NameVisitor;
+                impl serde::de::Visitor<'_> for NameVisitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                        f.write_str(concat!("a ", stringify!($ty), " name"))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$ty, E> {
+                        $ty::from_name(s).ok_or_else(|| E::unknown_variant(s, $ty::NAMES))
+                    }
+                }
+                d.deserialize_str(NameVisitor)
             }
         }
     };
 }
 
-named! {
+/// What kind of lock a variant is: decides which checks and detectors
+/// apply (a property of the variant, not of the order of its id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariantKind {
+    /// No paravirt slow path (ticket, test-and-set, native qspinlock).
+    Native,
+    /// A paravirt qspinlock: pv_wait / pv_kick and the PV hash table.
+    Pv,
+    /// A deliberately broken PV variant: a self-test of the testbed.
+    Mutant,
+}
+
+/// The variant registry: [`named!`] plus each variant's [`VariantKind`].
+/// Adding a variant is its line here, its module in `guest/lib/src/pv/`,
+/// its metadata in `guest/lib/src/variants.rs` and its dispatch arm in
+/// `guest/lib/src/system.rs` (the compiler finds the last two).
+macro_rules! variant_registry {
+    ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $id:literal, $name:literal, $kind:ident;)* }) => {
+        named! { $(#[$m])* $ty { $($(#[$vm])* $v = $id, $name;)* } }
+
+        impl $ty {
+            /// What kind of lock this is.
+            pub const fn kind(self) -> VariantKind {
+                match self { $($ty::$v => VariantKind::$kind,)* }
+            }
+        }
+    };
+}
+
+variant_registry! {
     /// The lock algorithms the guest can run. Sources and releases are in
     /// `guest/lib/src/variants.rs` (`pvlock list variants`).
     Variant {
-        Ticket = 1, "ticket";
-        Tas = 2, "tas";
-        Qspinlock = 3, "qspinlock";
-        PvV42 = 10, "pv-v4.2";
-        PvV43 = 11, "pv-v4.3";
-        PvV45 = 12, "pv-v4.5";
-        PvV48 = 13, "pv-v4.8";
-        PvRehash2016 = 14, "pv-rehash-2016";
-        PvHashval2016 = 15, "pv-hashval-2016";
-        PvUpstream = 16, "pv-upstream";
-        MutantNoStoreMb = 20, "mutant-no-store-mb";
-        MutantSlowBeforeHash = 21, "mutant-slow-before-hash";
-        MutantHaltedHead = 22, "mutant-halted-head";
+        Ticket = 1, "ticket", Native;
+        Tas = 2, "tas", Native;
+        Qspinlock = 3, "qspinlock", Native;
+        PvV42 = 10, "pv-v4.2", Pv;
+        PvV43 = 11, "pv-v4.3", Pv;
+        PvV45 = 12, "pv-v4.5", Pv;
+        PvV48 = 13, "pv-v4.8", Pv;
+        PvRehash2016 = 14, "pv-rehash-2016", Pv;
+        PvHashval2016 = 15, "pv-hashval-2016", Pv;
+        PvUpstream = 16, "pv-upstream", Pv;
+        MutantNoStoreMb = 20, "mutant-no-store-mb", Mutant;
+        MutantSlowBeforeHash = 21, "mutant-slow-before-hash", Mutant;
+        MutantHaltedHead = 22, "mutant-halted-head", Mutant;
     }
 }
 
 impl Variant {
     /// Uses pv_wait / pv_kick and the PV hash table.
     pub const fn is_pv(self) -> bool {
-        (self as u32) >= 10
+        matches!(self.kind(), VariantKind::Pv | VariantKind::Mutant)
     }
     /// A deliberately broken self-test, not a historical variant.
     pub const fn is_mutant(self) -> bool {
-        (self as u32) >= 20
+        matches!(self.kind(), VariantKind::Mutant)
     }
 }
 
@@ -81,8 +155,92 @@ named! {
     }
 }
 
+impl Window {
+    /// This window's bit in [`crate::WindowParams::enabled_mask`].
+    pub const fn bit(self) -> u64 {
+        1 << self as u32
+    }
+}
+
 /// Number of race windows; window ids are `0..NR_WINDOWS`.
 pub const NR_WINDOWS: usize = Window::ALL.len();
+
+named! {
+    /// What the guest runs. Chosen by the VMM; the guest dispatches on it.
+    Workload {
+        /// Shared atomic counter plus a plain counter under a test-and-set lock
+        /// that backs off with wait/kick; the VMM checks both totals.
+        Smoke = 1, "smoke";
+        /// Lock torture over a chosen lock variant (`guest/lib/src/torture.rs`).
+        Torture = 2, "torture";
+        /// Self-test: vCPU 0 executes `ud2` (a fault that becomes a triple fault).
+        Fault = 3, "fault";
+        /// Self-test: vCPU 0 rings the console doorbell with an address outside RAM.
+        BadPointer = 4, "bad-pointer";
+        /// Self-test: vCPU 0 waits on a byte nobody will ever change or kick.
+        WaitForever = 5, "wait-forever";
+        /// Self-test: vCPU 0 fails an assertion (panic doorbell).
+        Panic = 6, "panic";
+        /// Ping-pong between vCPU 0 and 1 through wait/kick, to time kick -> wake.
+        PingPong = 7, "ping-pong";
+        /// Doorbell round trips (exit cost) and kick stores, timed by the guest.
+        Doorbells = 8, "doorbells";
+        /// vCPU 0 stalls at the `critical-section` window while the others
+        /// watch every vCPU's `vcpu_is_preempted()`; see
+        /// [`crate::vcpu::PreemptProbeTiming`].
+        PreemptProbe = 9, "preempt-probe";
+        /// Self-test: vCPU 0 spins forever in one function without an exit
+        /// (the watchdog must say where: function and source line).
+        SpinForever = 10, "spin-forever";
+    }
+}
+
+named! {
+    /// What the vCPU is doing right now, written by the guest's lock code.
+    GuestPhase {
+        Booting = 0, "booting";
+        /// Outside any lock (think time, workload bookkeeping).
+        Running = 1, "running";
+        /// In the lock's fast path or spinning outside the queue.
+        Spinning = 2, "spinning";
+        /// Queued in the MCS queue behind another waiter.
+        Queued = 3, "queued";
+        /// Queue head spinning on the lock word.
+        Head = 4, "head";
+        /// Inside `pv_wait()` (blocked in the VMM, or about to be).
+        Waiting = 5, "waiting";
+        /// Holding the lock (critical section).
+        Holding = 6, "holding";
+        /// In the unlock path.
+        Unlocking = 7, "unlocking";
+        /// Workload finished.
+        Done = 8, "done";
+    }
+}
+
+named! {
+    /// What a [`crate::doorbell::PANIC`] doorbell reports (its value). The
+    /// names are the `what` of a recorded guest panic.
+    PanicKind {
+        /// A Rust panic in the guest (assertion, bounds check...).
+        Panic = 1, "panic";
+        /// A lock-algorithm BUG(): `pv_hash` found no free slot, `pv_unhash`
+        /// did not find the lock, or another "cannot happen".
+        Bug = 2, "BUG";
+        /// Two vCPUs inside the same critical section.
+        MutualExclusion = 3, "mutual-exclusion violation";
+    }
+}
+
+impl PanicKind {
+    /// The kind a PANIC doorbell's 64-bit value names.
+    pub const fn from_u64(v: u64) -> Option<Self> {
+        if v > u32::MAX as u64 {
+            return None;
+        }
+        Self::from_u32(v as u32)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -98,5 +256,25 @@ mod tests {
             assert_eq!(*w as usize, i, "window ids must be dense");
             assert_eq!(Window::from_name(w.name()), Some(*w));
         }
+        for w in Workload::ALL {
+            assert_eq!(Workload::from_u32(*w as u32), Some(*w));
+            assert_eq!(Workload::from_name(w.name()), Some(*w));
+        }
+        for (i, p) in GuestPhase::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i);
+        }
+        assert_eq!(PanicKind::from_u64(3), Some(PanicKind::MutualExclusion));
+        assert_eq!(PanicKind::from_u64(1 << 32 | 3), None);
+    }
+
+    #[test]
+    fn kind_not_id_order_decides_pv() {
+        // Every kind is represented and mutants are PV locks.
+        assert!(Variant::ALL.iter().any(|v| v.kind() == VariantKind::Native));
+        for v in Variant::ALL {
+            assert_eq!(v.is_pv(), v.kind() != VariantKind::Native, "{v}");
+            assert!(!v.is_mutant() || v.is_pv(), "{v}");
+        }
+        assert!(!Variant::Qspinlock.is_pv() && Variant::PvV42.is_pv() && Variant::MutantHaltedHead.is_mutant());
     }
 }

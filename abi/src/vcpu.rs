@@ -4,58 +4,7 @@
 use crate::events::NR_LOCK_EVENTS;
 use crate::names::NR_WINDOWS;
 
-/// What the vCPU is doing right now, written by the guest's lock code.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GuestPhase {
-    Booting = 0,
-    /// Outside any lock (think time, workload bookkeeping).
-    Running = 1,
-    /// In the lock's fast path or spinning outside the queue.
-    Spinning = 2,
-    /// Queued in the MCS queue behind another waiter.
-    Queued = 3,
-    /// Queue head spinning on the lock word.
-    Head = 4,
-    /// Inside `pv_wait()` (blocked in the VMM, or about to be).
-    Waiting = 5,
-    /// Holding the lock (critical section).
-    Holding = 6,
-    /// In the unlock path.
-    Unlocking = 7,
-    /// Workload finished.
-    Done = 8,
-}
-
-impl GuestPhase {
-    pub const fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => Self::Booting,
-            1 => Self::Running,
-            2 => Self::Spinning,
-            3 => Self::Queued,
-            4 => Self::Head,
-            5 => Self::Waiting,
-            6 => Self::Holding,
-            7 => Self::Unlocking,
-            8 => Self::Done,
-            _ => return None,
-        })
-    }
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Booting => "booting",
-            Self::Running => "running",
-            Self::Spinning => "spinning",
-            Self::Queued => "queued",
-            Self::Head => "head",
-            Self::Waiting => "waiting",
-            Self::Holding => "holding",
-            Self::Unlocking => "unlocking",
-            Self::Done => "done",
-        }
-    }
-}
+pub use crate::names::GuestPhase;
 
 /// Log-linear histogram of nanoseconds: bucket `4 * msb + next two bits`,
 /// so each power of two is split in four (<= 25% relative error).
@@ -186,6 +135,101 @@ impl TraceEvent {
     }
 }
 
+/// Slots of [`VcpuBlock::timing`].
+pub const TIMING_SLOTS: usize = 8;
+/// The slot that holds the TSC at the vCPU's first guest instruction (all
+/// workloads; the VMM's boot time).
+pub const ENTRY_TSC_SLOT: usize = 7;
+
+/// What the torture workload leaves in [`VcpuBlock::timing`]: the VMM
+/// compares the first two with the locks' plain counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TortureTiming {
+    /// Torture-lock increments (every critical section, nested ones too).
+    pub lock_acquisitions: u64,
+    /// Increments under the simulated interrupts' locks.
+    pub irq_acquisitions: u64,
+    /// Simulated interrupt handlers run.
+    pub sim_irqs: u64,
+    /// Deepest simulated interrupt nesting reached.
+    pub max_irq_depth: u64,
+}
+
+impl TortureTiming {
+    pub const fn from_slots(t: &[u64; TIMING_SLOTS]) -> Self {
+        Self { lock_acquisitions: t[0], irq_acquisitions: t[1], sim_irqs: t[2], max_irq_depth: t[3] }
+    }
+    pub fn store(&self, t: &mut [u64; TIMING_SLOTS]) {
+        t[0] = self.lock_acquisitions;
+        t[1] = self.irq_acquisitions;
+        t[2] = self.sim_irqs;
+        t[3] = self.max_irq_depth;
+    }
+}
+
+/// What the doorbells workload (vCPU 0) leaves in [`VcpuBlock::timing`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DoorbellsTiming {
+    /// Total ns of `iterations` exiting doorbells.
+    pub exits_ns: u64,
+    /// Total ns of `iterations` kick stores (ioeventfd, no exit).
+    pub kick_stores_ns: u64,
+    /// Doorbells and kick stores timed, each.
+    pub iterations: u64,
+    /// ns of the loop that calls a disabled race window.
+    pub window_loop_ns: u64,
+    /// ns of the identical loop without the call.
+    pub empty_loop_ns: u64,
+    /// Iterations of each of those two loops.
+    pub window_loops: u64,
+}
+
+impl DoorbellsTiming {
+    pub const fn from_slots(t: &[u64; TIMING_SLOTS]) -> Self {
+        Self {
+            exits_ns: t[0],
+            kick_stores_ns: t[1],
+            iterations: t[2],
+            window_loop_ns: t[3],
+            empty_loop_ns: t[4],
+            window_loops: t[5],
+        }
+    }
+    pub fn store(&self, t: &mut [u64; TIMING_SLOTS]) {
+        t[0] = self.exits_ns;
+        t[1] = self.kick_stores_ns;
+        t[2] = self.iterations;
+        t[3] = self.window_loop_ns;
+        t[4] = self.empty_loop_ns;
+        t[5] = self.window_loops;
+    }
+}
+
+/// What each watcher of the preempt-probe workload leaves in
+/// [`VcpuBlock::timing`]: polls that saw vCPU `c` preempted, for the first
+/// [`PreemptProbeTiming::WATCHED`] vCPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreemptProbeTiming {
+    pub seen_preempted: [u64; PreemptProbeTiming::WATCHED],
+}
+
+impl PreemptProbeTiming {
+    /// vCPUs watched: every slot below [`ENTRY_TSC_SLOT`].
+    pub const WATCHED: usize = ENTRY_TSC_SLOT;
+    pub fn from_slots(t: &[u64; TIMING_SLOTS]) -> Self {
+        let mut seen_preempted = [0; Self::WATCHED];
+        seen_preempted.copy_from_slice(&t[..Self::WATCHED]);
+        Self { seen_preempted }
+    }
+    /// Counts one poll that saw vCPU `cpu` preempted (ignored past
+    /// [`Self::WATCHED`]).
+    pub fn count_in(t: &mut [u64; TIMING_SLOTS], cpu: usize) {
+        if cpu < Self::WATCHED {
+            t[cpu] += 1;
+        }
+    }
+}
+
 /// A guest assertion / panic / BUG, copied as bytes (the VMM cannot follow
 /// the guest's string pointers into a separate binary's rodata).
 #[repr(C)]
@@ -240,8 +284,10 @@ pub struct VcpuBlock {
     pub heartbeat_tsc: u64,
     /// Longest single acquisition wait, nanoseconds (fairness).
     pub max_wait_ns: u64,
-    /// Guest-measured results for the timing workloads (ns sums / counts).
-    pub timing: [u64; 8],
+    /// Workload results, one meaning per workload: read and write them
+    /// through [`TortureTiming`], [`DoorbellsTiming`] or
+    /// [`PreemptProbeTiming`]; slot [`ENTRY_TSC_SLOT`] is every workload's.
+    pub timing: [u64; TIMING_SLOTS],
     /// Lock events, indexed by [`crate::LockEvent`].
     pub events: [u64; NR_LOCK_EVENTS],
     /// Times each window was reached while enabled.
@@ -268,7 +314,7 @@ impl Default for VcpuBlock {
             acquisitions: 0,
             heartbeat_tsc: 0,
             max_wait_ns: 0,
-            timing: [0; 8],
+            timing: [0; TIMING_SLOTS],
             events: [0; NR_LOCK_EVENTS],
             window_hits: [0; NR_WINDOWS],
             latency: LatencyHistogram::default(),

@@ -31,9 +31,10 @@ use crate::repro::{find, run_repro, Mode};
 use crate::runner::run_one;
 use crate::stats::Percentiles;
 use anyhow::{Context, Result};
-use pvlock_abi::{TortureParams, Variant};
+use pvlock_abi::{TortureParams, Variant, Workload};
 use pvlock_guest_lib::host::{run_torture, HostRunSpec};
 use pvlock_guest_lib::{default_hash_bits, LockConfig, DEFAULT_SPIN_THRESHOLD};
+use pvlock_vmm::RunStatus;
 use pvlock_vmm::StopHandle;
 use serde::{Deserialize, Serialize};
 use stats::{median, ratio_of_means, Ratio, Spread};
@@ -82,7 +83,7 @@ pub struct Plan {
     pub tuned_halt_poll_us: u64,
     pub vcpus: Vec<u32>,
     pub host_cpus: Vec<u32>,
-    pub variants: Vec<String>,
+    pub variants: Vec<Variant>,
     /// (vCPUs, host CPUs) points also run with random stalls.
     pub stall_points: Vec<(u32, u32)>,
     /// Guest-timed run length of throughput and host-thread runs, ms.
@@ -101,7 +102,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(quick: bool) -> Self {
-        let variants = ["ticket", "tas", "qspinlock", "pv-v4.8", "pv-upstream"].map(String::from).to_vec();
+        let variants = vec![Variant::Ticket, Variant::Tas, Variant::Qspinlock, Variant::PvV48, Variant::PvUpstream];
         if quick {
             Plan {
                 quick,
@@ -166,7 +167,7 @@ impl Plan {
             for &h in &self.host_cpus {
                 for &v in &self.vcpus {
                     for variant in &self.variants {
-                        let p = Point { variant: variant.clone(), vcpus: v, host_cpus: h };
+                        let p = Point { variant: *variant, vcpus: v, host_cpus: h };
                         jobs.push(Job::Guest { point: p.clone(), stalls: false, rep });
                         if self.stall_points.contains(&(v, h)) {
                             jobs.push(Job::Guest { point: p.clone(), stalls: true, rep });
@@ -191,7 +192,7 @@ impl Plan {
     pub fn guest_config(&self, point: &Point, stalls: bool, rep: u32) -> RunConfig {
         let mut rc = RunConfig {
             name: "bench".into(),
-            workload: "torture".into(),
+            workload: Workload::Torture,
             vcpus: point.vcpus,
             host_cpus: point.host_cpus,
             seed: 1 + rep as u64,
@@ -199,7 +200,7 @@ impl Plan {
             timeout_ms: self.duration_ms + 60_000,
             ..Default::default()
         };
-        rc.lock.variant = point.variant.clone();
+        rc.lock.variant = point.variant;
         rc.torture.locks = 1;
         rc.torture.cs_ns = self.cs_ns;
         rc.torture.think_ns = self.think_ns;
@@ -218,7 +219,7 @@ impl Plan {
 /// One throughput point.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Point {
-    pub variant: String,
+    pub variant: Variant,
     pub vcpus: u32,
     pub host_cpus: u32,
 }
@@ -269,7 +270,7 @@ pub struct GuestSample {
     pub point: Point,
     pub stalls: bool,
     pub ok: bool,
-    pub status: String,
+    pub status: RunStatus,
     pub acq_per_sec: f64,
     pub latency_p50_ns: u64,
     pub latency_p99_ns: u64,
@@ -297,7 +298,7 @@ pub struct UncontendedSample {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectSample {
     pub repro: String,
-    pub variant: String,
+    pub variant: Variant,
     pub seed: u64,
     pub detected: bool,
     pub time_to_detect_s: Option<f64>,
@@ -321,7 +322,7 @@ pub struct KickWake {
 /// One row of the throughput table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThroughputRow {
-    pub variant: String,
+    pub variant: Variant,
     pub vcpus: u32,
     pub host_cpus: u32,
     /// `none` or `random` (injected stalls).
@@ -352,7 +353,7 @@ pub struct Uncontended {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectRow {
     pub repro: String,
-    pub variant: String,
+    pub variant: Variant,
     pub seeds: usize,
     pub detected: usize,
     /// Median over the detecting seeds, s.
@@ -486,18 +487,18 @@ fn run_job(
     jsonl: &Path,
 ) -> Result<(String, Option<String>)> {
     let vm = |rc: &RunConfig, key: &str| -> Result<Record> {
-        rc.validate().map_err(|(k, why)| anyhow::anyhow!("bench config `{k}`: {why}"))?;
+        rc.validate().map_err(|e| anyhow::anyhow!("bench config {e}"))?;
         let rec = run_one(rc, key, elf, stop)?;
         append_line(jsonl, &serde_json::to_string(&rec)?)?;
         Ok(rec)
     };
     let bad =
-        |rec: &Record, what: &str| (rec.status != "ok").then(|| format!("{what}: {} ({})", rec.status, rec.summary));
+        |rec: &Record, what: &str| (!rec.status.is_ok()).then(|| format!("{what}: {} ({})", rec.status, rec.summary));
     Ok(match job {
         Job::Doorbells { rep } => {
             let rc = RunConfig {
                 name: "bench-doorbells".into(),
-                workload: "doorbells".into(),
+                workload: Workload::Doorbells,
                 vcpus: 1,
                 host_cpus: 1,
                 seed: 1 + *rep as u64,
@@ -513,7 +514,7 @@ fn run_job(
                 t.kick_store_us.unwrap_or(f64::NAN),
                 t.disabled_window_ns.unwrap_or(f64::NAN)
             );
-            if let (true, Some(m), Some(k)) = (rec.status == "ok", t.mmio_exit_us, t.kick_store_us) {
+            if let (true, Some(m), Some(k)) = (rec.status.is_ok(), t.mmio_exit_us, t.kick_store_us) {
                 s.doorbells.push(DoorbellSample {
                     mmio_exit_us: m,
                     kick_store_us: k,
@@ -525,7 +526,7 @@ fn run_job(
         Job::PingPong { halt_poll_us, rep } => {
             let mut rc = RunConfig {
                 name: "bench-ping-pong".into(),
-                workload: "ping-pong".into(),
+                workload: Workload::PingPong,
                 vcpus: 2,
                 host_cpus: 2,
                 seed: 1 + *rep as u64,
@@ -537,7 +538,7 @@ fn run_job(
             let k = rec.timing.kick_wake_ns.unwrap_or_default();
             let what = format!("ping-pong halt_poll_us={halt_poll_us} rep {rep}");
             let line = format!("{what}: kick -> wake p50 {} ns, p99 {} ns, max {} ns", k.p50, k.p99, k.max);
-            let ok = rec.status == "ok" && k.count > 0;
+            let ok = rec.status.is_ok() && k.count > 0;
             s.ping_pong.push(PingPongSample { halt_poll_us: *halt_poll_us, kick_wake_ns: k, ok });
             (line, bad(&rec, &what))
         }
@@ -555,8 +556,8 @@ fn run_job(
             s.guest.push(GuestSample {
                 point: point.clone(),
                 stalls: *stalls,
-                ok: rec.status == "ok",
-                status: rec.status.clone(),
+                ok: rec.status.is_ok(),
+                status: rec.status,
                 acq_per_sec: rec.acquisitions_per_sec,
                 latency_p50_ns: rec.latency_ns.p50,
                 latency_p99_ns: rec.latency_ns.p99,
@@ -565,7 +566,7 @@ fn run_job(
             (line, bad(&rec, &what))
         }
         Job::Host { point, rep } => {
-            let variant = Variant::from_name(&point.variant).context("unknown variant")?;
+            let variant = point.variant;
             let torture = TortureParams {
                 nr_locks: 1,
                 nest: 1,
@@ -585,14 +586,14 @@ fn run_job(
         Job::Uncontended { rep } => {
             let mut rc = RunConfig {
                 name: "bench-uncontended".into(),
-                workload: "torture".into(),
+                workload: Workload::Torture,
                 vcpus: 1,
                 host_cpus: 1,
                 seed: 1 + *rep as u64,
                 duration_ms: plan.uncontended_ms,
                 ..Default::default()
             };
-            rc.lock.variant = "qspinlock".into();
+            rc.lock.variant = Variant::Qspinlock;
             rc.torture.cs_ns = 0;
             rc.torture.think_ns = 0;
             let rec = vm(&rc, &format!("rep={rep}"))?;
@@ -608,7 +609,7 @@ fn run_job(
             let (host_aps, host_ok) = host_torture(Variant::Qspinlock, torture, 1, 1, plan.uncontended_ms, *rep)?;
             let (g, h) = (1e9 / rec.acquisitions_per_sec, 1e9 / host_aps);
             let what = format!("uncontended qspinlock rep {rep}");
-            if rec.status == "ok" && host_ok && g.is_finite() && h.is_finite() {
+            if rec.status.is_ok() && host_ok && g.is_finite() && h.is_finite() {
                 s.uncontended.push(UncontendedSample { guest_ns: g, host_ns: h });
             }
             (format!("{what}: guest {g:.1} ns, host thread {h:.1} ns per acquisition"), bad(&rec, &what))
@@ -620,7 +621,7 @@ fn run_job(
             let o = res.runs.first().context("run_repro returned no run")?;
             s.detect.push(DetectSample {
                 repro: repro.clone(),
-                variant: r.default_variant.into(),
+                variant: r.default_variant,
                 seed: *seed,
                 detected: o.detected,
                 time_to_detect_s: o.time_to_detect_s,
@@ -721,7 +722,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
     for &h in &plan.host_cpus {
         for &v in &plan.vcpus {
             for variant in &plan.variants {
-                let p = Point { variant: variant.clone(), vcpus: v, host_cpus: h };
+                let p = Point { variant: *variant, vcpus: v, host_cpus: h };
                 for stalls in [false, true] {
                     let runs: Vec<&GuestSample> =
                         s.guest.iter().filter(|g| g.point == p && g.stalls == stalls).collect();
@@ -737,7 +738,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
                         s.host.iter().filter(|x| x.point == p && x.ok).map(|x| x.acq_per_sec).collect()
                     };
                     throughput.push(ThroughputRow {
-                        variant: variant.clone(),
+                        variant: *variant,
                         vcpus: v,
                         host_cpus: h,
                         stalls: if stalls { "random" } else { "none" }.into(),
@@ -754,7 +755,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
             }
         }
     }
-    let acq = |variant: &str, stalls: bool| -> Vec<f64> {
+    let acq = |variant: Variant, stalls: bool| -> Vec<f64> {
         s.guest
             .iter()
             .filter(|g| g.ok && g.point.variant == variant && g.point.vcpus == 8 && g.point.host_cpus == 2)
@@ -764,7 +765,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
     };
     let mut ratios = BTreeMap::new();
     for (name, stalls) in [(RATIO_PV_OVER_TICKET, false), (RATIO_PV_OVER_TICKET_STALLS, true)] {
-        if let Some(r) = ratio_of_means(&acq("pv-upstream", stalls), &acq("ticket", stalls)) {
+        if let Some(r) = ratio_of_means(&acq(Variant::PvUpstream, stalls), &acq(Variant::Ticket, stalls)) {
             ratios.insert(name.to_string(), r);
         }
     }
@@ -784,7 +785,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         let t: Vec<f64> = runs.iter().filter_map(|d| d.time_to_detect_s).collect();
         time_to_detect.push(DetectRow {
             repro: name.clone(),
-            variant: first.variant.clone(),
+            variant: first.variant,
             seeds: runs.len(),
             detected: runs.iter().filter(|d| d.detected).count(),
             median_s: median(&t),
@@ -821,7 +822,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
 
 impl BenchResult {
     /// The throughput row of a point.
-    pub fn row(&self, variant: &str, vcpus: u32, host_cpus: u32, stalls: &str) -> Option<&ThroughputRow> {
+    pub fn row(&self, variant: Variant, vcpus: u32, host_cpus: u32, stalls: &str) -> Option<&ThroughputRow> {
         self.throughput
             .iter()
             .find(|r| r.variant == variant && r.vcpus == vcpus && r.host_cpus == host_cpus && r.stalls == stalls)
@@ -846,7 +847,7 @@ pub fn goals(r: &BenchResult) -> Vec<Goal> {
         ),
     });
     let ratio = r.ratios.get(RATIO_PV_OVER_TICKET);
-    let tp = |v: &str, n: u32| r.row(v, n, 2, "none").and_then(|x| x.acq_per_sec).map(|s| s.show(0));
+    let tp = |v: Variant, n: u32| r.row(v, n, 2, "none").and_then(|x| x.acq_per_sec).map(|s| s.show(0));
     out.push(Goal {
         goal: "pv-upstream >= 10x ticket throughput at 4x overcommit (8 vCPUs, 2 host CPUs)".into(),
         met: ratio.map(|x| x.value >= 10.0),
@@ -858,7 +859,7 @@ pub fn goals(r: &BenchResult) -> Vec<Goal> {
                 x.num.min / x.den.max,
                 x.num.show(0),
                 x.den.show(0),
-                tp("ticket", 2).unwrap_or_else(|| "-".into())
+                tp(Variant::Ticket, 2).unwrap_or_else(|| "-".into())
             ),
             None => "not measured".into(),
         },
@@ -883,12 +884,12 @@ pub fn goals(r: &BenchResult) -> Vec<Goal> {
 mod tests {
     use super::*;
 
-    fn guest(variant: &str, vcpus: u32, stalls: bool, acq: f64, ok: bool) -> GuestSample {
+    fn guest(variant: Variant, vcpus: u32, stalls: bool, acq: f64, ok: bool) -> GuestSample {
         GuestSample {
-            point: Point { variant: variant.into(), vcpus, host_cpus: 2 },
+            point: Point { variant, vcpus, host_cpus: 2 },
             stalls,
             ok,
-            status: if ok { "ok" } else { "hang" }.into(),
+            status: if ok { RunStatus::Ok } else { RunStatus::Hang },
             acq_per_sec: acq,
             latency_p50_ns: 100,
             latency_p99_ns: 1000,
@@ -908,7 +909,7 @@ mod tests {
         assert_eq!(jobs.len(), 9 + 80 + 10 + 3 + 2);
         assert_eq!(jobs[0], Job::Doorbells { rep: 0 });
         assert!(p.tuned_halt_poll_us > 200, "a tuned poll must outlast the ping-pong's 200 us pre-kick wait");
-        let rc = p.guest_config(&Point { variant: "ticket".into(), vcpus: 8, host_cpus: 2 }, true, 1);
+        let rc = p.guest_config(&Point { variant: Variant::Ticket, vcpus: 8, host_cpus: 2 }, true, 1);
         assert!(rc.validate().is_ok());
         assert_eq!(rc.preempt.random_mean_interval_us, p.stall_interval_us);
         assert!(Plan::new(false).jobs().len() > jobs.len());
@@ -924,15 +925,15 @@ mod tests {
             ],
             ping_pong: vec![pp(0, 60_000, 200_000), pp(0, 70_000, 300_000), pp(500, 20_000, 90_000)],
             guest: vec![
-                guest("pv-upstream", 8, false, 400.0, true),
-                guest("pv-upstream", 8, false, 440.0, true),
-                guest("ticket", 8, false, 20.0, true),
-                guest("ticket", 8, false, 22.0, true),
+                guest(Variant::PvUpstream, 8, false, 400.0, true),
+                guest(Variant::PvUpstream, 8, false, 440.0, true),
+                guest(Variant::Ticket, 8, false, 20.0, true),
+                guest(Variant::Ticket, 8, false, 22.0, true),
                 // A hung run is counted, not averaged.
-                guest("ticket", 8, false, 1e9, false),
+                guest(Variant::Ticket, 8, false, 1e9, false),
             ],
             host: vec![HostSample {
-                point: Point { variant: "ticket".into(), vcpus: 8, host_cpus: 2 },
+                point: Point { variant: Variant::Ticket, vcpus: 8, host_cpus: 2 },
                 ok: true,
                 acq_per_sec: 10.0,
             }],
@@ -952,7 +953,7 @@ mod tests {
         assert!((ratio.value - 20.0).abs() < 1e-9);
         assert!(!r.ratios.contains_key(RATIO_PV_OVER_TICKET_STALLS));
         assert!((r.ratios[RATIO_UNCONTENDED].value - 82.0 / 102.0).abs() < 1e-12);
-        let t = r.row("ticket", 8, 2, "none").unwrap();
+        let t = r.row(Variant::Ticket, 8, 2, "none").unwrap();
         assert_eq!((t.ok_runs, t.runs), (2, 3));
         assert_eq!(t.host_acq_per_sec.unwrap().n, 1);
         // One host value: a ratio without an interval.

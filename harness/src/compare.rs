@@ -103,7 +103,7 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
                 let key = crate::run_key(exp, rc);
                 match run_one(rc, &key, elf, stop) {
                     Ok(rec) => {
-                        if rec.status != "ok" {
+                        if !rec.status.is_ok() {
                             not_ok.fetch_add(1, Ordering::AcqRel);
                         }
                         let line = serde_json::to_string(&rec).expect("records serialize");

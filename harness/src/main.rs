@@ -3,12 +3,12 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pvlock::compare::{compare, CompareOptions};
-use pvlock::config::{Experiment, RunConfig};
+use pvlock::config::{Experiment, Overrides};
 use pvlock::output::write_atomic;
 use pvlock::record::Record;
 use pvlock::runner::{run_one_with_report, GUEST_ELF};
 use pvlock_abi::{Variant, Window};
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{HoldRelease, StopHandle};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -66,8 +66,8 @@ struct ReproArgs {
     #[arg(long)]
     all: bool,
     /// Lock variant (default: the reproducer's own).
-    #[arg(long)]
-    variant: Option<String>,
+    #[arg(long, value_parser = parse_variant)]
+    variant: Option<Variant>,
     #[arg(long, default_value_t = 10)]
     seeds: u64,
     #[arg(long, default_value_t = 1)]
@@ -114,8 +114,8 @@ struct RunArgs {
     #[arg(long)]
     duration_ms: Option<u64>,
     /// Lock variant (`pvlock list variants`).
-    #[arg(long)]
-    variant: Option<String>,
+    #[arg(long, value_parser = parse_variant)]
+    variant: Option<Variant>,
     /// Number of torture locks.
     #[arg(long)]
     locks: Option<u32>,
@@ -130,6 +130,11 @@ struct RunArgs {
     /// that holds a whole short run. Needs a config with a single run.
     #[arg(long)]
     trace: Option<PathBuf>,
+}
+
+/// A variant name from the command line (the edge where names become values).
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    Variant::from_name(s).ok_or_else(|| format!("unknown variant `{s}` (one of: {})", Variant::NAMES.join(", ")))
 }
 
 fn main() {
@@ -162,6 +167,7 @@ fn run() -> Result<i32> {
         Some(Cmd::Repro(a)) => cmd_repro(a),
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
+            exp.check_host(pvlock_vmm::host_cpus_available())?;
             compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs, progress: true })
         }
         Some(Cmd::Report { dir }) => {
@@ -205,33 +211,21 @@ fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
     Ok(if out.aborted { 1 } else { 0 })
 }
 
-fn apply_overrides(rc: &mut RunConfig, a: &RunArgs) -> Result<()> {
-    if let Some(v) = a.vcpus {
-        rc.vcpus = v;
-    }
-    if let Some(v) = a.host_cpus {
-        rc.host_cpus = v;
-    }
-    if let Some(v) = a.seed {
-        rc.seed = v;
-    }
-    if let Some(v) = a.duration_ms {
-        rc.duration_ms = v;
-    }
-    if let Some(v) = &a.variant {
-        rc.lock.variant = v.clone();
-    }
-    if let Some(v) = a.locks {
-        rc.torture.locks = v;
-    }
-    if a.trace.is_some() {
-        rc.enable_trace_export();
-    }
-    rc.validate().map_err(|(key, why)| anyhow::anyhow!("command-line override `{key}`: {why}"))
-}
-
 fn cmd_run(args: RunArgs) -> Result<i32> {
-    let exp = Experiment::load(&args.config)?;
+    let overrides = Overrides {
+        vcpus: args.vcpus,
+        host_cpus: args.host_cpus,
+        seed: args.seed,
+        duration_ms: args.duration_ms,
+        variant: args.variant,
+        locks: args.locks,
+    };
+    // Overrides replace config keys before the matrix is expanded.
+    let exp = Experiment::load_with(&args.config, &overrides)?;
+    for note in &exp.notes {
+        println!("pvlock: {note}");
+    }
+    exp.check_host(pvlock_vmm::host_cpus_available())?;
     let elf_owned;
     let elf: &[u8] = match &args.guest_elf {
         Some(p) => {
@@ -240,28 +234,15 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
         }
         None => GUEST_ELF,
     };
-    let mut err = None;
-    let exp_checked = Experiment {
-        runs: exp
-            .runs
-            .iter()
-            .cloned()
-            .map(|mut rc| {
-                if let Err(e) = apply_overrides(&mut rc, &args) {
-                    err.get_or_insert(e);
-                }
-                rc
-            })
-            .collect(),
-        ..exp
-    };
-    if let Some(e) = err {
-        return Err(e);
+    let mut exp = exp;
+    if args.trace.is_some() {
+        if exp.runs.len() != 1 {
+            bail!("--trace writes the trace of one run, but this config has {} runs", exp.runs.len());
+        }
+        exp.runs[0].enable_trace_export();
+        exp.runs[0].validate().map_err(|e| anyhow::anyhow!("--trace: {e}"))?;
     }
-    if args.trace.is_some() && exp_checked.runs.len() != 1 {
-        bail!("--trace writes the trace of one run, but this config has {} runs", exp_checked.runs.len());
-    }
-    run_experiment(&exp_checked, |_| {}, args.json.as_deref(), args.trace.as_deref(), elf)
+    run_experiment(&exp, |_| {}, args.json.as_deref(), args.trace.as_deref(), elf)
 }
 
 fn run_experiment(
@@ -290,7 +271,7 @@ fn run_experiment(
         if let Some(p) = trace {
             pvlock::trace_export::write_run(p, &rec, &report)?;
         }
-        if rec.status != "ok" {
+        if !rec.status.is_ok() {
             code = 1;
         }
         on_record(&rec);
@@ -316,7 +297,7 @@ fn run_experiment(
 
 fn print_summary(i: usize, n: usize, r: &Record) {
     let key = if r.run_key.is_empty() { String::new() } else { format!(" [{}]", r.run_key) };
-    println!("run {i}/{n} {}{key}: {} — {}", r.name, r.status.to_uppercase(), r.summary);
+    println!("run {i}/{n} {}{key}: {} — {}", r.name, r.status.as_str().to_uppercase(), r.summary);
     println!(
         "  {} vCPUs on {} host CPUs, variant {}, {:.0} ms wall, {} acquisitions ({:.0}/s), latency p50 {} ns p99 {} ns",
         r.vcpus,
@@ -353,7 +334,7 @@ fn print_summary(i: usize, n: usize, r: &Record) {
         }
     }
     if !r.diagnosis.holds.is_empty() {
-        let by_cond = r.diagnosis.holds.iter().filter(|h| h["released_by"] == "condition").count();
+        let by_cond = r.diagnosis.holds.iter().filter(|h| h.released_by == HoldRelease::Condition).count();
         println!("  directed holds: {} ({} released by their condition)", r.diagnosis.holds.len(), by_cond);
     }
     if let Some(b) = r.timing.boot_us {
@@ -372,29 +353,24 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
         "directed" => Mode::Directed,
         m => bail!("--mode `{m}`: expected `random` or `directed`"),
     };
-    if let Some(v) = &a.variant {
-        if Variant::from_name(v).is_none() {
-            bail!("--variant `{v}`: unknown (see `pvlock list variants`)");
-        }
-    }
     let budget_ms = (a.budget_s * 1e3).clamp(100.0, 3_600_000.0) as u64;
     let stop = StopHandle::new();
     let s = stop.clone();
     let _ = ctrlc::set_handler(move || s.stop());
     let mut results = Vec::new();
-    let jobs: Vec<(pvlock::repro::Repro, String)> = if a.all {
-        let pv: Vec<&str> = Variant::ALL.iter().filter(|v| v.is_pv()).map(|v| v.name()).collect();
-        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, v.to_string()))).collect()
+    let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
+        let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv()).collect();
+        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, *v))).collect()
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };
         let r = find(name)?;
-        let v = a.variant.clone().unwrap_or_else(|| r.default_variant.to_string());
+        let v = a.variant.unwrap_or(r.default_variant);
         vec![(r, v)]
     };
     for (r, v) in &jobs {
         eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
         let trace = a.trace.as_deref();
-        let res = run_repro_traced(r, v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
+        let res = run_repro_traced(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
             eprintln!(
                 "  seed {}: {}{}",
                 o.seed,
@@ -460,7 +436,7 @@ fn list(what: &str) -> Result<()> {
                 println!("{:<20}{}", w.name(), users);
             }
         }
-        "workloads" => println!("{}", pvlock::config::WORKLOADS),
+        "workloads" => println!("{}", pvlock::config::workload_names()),
         other => bail!("unknown list `{other}` (variants, windows, workloads, repros)"),
     }
     Ok(())

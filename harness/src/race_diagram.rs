@@ -78,8 +78,8 @@ pub fn detect(traces: &[VcpuTrace], failure: Option<&GuestFailure>, hang: Option
         .map(|l| l.addr)
         .or_else(|| h.vcpus.iter().find(|v| v.cpu == h.blocked_cpu).map(|v| v.lock).filter(|&l| l != 0))?;
     let class = match failure {
-        Some(GuestFailure::MissedWakeup { class, .. }) => class.clone(),
-        _ => serde_json::to_value(h.class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        Some(GuestFailure::MissedWakeup { class, .. }) => class.name().to_string(),
+        _ => h.class.name().to_string(),
     };
     Some(Race::MissedWakeup { cpu: h.blocked_cpu, lock, class })
 }

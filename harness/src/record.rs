@@ -3,6 +3,8 @@
 
 use crate::config::RunConfig;
 use crate::stats::Percentiles;
+use pvlock_abi::Variant;
+use pvlock_vmm::{GuestFailure, HoldOutcome, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -72,7 +74,7 @@ pub struct Diagnosis {
     /// (no interrupts) cannot show directly.
     pub real_guest_severity: Option<String>,
     /// Directed holds and what released each (`condition`, `timeout`, `stop`).
-    pub holds: Vec<serde_json::Value>,
+    pub holds: Vec<HoldOutcome>,
     /// Random / holder stall requests skipped (vCPU blocked or already stalled).
     pub stalls_skipped: u64,
     /// A record that did not end OK: every vCPU's registers, symbolized
@@ -90,13 +92,19 @@ pub struct Diagnosis {
 }
 
 /// Lock parameters as run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
-    pub variant: String,
+    pub variant: Variant,
     pub mutant: bool,
     pub pv: bool,
     pub spin_threshold: u32,
     pub hash_bits: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { variant: Variant::PvUpstream, mutant: false, pv: true, spin_threshold: 1 << 15, hash_bits: 0 }
+    }
 }
 
 /// Guest-measured mechanism costs (timing workloads).
@@ -125,11 +133,11 @@ pub struct Record {
     /// The values of the matrix keys that vary, e.g. `lock.variant=pv-v4.8,vcpus=4`.
     pub run_key: String,
     /// `ok` | `failed` | `hang` | `aborted` | `guest-crash`.
-    pub status: String,
+    pub status: RunStatus,
     /// One line: why the status is what it is.
     pub summary: String,
     /// Structured failure (kind, vCPU, RIP, message...), if any.
-    pub failure: Option<serde_json::Value>,
+    pub failure: Option<GuestFailure>,
     pub started_at: String,
     pub pvlock_version: String,
     pub vcpus: u32,

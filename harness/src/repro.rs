@@ -3,11 +3,14 @@
 //! that forces its interleaving, and the evidence that shows it happened.
 //! Races and windows: `../shared/PV-LOCK-BACKGROUND.md`, "Where the races live".
 
-use crate::config::{HoldRuleSection, RunConfig};
+use crate::config::RunConfig;
 use crate::record::Record;
 use crate::runner::run_one_with_report;
 use anyhow::{bail, Result};
-use pvlock_vmm::StopHandle;
+use pvlock_abi::{LockEvent, Variant, Window, Workload};
+use pvlock_vmm::{
+    GuestFailure, HoldRule, HoldUntil, HoldWhen, KickContract, MissedWakeupClass, RunStatus, StopHandle, WaitContract,
+};
 use serde::Serialize;
 
 /// How a reproducer provokes its race.
@@ -26,18 +29,18 @@ pub enum Mode {
 pub struct Repro {
     pub name: &'static str,
     pub race: &'static str,
-    pub default_variant: &'static str,
+    pub default_variant: Variant,
     pub what: &'static str,
     /// The run for `variant`, seed and budget, in `mode`.
-    pub build: fn(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig,
+    pub build: fn(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig,
     /// The evidence in a record, if any.
     pub evidence: fn(&Record) -> Option<String>,
 }
 
-fn base(variant: &str, seed: u64, budget_ms: u64) -> RunConfig {
+fn base(variant: Variant, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = RunConfig {
         name: "repro".into(),
-        workload: "torture".into(),
+        workload: Workload::Torture,
         vcpus: 4,
         host_cpus: 2,
         seed,
@@ -45,7 +48,7 @@ fn base(variant: &str, seed: u64, budget_ms: u64) -> RunConfig {
         timeout_ms: budget_ms + 20_000,
         ..Default::default()
     };
-    rc.lock.variant = variant.into();
+    rc.lock.variant = variant;
     // A short head spin makes waiters halt (and get hashed) often.
     rc.lock.spin_threshold = 64;
     rc.torture.locks = 1;
@@ -56,12 +59,12 @@ fn base(variant: &str, seed: u64, budget_ms: u64) -> RunConfig {
     rc
 }
 
-fn hold(at: &str, until: &str, timeout_us: u64) -> HoldRuleSection {
-    HoldRuleSection { at: at.into(), until: until.into(), timeout_us, cpu: None, count: 0, when: "always".into() }
+fn hold(at: Window, until: HoldUntil, timeout_us: u64) -> HoldRule {
+    HoldRule { until, timeout_us, count: 0, ..HoldRule::at(at) }
 }
 
-fn ev(r: &Record, name: &str) -> u64 {
-    r.lock_events.get(name).copied().unwrap_or(0)
+fn ev(r: &Record, e: LockEvent) -> u64 {
+    r.lock_events.get(e.name()).copied().unwrap_or(0)
 }
 
 fn failure_text(r: &Record) -> Option<String> {
@@ -70,7 +73,7 @@ fn failure_text(r: &Record) -> Option<String> {
 
 /// A hang, a missed wakeup (detected or rescued), or a guest BUG.
 fn lost_or_bug(r: &Record) -> Option<String> {
-    if matches!(r.status.as_str(), "hang" | "guest-crash") {
+    if matches!(r.status, RunStatus::Hang | RunStatus::GuestCrash) {
         return failure_text(r);
     }
     let rescued = r.vmm.get("rescues").copied().unwrap_or(0);
@@ -78,27 +81,28 @@ fn lost_or_bug(r: &Record) -> Option<String> {
 }
 
 fn double_hash(r: &Record) -> Option<String> {
-    if r.status == "guest-crash" && r.summary.contains("double hash") {
+    // The guest counts the double hash before its stop_on_double_hash BUG.
+    let n = ev(r, LockEvent::DoubleHash);
+    if r.status == RunStatus::GuestCrash && n > 0 {
         return failure_text(r);
     }
-    let n = ev(r, "double_hash");
     if n > 0 {
         return Some(format!("{n} double hash inserts"));
     }
-    if r.status == "hang" && r.summary.contains("StaleEntry") {
+    if matches!(r.failure, Some(GuestFailure::MissedWakeup { class: MissedWakeupClass::StaleEntry, .. })) {
         return failure_text(r);
     }
     None
 }
 
-fn double_hash_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+fn double_hash_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = base(variant, seed, budget_ms);
     rc.lock.stop_on_double_hash = true;
     match mode {
         // R1: stall the new owner between the MCS hand-off and its
         // halted -> hashed cmpxchg for longer than the successor's head spin.
         Mode::Random => {
-            rc.preempt.windows = vec!["handoff".into()];
+            rc.preempt.windows = vec![Window::Handoff];
             rc.preempt.window_prob = 0.02;
             rc.preempt.window_stall_us = 3000;
         }
@@ -109,65 +113,70 @@ fn double_hash_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunC
         // halted) in pv_wait_node when the hand-off comes: R1's precondition.
         Mode::Directed => {
             rc.lock.spin_threshold = 1 << 15;
-            let mut rule = hold("handoff", "head-blocked", 20_000);
-            rule.when = "successor-running".into();
+            let mut rule = hold(Window::Handoff, HoldUntil::HeadBlocked, 20_000);
+            rule.when = HoldWhen::SuccessorRunning;
             rc.preempt.schedule = vec![rule];
         }
     }
     rc
 }
 
-fn stolen_wakeup_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+fn stolen_wakeup_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = base(variant, seed, budget_ms);
     rc.vcpus = 6;
     // R2's hang needs a wait that does not re-check (with KVM's checked
     // wait the kicked head only busy-spins: counted as kicked_but_stolen).
-    rc.hypervisor.wait = "unchecked".into();
+    rc.hypervisor.wait = WaitContract::Unchecked;
     match mode {
         Mode::Random => {
-            rc.preempt.windows = vec!["unlock-kick".into(), "head-trylock".into()];
+            rc.preempt.windows = vec![Window::UnlockKick, Window::HeadTrylock];
             rc.preempt.window_prob = 0.2;
             rc.preempt.window_stall_us = 500;
         }
         // Hold the kicked head before its trylock until a newcomer has
         // stolen the lock (it reaches the critical-section window).
-        Mode::Directed => rc.preempt.schedule = vec![hold("head-trylock", "window:critical-section", 5_000)],
+        Mode::Directed => {
+            rc.preempt.schedule = vec![hold(Window::HeadTrylock, HoldUntil::Window(Window::CriticalSection), 5_000)]
+        }
     }
     rc
 }
 
 fn stolen_wakeup(r: &Record) -> Option<String> {
     lost_or_bug(r).or_else(|| {
-        let n = ev(r, "kicked_but_stolen");
-        (n > 0 && r.config.hypervisor.wait == "checked").then(|| format!("{n} kicked heads lost the lock to a stealer"))
+        let n = ev(r, LockEvent::KickedButStolen);
+        (n > 0 && r.config.hypervisor.wait == WaitContract::Checked)
+            .then(|| format!("{n} kicked heads lost the lock to a stealer"))
     })
 }
 
-fn rehash_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+fn rehash_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = base(variant, seed, budget_ms);
     rc.lock.stop_on_double_hash = true;
     match mode {
         // R3: the owner between a successful state cmpxchg in pv_kick_node
         // and its _Q_SLOW_VAL write / hash insert.
         Mode::Random => {
-            rc.preempt.windows = vec!["kick-node-hash".into()];
+            rc.preempt.windows = vec![Window::KickNodeHash];
             rc.preempt.window_prob = 0.2;
             rc.preempt.window_stall_us = 3000;
         }
-        Mode::Directed => rc.preempt.schedule = vec![hold("kick-node-hash", "window:head-hash-slow", 20_000)],
+        Mode::Directed => {
+            rc.preempt.schedule = vec![hold(Window::KickNodeHash, HoldUntil::Window(Window::HeadHashSlow), 20_000)]
+        }
     }
     rc
 }
 
-fn hashval_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+fn hashval_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = base(variant, seed, budget_ms);
     match mode {
         Mode::Random => {
-            rc.preempt.windows = vec!["hashval-held".into()];
+            rc.preempt.windows = vec![Window::HashvalHeld];
             rc.preempt.window_prob = 0.1;
             rc.preempt.window_stall_us = 2000;
         }
-        Mode::Directed => rc.preempt.schedule = vec![hold("hashval-held", "timeout", 2_000)],
+        Mode::Directed => rc.preempt.schedule = vec![hold(Window::HashvalHeld, HoldUntil::Timeout, 2_000)],
     }
     rc
 }
@@ -176,7 +185,8 @@ fn hashval_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfi
 /// progress; the record's latency shows what it cost.
 fn hashval_stall(r: &Record) -> Option<String> {
     lost_or_bug(r).or_else(|| {
-        let hits: u64 = r.per_vcpu.iter().map(|v| v.window_hits.get("hashval-held").copied().unwrap_or(0)).sum();
+        let hits: u64 =
+            r.per_vcpu.iter().map(|v| v.window_hits.get(Window::HashvalHeld.name()).copied().unwrap_or(0)).sum();
         (hits > 0).then(|| {
             format!(
                 "{hits} stalls with _Q_HASH_VAL held; latency p99 {} ns, longest wait {} ns",
@@ -186,23 +196,23 @@ fn hashval_stall(r: &Record) -> Option<String> {
     })
 }
 
-fn lost_kick_run(variant: &str, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+fn lost_kick_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = base(variant, seed, budget_ms);
-    rc.hypervisor.kick = "lost-if-not-waiting".into();
+    rc.hypervisor.kick = KickContract::LostIfNotWaiting;
     match mode {
         Mode::Random => {
             rc.preempt.random_mean_interval_us = 2000;
             rc.preempt.random_stall_us = 500;
         }
         // Stall the unlocker between its release and its kick.
-        Mode::Directed => rc.preempt.schedule = vec![hold("unlock-kick", "timeout", 300)],
+        Mode::Directed => rc.preempt.schedule = vec![hold(Window::UnlockKick, HoldUntil::Timeout, 300)],
     }
     rc
 }
 
-fn mutant_run(window: &'static str) -> fn(&str, Mode, u64, u64) -> RunConfig {
+fn mutant_run(window: Window) -> fn(Variant, Mode, u64, u64) -> RunConfig {
     match window {
-        "wait-node-recheck" => |variant, mode, seed, budget| {
+        Window::WaitNodeRecheck => |variant, mode, seed, budget| {
             let mut rc = base(variant, seed, budget);
             rc.vcpus = 4;
             match mode {
@@ -210,7 +220,7 @@ fn mutant_run(window: &'static str) -> fn(&str, Mode, u64, u64) -> RunConfig {
                     rc.preempt.random_mean_interval_us = 2000;
                     rc.preempt.random_stall_us = 300;
                 }
-                Mode::Directed => rc.preempt.schedule = vec![hold("wait-node-recheck", "timeout", 200)],
+                Mode::Directed => rc.preempt.schedule = vec![hold(Window::WaitNodeRecheck, HoldUntil::Timeout, 200)],
             }
             rc
         },
@@ -218,11 +228,11 @@ fn mutant_run(window: &'static str) -> fn(&str, Mode, u64, u64) -> RunConfig {
             let mut rc = base(variant, seed, budget);
             match mode {
                 Mode::Random => {
-                    rc.preempt.windows = vec!["head-hash-slow".into()];
+                    rc.preempt.windows = vec![Window::HeadHashSlow];
                     rc.preempt.window_prob = 0.2;
                     rc.preempt.window_stall_us = 1000;
                 }
-                Mode::Directed => rc.preempt.schedule = vec![hold("head-hash-slow", "timeout", 1_000)],
+                Mode::Directed => rc.preempt.schedule = vec![hold(Window::HeadHashSlow, HoldUntil::Timeout, 1_000)],
             }
             rc
         },
@@ -232,14 +242,14 @@ fn mutant_run(window: &'static str) -> fn(&str, Mode, u64, u64) -> RunConfig {
 /// The catalog.
 pub fn catalog() -> Vec<Repro> {
     vec![
-        Repro { name: "double-hash", race: "R1", default_variant: "pv-v4.5", what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash },
-        Repro { name: "stolen-wakeup", race: "R2", default_variant: "pv-v4.8", what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup },
-        Repro { name: "rehash-double", race: "R3", default_variant: "pv-rehash-2016", what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash },
-        Repro { name: "hashval-stall", race: "R4", default_variant: "pv-hashval-2016", what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall },
-        Repro { name: "lost-kick", race: "contract", default_variant: "pv-upstream", what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug },
-        Repro { name: "no-store-mb", race: "R5", default_variant: "mutant-no-store-mb", what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run("wait-node-recheck"), evidence: lost_or_bug },
-        Repro { name: "slow-before-hash", race: "mutant", default_variant: "mutant-slow-before-hash", what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run("head-hash-slow"), evidence: lost_or_bug },
-        Repro { name: "halted-head", race: "R1", default_variant: "mutant-halted-head", what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash },
+        Repro { name: "double-hash", race: "R1", default_variant: Variant::PvV45, what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash },
+        Repro { name: "stolen-wakeup", race: "R2", default_variant: Variant::PvV48, what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup },
+        Repro { name: "rehash-double", race: "R3", default_variant: Variant::PvRehash2016, what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash },
+        Repro { name: "hashval-stall", race: "R4", default_variant: Variant::PvHashval2016, what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall },
+        Repro { name: "lost-kick", race: "contract", default_variant: Variant::PvUpstream, what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug },
+        Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug },
+        Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug },
+        Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash },
     ]
 }
 
@@ -252,7 +262,7 @@ pub struct SeedOutcome {
     /// for hangs and BUGs; counted evidence is seen at the run's end).
     pub time_to_detect_s: Option<f64>,
     pub evidence: Option<String>,
-    pub status: String,
+    pub status: RunStatus,
     pub summary: String,
     /// The race as this run's trace shows it (`diagnosis.race_diagram`).
     pub race_diagram: Option<String>,
@@ -262,7 +272,7 @@ pub struct SeedOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReproResult {
     pub repro: String,
-    pub variant: String,
+    pub variant: Variant,
     pub mode: Mode,
     pub runs: Vec<SeedOutcome>,
 }
@@ -295,7 +305,7 @@ pub fn find(name: &str) -> Result<Repro> {
 #[allow(clippy::too_many_arguments)]
 pub fn run_repro(
     repro: &Repro,
-    variant: &str,
+    variant: Variant,
     mode: Mode,
     seeds: u64,
     seed_base: u64,
@@ -312,7 +322,7 @@ pub fn run_repro(
 #[allow(clippy::too_many_arguments)]
 pub fn run_repro_traced(
     repro: &Repro,
-    variant: &str,
+    variant: Variant,
     mode: Mode,
     seeds: u64,
     seed_base: u64,
@@ -334,7 +344,7 @@ pub fn run_repro_traced(
         if trace_to.is_some() {
             rc.enable_trace_export();
         }
-        rc.validate().map_err(|(k, why)| anyhow::anyhow!("reproducer config `{k}`: {why}"))?;
+        rc.validate().map_err(|e| anyhow::anyhow!("reproducer config {e}"))?;
         let (rec, report) = run_one_with_report(&rc, &format!("seed={seed}"), elf, stop)?;
         let evidence = (repro.evidence)(&rec);
         if let Some(path) = trace_to.filter(|_| !traced_detection) {
@@ -346,30 +356,31 @@ pub fn run_repro_traced(
             detected: evidence.is_some(),
             time_to_detect_s: evidence.as_ref().map(|_| rec.duration_ms / 1e3),
             evidence,
-            status: rec.status.clone(),
+            status: rec.status,
             summary: rec.summary.clone(),
             race_diagram: rec.diagnosis.race_diagram.clone(),
         };
         progress(&out);
         runs.push(out);
     }
-    Ok(ReproResult { repro: repro.name.into(), variant: variant.into(), mode, runs })
+    Ok(ReproResult { repro: repro.name.into(), variant, mode, runs })
 }
 
 /// The `--all` outcome matrix: reproducers down, variants across; each
 /// cell "detected/seeds (median s)".
 pub fn matrix_markdown(results: &[ReproResult]) -> String {
-    let mut variants: Vec<&str> = Vec::new();
+    let mut variants: Vec<Variant> = Vec::new();
     let mut repros: Vec<&str> = Vec::new();
     for r in results {
-        if !variants.contains(&r.variant.as_str()) {
-            variants.push(&r.variant);
+        if !variants.contains(&r.variant) {
+            variants.push(r.variant);
         }
         if !repros.contains(&r.repro.as_str()) {
             repros.push(&r.repro);
         }
     }
-    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", variants.join(" | "), "---|".repeat(variants.len()));
+    let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(variants.len()));
     for rp in &repros {
         s += &format!("| {rp} |");
         for v in &variants {

@@ -1,12 +1,13 @@
 //! Runs one [`RunConfig`] on KVM and turns the VMM's report into a
 //! [`Record`] with its correctness checks.
 
-use crate::config::{parse_workload, RunConfig};
+use crate::config::RunConfig;
 use crate::record::{now_utc, Check, HashStats, Params, PerVcpu, Record, Timing, SCHEMA_VERSION};
 use crate::stats::{histogram_percentiles, merge_histograms};
 use anyhow::Result;
-use pvlock_abi::{LockEvent, Variant, Workload};
-use pvlock_vmm::{Machine, RunReport, RunStatus, StopHandle};
+use pvlock_abi::vcpu::{DoorbellsTiming, PreemptProbeTiming, TortureTiming};
+use pvlock_abi::{LockEvent, PanicKind, Workload};
+use pvlock_vmm::{GuestFailure, Machine, RunReport, RunStatus, StopHandle};
 use std::collections::BTreeMap;
 
 /// The guest image built into this binary (see harness/build.rs).
@@ -26,11 +27,11 @@ pub fn run_one_with_report(
     elf: &[u8],
     stop: &StopHandle,
 ) -> Result<(Record, RunReport)> {
-    let machine = rc.machine()?;
+    let machine = rc.machine();
     let started_at = now_utc();
     let mut report = Machine::run(&machine, elf, stop)?;
     let mut rec = make_record(rc, run_key, started_at, &report);
-    if rec.status != RunStatus::Ok.as_str() && report.status == RunStatus::Ok {
+    if rec.status != RunStatus::Ok && report.status == RunStatus::Ok {
         // Not OK by the harness's checks only: the VMM did not symbolize.
         pvlock_vmm::machine::symbolize_dumps(&mut report.vcpu_dumps, elf);
         attach_dumps(&mut rec.diagnosis, &report);
@@ -55,8 +56,8 @@ fn sum_map<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMa
 }
 
 pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunReport) -> Record {
-    let workload = parse_workload(&rc.workload).unwrap_or(Workload::Smoke);
-    let variant = Variant::from_name(&rc.lock.variant).unwrap_or(Variant::PvUpstream);
+    let workload = rc.workload;
+    let variant = rc.lock.variant;
     let per_vcpu: Vec<PerVcpu> = r
         .per_vcpu
         .iter()
@@ -67,7 +68,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             max_wait_ns: v.max_wait_ns,
             latency_ns: histogram_percentiles(&v.latency_buckets),
             exits: v.exits,
-            final_phase: v.final_phase.clone(),
+            final_phase: v.final_phase.map(|p| p.name()).unwrap_or("?").to_string(),
             lock_events: v.lock_events.clone(),
             vmm: v.vmm.clone(),
             window_hits: v.window_hits.clone(),
@@ -111,12 +112,13 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     match workload {
         Workload::Doorbells => {
             if let Some(v) = r.per_vcpu.first() {
-                let n = v.timing[2].max(1) as f64;
-                timing.mmio_exit_us = Some(v.timing[0] as f64 / n / 1e3);
-                timing.kick_store_us = Some(v.timing[1] as f64 / n / 1e3);
-                if v.timing[5] > 0 {
-                    let loops = v.timing[5] as f64;
-                    timing.disabled_window_ns = Some((v.timing[3] as f64 - v.timing[4] as f64) / loops);
+                let t = DoorbellsTiming::from_slots(&v.timing);
+                let n = t.iterations.max(1) as f64;
+                timing.mmio_exit_us = Some(t.exits_ns as f64 / n / 1e3);
+                timing.kick_store_us = Some(t.kick_stores_ns as f64 / n / 1e3);
+                if t.window_loops > 0 {
+                    let loops = t.window_loops as f64;
+                    timing.disabled_window_ns = Some((t.window_loop_ns as f64 - t.empty_loop_ns as f64) / loops);
                 }
             }
         }
@@ -148,8 +150,10 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         Workload::Torture => torture_checks(r, &per_vcpu, &mut checks),
         Workload::PreemptProbe => {
             // Polls (by all watchers) that saw vCPU c preempted.
-            let n = (rc.vcpus as usize).min(8);
-            let seen: Vec<u64> = (0..n).map(|c| r.per_vcpu.iter().skip(1).map(|v| v.timing[c]).sum()).collect();
+            let n = (rc.vcpus as usize).min(PreemptProbeTiming::WATCHED);
+            let watchers: Vec<PreemptProbeTiming> =
+                r.per_vcpu.iter().skip(1).map(|v| PreemptProbeTiming::from_slots(&v.timing)).collect();
+            let seen: Vec<u64> = (0..n).map(|c| watchers.iter().map(|w| w.seen_preempted[c]).sum()).collect();
             let only_0 = seen[0] > 0 && seen[1..].iter().all(|&x| x == 0);
             checks.push(Check::new(
                 "preempted_flag_exactly_for_the_stalled_vcpu",
@@ -168,11 +172,11 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         _ => {}
     }
     let mut status = r.status;
-    if status == RunStatus::Ok && checks.iter().any(|c| !c.passed) {
+    if status.is_ok() && checks.iter().any(|c| !c.passed) {
         status = RunStatus::Failed;
     }
     let summary = match (&r.failure, status) {
-        (Some(f @ pvlock_vmm::GuestFailure::Timeout { .. }), _) if r.hang.as_ref().is_none_or(|h| !h.blocked) => {
+        (Some(f @ GuestFailure::Timeout { .. }), _) if r.hang.as_ref().is_none_or(|h| !h.blocked) => {
             format!(
                 "{}; no vCPU was blocked in a wait at the end: the run made too little progress (a collapse or a \
              livelock in the guest, not a missed wakeup); acquisitions per vCPU: {:?}",
@@ -192,9 +196,9 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         schema_version: SCHEMA_VERSION,
         name: rc.name.clone(),
         run_key: run_key.to_string(),
-        status: status.as_str().to_string(),
+        status,
         summary,
-        failure: r.failure.as_ref().and_then(|f| serde_json::to_value(f).ok()),
+        failure: r.failure.clone(),
         started_at,
         pvlock_version: crate::version().to_string(),
         vcpus: rc.vcpus,
@@ -209,7 +213,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         vmm,
         hash,
         params: Params {
-            variant: variant.name().into(),
+            variant,
             mutant: variant.is_mutant(),
             pv: variant.is_pv(),
             spin_threshold: rc.lock.spin_threshold,
@@ -238,8 +242,7 @@ fn failing_code(f: &pvlock_vmm::GuestFailure, r: &RunReport) -> String {
 }
 
 fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) {
-    let mutex_violation =
-        matches!(&r.failure, Some(pvlock_vmm::GuestFailure::Panic { what, .. }) if what.contains("mutual"));
+    let mutex_violation = matches!(&r.failure, Some(GuestFailure::Panic { what: PanicKind::MutualExclusion, .. }));
     let owners_left: Vec<usize> = r.lock_owners.iter().enumerate().filter(|(_, o)| **o != 0).map(|(i, _)| i).collect();
     checks.push(Check::new(
         "mutual_exclusion",
@@ -254,10 +257,15 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
     ));
     if r.status == RunStatus::Ok {
         let counted: u64 = r.lock_counts.iter().sum();
-        // The guest reports its torture-lock and irq-lock increments in
-        // timing[0] and timing[1]; the locks' plain counters (read from guest
-        // memory by the VMM) must add up to exactly that.
-        let acq: u64 = r.per_vcpu.iter().map(|v| v.timing[0] + v.timing[1]).sum();
+        // The guest reports its torture-lock and irq-lock increments; the
+        // locks' plain counters (read from guest memory by the VMM) must add
+        // up to exactly that.
+        let acq: u64 = r
+            .per_vcpu
+            .iter()
+            .map(|v| TortureTiming::from_slots(&v.timing))
+            .map(|t| t.lock_acquisitions + t.irq_acquisitions)
+            .sum();
         checks.push(Check::new(
             "lock_counts_match_acquisitions",
             counted == acq && !r.lock_counts.is_empty(),
@@ -278,12 +286,9 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
 
 fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
     let mut missed = BTreeMap::new();
-    let class = |h: &pvlock_vmm::watchdog::HangReport| {
-        serde_json::to_value(h.class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-    };
     // A dump of a vCPU that was running (not blocked) is no missed wakeup.
     for h in r.rescued.iter().chain(r.hang.iter().filter(|h| h.blocked)) {
-        *missed.entry(class(h)).or_insert(0) += 1;
+        *missed.entry(h.class.name().to_string()).or_insert(0) += 1;
     }
     let severity = (!missed.is_empty()).then(|| {
         "in a real guest: a hang for callers that wait with interrupts disabled (spin_lock_irq*), \
@@ -295,7 +300,7 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         hang_text: r.hang.as_ref().map(|h| h.render()),
         missed_wakeups: missed,
         real_guest_severity: severity,
-        holds: r.holds.iter().filter_map(|h| serde_json::to_value(h).ok()).collect(),
+        holds: r.holds.clone(),
         stalls_skipped: r.stalls_skipped,
         vcpus: Vec::new(),
         vcpus_text: None,

@@ -233,7 +233,12 @@ pub fn chrome_json(traces: &[VcpuTrace], info: &ExportInfo<'_>) -> String {
 
 /// Writes the trace of one run to `path` (atomically).
 pub fn write_run(path: &std::path::Path, rec: &crate::record::Record, r: &pvlock_vmm::RunReport) -> anyhow::Result<()> {
-    let info = ExportInfo { name: &rec.name, variant: &rec.params.variant, tsc_khz: r.tsc_khz, status: &rec.status };
+    let info = ExportInfo {
+        name: &rec.name,
+        variant: rec.params.variant.name(),
+        tsc_khz: r.tsc_khz,
+        status: rec.status.as_str(),
+    };
     crate::output::write_atomic(path, chrome_json(&r.traces, &info).as_bytes())
 }
 

@@ -5,7 +5,8 @@
 use pvlock::config::RunConfig;
 use pvlock::record::Record;
 use pvlock::runner::{run_one, GUEST_ELF};
-use pvlock_vmm::StopHandle;
+use pvlock_abi::{Window, Workload};
+use pvlock_vmm::{RunStatus, StopHandle};
 
 fn run(rc: RunConfig) -> Record {
     run_one(&rc, "", GUEST_ELF, &StopHandle::new()).expect("machine builds")
@@ -23,7 +24,7 @@ fn smoke(vcpus: u32, host_cpus: u32) -> RunConfig {
 }
 
 fn assert_ok(r: &Record) {
-    assert_eq!(r.status, "ok", "{}: {}\nconsole: {:?}", r.name, r.summary, r.console);
+    assert_eq!(r.status, RunStatus::Ok, "{}: {}\nconsole: {:?}", r.name, r.summary, r.console);
     assert!(r.all_checks_passed(), "{:?}", r.checks);
 }
 
@@ -63,9 +64,9 @@ fn guest_fault_is_a_guest_crash_with_its_rip() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let r = run(RunConfig { workload: "fault".into(), vcpus: 2, timeout_ms: 10_000, ..Default::default() });
-    assert_eq!(r.status, "guest-crash", "{}", r.summary);
-    let f = r.failure.expect("failure recorded");
+    let r = run(RunConfig { workload: Workload::Fault, vcpus: 2, timeout_ms: 10_000, ..Default::default() });
+    assert_eq!(r.status, RunStatus::GuestCrash, "{}", r.summary);
+    let f = serde_json::to_value(r.failure.expect("failure recorded")).unwrap();
     assert_eq!(f["kind"], "triple-fault");
     assert_eq!(f["cpu"], 0);
     let rip = f["rip"].as_u64().unwrap();
@@ -77,9 +78,9 @@ fn out_of_range_doorbell_pointer_is_reported_not_followed() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let r = run(RunConfig { workload: "bad-pointer".into(), vcpus: 2, timeout_ms: 10_000, ..Default::default() });
-    assert_eq!(r.status, "guest-crash", "{}", r.summary);
-    let f = r.failure.unwrap();
+    let r = run(RunConfig { workload: Workload::BadPointer, vcpus: 2, timeout_ms: 10_000, ..Default::default() });
+    assert_eq!(r.status, RunStatus::GuestCrash, "{}", r.summary);
+    let f = serde_json::to_value(r.failure.unwrap()).unwrap();
     assert_eq!(f["kind"], "abi-violation");
     assert!(f["detail"].as_str().unwrap().contains("outside guest RAM"), "{f}");
 }
@@ -90,9 +91,9 @@ fn guest_panic_carries_file_line_and_message() {
         return;
     }
     let r =
-        run(RunConfig { workload: "panic".into(), vcpus: 1, host_cpus: 1, timeout_ms: 10_000, ..Default::default() });
-    assert_eq!(r.status, "guest-crash");
-    let f = r.failure.unwrap();
+        run(RunConfig { workload: Workload::Panic, vcpus: 1, host_cpus: 1, timeout_ms: 10_000, ..Default::default() });
+    assert_eq!(r.status, RunStatus::GuestCrash);
+    let f = serde_json::to_value(r.failure.unwrap()).unwrap();
     assert_eq!(f["kind"], "panic");
     assert!(f["file"].as_str().unwrap().ends_with("workloads.rs"), "{f}");
     assert!(f["line"].as_u64().unwrap() > 0);
@@ -104,12 +105,12 @@ fn a_wait_that_never_ends_is_a_hang_within_the_stall_timeout() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let mut rc = RunConfig { workload: "wait-forever".into(), vcpus: 2, timeout_ms: 20_000, ..Default::default() };
+    let mut rc = RunConfig { workload: Workload::WaitForever, vcpus: 2, timeout_ms: 20_000, ..Default::default() };
     rc.hypervisor.stall_timeout_ms = 300;
     let t = std::time::Instant::now();
     let r = run(rc);
-    assert_eq!(r.status, "hang", "{}", r.summary);
-    assert_eq!(r.failure.unwrap()["kind"], "blocked-wait");
+    assert_eq!(r.status, RunStatus::Hang, "{}", r.summary);
+    assert_eq!(r.failure.unwrap().kind(), "blocked-wait");
     assert!(t.elapsed().as_secs() < 10, "hang detection took {:?}", t.elapsed());
 }
 
@@ -119,7 +120,7 @@ fn kicks_wake_a_waiting_vcpu() {
         return;
     }
     let r =
-        run(RunConfig { workload: "ping-pong".into(), vcpus: 2, host_cpus: 2, iterations: 200, ..Default::default() });
+        run(RunConfig { workload: Workload::PingPong, vcpus: 2, host_cpus: 2, iterations: 200, ..Default::default() });
     assert_ok(&r);
     let k = r.timing.kick_wake_ns.unwrap();
     assert_eq!(k.count, 200);
@@ -131,8 +132,8 @@ fn a_stall_sets_vcpu_is_preempted_for_exactly_the_stalled_vcpu() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let mut rc = RunConfig { workload: "preempt-probe".into(), vcpus: 3, host_cpus: 2, ..Default::default() };
-    rc.preempt.windows = vec!["critical-section".into()];
+    let mut rc = RunConfig { workload: Workload::PreemptProbe, vcpus: 3, host_cpus: 2, ..Default::default() };
+    rc.preempt.windows = vec![Window::CriticalSection];
     rc.preempt.window_prob = 1.0;
     rc.preempt.window_stall_us = 20_000;
     let r = run(rc);

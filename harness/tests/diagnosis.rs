@@ -9,8 +9,9 @@ use pvlock::config::RunConfig;
 use pvlock::record::Record;
 use pvlock::repro::{find, run_repro, Mode};
 use pvlock::runner::{run_one, run_one_with_report, GUEST_ELF};
+use pvlock_abi::{Variant, Workload};
 use pvlock_vmm::symbolize::Symbolizer;
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{RunStatus, StopHandle};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -52,9 +53,9 @@ fn a_vcpu_spinning_without_exits_is_named_by_function_and_line() {
         return;
     }
     let rc =
-        RunConfig { workload: "spin-forever".into(), vcpus: 2, host_cpus: 2, timeout_ms: 300, ..Default::default() };
+        RunConfig { workload: Workload::SpinForever, vcpus: 2, host_cpus: 2, timeout_ms: 300, ..Default::default() };
     let r = run_one(&rc, "", GUEST_ELF, &StopHandle::new()).unwrap();
-    assert_eq!(r.status, "hang", "{}", r.summary);
+    assert_eq!(r.status, RunStatus::Hang, "{}", r.summary);
     // Every vCPU is dumped, the finished one too.
     assert_eq!(r.diagnosis.vcpus.len(), 2, "{:?}", r.diagnosis.vcpus_text);
     let at = location(&r, 0);
@@ -81,7 +82,8 @@ fn directed_r1_on_v4_5_is_drawn_from_its_own_trace() {
         return;
     }
     let repro = find("double-hash").unwrap();
-    let res = run_repro(&repro, "pv-v4.5", Mode::Directed, 3, 1, 8_000, GUEST_ELF, &StopHandle::new(), |_| {}).unwrap();
+    let res =
+        run_repro(&repro, Variant::PvV45, Mode::Directed, 3, 1, 8_000, GUEST_ELF, &StopHandle::new(), |_| {}).unwrap();
     let hit = res.runs.iter().find(|o| o.detected).unwrap_or_else(|| panic!("not detected: {:?}", res.runs));
     let d = hit.race_diagram.as_deref().unwrap_or_else(|| panic!("no diagram: {}", hit.summary));
     let pos = |needle: &str| d.find(needle).unwrap_or_else(|| panic!("{needle:?} not in\n{d}"));
@@ -98,7 +100,7 @@ fn directed_r1_on_v4_5_is_drawn_from_its_own_trace() {
     assert!(col("lp = pv_hash") > col("pv_kick_node()"), "{d}");
     // The BUG came through the runtime's helper; the summary names the
     // lock code it was raised in.
-    assert!(hit.summary.contains("guest/lib/src/hash.rs"), "{}", hit.summary);
+    assert!(hit.summary.contains("(guest/lib/src/hash.rs:"), "{}", hit.summary);
 }
 
 /// Properly nested: on one track, a span that starts inside another ends
@@ -124,21 +126,21 @@ fn a_trace_export_is_chrome_trace_event_json_with_a_track_per_vcpu() {
         return;
     }
     let mut rc = RunConfig {
-        workload: "torture".into(),
+        workload: Workload::Torture,
         vcpus: 3,
         host_cpus: 2,
         duration_ms: 60,
         timeout_ms: 20_000,
         ..Default::default()
     };
-    rc.lock.variant = "pv-v4.8".into();
+    rc.lock.variant = Variant::PvV48;
     rc.torture.locks = 2;
     rc.torture.nest = 2;
     rc.torture.irq_prob = 0.01;
     rc.enable_trace_export();
     rc.validate().unwrap();
     let (rec, report) = run_one_with_report(&rc, "", GUEST_ELF, &StopHandle::new()).unwrap();
-    assert_eq!(rec.status, "ok", "{}", rec.summary);
+    assert_eq!(rec.status, RunStatus::Ok, "{}", rec.summary);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace.json");
     pvlock::trace_export::write_run(&path, &rec, &report).unwrap();

@@ -5,9 +5,10 @@
 use pvlock::config::RunConfig;
 use pvlock::repro::{find, run_repro, Mode};
 use pvlock::runner::{run_one, GUEST_ELF};
-use pvlock_vmm::StopHandle;
+use pvlock_abi::{Variant, Workload};
+use pvlock_vmm::{MissedWakeupClass, RunStatus, StopHandle};
 
-fn detects(repro: &str, variant: &str, mode: Mode, seeds: u64, budget_ms: u64) -> (usize, Vec<String>) {
+fn detects(repro: &str, variant: Variant, mode: Mode, seeds: u64, budget_ms: u64) -> (usize, Vec<String>) {
     let r = find(repro).unwrap();
     let res = run_repro(&r, variant, mode, seeds, 1, budget_ms, GUEST_ELF, &StopHandle::new(), |_| {}).unwrap();
     (res.detected(), res.runs.iter().map(|o| format!("seed {}: {} {}", o.seed, o.status, o.summary)).collect())
@@ -19,9 +20,9 @@ fn directed_double_hash_is_caught_on_v4_5_and_not_on_v4_8() {
         return;
     }
     // Detection stops the run at once; three seeds bound the worst case.
-    let (n, runs) = detects("double-hash", "pv-v4.5", Mode::Directed, 3, 8_000);
+    let (n, runs) = detects("double-hash", Variant::PvV45, Mode::Directed, 3, 8_000);
     assert!(n >= 1, "directed double hash not caught on pv-v4.5: {runs:?}");
-    let (n, runs) = detects("double-hash", "pv-v4.8", Mode::Directed, 1, 2_000);
+    let (n, runs) = detects("double-hash", Variant::PvV48, Mode::Directed, 1, 2_000);
     assert_eq!(n, 0, "false alarm on pv-v4.8: {runs:?}");
 }
 
@@ -30,7 +31,7 @@ fn random_double_hash_is_caught_on_v4_5() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let (n, runs) = detects("double-hash", "pv-v4.5", Mode::Random, 3, 8_000);
+    let (n, runs) = detects("double-hash", Variant::PvV45, Mode::Random, 3, 8_000);
     assert!(n >= 1, "{runs:?}");
 }
 
@@ -39,7 +40,7 @@ fn a_mutant_is_caught() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let (n, runs) = detects("halted-head", "mutant-halted-head", Mode::Random, 3, 8_000);
+    let (n, runs) = detects("halted-head", Variant::MutantHaltedHead, Mode::Random, 3, 8_000);
     assert!(n >= 1, "mutant-halted-head not caught: {runs:?}");
 }
 
@@ -48,9 +49,9 @@ fn stolen_wakeup_under_an_unchecked_wait_is_classified() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let (n, runs) = detects("stolen-wakeup", "pv-v4.8", Mode::Random, 3, 8_000);
+    let (n, runs) = detects("stolen-wakeup", Variant::PvV48, Mode::Random, 3, 8_000);
     assert!(n >= 1, "{runs:?}");
-    assert!(runs.iter().any(|r| r.contains("WaiterNotHashed")), "{runs:?}");
+    assert!(runs.iter().any(|r| r.contains(MissedWakeupClass::WaiterNotHashed.name())), "{runs:?}");
 }
 
 #[test]
@@ -58,10 +59,10 @@ fn the_watchdog_dumps_and_classifies_a_wait_that_never_ends() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let mut rc = RunConfig { workload: "wait-forever".into(), vcpus: 2, timeout_ms: 20_000, ..Default::default() };
+    let mut rc = RunConfig { workload: Workload::WaitForever, vcpus: 2, timeout_ms: 20_000, ..Default::default() };
     rc.hypervisor.stall_timeout_ms = 200;
     let r = run_one(&rc, "", GUEST_ELF, &StopHandle::new()).unwrap();
-    assert_eq!(r.status, "hang");
+    assert_eq!(r.status, RunStatus::Hang);
     let hang = r.diagnosis.hang.expect("a hang carries its dump");
     assert_eq!(hang["blocked_cpu"], 0);
     assert!(hang["class"].is_string());

@@ -13,6 +13,7 @@ use pvlock::report::diff::Verdict;
 use pvlock::report::load::{parse_jsonl, GroupKey, Loaded};
 use pvlock::report::{diff, render_loaded, EnvInfo};
 use pvlock::stats::Percentiles;
+use pvlock_abi::Variant;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,10 +95,13 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
         .collect();
     let stale = if hang || failed { 1 } else { 0 };
     let failure = if hang {
-        Some(serde_json::json!({
-            "kind": "blocked-wait", "cpu": 3, "blocked_ms": 2000,
-            "gpa": 0x10_0040, "expected": 3, "current": 0
-        }))
+        Some(
+            serde_json::from_value(serde_json::json!({
+                "kind": "blocked-wait", "cpu": 3, "blocked_ms": 2000,
+                "gpa": 0x10_0040, "expected": 3, "current": 0
+            }))
+            .unwrap(),
+        )
     } else {
         None
     };
@@ -108,18 +112,18 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
     }
     let config = RunConfig {
         name: "overcommit".into(),
-        workload: "torture".into(),
+        workload: pvlock_abi::Workload::Torture,
         vcpus,
         host_cpus: 2,
         repeats: 3,
-        lock: pvlock::config::LockSection { variant: variant.into(), ..Default::default() },
+        lock: pvlock_vmm::LockConfig { variant: Variant::from_name(variant).unwrap(), ..Default::default() },
         ..Default::default()
     };
     Record {
         schema_version: SCHEMA_VERSION,
         name: "overcommit".into(),
         run_key: format!("vcpus={vcpus},lock.variant={variant}"),
-        status: status.into(),
+        status: pvlock_vmm::RunStatus::from_name(status).unwrap(),
         summary: if hang {
             "vCPU 3: blocked in pv_wait for 2000 ms on byte 0x100040 (expected 3, now 0)".into()
         } else if failed {
@@ -151,7 +155,7 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
             occupancy: Vec::new(),
         },
         params: Params {
-            variant: variant.into(),
+            variant: Variant::from_name(variant).unwrap(),
             mutant: false,
             pv,
             spin_threshold: 1 << 15,
@@ -272,7 +276,7 @@ fn truncated_line_is_reported_and_partial_is_said() {
     assert!(md.contains("- Runs: 18 (PARTIAL: the matrix did not finish"), "{md}");
     // An aborted record alone makes it partial too.
     let mut recs = f.records.clone();
-    recs[0].status = "aborted".into();
+    recs[0].status = pvlock_vmm::RunStatus::Aborted;
     let md = pvlock::report::render(&recs, &env(), false).markdown;
     assert!(md.contains("(PARTIAL: 1 aborted run)"), "{md}");
 }
@@ -374,7 +378,7 @@ fn diff_flags_a_real_change_and_not_noise() {
         }
         if k.variant == "pv-v4.5" && k.vcpus == 8 {
             // Fixed: no more hangs.
-            r.status = "ok".into();
+            r.status = pvlock_vmm::RunStatus::Ok;
             r.failure = None;
         }
     }
@@ -439,7 +443,7 @@ fn cli_report_and_diff() {
 #[test]
 fn report_md_shows_race_diagrams_and_where_the_vcpus_were() {
     let mut r = fixture_record("pv-v4.5", 4, 0);
-    r.status = "guest-crash".into();
+    r.status = pvlock_vmm::RunStatus::GuestCrash;
     r.summary = "vCPU 1: guest BUG: double hash".into();
     r.diagnosis.race_diagram = Some("double hash: vCPU 1 inserted lock 0x41b000\n  vCPU 1 (lock holder)\n".into());
     r.diagnosis.vcpus = vec![serde_json::json!({

@@ -8,19 +8,19 @@ use pvlock::config::RunConfig;
 use pvlock::record::Record;
 use pvlock::runner::{run_one, GUEST_ELF};
 use pvlock_abi::Variant;
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{RunStatus, StopHandle};
 
 fn torture(variant: Variant) -> RunConfig {
     let mut rc = RunConfig {
         name: format!("variant-{}", variant.name()),
-        workload: "torture".into(),
+        workload: pvlock_abi::Workload::Torture,
         vcpus: 4,
         host_cpus: 2,
         duration_ms: 700,
         timeout_ms: 30_000,
         ..Default::default()
     };
-    rc.lock.variant = variant.name().into();
+    rc.lock.variant = variant;
     // A short spin threshold makes waiters halt, so the PV paths run.
     rc.lock.spin_threshold = 128;
     rc.torture.locks = 4;
@@ -44,7 +44,7 @@ fn every_correct_variant_keeps_exclusion_and_exact_counts_in_the_guest() {
     let mut nested = Vec::new();
     for v in Variant::ALL.iter().filter(|v| !v.is_mutant()) {
         let r = run(&torture(*v));
-        assert_eq!(r.status, "ok", "{}: {} {:?}", v.name(), r.summary, r.checks);
+        assert_eq!(r.status, RunStatus::Ok, "{}: {} {:?}", v.name(), r.summary, r.checks);
         assert!(r.all_checks_passed(), "{}: {:?}", v.name(), r.checks);
         assert!(r.acquisitions > 0, "{}", v.name());
         let ev = |k: &str| r.lock_events.get(k).copied().unwrap_or(0);
@@ -83,8 +83,8 @@ fn mutants_end_with_a_record() {
     }
     for v in Variant::ALL.iter().filter(|v| v.is_mutant()) {
         let r = run(&torture(*v));
-        assert!(["ok", "hang", "guest-crash", "failed"].contains(&r.status.as_str()), "{}: {}", v.name(), r.status);
-        if r.status != "ok" {
+        assert!(r.status != RunStatus::Aborted, "{}: {}", v.name(), r.status);
+        if !r.status.is_ok() {
             assert!(r.failure.is_some() || !r.all_checks_passed(), "{}: a non-ok run explains itself", v.name());
         }
     }

@@ -1,9 +1,70 @@
-//! The machine's configuration: plain data, validated once.
+//! The machine's configuration: typed data, validated once.
+//!
+//! These types are also the sections of an experiment config
+//! (`configs/*.toml`, `configs/README.md`): the harness embeds them as they
+//! are, so every key has one type, one default and one range check, here.
+//! Names (variants, windows, contracts, distributions) deserialize from
+//! their config spelling once; after that everything is typed.
 
-use pvlock_abi::{LockParams, TortureParams, Window, WindowParams, Workload, MAX_VCPUS};
+use pvlock_abi::{LockParams, TortureParams, Variant, Window, WindowParams, Workload, MAX_VCPUS};
+use serde::{Deserialize, Serialize};
+
+/// A value out of its range: the config key and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {why}")]
+pub struct InvalidValue {
+    /// Dotted config key, with `[i]` for an element of a list of tables
+    /// (`preempt.schedule[1].cpu`).
+    pub key: String,
+    pub why: String,
+}
+
+impl InvalidValue {
+    pub fn new(key: impl Into<String>, why: impl Into<String>) -> Self {
+        Self { key: key.into(), why: why.into() }
+    }
+}
+
+/// Checks `lo <= v <= hi` for integers.
+pub fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), InvalidValue> {
+    if v < lo || v > hi {
+        return Err(InvalidValue::new(key, format!("{v} is out of range {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// Checks that a float is finite and in `lo..=hi` (NaN is in no range).
+pub fn check_float(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), InvalidValue> {
+    if !v.is_finite() {
+        return Err(InvalidValue::new(key, format!("{v} is not a finite number (must be in {lo}..={hi})")));
+    }
+    if !(lo..=hi).contains(&v) {
+        return Err(InvalidValue::new(key, format!("{v} is out of range {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// Longest injected stall or hold, microseconds: a stall of the VMM's own
+/// longer than this is no preemption any host does, and would only be
+/// misread as a hang.
+pub const MAX_STALL_US: u64 = 10_000_000;
+/// Longest interval of a periodic stall source, microseconds.
+pub const MAX_INTERVAL_US: u64 = 60_000_000;
+
+/// A probability as the guest reads it: parts per 2^32, saturating at
+/// `u32::MAX` for 1.0.
+pub fn prob_u32(p: f64) -> u32 {
+    ((p.clamp(0.0, 1.0) * 4_294_967_295.0) as u64).min(u32::MAX as u64) as u32
+}
 
 /// pv_wait's contract (`[hypervisor] wait`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum WaitContract {
     /// Block only while the byte still equals the expected value (KVM's
     /// `kvm_wait()` re-check before `hlt`).
@@ -15,7 +76,8 @@ pub enum WaitContract {
 }
 
 /// pv_kick's contract (`[hypervisor] kick`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KickContract {
     /// A kick to a running vCPU is kept until its next wait (KVM's
     /// `pv_unhalted`, Xen's pending event).
@@ -26,8 +88,9 @@ pub enum KickContract {
     LostIfNotWaiting,
 }
 
-/// The hypervisor half's knobs.
-#[derive(Clone, Debug, PartialEq)]
+/// The hypervisor half's knobs (`[hypervisor]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HypervisorConfig {
     pub wait: WaitContract,
     pub kick: KickContract,
@@ -73,6 +136,110 @@ impl Default for HypervisorConfig {
     }
 }
 
+impl HypervisorConfig {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        check_range("hypervisor.halt_poll_us", self.halt_poll_us, 0, 1_000_000)?;
+        check_range("hypervisor.stall_timeout_ms", self.stall_timeout_ms, 1, 3_600_000)?;
+        check_range("hypervisor.kick_delay_us", self.kick_delay_us, 0, MAX_STALL_US)?;
+        check_float("hypervisor.spurious_wakeup_prob", self.spurious_wakeup_prob, 0.0, 1.0)?;
+        check_range("hypervisor.interrupt_us", self.interrupt_us, 0, MAX_STALL_US)?;
+        check_range("hypervisor.detect_ms", self.detect_ms, 1, 3_600_000)?;
+        Ok(())
+    }
+}
+
+/// The lock under test (`[lock]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockConfig {
+    pub variant: Variant,
+    /// SPIN_THRESHOLD (pause iterations before halting); kernel: 32768.
+    pub spin_threshold: u32,
+    /// log2 of PV hash entries, 2..=12; 0 = upstream's sizing.
+    pub hash_bits: u32,
+    /// End the run (BUG) at the first double hash insert.
+    pub stop_on_double_hash: bool,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        Self { variant: Variant::PvUpstream, spin_threshold: 1 << 15, hash_bits: 0, stop_on_double_hash: false }
+    }
+}
+
+impl LockConfig {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        check_range("lock.spin_threshold", self.spin_threshold, 1, 1 << 24)?;
+        if self.hash_bits != 0 {
+            check_range("lock.hash_bits", self.hash_bits, 2, 12)?;
+        }
+        Ok(())
+    }
+
+    /// The boot block's view (the variant as its ABI id).
+    pub fn params(&self) -> LockParams {
+        LockParams {
+            variant: self.variant as u32,
+            spin_threshold: self.spin_threshold,
+            hash_bits: self.hash_bits,
+            flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
+        }
+    }
+}
+
+/// The torture workload (`[torture]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TortureConfig {
+    pub locks: u32,
+    pub nest: u32,
+    pub cs_ns: u32,
+    pub think_ns: u32,
+    /// Probability that a slow-path spin point runs a simulated interrupt.
+    pub irq_prob: f64,
+    pub irq_max_depth: u32,
+    /// Per-vCPU acquisition budget (0 = run for duration_ms).
+    pub max_acquisitions: u64,
+}
+
+impl Default for TortureConfig {
+    fn default() -> Self {
+        Self { locks: 1, nest: 1, cs_ns: 200, think_ns: 200, irq_prob: 0.0, irq_max_depth: 3, max_acquisitions: 0 }
+    }
+}
+
+impl TortureConfig {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        check_range("torture.locks", self.locks, 1, 1024)?;
+        check_range("torture.nest", self.nest, 1, 4)?;
+        if self.nest > self.locks {
+            return Err(InvalidValue::new(
+                "torture.nest",
+                format!("{} nested locks need at least as many locks (torture.locks = {})", self.nest, self.locks),
+            ));
+        }
+        check_range("torture.cs_ns", self.cs_ns, 0, 100_000_000)?;
+        check_range("torture.think_ns", self.think_ns, 0, 100_000_000)?;
+        check_float("torture.irq_prob", self.irq_prob, 0.0, 1.0)?;
+        check_range("torture.irq_max_depth", self.irq_max_depth, 0, 3)?;
+        check_range("torture.max_acquisitions", self.max_acquisitions, 0, 1 << 40)?;
+        Ok(())
+    }
+
+    /// The boot block's view.
+    pub fn params(&self) -> TortureParams {
+        TortureParams {
+            nr_locks: self.locks,
+            nest: self.nest,
+            cs_ns: self.cs_ns,
+            think_ns: self.think_ns,
+            irq_prob: prob_u32(self.irq_prob),
+            irq_max_depth: self.irq_max_depth,
+            max_acquisitions: self.max_acquisitions,
+        }
+    }
+}
+
 /// Everything a run needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MachineConfig {
@@ -86,11 +253,10 @@ pub struct MachineConfig {
     pub duration_ms: u64,
     /// The VMM gives up this long after start: the run is a hang.
     pub timeout_ms: u64,
-    pub workload: Option<Workload>,
+    pub workload: Workload,
     pub iterations: u64,
-    pub lock: LockParams,
-    pub torture: TortureParams,
-    pub windows: WindowParams,
+    pub lock: LockConfig,
+    pub torture: TortureConfig,
     pub hypervisor: HypervisorConfig,
     pub preempt: PreemptConfig,
     /// Entries of each vCPU's trace ring (a power of two, at most
@@ -107,11 +273,10 @@ impl Default for MachineConfig {
             seed: 1,
             duration_ms: 1000,
             timeout_ms: 30_000,
-            workload: Some(Workload::Smoke),
+            workload: Workload::Smoke,
             iterations: 20_000,
-            lock: LockParams::default(),
-            torture: TortureParams::default(),
-            windows: WindowParams::default(),
+            lock: LockConfig::default(),
+            torture: TortureConfig::default(),
             hypervisor: HypervisorConfig::default(),
             preempt: PreemptConfig::default(),
             trace_len: DEFAULT_TRACE_LEN,
@@ -128,34 +293,42 @@ pub fn trace_bytes(vcpus: u32, trace_len: u64) -> u64 {
 }
 
 impl MachineConfig {
-    /// Checks what the VMM itself relies on (the harness checks the rest and
-    /// names config keys; this is the last line of defence).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.vcpus == 0 || self.vcpus as usize > MAX_VCPUS {
-            return Err(format!("vcpus = {} is out of range 1..={MAX_VCPUS}", self.vcpus));
-        }
-        let ram = self.ram_mib as u64 * 1024 * 1024;
-        if !(pvlock_abi::MIN_RAM_BYTES..=pvlock_abi::MAX_RAM_BYTES).contains(&ram) {
-            return Err(format!(
-                "ram_mib = {} is out of range {}..={}",
-                self.ram_mib,
-                pvlock_abi::MIN_RAM_BYTES >> 20,
-                pvlock_abi::MAX_RAM_BYTES >> 20
+    /// Checks every value; the error names the config key. The harness
+    /// calls this on every run of a matrix before any runs (and adds the
+    /// file line); [`crate::Machine::run`] calls it again as the last line
+    /// of defence.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        check_range("vcpus", self.vcpus, 1, MAX_VCPUS as u32)?;
+        check_range("host_cpus", self.host_cpus, 0, 1024)?;
+        let (lo, hi) = ((pvlock_abi::MIN_RAM_BYTES >> 20) as u32, 2048);
+        check_range("ram_mib", self.ram_mib, lo, hi)?;
+        let stacks = self.vcpus as u64 * pvlock_abi::STACK_SIZE;
+        let rings = trace_bytes(self.vcpus, self.trace_len);
+        if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks + rings {
+            return Err(InvalidValue::new(
+                "ram_mib",
+                format!(
+                    "{} MiB is too small for {} vCPU stacks, {} KiB of trace rings (trace_entries = {}) and the image",
+                    self.ram_mib,
+                    self.vcpus,
+                    rings >> 10,
+                    self.trace_len
+                ),
             ));
         }
-        if self.workload.is_none() {
-            return Err("no workload".into());
-        }
-        if self.timeout_ms == 0 {
-            return Err("timeout_ms must be > 0".into());
-        }
+        check_range("duration_ms", self.duration_ms, 1, 3_600_000)?;
+        check_range("timeout_ms", self.timeout_ms, 100, 24 * 3_600_000)?;
+        check_range("iterations", self.iterations, 1, 1 << 40)?;
+        self.lock.validate()?;
+        self.torture.validate()?;
+        self.hypervisor.validate()?;
+        self.preempt.validate(self.vcpus, self.torture.locks)?;
         if self.trace_len != 0
             && (!self.trace_len.is_power_of_two() || self.trace_len > pvlock_abi::vcpu::MAX_TRACE_LEN)
         {
-            return Err(format!(
-                "trace_len = {} is not 0 or a power of two up to {}",
-                self.trace_len,
-                pvlock_abi::vcpu::MAX_TRACE_LEN
+            return Err(InvalidValue::new(
+                "trace_entries",
+                format!("{} is not 0 or a power of two up to {}", self.trace_len, pvlock_abi::vcpu::MAX_TRACE_LEN),
             ));
         }
         Ok(())
@@ -163,7 +336,8 @@ impl MachineConfig {
 }
 
 /// Distribution of injected stall lengths.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StallDist {
     #[default]
     Fixed,
@@ -181,8 +355,9 @@ pub struct RandomStalls {
     pub dist: StallDist,
 }
 
-/// What releases a vCPU held at a window by a schedule rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What releases a vCPU held at a window by a schedule rule. In configs:
+/// `blocked`, `head-blocked`, `timeout` or `window:NAME`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum HoldUntil {
     /// Another vCPU reaches this window.
     Window(Window),
@@ -192,24 +367,100 @@ pub enum HoldUntil {
     /// head in pv_wait_head_or_lock).
     HeadBlocked,
     /// Only the timeout.
+    #[default]
     Timeout,
 }
 
-/// "Hold a vCPU at window `at` until `until`, or `timeout_us`": a directed
-/// interleaving.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HoldRule {
-    pub at: Window,
-    /// Only this vCPU (any vCPU if None).
-    pub cpu: Option<u32>,
-    pub until: HoldUntil,
-    pub timeout_us: u64,
-    /// How many holds this rule performs (0 = unlimited).
-    pub count: u32,
-    /// Hold only if the holding vCPU's MCS successor is still running (its
+impl HoldUntil {
+    /// The config spelling.
+    pub fn name(self) -> String {
+        match self {
+            HoldUntil::Window(w) => format!("window:{}", w.name()),
+            HoldUntil::Blocked => "blocked".into(),
+            HoldUntil::HeadBlocked => "head-blocked".into(),
+            HoldUntil::Timeout => "timeout".into(),
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "blocked" => HoldUntil::Blocked,
+            "head-blocked" => HoldUntil::HeadBlocked,
+            "timeout" => HoldUntil::Timeout,
+            w => HoldUntil::Window(Window::from_name(w.strip_prefix("window:")?)?),
+        })
+    }
+}
+
+impl Serialize for HoldUntil {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for HoldUntil {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HoldUntil::from_name(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not `blocked`, `head-blocked`, `timeout` or `window:NAME` (NAME one of: {})",
+                Window::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
+/// When a schedule rule applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldWhen {
+    /// Whenever a vCPU reaches the rule's window.
+    #[default]
+    Always,
+    /// Only while the holding vCPU's MCS successor is still running (its
     /// node state is `vcpu_running` and it is not blocked): R1's
     /// precondition, read from guest memory at the window.
-    pub successor_running: bool,
+    SuccessorRunning,
+}
+
+/// `[[preempt.schedule]]`: "hold a vCPU at window `at` until `until`, or
+/// `timeout_us`": a directed interleaving.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRule {
+    pub at: Window,
+    #[serde(default)]
+    pub until: HoldUntil,
+    #[serde(default = "HoldRule::default_timeout_us")]
+    pub timeout_us: u64,
+    /// Only this vCPU (any vCPU if None).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// How many holds this rule performs (0 = unlimited).
+    #[serde(default = "HoldRule::default_count")]
+    pub count: u32,
+    #[serde(default)]
+    pub when: HoldWhen,
+}
+
+impl HoldRule {
+    fn default_timeout_us() -> u64 {
+        10_000
+    }
+    fn default_count() -> u32 {
+        1
+    }
+    /// A rule at `at` with the config defaults for everything else.
+    pub fn at(at: Window) -> Self {
+        Self {
+            at,
+            until: HoldUntil::Timeout,
+            timeout_us: Self::default_timeout_us(),
+            cpu: None,
+            count: Self::default_count(),
+            when: HoldWhen::Always,
+        }
+    }
 }
 
 /// Periodically stall whichever vCPU holds torture lock `lock`.
@@ -221,17 +472,149 @@ pub struct HolderStalls {
 }
 
 /// Deliberate preemption (`[preempt]`), all parts combinable.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PreemptConfig {
-    /// Stall length at a window the guest chose to stall at (no rule).
+    /// Race windows at which the guest may stall (`pvlock list windows`).
+    pub windows: Vec<Window>,
+    /// Probability of stalling at an enabled window.
+    pub window_prob: f64,
+    /// Stall length at a window the guest chose to stall at (no rule), us.
     pub window_stall_us: u64,
-    pub random: Option<RandomStalls>,
+    /// Random stalls: mean interval of the per-vCPU Poisson process, us (0 = off).
+    pub random_mean_interval_us: u64,
+    /// Random stalls: mean stall length, us.
+    pub random_stall_us: u64,
+    /// Random stalls: length distribution.
+    pub random_dist: StallDist,
+    /// Holder stalls: every this many us (0 = off) stall the holder of `holder_lock`.
+    pub holder_interval_us: u64,
+    pub holder_lock: u32,
+    pub holder_stall_us: u64,
+    /// Directed interleavings: hold rules.
     pub schedule: Vec<HoldRule>,
-    pub holder: Option<HolderStalls>,
 }
 
 impl Default for PreemptConfig {
     fn default() -> Self {
-        Self { window_stall_us: 200, random: None, schedule: Vec::new(), holder: None }
+        Self {
+            windows: Vec::new(),
+            window_prob: 0.0,
+            window_stall_us: 200,
+            random_mean_interval_us: 0,
+            random_stall_us: 500,
+            random_dist: StallDist::Exponential,
+            holder_interval_us: 0,
+            holder_lock: 0,
+            holder_stall_us: 500,
+            schedule: Vec::new(),
+        }
+    }
+}
+
+impl PreemptConfig {
+    pub fn validate(&self, vcpus: u32, locks: u32) -> Result<(), InvalidValue> {
+        check_float("preempt.window_prob", self.window_prob, 0.0, 1.0)?;
+        check_range("preempt.window_stall_us", self.window_stall_us, 0, MAX_STALL_US)?;
+        check_range("preempt.random_mean_interval_us", self.random_mean_interval_us, 0, MAX_INTERVAL_US)?;
+        if self.random_mean_interval_us > 0 {
+            check_range("preempt.random_stall_us", self.random_stall_us, 1, MAX_STALL_US)?;
+        } else {
+            check_range("preempt.random_stall_us", self.random_stall_us, 0, MAX_STALL_US)?;
+        }
+        check_range("preempt.holder_interval_us", self.holder_interval_us, 0, MAX_INTERVAL_US)?;
+        check_range("preempt.holder_stall_us", self.holder_stall_us, 0, MAX_STALL_US)?;
+        if self.holder_interval_us > 0 && self.holder_lock >= locks {
+            let why = format!("lock {} does not exist (torture.locks = {locks})", self.holder_lock);
+            return Err(InvalidValue::new("preempt.holder_lock", why));
+        }
+        for (i, r) in self.schedule.iter().enumerate() {
+            check_range(&format!("preempt.schedule[{i}].timeout_us"), r.timeout_us, 1, 60_000_000)?;
+            if let Some(c) = r.cpu {
+                if c >= vcpus {
+                    let why = format!("vCPU {c} does not exist (vcpus = {vcpus})");
+                    return Err(InvalidValue::new(format!("preempt.schedule[{i}].cpu"), why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Random stalls, if on.
+    pub fn random(&self) -> Option<RandomStalls> {
+        (self.random_mean_interval_us > 0).then_some(RandomStalls {
+            mean_interval_us: self.random_mean_interval_us,
+            stall_us: self.random_stall_us,
+            dist: self.random_dist,
+        })
+    }
+
+    /// Holder stalls, if on.
+    pub fn holder(&self) -> Option<HolderStalls> {
+        (self.holder_interval_us > 0).then_some(HolderStalls {
+            lock: self.holder_lock,
+            interval_us: self.holder_interval_us,
+            stall_us: self.holder_stall_us,
+        })
+    }
+
+    /// The guest's window parameters. A directed schedule needs every vCPU
+    /// to exit at the windows its rules name (`always`); windows without a
+    /// rule then cost an exit but no stall.
+    pub fn window_params(&self) -> WindowParams {
+        let mut mask = self.windows.iter().fold(0, |m, w| m | w.bit());
+        for r in &self.schedule {
+            mask |= r.at.bit();
+            if let HoldUntil::Window(w) = r.until {
+                mask |= w.bit();
+            }
+        }
+        WindowParams { enabled_mask: mask, prob: prob_u32(self.window_prob), always: !self.schedule.is_empty() as u32 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_rules_enable_their_windows_always() {
+        let mut p = PreemptConfig::default();
+        p.schedule.push(HoldRule { until: HoldUntil::Blocked, ..HoldRule::at(Window::Handoff) });
+        p.schedule.push(HoldRule { until: HoldUntil::Window(Window::HeadTrylock), ..HoldRule::at(Window::UnlockKick) });
+        let w = p.window_params();
+        assert_eq!(w.always, 1);
+        assert_eq!(w.enabled_mask, Window::Handoff.bit() | Window::UnlockKick.bit() | Window::HeadTrylock.bit());
+        let p = PreemptConfig { windows: vec![Window::Handoff], window_prob: 1.0, ..Default::default() };
+        assert_eq!(p.window_params().prob, u32::MAX);
+        assert_eq!(p.window_params().always, 0);
+    }
+
+    #[test]
+    fn floats_must_be_finite_and_in_range() {
+        for bad in [f64::NAN, f64::INFINITY, -0.5, 1.5] {
+            let t = TortureConfig { irq_prob: bad, ..Default::default() };
+            assert_eq!(t.validate().unwrap_err().key, "torture.irq_prob", "{bad}");
+            let h = HypervisorConfig { spurious_wakeup_prob: bad, ..Default::default() };
+            assert_eq!(h.validate().unwrap_err().key, "hypervisor.spurious_wakeup_prob");
+            let p = PreemptConfig { window_prob: bad, ..Default::default() };
+            assert_eq!(p.validate(4, 1).unwrap_err().key, "preempt.window_prob");
+        }
+    }
+
+    #[test]
+    fn lengths_have_upper_bounds() {
+        let p = PreemptConfig { holder_stall_us: i64::MAX as u64, ..Default::default() };
+        assert_eq!(p.validate(4, 1).unwrap_err().key, "preempt.holder_stall_us");
+        let p = PreemptConfig { random_mean_interval_us: 10, random_stall_us: u64::MAX >> 1, ..Default::default() };
+        assert_eq!(p.validate(4, 1).unwrap_err().key, "preempt.random_stall_us");
+        let p = PreemptConfig { holder_interval_us: u64::MAX >> 1, ..Default::default() };
+        assert_eq!(p.validate(4, 1).unwrap_err().key, "preempt.holder_interval_us");
+        let h = HypervisorConfig { kick_delay_us: u64::MAX >> 1, ..Default::default() };
+        assert_eq!(h.validate().unwrap_err().key, "hypervisor.kick_delay_us");
+        let mut p = PreemptConfig::default();
+        p.schedule.push(HoldRule::at(Window::Handoff));
+        p.schedule.push(HoldRule { cpu: Some(4), ..HoldRule::at(Window::Handoff) });
+        assert_eq!(p.validate(4, 1).unwrap_err().key, "preempt.schedule[1].cpu");
     }
 }

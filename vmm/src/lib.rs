@@ -28,9 +28,11 @@ pub mod watchdog;
 mod watchdog_tests;
 
 pub use config::{
-    HoldRule, HoldUntil, HolderStalls, HypervisorConfig, KickContract, MachineConfig, PreemptConfig, RandomStalls,
-    StallDist, WaitContract,
+    HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KickContract, LockConfig,
+    MachineConfig, PreemptConfig, RandomStalls, StallDist, TortureConfig, WaitContract,
 };
 pub use error::{MachineError, RunError};
-pub use machine::{Machine, StopHandle};
+pub use machine::{host_cpus_available, Machine, StopHandle};
+pub use preempt::{HoldOutcome, HoldRelease};
 pub use report::{GuestFailure, RunReport, RunStatus, VcpuReport};
+pub use watchdog::MissedWakeupClass;

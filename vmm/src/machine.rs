@@ -13,6 +13,7 @@ use crate::vcpu::{Shared, VcpuEvent, VcpuThread};
 use crate::watchdog::{explain, is_definite_missed_wakeup, HangReport};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd};
+use pvlock_abi::seed::{stream_seed, Stream};
 use pvlock_abi::{
     BootBlock, GuestPhase, HashEntry, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window, BOOT_BLOCK_GPA,
     BOOT_MAGIC, GUEST_IMAGE_GPA, NR_WINDOWS,
@@ -50,6 +51,12 @@ struct Vcpus {
 
 fn kvm_err(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
     move |source| MachineError::Kvm { ioctl, source }
+}
+
+/// How many host CPUs this process may run on (the most `host_cpus` may
+/// be), for checking configs before a run.
+pub fn host_cpus_available() -> usize {
+    allowed_host_cpus().len()
 }
 
 /// The host CPUs this process may run on, in order.
@@ -94,7 +101,7 @@ impl Machine {
 
     /// Runs `elf` under `cfg` until it finishes, fails, hangs, or `stop`.
     pub fn run(cfg: &MachineConfig, elf: &[u8], stop: &StopHandle) -> Result<RunReport, MachineError> {
-        cfg.validate().map_err(MachineError::Config)?;
+        cfg.validate().map_err(|e| MachineError::Config(e.to_string()))?;
         let allowed = allowed_host_cpus();
         if cfg.host_cpus as usize > allowed.len() {
             return Err(MachineError::Config(format!(
@@ -152,11 +159,11 @@ impl Machine {
             seed: cfg.seed,
             tsc_khz,
             duration_ms: cfg.duration_ms,
-            workload: cfg.workload.map(|w| w as u32).unwrap_or(0),
+            workload: cfg.workload as u32,
             ram_mib: cfg.ram_mib,
-            lock: cfg.lock,
-            torture: cfg.torture,
-            windows: cfg.windows,
+            lock: cfg.lock.params(),
+            torture: cfg.torture.params(),
+            windows: cfg.preempt.window_params(),
             hypervisor: pvlock_abi::HypervisorParams { preempted_flags: 1, _pad: 0 },
             iterations: cfg.iterations,
             trace_gpa: trace_rings.gpa,
@@ -202,7 +209,7 @@ impl Machine {
             let exit =
                 ImmediateExit(&fd.get_kvm_run().immediate_exit as *const u8 as *const std::sync::atomic::AtomicU8);
             let host_cpu = (cfg.host_cpus > 0).then(|| allowed[cpu % cfg.host_cpus as usize]);
-            let rng = Rng::new(cfg.seed ^ ((cpu as u64 + 1) << 32));
+            let rng = Rng::new(stream_seed(cfg.seed, Stream::VmmVcpu(cpu as u32)));
             let t = VcpuThread { cpu: cpu as u32, fd, shared: shared.clone(), tx: tx.clone(), rng };
             let spawned = std::thread::Builder::new().name(format!("vcpu{cpu}")).spawn(move || {
                 if let Some(h) = host_cpu {
@@ -229,7 +236,7 @@ impl Machine {
             .zip(&vcpus.exits)
             .map(|(h, e)| (*e, h.as_ref().expect("spawned").as_pthread_t()))
             .collect();
-        let preemptor = (cfg.preempt.random.is_some() || cfg.preempt.holder.is_some()).then(|| {
+        let preemptor = (cfg.preempt.random().is_some() || cfg.preempt.holder().is_some()).then(|| {
             let sh = shared.clone();
             std::thread::Builder::new().name("preemptor".into()).spawn(move || preemptor(&sh, &targets))
         });
@@ -376,7 +383,7 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
         // The lock-aware detector: a blocked waiter whose lock's state cannot
         // lead to a kick, judged so continuously for detect_ms while no vCPU
         // is held by the VMM (a held vCPU may be the one about to kick).
-        if cfg.lock.variant < pvlock_abi::Variant::PvV42 as u32 || sh.preempt.any_stalled() {
+        if !cfg.lock.variant.is_pv() || sh.preempt.any_stalled() {
             suspect.iter_mut().for_each(|s| *s = None);
             continue;
         }
@@ -405,8 +412,7 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
                     suspect[c as usize] = None;
                     continue;
                 }
-                let f =
-                    GuestFailure::MissedWakeup { cpu: c, class: format!("{:?}", r.class), detail: r.detail.clone() };
+                let f = GuestFailure::MissedWakeup { cpu: c, class: r.class, detail: r.detail.clone() };
                 return (Some(f), done, Some(r));
             }
         }
@@ -428,15 +434,15 @@ fn sample_hash_occupancy(sh: &Shared) {
 /// Random (Poisson) and holder stalls: asks vCPU threads to stall by
 /// setting their stall request and kicking them out of KVM_RUN.
 fn preemptor(sh: &Shared, targets: &[(ImmediateExit, libc::pthread_t)]) {
-    let cfg = &sh.cfg.preempt;
+    let (random, holder) = (sh.cfg.preempt.random(), sh.cfg.preempt.holder());
     let n = targets.len();
-    let mut rng = Rng::new(sh.cfg.seed ^ 0x005e_ed0f_57a1);
+    let mut rng = Rng::new(stream_seed(sh.cfg.seed, Stream::Preemptor));
     let start = Instant::now();
-    let mut next: Vec<Instant> = match cfg.random {
+    let mut next: Vec<Instant> = match random {
         Some(r) => (0..n).map(|_| start + Duration::from_micros(rng.exp(r.mean_interval_us as f64) as u64)).collect(),
         None => Vec::new(),
     };
-    let mut next_holder = cfg.holder.map(|h| start + Duration::from_micros(h.interval_us));
+    let mut next_holder = holder.map(|h| start + Duration::from_micros(h.interval_us));
     let request = |cpu: usize, us: u64| {
         let blocked = sh.channels[cpu].blocked_since_us.load(Ordering::Acquire) != 0;
         let stalled = sh.preempt.stalled[cpu].load(Ordering::Acquire) != 0;
@@ -450,7 +456,7 @@ fn preemptor(sh: &Shared, targets: &[(ImmediateExit, libc::pthread_t)]) {
     };
     while !sh.stop.load(Ordering::Acquire) {
         let now = Instant::now();
-        if let Some(r) = cfg.random {
+        if let Some(r) = random {
             for (cpu, t) in next.iter_mut().enumerate() {
                 if *t <= now {
                     request(cpu, rng.stall_us(r.dist, r.stall_us));
@@ -458,7 +464,7 @@ fn preemptor(sh: &Shared, targets: &[(ImmediateExit, libc::pthread_t)]) {
                 }
             }
         }
-        if let (Some(h), Some(t)) = (cfg.holder, next_holder.as_mut()) {
+        if let (Some(h), Some(t)) = (holder, next_holder.as_mut()) {
             if *t <= now {
                 let boot = sh.boot();
                 if boot.locks_gpa != 0 && (h.lock as u64) < boot.nr_locks {
@@ -555,7 +561,7 @@ fn collect(
     for cpu in 0..sh.cfg.vcpus {
         let b: VcpuBlock = sh.ram.read_pod(pvlock_abi::vcpu_block_gpa(cpu)).unwrap_or_default();
         if b.alive != 0 {
-            first_entry = first_entry.min(b.timing[7]);
+            first_entry = first_entry.min(b.timing[pvlock_abi::vcpu::ENTRY_TSC_SLOT]);
         }
         let ch = &sh.channels[cpu as usize];
         per_vcpu.push(VcpuReport {
@@ -571,7 +577,7 @@ fn collect(
                 .map(|w| (Window::ALL[w].name().to_string(), b.window_hits[w]))
                 .collect(),
             exits: sh.exits[cpu as usize].load(Ordering::Relaxed),
-            final_phase: GuestPhase::from_u32(b.phase).map(|p| p.name()).unwrap_or("?").to_string(),
+            final_phase: GuestPhase::from_u32(b.phase),
             timing: b.timing,
             latency_buckets: (0..LatencyHistogram::BUCKETS)
                 .filter(|&i| b.latency.buckets[i] > 0)

@@ -8,7 +8,7 @@
 
 use crate::config::{HoldRule, HoldUntil, StallDist};
 use pvlock_abi::{VmmCounter, NR_WINDOWS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -48,15 +48,26 @@ impl Rng {
     }
 }
 
+/// What released a directed hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HoldRelease {
+    /// The rule's `until` condition was met.
+    Condition,
+    /// The rule's `timeout_us` passed first.
+    Timeout,
+    /// The run was stopped.
+    Stop,
+}
+
 /// How a directed hold ended.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HoldOutcome {
     /// Index of the rule in the schedule.
     pub rule: usize,
     pub cpu: u32,
-    pub window: String,
-    /// `condition`, `timeout` or `stop`.
-    pub released_by: String,
+    pub window: pvlock_abi::Window,
+    pub released_by: HoldRelease,
     pub held_us: u64,
 }
 
@@ -129,7 +140,7 @@ pub fn hold(
     st: &PreemptState,
     others_blocked: impl Fn(bool) -> u64,
     stop: impl Fn() -> bool,
-) -> (&'static str, Duration) {
+) -> (HoldRelease, Duration) {
     let t0 = Instant::now();
     let timeout = Duration::from_micros(rule.timeout_us);
     let arrivals0: Vec<u64> = st.window_arrivals.iter().map(|a| a.load(Ordering::Acquire)).collect();
@@ -137,7 +148,7 @@ pub fn hold(
     let blocked0 = others_blocked(heads);
     loop {
         if stop() {
-            return ("stop", t0.elapsed());
+            return (HoldRelease::Stop, t0.elapsed());
         }
         let met = match rule.until {
             HoldUntil::Window(w) => st.window_arrivals[w as usize].load(Ordering::Acquire) > arrivals0[w as usize],
@@ -145,10 +156,10 @@ pub fn hold(
             HoldUntil::Timeout => false,
         };
         if met {
-            return ("condition", t0.elapsed());
+            return (HoldRelease::Condition, t0.elapsed());
         }
         if t0.elapsed() >= timeout {
-            return ("timeout", t0.elapsed());
+            return (HoldRelease::Timeout, t0.elapsed());
         }
         let _ = cpu;
         std::thread::sleep(Duration::from_micros(50));
@@ -193,7 +204,7 @@ mod tests {
     }
 
     fn rule(at: Window, cpu: Option<u32>, until: HoldUntil, count: u32) -> HoldRule {
-        HoldRule { at, cpu, until, timeout_us: 20_000, count, successor_running: false }
+        HoldRule { cpu, until, timeout_us: 20_000, count, ..HoldRule::at(at) }
     }
 
     #[test]
@@ -221,12 +232,12 @@ mod tests {
                 blocked.fetch_add(1, Ordering::SeqCst);
             });
             let (why, d) = hold(&r, 0, &st, |_| blocked.load(Ordering::SeqCst), || false);
-            assert_eq!(why, "condition");
+            assert_eq!(why, HoldRelease::Condition);
             assert!(d < Duration::from_millis(20));
         });
         let r = HoldRule { timeout_us: 3000, ..rule(Window::Handoff, None, HoldUntil::Window(Window::UnlockKick), 0) };
         let (why, d) = hold(&r, 0, &st, |_| 0, || false);
-        assert_eq!(why, "timeout");
+        assert_eq!(why, HoldRelease::Timeout);
         assert!(d >= Duration::from_micros(3000));
         st.window_arrivals[Window::UnlockKick as usize].fetch_add(0, Ordering::SeqCst);
     }

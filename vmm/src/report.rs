@@ -1,11 +1,13 @@
 //! What a run produced: read back from guest memory and the VMM's own
 //! counters once the vCPUs have stopped.
 
-use serde::Serialize;
+use crate::watchdog::MissedWakeupClass;
+use pvlock_abi::PanicKind;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Outcome of a run, as recorded in `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunStatus {
     /// Every vCPU reported done with status OK.
@@ -22,7 +24,12 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub fn as_str(self) -> &'static str {
+    /// Every status, in report order.
+    pub const ALL: &'static [RunStatus] =
+        &[RunStatus::Ok, RunStatus::Hang, RunStatus::GuestCrash, RunStatus::Failed, RunStatus::Aborted];
+
+    /// The JSON and report spelling.
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Failed => "failed",
@@ -31,16 +38,38 @@ impl RunStatus {
             Self::GuestCrash => "guest-crash",
         }
     }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|st| st.as_str() == s)
+    }
+
+    pub const fn is_ok(self) -> bool {
+        matches!(self, Self::Ok)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Comparison with a JSON spelling, for code at the edges (plots keyed by
+/// status name); typed code compares with the variants.
+impl PartialEq<&str> for RunStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Why a run did not end OK.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum GuestFailure {
     /// KVM_EXIT_SHUTDOWN: a fault the guest cannot handle (it has no IDT).
     TripleFault { cpu: u32, rip: u64, rsp: u64, cr2: u64, rax: u64, rdi: u64 },
     /// A guest panic, BUG() or mutual-exclusion violation (panic doorbell).
-    Panic { cpu: u32, what: String, file: String, line: u32, message: String },
+    Panic { cpu: u32, what: PanicKind, file: String, line: u32, message: String },
     /// The guest sent nonsense through the ABI.
     AbiViolation { cpu: u32, rip: u64, detail: String },
     /// An exit the VMM does not expect from this guest.
@@ -48,7 +77,7 @@ pub enum GuestFailure {
     /// A vCPU reported DONE with a failure status.
     WorkloadFailed { cpu: u32, status: u64 },
     /// The lock-aware detector found a waiter nothing will wake.
-    MissedWakeup { cpu: u32, class: String, detail: String },
+    MissedWakeup { cpu: u32, class: MissedWakeupClass, detail: String },
     /// A vCPU blocked in pv_wait longer than the stall timeout.
     BlockedWait { cpu: u32, blocked_ms: u64, gpa: u64, expected: u8, current: u8 },
     /// The run did not finish within its timeout.
@@ -68,6 +97,22 @@ impl GuestFailure {
             Self::WorkloadFailed { .. } | Self::Host { .. } => RunStatus::Failed,
             Self::BlockedWait { .. } | Self::Timeout { .. } | Self::MissedWakeup { .. } => RunStatus::Hang,
             Self::Aborted { .. } => RunStatus::Aborted,
+        }
+    }
+
+    /// The `kind` tag of the JSON form.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::TripleFault { .. } => "triple-fault",
+            Self::Panic { .. } => "panic",
+            Self::AbiViolation { .. } => "abi-violation",
+            Self::UnexpectedExit { .. } => "unexpected-exit",
+            Self::WorkloadFailed { .. } => "workload-failed",
+            Self::MissedWakeup { .. } => "missed-wakeup",
+            Self::BlockedWait { .. } => "blocked-wait",
+            Self::Timeout { .. } => "timeout",
+            Self::Host { .. } => "host",
+            Self::Aborted { .. } => "aborted",
         }
     }
 
@@ -111,8 +156,9 @@ pub struct VcpuReport {
     pub window_hits: BTreeMap<String, u64>,
     /// Number of MMIO exits handled.
     pub exits: u64,
-    /// Guest phase when the run ended.
-    pub final_phase: String,
+    /// Guest phase when the run ended (None: an id the VMM does not know).
+    #[serde(serialize_with = "crate::watchdog::phase_name")]
+    pub final_phase: Option<pvlock_abi::GuestPhase>,
     /// Raw guest timing slots (workload-specific, see pvlock_abi::VcpuBlock).
     #[serde(skip)]
     pub timing: [u64; 8],

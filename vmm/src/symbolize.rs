@@ -153,10 +153,17 @@ fn strip_hash(name: &str) -> &str {
 /// own files from `guest/` or `abi/`, the Rust library from `library/`,
 /// crates from after the registry's `<crate>-<version>/`.
 pub fn relative_source_path(path: &str) -> String {
-    for marker in ["/guest/", "/abi/", "/library/"] {
-        if let Some(i) = path.rfind(marker) {
-            return path[i + 1..].to_string();
-        }
+    // The last tree root at a component boundary: the guest build remaps
+    // the repository root away (harness/build.rs), and a remapped crate
+    // path joined to its remapped build directory repeats it
+    // (`guest/bin/guest/lib/src/hash.rs`).
+    let root = ["guest/", "abi/", "library/"]
+        .iter()
+        .flat_map(|m| path.match_indices(m).map(|(i, _)| i))
+        .filter(|&i| i == 0 || path.as_bytes()[i - 1] == b'/')
+        .max();
+    if let Some(i) = root {
+        return path[i..].to_string();
     }
     if let Some(i) = path.find("/registry/src/") {
         let rest = &path[i + "/registry/src/".len()..];
@@ -183,6 +190,9 @@ mod tests {
             "foo-1.0.0/src/lib.rs"
         );
         assert_eq!(relative_source_path("src/main.rs"), "src/main.rs");
+        assert_eq!(relative_source_path("guest/bin/src/workloads.rs"), "guest/bin/src/workloads.rs");
+        assert_eq!(relative_source_path("guest/bin/guest/lib/src/hash.rs"), "guest/lib/src/hash.rs");
+        assert_eq!(relative_source_path("guest/bin/abi/src/vcpu.rs"), "abi/src/vcpu.rs");
         assert_eq!(relative_source_path("/a/b/c/d/e.rs"), "c/d/e.rs");
     }
 

@@ -133,11 +133,26 @@ impl VcpuThread {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
-            match self.step() {
-                Ok(Next::Continue) => {}
-                Ok(Next::Finish) => break,
-                Err(f) => {
+            // A panic here would end this thread silently: the vCPU would
+            // never run again and the run would time out as a guest "hang"
+            // with this vCPU apparently running (how the VMM's own stall
+            // bug looked). Report it as the host failure it is.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            match step {
+                Ok(Ok(Next::Continue)) => {}
+                Ok(Ok(Next::Finish)) => break,
+                Ok(Err(f)) => {
                     let _ = self.tx.send(VcpuEvent::Failed(f));
+                    break;
+                }
+                Err(payload) => {
+                    let what = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".to_string());
+                    let error = format!("VMM vCPU thread panicked: {what}");
+                    let _ = self.tx.send(VcpuEvent::Failed(GuestFailure::Host { cpu, error }));
                     break;
                 }
             }
@@ -272,7 +287,9 @@ impl VcpuThread {
                 let w = pvlock_abi::Window::ALL[window as usize];
                 sh.preempt.window_arrivals[window as usize].fetch_add(1, Ordering::AcqRel);
                 let rules = &sh.cfg.preempt.schedule;
-                let precondition = |r: &crate::config::HoldRule| !r.successor_running || sh.successor_running(cpu);
+                let precondition = |r: &crate::config::HoldRule| {
+                    r.when != crate::config::HoldWhen::SuccessorRunning || sh.successor_running(cpu)
+                };
                 if let Some(i) = sh.preempt.claim_rule(rules, cpu, w, precondition) {
                     // Directed interleaving: hold here until the rule's condition.
                     sh.set_preempted(cpu, true);
@@ -288,11 +305,11 @@ impl VcpuThread {
                     sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
                         rule: i,
                         cpu,
-                        window: w.name().to_string(),
-                        released_by: why.to_string(),
+                        window: w,
+                        released_by: why,
                         held_us: held.as_micros() as u64,
                     });
-                } else if sh.cfg.windows.always == 0 {
+                } else if sh.cfg.preempt.schedule.is_empty() {
                     self.stall(Duration::from_micros(sh.cfg.preempt.window_stall_us));
                 }
                 Ok(Next::Continue)
@@ -318,7 +335,10 @@ impl VcpuThread {
         sh.set_preempted(self.cpu, true);
         let t = Instant::now();
         while t.elapsed() < d && !sh.stop.load(Ordering::Acquire) {
-            std::thread::sleep((d - t.elapsed()).min(Duration::from_millis(20)));
+            // Saturating: the clock moves between the check above and this
+            // read (a host preemption of this thread is enough), and a plain
+            // `d - elapsed` then panics and kills the vCPU thread.
+            std::thread::sleep(d.saturating_sub(t.elapsed()).min(Duration::from_millis(20)));
         }
         sh.set_preempted(self.cpu, false);
         ch.counters.add(VmmCounter::Stalls, 1);
@@ -332,15 +352,12 @@ impl VcpuThread {
         let rec: pvlock_abi::AssertRecord = self.shared.ram.read_pod(rec_gpa).unwrap_or_default();
         let file = &rec.file[..(rec.file_len as usize).min(rec.file.len())];
         let msg = &rec.msg[..(rec.msg_len as usize).min(rec.msg.len())];
-        let what = match PanicKind::from_u64(kind) {
-            Some(PanicKind::Panic) => "panic",
-            Some(PanicKind::Bug) => "BUG",
-            Some(PanicKind::MutualExclusion) => "mutual-exclusion violation",
-            None => "failure of unknown kind",
+        let Some(what) = PanicKind::from_u64(kind) else {
+            return self.abi_violation(format!("panic doorbell with unknown kind {kind}"));
         };
         GuestFailure::Panic {
             cpu,
-            what: what.to_string(),
+            what,
             file: String::from_utf8_lossy(file).into_owned(),
             line: rec.line,
             message: String::from_utf8_lossy(msg).into_owned(),

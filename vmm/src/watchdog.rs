@@ -8,35 +8,79 @@
 use crate::vcpu::Shared;
 use pvlock_abi::boot::{lock_layout, node_layout};
 use pvlock_abi::{GuestPhase, HashEntry, Variant, VcpuBlock, VmmCounter};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::mem::offset_of;
 use std::sync::atomic::Ordering;
 
-/// Why a waiter will never be woken (best judgement from memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Why a waiter will never be woken (best judgement from memory). Records
+/// spell it in kebab case; the aliases read records written before the
+/// class was typed (which spelled it as the Rust name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MissedWakeupClass {
     /// Queue head waits on the locked byte, but the byte is not the slow
     /// value (the unlocker takes the fast path and kicks nobody), or no
     /// hash entry names its node.
+    #[serde(alias = "WaiterNotHashed")]
     WaiterNotHashed,
     /// The lock's first hash entry (what the unlocker finds) names another
     /// vCPU's node.
+    #[serde(alias = "HashEntryPointsAtOtherVcpu")]
     HashEntryPointsAtOtherVcpu,
     /// More than one hash entry for one lock: one of them is stale.
+    #[serde(alias = "StaleEntry")]
     StaleEntry,
     /// A kick to this vCPU was dropped by the `lost-if-not-waiting` contract.
+    #[serde(alias = "KickLostByContract")]
     KickLostByContract,
     /// Every vCPU that has not finished is blocked in a wait.
+    #[serde(alias = "PlainDeadlock")]
     PlainDeadlock,
+    #[serde(alias = "Unknown")]
     Unknown,
+}
+
+impl MissedWakeupClass {
+    /// Every class.
+    pub const ALL: &'static [MissedWakeupClass] = &[
+        Self::WaiterNotHashed,
+        Self::HashEntryPointsAtOtherVcpu,
+        Self::StaleEntry,
+        Self::KickLostByContract,
+        Self::PlainDeadlock,
+        Self::Unknown,
+    ];
+
+    /// The record spelling (as serde writes it).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::WaiterNotHashed => "waiter-not-hashed",
+            Self::HashEntryPointsAtOtherVcpu => "hash-entry-points-at-other-vcpu",
+            Self::StaleEntry => "stale-entry",
+            Self::KickLostByContract => "kick-lost-by-contract",
+            Self::PlainDeadlock => "plain-deadlock",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for MissedWakeupClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub(crate) fn phase_name<S: serde::Serializer>(p: &Option<GuestPhase>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.map(GuestPhase::name).unwrap_or("?"))
 }
 
 /// One vCPU as the report shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct VcpuState {
     pub cpu: u32,
-    pub phase: String,
+    /// None: the guest wrote a phase id the VMM does not know ("?").
+    #[serde(serialize_with = "phase_name")]
+    pub phase: Option<GuestPhase>,
     pub blocked_ms: Option<f64>,
     pub wait_gpa: Option<u64>,
     pub stalled: bool,
@@ -76,9 +120,9 @@ pub struct HangReport {
     pub vcpus: Vec<VcpuState>,
 }
 
-fn slow_val(variant: Option<Variant>) -> u8 {
+fn slow_val(variant: Variant) -> u8 {
     // _Q_SLOW_VAL; the 2016 _Q_HASH_VAL proposal moved it to 7.
-    if variant == Some(Variant::PvHashval2016) {
+    if variant == Variant::PvHashval2016 {
         7
     } else {
         3
@@ -126,7 +170,7 @@ fn trace_tail(sh: &Shared, cpu: u32, n: u64) -> Vec<String> {
 
 /// Builds the state dump and classifies why `cpu` is stuck.
 pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
-    let variant = Variant::from_u32(sh.cfg.lock.variant);
+    let variant = sh.cfg.lock.variant;
     let now_us = sh.run_start.elapsed().as_micros() as u64;
     let mut vcpus = Vec::new();
     let mut blocks = Vec::new();
@@ -137,7 +181,7 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
         let node_state = (b.cur_node != 0).then(|| sh.ram.read_u8(b.cur_node + node_layout::STATE).ok()).flatten();
         vcpus.push(VcpuState {
             cpu: c,
-            phase: GuestPhase::from_u32(b.phase).map(|p| p.name()).unwrap_or("?").to_string(),
+            phase: GuestPhase::from_u32(b.phase),
             blocked_ms: (since != 0).then(|| now_us.saturating_sub(since) as f64 / 1e3),
             wait_gpa: (since != 0).then(|| ch.wait_gpa.load(Ordering::Relaxed)),
             stalled: sh.preempt.stalled[c as usize].load(Ordering::Acquire) != 0,
@@ -154,7 +198,7 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
     let lock = (me.cur_lock != 0).then(|| lock_state(sh, me.cur_lock)).flatten();
     let my_node_state = me.cur_node + node_layout::STATE;
     let dropped = sh.channels[cpu as usize].counters.get(VmmCounter::KicksDropped) > 0;
-    let live: Vec<&VcpuState> = vcpus.iter().filter(|v| v.phase != "done").collect();
+    let live: Vec<&VcpuState> = vcpus.iter().filter(|v| v.phase != Some(GuestPhase::Done)).collect();
     let all_blocked = !live.is_empty() && live.iter().all(|v| v.blocked_ms.is_some());
 
     let (class, detail) = match &lock {
@@ -264,7 +308,7 @@ impl HangReport {
     /// The dump for humans.
     pub fn render(&self) -> String {
         let what = if self.blocked { "missed wakeup on" } else { "unfinished, not blocked:" };
-        let mut s = format!("{what} vCPU {}: {:?}: {}\n", self.blocked_cpu, self.class, self.detail);
+        let mut s = format!("{what} vCPU {}: {}: {}\n", self.blocked_cpu, self.class, self.detail);
         for l in &self.busy_locks {
             s += &format!(
                 "  busy lock {:#x}: word {:#010x} = locked {} pending {} tail cpu {:?} idx {}; owner field {}; hash entries {:x?}\n",
@@ -281,7 +325,7 @@ impl HangReport {
             s += &format!(
                 "  vCPU {}: {}{}{} lock {:#x} node {:#x} state {:?}{}\n",
                 v.cpu,
-                v.phase,
+                v.phase.map(GuestPhase::name).unwrap_or("?"),
                 v.blocked_ms
                     .map(|b| format!(", blocked {b:.1} ms on {:#x}", v.wait_gpa.unwrap_or(0)))
                     .unwrap_or_default(),

@@ -29,7 +29,7 @@ fn node(cpu: u32, idx: u64) -> u64 {
 fn machine() -> Shared {
     let cfg = MachineConfig {
         vcpus: 2,
-        lock: pvlock_abi::LockParams { variant: Variant::PvV48 as u32, ..Default::default() },
+        lock: crate::LockConfig { variant: Variant::PvV48, ..Default::default() },
         ..Default::default()
     };
     let ram = GuestRam::new(16 << 20).unwrap();
@@ -180,7 +180,7 @@ fn a_vcpu_that_spins_is_dumped_even_with_no_lock_busy() {
     let r = explain_running(&sh, 0);
     assert!(!r.blocked && r.busy_locks.is_empty() && r.lock.is_none());
     assert_eq!(r.vcpus.len(), 2);
-    assert_eq!((r.vcpus[0].phase.as_str(), r.vcpus[1].phase.as_str()), ("running", "done"));
+    assert_eq!((r.vcpus[0].phase, r.vcpus[1].phase), (Some(GuestPhase::Running), Some(GuestPhase::Done)));
     assert!(r.render().contains("unfinished, not blocked: vCPU 0"));
 }
 

@@ -26,13 +26,14 @@ pub struct GuestCpu {
 impl GuestCpu {
     pub fn new(cpu: u32) -> Self {
         let boot = rt::boot();
-        // splitmix64-seeded xorshift per vCPU: repeatable choices per seed.
-        let seed = splitmix(boot.seed ^ splitmix(cpu as u64 + 1));
+        // A seeded xorshift per vCPU: repeatable choices per seed, the same
+        // stream the host platform's CPU `cpu` draws.
+        let seed = pvlock_abi::seed::stream_seed(boot.seed, pvlock_abi::seed::Stream::LockCpu(cpu));
         Self {
             cpu,
             nr_cpus: boot.nr_vcpus,
             block: rt::vcpu_block(cpu),
-            rng: Cell::new(seed | 1),
+            rng: Cell::new(seed),
             window_mask: boot.windows.enabled_mask,
             window_prob: boot.windows.prob as u64,
             window_always: boot.windows.always != 0,
@@ -66,17 +67,14 @@ impl GuestCpu {
         unsafe { &mut *self.block }
     }
 
-    /// Reports a failure of kind `kind` and stops the VM.
+    /// Reports a failure of kind `kind` and stops the VM. The record names
+    /// the caller's file and line (`#[track_caller]` through `bug()` too):
+    /// a BUG in the lock code names the lock code's line, not this one.
+    #[track_caller]
     pub fn fail(&self, kind: PanicKind, msg: core::fmt::Arguments<'_>) -> ! {
-        rt::report_failure(self.cpu, kind, file!(), line!(), msg)
+        let at = core::panic::Location::caller();
+        rt::report_failure(self.cpu, kind, at.file(), at.line(), msg)
     }
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 impl Platform for GuestCpu {
@@ -117,10 +115,7 @@ impl Platform for GuestCpu {
     }
 
     fn random(&self) -> u64 {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = pvlock_abi::seed::next_draw(self.rng.get());
         self.rng.set(x);
         x
     }
@@ -194,6 +189,7 @@ impl Platform for GuestCpu {
         }
     }
 
+    #[track_caller]
     fn bug(&self, msg: core::fmt::Arguments<'_>) -> ! {
         self.fail(PanicKind::Bug, msg)
     }

@@ -36,7 +36,7 @@ extern "C" fn guest_main(cpu: u64) -> ! {
     }
     // SAFETY: vCPU `cpu` is the only writer of its own block.
     let block = unsafe { &mut *rt::vcpu_block(cpu) };
-    block.timing[7] = entry_tsc;
+    block.timing[pvlock_abi::vcpu::ENTRY_TSC_SLOT] = entry_tsc;
     block.alive = 1;
     block.phase = pvlock_abi::GuestPhase::Running as u32;
 

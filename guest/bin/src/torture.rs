@@ -90,12 +90,14 @@ pub fn run(me: &GuestCpu) -> u64 {
     let b = me.block();
     b.acquisitions = r.acquisitions;
     b.max_wait_ns = r.max_wait_ns;
-    // timing[0..3]: torture-lock and irq-lock increments, handlers run: what
-    // the VMM compares with the locks' plain counters.
-    b.timing[0] = r.lock_acquisitions;
-    b.timing[1] = r.irq_acquisitions;
-    b.timing[2] = r.sim_irqs;
-    b.timing[3] = r.max_irq_depth as u64;
+    // What the VMM compares with the locks' plain counters.
+    pvlock_abi::vcpu::TortureTiming {
+        lock_acquisitions: r.lock_acquisitions,
+        irq_acquisitions: r.irq_acquisitions,
+        sim_irqs: r.sim_irqs,
+        max_irq_depth: r.max_irq_depth as u64,
+    }
+    .store(&mut b.timing);
     let _ = me.nr_cpus();
     doorbell::DONE_OK
 }

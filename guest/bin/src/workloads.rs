@@ -191,9 +191,7 @@ fn ping_pong(me: &GuestCpu) -> u64 {
 /// the cost of a disabled race window: `WINDOW_LOOPS` calls of
 /// `race_window(Handoff)` (disabled unless the run enables it) against an
 /// identical loop without the call.
-/// timing[0] = total ns of exits, timing[1] = total ns of kick stores,
-/// timing[2] = iterations, timing[3] = ns of the window loop, timing[4] =
-/// ns of the empty loop, timing[5] = WINDOW_LOOPS.
+/// Results: [`pvlock_abi::vcpu::DoorbellsTiming`].
 fn doorbells(me: &GuestCpu) -> u64 {
     /// Long enough (a few ms) that the two rdtsc reads around a loop and
     /// the loop's own overhead are small next to a per-call difference of
@@ -224,13 +222,15 @@ fn doorbells(me: &GuestCpu) -> u64 {
         core::hint::black_box(me);
     }
     let t4 = rt::rdtsc();
-    let b = me.block();
-    b.timing[0] = rt::cycles_to_ns(t1 - t0);
-    b.timing[1] = rt::cycles_to_ns(t2 - t1);
-    b.timing[2] = n;
-    b.timing[3] = rt::cycles_to_ns(t3 - t2);
-    b.timing[4] = rt::cycles_to_ns(t4 - t3);
-    b.timing[5] = WINDOW_LOOPS;
+    pvlock_abi::vcpu::DoorbellsTiming {
+        exits_ns: rt::cycles_to_ns(t1 - t0),
+        kick_stores_ns: rt::cycles_to_ns(t2 - t1),
+        iterations: n,
+        window_loop_ns: rt::cycles_to_ns(t3 - t2),
+        empty_loop_ns: rt::cycles_to_ns(t4 - t3),
+        window_loops: WINDOW_LOOPS,
+    }
+    .store(&mut me.block().timing);
     doorbell::DONE_OK
 }
 
@@ -238,9 +238,10 @@ static PROBE_DONE: AtomicU32 = AtomicU32::new(0);
 
 /// vCPU 0 reaches the `critical-section` window (the VMM stalls it there
 /// when the window is enabled); the others poll vcpu_is_preempted() of
-/// every vCPU until vCPU 0 is back, counting what they saw in timing[c].
+/// every vCPU until vCPU 0 is back, counting what they saw
+/// ([`pvlock_abi::vcpu::PreemptProbeTiming`]).
 fn preempt_probe(me: &GuestCpu) -> u64 {
-    let n = me.nr_cpus().min(8);
+    let n = me.nr_cpus().min(pvlock_abi::vcpu::PreemptProbeTiming::WATCHED as u32);
     if me.id() == 0 {
         // Let the watchers start polling first.
         let t = rt::rdtsc();
@@ -254,7 +255,7 @@ fn preempt_probe(me: &GuestCpu) -> u64 {
     while PROBE_DONE.load(Ordering::Acquire) == 0 {
         for c in 0..n {
             if me.vcpu_is_preempted(c) {
-                me.block().timing[c as usize] += 1;
+                pvlock_abi::vcpu::PreemptProbeTiming::count_in(&mut me.block().timing, c as usize);
             }
         }
         me.block().acquisitions += 1;

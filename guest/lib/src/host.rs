@@ -228,7 +228,8 @@ impl HostMachine {
         FutexPlatform {
             m: self,
             cpu,
-            rng: Cell::new(splitmix64(self.cfg.seed ^ (u64::from(cpu) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            // The guest's vCPU `cpu` draws the same stream for the same seed.
+            rng: Cell::new(pvlock_abi::seed::stream_seed(self.cfg.seed, pvlock_abi::seed::Stream::LockCpu(cpu))),
             spins: Cell::new(0),
         }
     }
@@ -409,9 +410,9 @@ impl Platform for FutexPlatform<'_> {
     }
 
     fn random(&self) -> u64 {
-        let s = self.rng.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        self.rng.set(s);
-        splitmix64(s)
+        let x = pvlock_abi::seed::next_draw(self.rng.get());
+        self.rng.set(x);
+        x
     }
 
     fn cpu_relax(&self) {
@@ -467,13 +468,6 @@ impl Platform for FutexPlatform<'_> {
         self.m.abort(&text);
         panic!("{text}");
     }
-}
-
-/// SplitMix64's output function.
-fn splitmix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

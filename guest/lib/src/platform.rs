@@ -56,6 +56,9 @@ pub trait Platform {
     fn trace(&self, ev: TraceEvent, lock: usize, arg: u16, value: u32);
 
     /// A "cannot happen" in the lock algorithm (BUG()). Never returns.
+    /// Every implementation tracks its caller: the report names the lock
+    /// code's file and line.
+    #[track_caller]
     fn bug(&self, msg: core::fmt::Arguments<'_>) -> !;
 }
 

@@ -243,7 +243,7 @@ pub fn throughput_svg(r: &BenchResult, host_cpus: u32) -> String {
                 if stalls == "none" {
                     chart
                         .draw_series(LineSeries::new(line, c.stroke_width(2)))?
-                        .label(v.as_str())
+                        .label(v.name())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
                 } else {
                     chart.draw_series(DashedLineSeries::new(line, 6, 4, c.stroke_width(2)))?;

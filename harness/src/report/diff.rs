@@ -106,7 +106,7 @@ pub struct DiffReport {
 }
 
 fn ok_values(records: &[Record], key: &GroupKey, f: fn(&Record) -> Option<f64>) -> Vec<f64> {
-    records.iter().filter(|r| r.status == "ok" && &GroupKey::of(r) == key).filter_map(f).collect()
+    records.iter().filter(|r| r.status.is_ok() && &GroupKey::of(r) == key).filter_map(f).collect()
 }
 
 fn statuses(s: &GroupSummary) -> Vec<(String, usize)> {

@@ -100,7 +100,13 @@ impl GroupKey {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        Self { name: r.name.clone(), variant: r.params.variant.clone(), vcpus: r.vcpus, host_cpus: r.host_cpus, other }
+        Self {
+            name: r.name.clone(),
+            variant: r.params.variant.name().to_string(),
+            vcpus: r.vcpus,
+            host_cpus: r.host_cpus,
+            other,
+        }
     }
 
     /// The setting without the variant: `8 vCPUs / 2 host CPUs`, plus the
@@ -173,8 +179,9 @@ pub fn group(records: &[Record]) -> Vec<Group<'_>> {
 pub fn variants(records: &[Record]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in records {
-        if !out.contains(&r.params.variant) {
-            out.push(r.params.variant.clone());
+        let name = r.params.variant.name();
+        if !out.iter().any(|v| v == name) {
+            out.push(name.to_string());
         }
     }
     out
@@ -203,7 +210,7 @@ mod tests {
             schema_version: 1,
             name: "x".into(),
             run_key: "seed=1,vcpus=8,torture.locks=4".into(),
-            status: "ok".into(),
+            status: pvlock_vmm::RunStatus::Ok,
             summary: String::new(),
             failure: None,
             started_at: String::new(),

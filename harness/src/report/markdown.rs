@@ -5,6 +5,7 @@ use super::load::{Loaded, SkippedLine};
 use super::summary::{Estimate, GroupSummary, STATUSES};
 use super::EnvInfo;
 use crate::record::Record;
+use pvlock_vmm::RunStatus;
 use std::fmt::Write;
 
 /// Formats a float with `decimals` places; `–` for none.
@@ -103,7 +104,7 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
     let names = names(sums);
     let title = if names.is_empty() { "(no records)".to_string() } else { names.join(", ") };
     let _ = writeln!(out, "# pvlock report: {title}\n");
-    let aborted = records.iter().filter(|r| r.status == "aborted").count();
+    let aborted = records.iter().filter(|r| r.status == RunStatus::Aborted).count();
     let mut why = Vec::new();
     if partial {
         why.push("the matrix did not finish (`partial` marker)".to_string());
@@ -403,5 +404,5 @@ pub fn what_differs(sums: &[&GroupSummary]) -> Vec<String> {
 
 /// `true` if any record was aborted (which makes a result set partial).
 pub fn any_aborted(records: &[Record]) -> bool {
-    records.iter().any(|r| r.status == "aborted")
+    records.iter().any(|r| r.status == RunStatus::Aborted)
 }

@@ -11,6 +11,7 @@
 use super::load::{Group, GroupKey};
 use crate::record::Record;
 use crate::stats::mean_ci95;
+use pvlock_vmm::RunStatus;
 use std::collections::BTreeMap;
 
 /// Statuses in report order, with their column titles.
@@ -120,20 +121,20 @@ pub fn kicks(r: &Record) -> u64 {
 
 /// The `kind` of a record's failure object, if any.
 pub fn failure_kind(r: &Record) -> Option<String> {
-    r.failure.as_ref()?.get("kind")?.as_str().map(str::to_string)
+    r.failure.as_ref().map(|f| f.kind().to_string())
 }
 
 pub fn summarize(g: &Group<'_>) -> GroupSummary {
     let mut status: BTreeMap<String, usize> = STATUSES.iter().map(|(s, _)| (s.to_string(), 0)).collect();
     let mut hang_kinds = BTreeMap::new();
     for r in &g.records {
-        *status.entry(r.status.clone()).or_insert(0) += 1;
-        if r.status == "hang" {
+        *status.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+        if r.status == RunStatus::Hang {
             let kind = failure_kind(r).unwrap_or_else(|| "unknown".into());
             *hang_kinds.entry(kind).or_insert(0) += 1;
         }
     }
-    let ok: Vec<&Record> = g.records.iter().copied().filter(|r| r.status == "ok").collect();
+    let ok: Vec<&Record> = g.records.iter().copied().filter(|r| r.status.is_ok()).collect();
     let over = |f: &dyn Fn(&Record) -> Option<f64>| -> Option<Estimate> {
         Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
     };

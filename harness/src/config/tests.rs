@@ -1,0 +1,218 @@
+use super::*;
+use pvlock_abi::Window;
+use pvlock_vmm::{HoldUntil, KickContract, WaitContract};
+
+fn parse(s: &str) -> Result<Experiment> {
+    Experiment::parse(s, "t.toml", "t")
+}
+
+fn err(s: &str) -> String {
+    format!("{:#}", parse(s).unwrap_err())
+}
+
+/// The error names `key` and line `line` of t.toml.
+#[track_caller]
+fn fails_at(s: &str, key: &str, line: usize) -> String {
+    let e = err(s);
+    assert!(e.contains(&format!("`{key}`")) && e.contains(&format!("t.toml:{line}:")), "want `{key}` at :{line}: {e}");
+    e
+}
+
+#[test]
+fn defaults_parse_and_validate() {
+    let e = parse("").unwrap();
+    assert_eq!(e.runs.len(), 1);
+    assert_eq!(e.runs[0], RunConfig { name: "t".into(), ..Default::default() });
+}
+
+#[test]
+fn lists_expand_to_a_matrix_times_repeats() {
+    let e = parse("vcpus = [2, 4, 8]\nrepeats = 2\n[lock]\nvariant = [\"pv-v4.5\", \"pv-v4.8\"]\n").unwrap();
+    assert_eq!(e.runs.len(), 3 * 2 * 2);
+    assert_eq!(e.varying, vec!["lock.variant".to_string(), "vcpus".to_string()]);
+    // Repeats get distinct, reproducible seeds.
+    assert_ne!(e.runs[0].seed, e.runs[1].seed);
+    assert_eq!(e.runs[0].seed, 1);
+    assert_eq!(parse("vcpus = [2, 4, 8]\nrepeats = 2\n").unwrap().runs[1].seed, e.runs[1].seed);
+    // The order runs always had: keys sorted, the last varies fastest.
+    assert_eq!(e.runs[0].lock.variant, Variant::PvV45);
+    assert_eq!((e.runs[2].lock.variant, e.runs[2].vcpus), (Variant::PvV45, 4));
+    assert_eq!(e.runs[6].lock.variant, Variant::PvV48);
+}
+
+#[test]
+fn window_lists_are_values_not_axes() {
+    let e = parse("[preempt]\nwindows = [\"handoff\", \"unlock-kick\"]\n").unwrap();
+    assert_eq!(e.runs.len(), 1);
+    assert_eq!(e.runs[0].preempt.windows, vec![Window::Handoff, Window::UnlockKick]);
+    let e = parse("[preempt]\nwindows = [[\"handoff\"], [\"unlock-kick\"]]\n").unwrap();
+    assert_eq!(e.runs.len(), 2);
+    assert_eq!(e.runs[1].preempt.windows, vec![Window::UnlockKick]);
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    for f in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let e = Experiment::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            assert!(!e.runs.is_empty());
+        }
+    }
+    let e =
+        Experiment::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/kick-semantics.toml"))).unwrap();
+    assert_eq!(e.runs.len(), 7 * 2 * 2 * 3);
+    // Keys sorted: hypervisor.kick, hypervisor.wait, lock.variant (fastest).
+    assert_eq!(
+        (e.runs[0].hypervisor.kick, e.runs[0].hypervisor.wait),
+        (KickContract::Remembered, WaitContract::Checked)
+    );
+    assert_eq!(e.runs[7 * 3].hypervisor.wait, WaitContract::Unchecked);
+    assert_eq!(e.runs[2 * 7 * 3].hypervisor.kick, KickContract::LostIfNotWaiting);
+}
+
+#[test]
+fn errors_name_the_key_and_line() {
+    fails_at("vcpus = 4\nbogus = 1\n", "bogus", 2);
+    let e = fails_at("vcpus = 0\n", "vcpus", 1);
+    assert!(e.contains("out of range"), "{e}");
+    let e = fails_at("[lock]\nvariant = \"pv-v9\"\n", "lock.variant", 2);
+    assert!(e.contains("pv-v9") && e.contains("pv-upstream"), "the valid names: {e}");
+    fails_at("[torture]\nnest = 3\nlocks = 2\n", "torture.nest", 2);
+    fails_at("[hypervisor]\nkick = \"sometimes\"\n", "hypervisor.kick", 2);
+    let e = fails_at("[preempt]\nwindows = [\"nowhere\"]\n", "preempt.windows", 2);
+    assert!(e.contains("nowhere"), "{e}");
+    let e = fails_at("vcpus = []\n", "vcpus", 1);
+    assert!(e.contains("empty"), "{e}");
+    let e = err("vcpus = [\n");
+    assert!(e.contains("syntax") && e.contains("t.toml:"), "{e}");
+    fails_at("[lock]\nhash_bits = 1\n", "lock.hash_bits", 2);
+}
+
+#[test]
+fn type_errors_name_key_and_line() {
+    // Issue 15: `vcpus = "four"` said `(config)`.
+    let e = fails_at("name = \"x\"\nvcpus = \"four\"\n", "vcpus", 2);
+    assert!(e.contains("four") || e.contains("string"), "{e}");
+    fails_at("[torture]\nlocks = 1.5\n", "torture.locks", 2);
+    fails_at("[hypervisor]\nrescue = \"yes\"\n", "hypervisor.rescue", 2);
+    fails_at("seed = -1\n", "seed", 1);
+    fails_at("\n\nvcpus = [2, \"four\"]\n", "vcpus", 3);
+    fails_at("[preempt]\nwindow_prob = \"often\"\n", "preempt.window_prob", 2);
+}
+
+#[test]
+fn dotted_quoted_keys_and_sub_tables_have_lines() {
+    fails_at("\n\"vcpus\" = 0\n", "vcpus", 2);
+    fails_at("\nlock.variant = \"nope\"\n", "lock.variant", 2);
+    fails_at("[lock]\n\"spin_threshold\" = 0\n", "lock.spin_threshold", 2);
+    fails_at("[lock]\nvariant = \"pv-v4.8\"\n[lock.sub]\na = 1\n", "lock.sub", 3);
+    fails_at("torture = { locks = 0 }\n", "torture.locks", 1);
+}
+
+#[test]
+fn schedule_errors_name_their_own_rule() {
+    let two = "[[preempt.schedule]]\nat = \"handoff\"\n\n[[preempt.schedule]]\nat = \"unlock-kick\"\n";
+    fails_at(&format!("{two}bogus = 1\n"), "bogus", 6);
+    fails_at(&format!("{two}until = \"later\"\n"), "preempt.schedule[1].until", 6);
+    fails_at(&format!("{two}cpu = 9\n"), "preempt.schedule[1].cpu", 6);
+    fails_at(&format!("{two}timeout_us = 0\n"), "preempt.schedule[1].timeout_us", 6);
+    // A rule without `at` said "unknown window ``".
+    let e = fails_at("[[preempt.schedule]]\nuntil = \"blocked\"\n", "preempt.schedule[0]", 1);
+    assert!(e.contains("missing field `at`"), "{e}");
+    fails_at("[[preempt.schedule]]\nat = \"later\"\n", "preempt.schedule[0].at", 2);
+}
+
+#[test]
+fn floats_must_be_finite_and_in_range() {
+    // Issue 15: `irq_prob = nan` was accepted and dropped the run from reports.
+    for v in ["nan", "+nan", "inf", "-inf", "1.5", "-0.1"] {
+        fails_at(&format!("[torture]\nirq_prob = {v}\n"), "torture.irq_prob", 2);
+        fails_at(&format!("[preempt]\nwindow_prob = {v}\n"), "preempt.window_prob", 2);
+        fails_at(&format!("[hypervisor]\nspurious_wakeup_prob = {v}\n"), "hypervisor.spurious_wakeup_prob", 2);
+    }
+    fails_at("[torture]\nirq_prob = [0.1, nan]\n", "torture.irq_prob", 2);
+}
+
+#[test]
+fn lengths_have_upper_bounds() {
+    fails_at("[preempt]\nholder_stall_us = 9223372036854775807\n", "preempt.holder_stall_us", 2);
+    fails_at("[preempt]\nholder_interval_us = 9223372036854775807\n", "preempt.holder_interval_us", 2);
+    fails_at("[preempt]\nrandom_mean_interval_us = 9223372036854775807\n", "preempt.random_mean_interval_us", 2);
+    fails_at(
+        "[preempt]\nrandom_mean_interval_us = 10\nrandom_stall_us = 9223372036854775807\n",
+        "preempt.random_stall_us",
+        3,
+    );
+    fails_at("[preempt]\nwindow_stall_us = 9223372036854775807\n", "preempt.window_stall_us", 2);
+    fails_at("[hypervisor]\nkick_delay_us = 9223372036854775807\n", "hypervisor.kick_delay_us", 2);
+    fails_at("[torture]\nmax_acquisitions = 9223372036854775807\n", "torture.max_acquisitions", 2);
+    fails_at("iterations = 9223372036854775807\n", "iterations", 1);
+    fails_at("vcpus = 4294967296\n", "vcpus", 1);
+}
+
+#[test]
+fn absurd_matrices_are_refused_with_their_size() {
+    let list = format!("[{}]", (1..=64).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+    let text = format!(
+        "vcpus = {list}\nram_mib = {list}\nseed = {list}\niterations = {list}\n[torture]\ncs_ns = {list}\nthink_ns = {list}\n"
+    );
+    let t = std::time::Instant::now();
+    let e = err(&text);
+    assert!(e.contains("68719476736 matrix points") && e.contains("64 vcpus"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "counted, not built");
+    let e = err("vcpus = [1, 2]\nrepeats = 10000\n[torture]\ncs_ns = [1, 2, 3, 4, 5, 6]\n");
+    assert!(e.contains("`repeats`") && e.contains("100000 runs"), "{e}");
+}
+
+#[test]
+fn overrides_apply_before_the_matrix() {
+    let text = "vcpus = [2, 4, 8]\nrepeats = 3\nseed = 5\n[lock]\nvariant = [\"pv-v4.5\", \"pv-v4.8\"]\n";
+    let ov = Overrides { seed: Some(9), vcpus: Some(2), ..Default::default() };
+    let e = Experiment::parse_with(text, "t.toml", "t", &ov).unwrap();
+    // The vcpus axis is gone (not three copies of each run), and said so.
+    assert_eq!(e.runs.len(), 2 * 3);
+    assert_eq!(e.varying, vec!["lock.variant".to_string()]);
+    assert!(
+        e.notes.iter().any(|n| n.contains("--vcpus 2") && n.contains("`vcpus`") && n.contains("3 values")),
+        "{:?}",
+        e.notes
+    );
+    // --seed is the base of the repeats' derived seeds.
+    let seeds: Vec<u64> = e.runs[..3].iter().map(|r| r.seed).collect();
+    assert_eq!(seeds, vec![9, derive_seed(9, 1), derive_seed(9, 2)]);
+    assert!(seeds[0] != seeds[1] && seeds[1] != seeds[2]);
+    let ov = Overrides { variant: Some(Variant::Ticket), ..Default::default() };
+    let e = Experiment::parse_with(text, "t.toml", "t", &ov).unwrap();
+    assert_eq!(e.runs.len(), 3 * 3);
+    assert!(e.runs.iter().all(|r| r.lock.variant == Variant::Ticket));
+    let ov = Overrides { vcpus: Some(0), ..Default::default() };
+    let e = format!("{:#}", Experiment::parse_with(text, "t.toml", "t", &ov).unwrap_err());
+    assert!(e.contains("--vcpus") && e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn host_cpus_beyond_the_machine_are_found_before_a_run() {
+    let e = parse("vcpus = 4\nhost_cpus = [1, 64]\n").unwrap();
+    let err = e.check_host(2).unwrap_err().to_string();
+    assert!(err.contains("t.toml:2") && err.contains("`host_cpus`") && err.contains("64"), "{err}");
+    assert!(e.check_host(64).is_ok());
+}
+
+#[test]
+fn schedule_rules_are_typed() {
+    let e = parse("[[preempt.schedule]]\nat = \"handoff\"\nuntil = \"blocked\"\n[[preempt.schedule]]\nat = \"unlock-kick\"\nuntil = \"window:head-trylock\"\n").unwrap();
+    let m = e.runs[0].machine();
+    assert_eq!(m.preempt.schedule.len(), 2);
+    assert_eq!(m.preempt.schedule[1].until, HoldUntil::Window(Window::HeadTrylock));
+    assert_eq!(m.preempt.window_params().always, 1);
+}
+
+#[test]
+fn records_round_trip_their_config() {
+    let e = parse("[[preempt.schedule]]\nat = \"handoff\"\nuntil = \"window:head-trylock\"\nwhen = \"successor-running\"\n[hypervisor]\nwait = \"unchecked\"\n").unwrap();
+    let json = serde_json::to_string(&e.runs[0]).unwrap();
+    assert!(json.contains("\"until\":\"window:head-trylock\"") && json.contains("\"wait\":\"unchecked\""), "{json}");
+    let back: RunConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, e.runs[0]);
+}
