@@ -53,7 +53,10 @@ counters! {
         PvWaitNode = "pv_wait_node",
         /// The native slow path used the pending bit.
         LockPending = "lock_pending",
-        /// Entered the slow path (queued).
+        /// Native: went to the MCS queue (the `queue:` label). PV: a
+        /// queue head entered `pv_wait_head_or_lock()` (the kernel's
+        /// `pv_lock_slowpath`, v4.6 on; not counted by `pv-v4.5`, nor for a
+        /// waiter that stole the lock before queueing).
         LockSlowpath = "lock_slowpath",
         /// MCS node index 1 used (nested slow path).
         LockUseNode2 = "lock_use_node2",

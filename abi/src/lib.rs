@@ -18,6 +18,7 @@ pub mod boot;
 pub mod doorbell;
 pub mod events;
 pub mod layout;
+pub mod lockword;
 pub mod names;
 pub mod seed;
 pub mod vcpu;

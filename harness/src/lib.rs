@@ -4,12 +4,16 @@
 pub mod bench;
 pub mod compare;
 pub mod config;
+pub mod merge;
 pub mod output;
 pub mod race_diagram;
 pub mod record;
 pub mod report;
 pub mod repro;
 pub mod runner;
+pub mod scale_cli;
+pub mod shard;
+pub mod slurm;
 pub mod stats;
 pub mod trace_export;
 

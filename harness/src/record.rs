@@ -51,8 +51,14 @@ pub struct HashStats {
     pub inserts: u64,
     pub removes: u64,
     pub max_probe: u64,
-    /// Probes beyond the first slot per insert (pv_hash_hops / inserts).
+    /// Slots probed per insert, the first one included (pv_hash_hops /
+    /// inserts: 1.0 without collisions).
     pub hops_per_insert: f64,
+    /// pv_hash_hops / pv_kick_unlock: what the kernel's debugfs
+    /// `pv_hash_hops` file shows (it divides the hops by the unlock kicks,
+    /// not by the inserts). 0 without kicks.
+    #[serde(default)]
+    pub hops_per_kick_unlock: f64,
     pub double_hash: u64,
     /// Occupancy over the run: [entries in use, samples], sampled by the VMM
     /// every ~20 ms.
@@ -89,6 +95,10 @@ pub struct Diagnosis {
     /// this run's trace: one column per vCPU involved, one row per step.
     #[serde(default)]
     pub race_diagram: Option<String>,
+    /// What the VMM dropped to stay within its per-run limits (console
+    /// lines and bytes, hold outcomes, rescue dumps); absent when nothing.
+    #[serde(default, skip_serializing_if = "pvlock_vmm::report::Dropped::is_empty")]
+    pub dropped: pvlock_vmm::report::Dropped,
 }
 
 /// Lock parameters as run.
@@ -99,11 +109,49 @@ pub struct Params {
     pub pv: bool,
     pub spin_threshold: u32,
     pub hash_bits: u32,
+    /// Whether the kernel of the variant's era had these lock-event
+    /// counters (`model-only` for v4.2, v4.3).
+    #[serde(default)]
+    pub counters: CounterOrigin,
+    /// Whether `pv_wait_early()` could fire in this run (false below a
+    /// spin threshold of 256, and for variants without it).
+    #[serde(default)]
+    pub wait_early: bool,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Self { variant: Variant::PvUpstream, mutant: false, pv: true, spin_threshold: 1 << 15, hash_bits: 0 }
+        Self {
+            variant: Variant::PvUpstream,
+            mutant: false,
+            pv: true,
+            spin_threshold: 1 << 15,
+            hash_bits: 0,
+            counters: CounterOrigin::Kernel,
+            wait_early: true,
+        }
+    }
+}
+
+/// Where a run's lock-event counters come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CounterOrigin {
+    /// The kernel of the variant's era counted the same events
+    /// (`qspinlock_stat.h` / `lock_events.h`, v4.5 on).
+    #[default]
+    Kernel,
+    /// No PV lock statistics in that kernel: the testbed's own counts.
+    ModelOnly,
+}
+
+impl CounterOrigin {
+    pub fn of(v: Variant) -> Self {
+        if pvlock_guest_lib::variants::counters_model_only(v) {
+            Self::ModelOnly
+        } else {
+            Self::Kernel
+        }
     }
 }
 

@@ -95,6 +95,10 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         removes: ev(LockEvent::HashRemoves),
         max_probe,
         hops_per_insert: if inserts > 0 { ev(LockEvent::PvHashHops) as f64 / inserts as f64 } else { 0.0 },
+        hops_per_kick_unlock: match ev(LockEvent::PvKickUnlock) {
+            0 => 0.0,
+            kicks => ev(LockEvent::PvHashHops) as f64 / kicks as f64,
+        },
         double_hash: ev(LockEvent::DoubleHash),
         occupancy: r.hash_occupancy.iter().map(|&(k, v)| [k, v]).collect(),
     };
@@ -218,6 +222,9 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             pv: variant.is_pv(),
             spin_threshold: rc.lock.spin_threshold,
             hash_bits: if r.boot.hash_entries > 0 { r.boot.hash_entries.trailing_zeros() } else { rc.lock.hash_bits },
+            counters: crate::record::CounterOrigin::of(variant),
+            wait_early: pvlock_guest_lib::variants::has_wait_early(variant)
+                && rc.lock.spin_threshold >= pvlock_guest_lib::variants::WAIT_EARLY_MIN_SPIN_THRESHOLD,
         },
         timing,
         checks,
@@ -286,8 +293,13 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
 
 fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
     let mut missed = BTreeMap::new();
-    // A dump of a vCPU that was running (not blocked) is no missed wakeup.
-    for h in r.rescued.iter().chain(r.hang.iter().filter(|h| h.blocked)) {
+    // Every rescue counts (the VMM keeps only the first dumps, but counts
+    // all by class). A dump of a vCPU that was running (not blocked) is no
+    // missed wakeup.
+    for (c, n) in &r.rescued_by_class {
+        *missed.entry(c.name().to_string()).or_insert(0) += n;
+    }
+    for h in r.hang.iter().filter(|h| h.blocked) {
         *missed.entry(h.class.name().to_string()).or_insert(0) += 1;
     }
     let severity = (!missed.is_empty()).then(|| {
@@ -305,6 +317,7 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         vcpus: Vec::new(),
         vcpus_text: None,
         race_diagram: crate::race_diagram::for_report(r).map(|d| d.render()),
+        dropped: r.dropped,
     };
     if r.status != RunStatus::Ok {
         attach_dumps(&mut d, r);

@@ -5,8 +5,9 @@
 use pvlock::config::RunConfig;
 use pvlock::repro::{find, run_repro, Mode};
 use pvlock::runner::{run_one, GUEST_ELF};
+use pvlock_abi::PanicKind;
 use pvlock_abi::{Variant, Workload};
-use pvlock_vmm::{MissedWakeupClass, RunStatus, StopHandle};
+use pvlock_vmm::{GuestFailure, MissedWakeupClass, RunStatus, StopHandle};
 
 fn detects(repro: &str, variant: Variant, mode: Mode, seeds: u64, budget_ms: u64) -> (usize, Vec<String>) {
     let r = find(repro).unwrap();
@@ -68,4 +69,28 @@ fn the_watchdog_dumps_and_classifies_a_wait_that_never_ends() {
     assert!(hang["class"].is_string());
     assert_eq!(hang["vcpus"].as_array().unwrap().len(), 2);
     assert!(r.diagnosis.hang_text.unwrap().contains("vCPU 0"));
+}
+
+#[test]
+fn a_guest_bug_names_the_lock_code_line() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    // mutant-slow-before-hash: the unlocker finds no hash entry and
+    // pv_unhash() BUGs. #[track_caller] through Platform::bug and
+    // GuestCpu::fail: the record names that line in the lock library,
+    // not the guest's failure helper.
+    let r = find("slow-before-hash").unwrap();
+    let mut crashes = Vec::new();
+    for seed in 1..=3 {
+        let rc = (r.build)(Variant::MutantSlowBeforeHash, Mode::Directed, seed, 5_000);
+        let rec = run_one(&rc, "", GUEST_ELF, &StopHandle::new()).unwrap();
+        if let Some(GuestFailure::Panic { what: PanicKind::Bug, file, line, .. }) = &rec.failure {
+            crashes.push((file.clone(), *line));
+            break;
+        }
+    }
+    let (file, line) = crashes.first().expect("the mutant's BUG in 3 seeds");
+    assert!(file.starts_with("guest/lib/src/") && *line > 0, "{file}:{line}");
+    assert!(!file.contains("cpu.rs"), "{file}:{line}");
 }

@@ -6,6 +6,7 @@
 //! Names (variants, windows, contracts, distributions) deserialize from
 //! their config spelling once; after that everything is typed.
 
+use pvlock_abi::lockword::LockLayout;
 use pvlock_abi::{LockParams, TortureParams, Variant, Window, WindowParams, Workload, MAX_VCPUS};
 use serde::{Deserialize, Serialize};
 
@@ -262,6 +263,10 @@ pub struct MachineConfig {
     /// Entries of each vCPU's trace ring (a power of two, at most
     /// `pvlock_abi::vcpu::MAX_TRACE_LEN`); 0 = tracing off.
     pub trace_len: u64,
+    /// How the guest's locks are laid out in its memory; None: pvlock's own
+    /// guest ([`LockLayout::for_variant`]). A guest built from a kernel tree
+    /// supplies the descriptor read from that tree.
+    pub lock_layout: Option<LockLayout>,
 }
 
 impl Default for MachineConfig {
@@ -280,6 +285,7 @@ impl Default for MachineConfig {
             hypervisor: HypervisorConfig::default(),
             preempt: PreemptConfig::default(),
             trace_len: DEFAULT_TRACE_LEN,
+            lock_layout: None,
         }
     }
 }
@@ -293,6 +299,11 @@ pub fn trace_bytes(vcpus: u32, trace_len: u64) -> u64 {
 }
 
 impl MachineConfig {
+    /// The layout the VMM decodes the guest's locks with.
+    pub fn layout(&self) -> LockLayout {
+        self.lock_layout.unwrap_or(LockLayout::for_variant(self.lock.variant))
+    }
+
     /// Checks every value; the error names the config key. The harness
     /// calls this on every run of a matrix before any runs (and adds the
     /// file line); [`crate::Machine::run`] calls it again as the last line

@@ -72,6 +72,8 @@ pub enum ExitClass {
     /// The machine kicked the thread out (EINTR/EAGAIN, `KVM_EXIT_INTR`):
     /// stop or stall, not a guest exit.
     Interrupted,
+    /// `KVM_EXIT_INTERNAL_ERROR`: the details are in `kvm_run`.
+    InternalError,
     /// An exit this guest never causes.
     Unexpected(String),
     /// `KVM_RUN` itself failed.
@@ -101,6 +103,7 @@ pub fn classify(run: Result<kvm_ioctls::VcpuExit<'_>, kvm_ioctls::Error>) -> Exi
         }
         Ok(VcpuExit::Shutdown) => ExitClass::Shutdown,
         Ok(VcpuExit::Intr) => ExitClass::Interrupted,
+        Ok(VcpuExit::InternalError) => ExitClass::InternalError,
         Ok(other) => ExitClass::Unexpected(format!("{other:?}")),
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitClass::Interrupted,
         Err(e) => ExitClass::HostError(format!("KVM_RUN: {e}")),
@@ -177,6 +180,7 @@ mod tests {
         assert_eq!(classify(Ok(VcpuExit::Intr)), ExitClass::Interrupted);
         assert!(!ExitClass::Interrupted.is_guest_exit());
         assert!(matches!(classify(Ok(VcpuExit::Hlt)), ExitClass::Unexpected(n) if n == "Hlt"));
+        assert_eq!(classify(Ok(VcpuExit::InternalError)), ExitClass::InternalError);
         let eintr = kvm_ioctls::Error::new(libc::EINTR);
         assert_eq!(classify(Err(eintr)), ExitClass::Interrupted);
         let efault = kvm_ioctls::Error::new(libc::EFAULT);

@@ -42,14 +42,18 @@ pub struct Shared {
     pub run_start: Instant,
     pub channels: Vec<WaitChannel>,
     pub exits: Vec<AtomicU64>,
-    pub console: Mutex<Vec<String>>,
+    pub console: Mutex<crate::report::Console>,
     /// Halt polling is allowed (not overcommitted, or told to anyway).
     pub may_poll: bool,
     pub preempt: crate::preempt::PreemptState,
     /// Delayed kick delivery (`kick_delay_us` > 0): (deliver at, target).
     pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
-    /// Missed wakeups rescued (`--rescue`), with their reports.
-    pub rescued: Mutex<Vec<crate::watchdog::HangReport>>,
+    /// How the guest's locks are laid out (decoding guest memory).
+    pub layout: pvlock_abi::lockword::LockLayout,
+    /// Missed wakeups rescued (`--rescue`): the first dumps, and every
+    /// one by class.
+    pub rescued: Mutex<crate::report::BoundedLog<crate::watchdog::HangReport>>,
+    pub rescued_by_class: Mutex<std::collections::BTreeMap<crate::watchdog::MissedWakeupClass, u64>>,
     /// PV hash entries in use -> supervisor samples that saw that many.
     pub hash_occupancy: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Where the guest's trace rings are.
@@ -87,20 +91,27 @@ impl Shared {
     /// block) is running: node state `vcpu_running` (0) and not blocked in
     /// a wait. False when anything is missing or out of range.
     pub fn successor_running(&self, cpu: u32) -> bool {
-        use pvlock_abi::boot::node_layout;
+        let n = self.layout.node;
         let node = self.ram.read_u64(Self::block_gpa(cpu) + offset_of!(VcpuBlock, cur_node) as u64).unwrap_or(0);
         if node == 0 {
             return false;
         }
-        let next = self.ram.read_u64(node + node_layout::NEXT).unwrap_or(0);
+        let next = self.ram.read_u64(node + n.next).unwrap_or(0);
         if next == 0 {
             return false;
         }
-        let state = self.ram.read_u8(next + node_layout::STATE).unwrap_or(u8::MAX);
-        let next_cpu = self.ram.read_u32(next + node_layout::CPU).unwrap_or(u32::MAX);
-        state == 0
+        let state = self.ram.read_u8(next + n.state).unwrap_or(u8::MAX);
+        let next_cpu = self.ram.read_u32(next + n.cpu).unwrap_or(u32::MAX);
+        state == n.state_running
             && (next_cpu as usize) < self.channels.len()
             && self.channels[next_cpu as usize].blocked_since_us.load(Ordering::Acquire) == 0
+    }
+
+    /// Keeps a rescued missed wakeup: counted by class, its dump kept if
+    /// there is room.
+    pub fn record_rescue(&self, r: crate::watchdog::HangReport) {
+        *self.rescued_by_class.lock().unwrap_or_else(|p| p.into_inner()).entry(r.class).or_insert(0) += 1;
+        self.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     }
 
     /// Sets the steal-time style `preempted` flag the guest reads.
@@ -169,6 +180,22 @@ impl VcpuThread {
         GuestFailure::AbiViolation { cpu: self.cpu, rip: self.rip(), detail }
     }
 
+    /// The same registers as a triple fault: an internal error (an
+    /// instruction KVM could not emulate, say) is a crash too.
+    fn unexpected_exit(&self, exit: String) -> GuestFailure {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        GuestFailure::UnexpectedExit {
+            cpu: self.cpu,
+            rip: regs.rip,
+            exit,
+            rsp: regs.rsp,
+            cr2: sregs.cr2,
+            rax: regs.rax,
+            rdi: regs.rdi,
+        }
+    }
+
     /// One KVM_RUN and the handling of its exit.
     fn step(&mut self) -> Result<Next, GuestFailure> {
         let cpu = self.cpu;
@@ -194,7 +221,22 @@ impl VcpuThread {
                     rdi: regs.rdi,
                 });
             }
-            ExitClass::Unexpected(exit) => return Err(GuestFailure::UnexpectedExit { cpu, rip: self.rip(), exit }),
+            ExitClass::InternalError => {
+                // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
+                // `internal` member of the kvm_run union; it is plain integers.
+                let i = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                let what = match i.suberror {
+                    1 => "emulation failure",
+                    2 => "simultaneous exceptions",
+                    3 => "delivery event failure",
+                    4 => "unexpected exit reason",
+                    _ => "unknown suberror",
+                };
+                let n = (i.ndata as usize).min(i.data.len());
+                let name = format!("InternalError (suberror {}: {what}; data {:x?})", i.suberror, &i.data[..n]);
+                return Err(self.unexpected_exit(name));
+            }
+            ExitClass::Unexpected(name) => return Err(self.unexpected_exit(name)),
         };
         self.serve(req)
     }
@@ -260,14 +302,17 @@ impl VcpuThread {
                             // owner, a descheduled vCPU thread) is counted
                             // and left waiting: the run timeout still bounds it.
                             let report = crate::watchdog::explain(sh, cpu);
+                            ch.end_blocked();
                             if !crate::watchdog::is_provably_lost(&report) {
                                 ch.counters.add(VmmCounter::LongWaits, 1);
                                 continue;
                             }
                             ch.counters.add(VmmCounter::Rescues, 1);
-                            sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+                            sh.record_rescue(report);
                             Ok(Next::Continue)
                         }
+                        // Left marked blocked: the supervisor's dump of this
+                        // failure shows the wait (blocked_ms, wait_gpa).
                         WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
                             cpu,
                             blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
@@ -335,10 +380,7 @@ impl VcpuThread {
         sh.set_preempted(self.cpu, true);
         let t = Instant::now();
         while t.elapsed() < d && !sh.stop.load(Ordering::Acquire) {
-            // Saturating: the clock moves between the check above and this
-            // read (a host preemption of this thread is enough), and a plain
-            // `d - elapsed` then panics and kills the vCPU thread.
-            std::thread::sleep(d.saturating_sub(t.elapsed()).min(Duration::from_millis(20)));
+            std::thread::sleep(stall_slice(d, t.elapsed()));
         }
         sh.set_preempted(self.cpu, false);
         ch.counters.add(VmmCounter::Stalls, 1);
@@ -362,5 +404,28 @@ impl VcpuThread {
             line: rec.line,
             message: String::from_utf8_lossy(msg).into_owned(),
         }
+    }
+}
+
+/// The next sleep of a stall of `d` after `elapsed`: at most 20 ms, so a
+/// stop request is seen soon. Saturating: the clock moves between the
+/// caller's `elapsed < d` check and the read passed here (a host
+/// preemption of the vCPU thread is enough), and a plain `d - elapsed`
+/// then panicked and killed the vCPU thread (results/findings, 2026-12-01).
+fn stall_slice(d: Duration, elapsed: Duration) -> Duration {
+    d.saturating_sub(elapsed).min(Duration::from_millis(20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stall_slice;
+    use std::time::Duration;
+
+    #[test]
+    fn a_stall_whose_time_ran_out_between_two_clock_reads_sleeps_zero() {
+        let us = Duration::from_micros;
+        assert_eq!(stall_slice(us(1), us(3)), Duration::ZERO, "used to panic: overflow when subtracting durations");
+        assert_eq!(stall_slice(us(500), us(100)), us(400));
+        assert_eq!(stall_slice(Duration::from_secs(1), Duration::ZERO), Duration::from_millis(20));
     }
 }

@@ -6,8 +6,7 @@
 //! corrupted guest produces a strange report, never a VMM crash.
 
 use crate::vcpu::Shared;
-use pvlock_abi::boot::{lock_layout, node_layout};
-use pvlock_abi::{GuestPhase, HashEntry, Variant, VcpuBlock, VmmCounter};
+use pvlock_abi::{GuestPhase, HashEntry, VcpuBlock, VmmCounter};
 use serde::{Deserialize, Serialize};
 use std::mem::offset_of;
 use std::sync::atomic::Ordering;
@@ -120,46 +119,52 @@ pub struct HangReport {
     pub vcpus: Vec<VcpuState>,
 }
 
-fn slow_val(variant: Variant) -> u8 {
-    // _Q_SLOW_VAL; the 2016 _Q_HASH_VAL proposal moved it to 7.
-    if variant == Variant::PvHashval2016 {
-        7
-    } else {
-        3
-    }
-}
-
 fn node_cpu(sh: &Shared, node: u64) -> Option<u32> {
     let boot = sh.boot();
-    if boot.nodes_gpa == 0 || boot.node_stride == 0 || node < boot.nodes_gpa {
-        return None;
-    }
-    let idx = (node - boot.nodes_gpa) / boot.node_stride;
-    Some((idx / 4) as u32).filter(|c| *c < sh.cfg.vcpus)
+    sh.layout.node.cpu_of(boot.nodes_gpa, boot.node_stride, node, sh.cfg.vcpus)
 }
 
-fn lock_state(sh: &Shared, addr: u64) -> Option<LockState> {
-    let word = sh.ram.read_u32(addr + lock_layout::WORD).ok()?;
-    let tail = word >> 16;
+/// Every PV hash entry in use: (slot, entry), read through the layout.
+pub fn hash_entries_in_use(sh: &Shared) -> Vec<(u64, HashEntry)> {
     let boot = sh.boot();
-    let mut hash_entries = Vec::new();
-    if boot.hash_gpa != 0 && boot.hash_entries <= 1 << 16 {
-        for i in 0..boot.hash_entries {
-            if let Ok(e) = sh.ram.read_pod::<HashEntry>(boot.hash_gpa + i * 16) {
-                if e.lock == addr {
-                    hash_entries.push((i, e.node, node_cpu(sh, e.node)));
-                }
-            }
-        }
+    let e = sh.layout.hash_entry;
+    if boot.hash_gpa == 0 || boot.hash_entries > MAX_HASH_ENTRIES {
+        return Vec::new();
     }
+    let Ok(bytes) = sh.ram.read_bytes(boot.hash_gpa, boot.hash_entries * e.size) else { return Vec::new() };
+    let field = |slot: &[u8], off: u64| {
+        let off = off as usize;
+        slot.get(off..off + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0)
+    };
+    bytes
+        .chunks_exact(e.size as usize)
+        .enumerate()
+        .map(|(i, slot)| (i as u64, HashEntry { lock: field(slot, e.lock), node: field(slot, e.node) }))
+        .filter(|(_, h)| h.lock != 0)
+        .collect()
+}
+
+/// Largest PV hash table the VMM reads (a corrupted boot block cannot
+/// make it read more).
+pub const MAX_HASH_ENTRIES: u64 = 1 << 16;
+
+fn lock_state(sh: &Shared, addr: u64) -> Option<LockState> {
+    let w = sh.layout.word;
+    let word = sh.ram.read_u32(addr + sh.layout.torture_lock.word).ok()?;
+    let hash_entries = hash_entries_in_use(sh)
+        .into_iter()
+        .filter(|(_, e)| e.lock == addr)
+        .map(|(i, e)| (i, e.node, node_cpu(sh, e.node)))
+        .collect();
+    let tail = w.tail(word);
     Some(LockState {
         addr,
         word,
-        locked: word as u8,
-        pending: word & 0x100 != 0,
-        tail_cpu: (tail >> 2).checked_sub(1),
-        tail_idx: tail & 3,
-        owner_field: sh.ram.read_u32(addr + lock_layout::OWNER).unwrap_or(0),
+        locked: w.locked(word),
+        pending: w.pending(word),
+        tail_cpu: tail.map(|t| t.cpu),
+        tail_idx: tail.map(|t| t.idx).unwrap_or(0),
+        owner_field: sh.ram.read_u32(addr + sh.layout.torture_lock.owner).unwrap_or(0),
         hash_entries,
     })
 }
@@ -170,7 +175,6 @@ fn trace_tail(sh: &Shared, cpu: u32, n: u64) -> Vec<String> {
 
 /// Builds the state dump and classifies why `cpu` is stuck.
 pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
-    let variant = sh.cfg.lock.variant;
     let now_us = sh.run_start.elapsed().as_micros() as u64;
     let mut vcpus = Vec::new();
     let mut blocks = Vec::new();
@@ -178,7 +182,7 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
         let b: VcpuBlock = sh.ram.read_pod(pvlock_abi::vcpu_block_gpa(c)).unwrap_or_default();
         let ch = &sh.channels[c as usize];
         let since = ch.blocked_since_us.load(Ordering::Acquire);
-        let node_state = (b.cur_node != 0).then(|| sh.ram.read_u8(b.cur_node + node_layout::STATE).ok()).flatten();
+        let node_state = (b.cur_node != 0).then(|| sh.ram.read_u8(b.cur_node + sh.layout.node.state).ok()).flatten();
         vcpus.push(VcpuState {
             cpu: c,
             phase: GuestPhase::from_u32(b.phase),
@@ -196,7 +200,7 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
     let me = &blocks[cpu as usize];
     let wait_gpa = sh.channels[cpu as usize].wait_gpa.load(Ordering::Relaxed);
     let lock = (me.cur_lock != 0).then(|| lock_state(sh, me.cur_lock)).flatten();
-    let my_node_state = me.cur_node + node_layout::STATE;
+    let my_node_state = me.cur_node + sh.layout.node.state;
     let dropped = sh.channels[cpu as usize].counters.get(VmmCounter::KicksDropped) > 0;
     let live: Vec<&VcpuState> = vcpus.iter().filter(|v| v.phase != Some(GuestPhase::Done)).collect();
     let all_blocked = !live.is_empty() && live.iter().all(|v| v.blocked_ms.is_some());
@@ -204,7 +208,7 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
     let (class, detail) = match &lock {
         Some(l) if wait_gpa == me.cur_lock => {
             // The queue head waits on the locked byte.
-            let slow = slow_val(variant);
+            let slow = sh.layout.word.slow_val;
             // A head waiting on its lock word publishes the word as what it
             // waits on, not its node, so an entry is ours when the node it
             // names is in this vCPU's per-CPU node array.
@@ -272,7 +276,7 @@ pub fn explain_running(sh: &Shared, cpu: u32) -> HangReport {
 /// Every torture lock whose word is not 0.
 fn busy_locks(sh: &Shared) -> Vec<LockState> {
     let boot = sh.boot();
-    if boot.locks_gpa == 0 || boot.nr_locks > 4096 || boot.lock_stride < 16 {
+    if boot.locks_gpa == 0 || boot.nr_locks > 4096 || boot.lock_stride < sh.layout.torture_lock.min_stride {
         return Vec::new();
     }
     (0..boot.nr_locks)

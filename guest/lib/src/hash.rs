@@ -3,13 +3,16 @@
 //! `kernel/locking/qspinlock_paravirt.h`).
 //!
 //! Open addressing, keyed by the lock's address hashed with `hash_ptr()`
-//! (golden-ratio multiply, top bits), starting at the beginning of the
-//! entry's cache line (four 16-byte entries per 64-byte line) and walking
-//! the *whole* table, wrapping around. Upstream sizes the table to
-//! `max(4 * possible CPUs rounded to a cache line of entries, one page of
-//! entries)`, rounded up to a power of two by `alloc_large_system_hash()`
-//! ([`default_hash_bits`]); we also allow tables down to 4 entries
-//! (`hash_bits = 2`) so that the "table full" BUG() is reachable.
+//! (multiply, top bits; the multiplier of the variant's era, see
+//! [`HashFn`]), starting at the beginning of the entry's cache line (four
+//! 16-byte entries per 64-byte line) and walking the *whole* table,
+//! wrapping around. Every release sizes the table to `max(4 * possible
+//! CPUs rounded up to a cache line of entries, one page of entries)` and
+//! passes that as both limits of `alloc_large_system_hash()`, which
+//! rounds it up to a power of two, clamps it to the high limit and takes
+//! `ilog2()`: the table ends up the largest power of two *not above* the
+//! requested size ([`default_hash_bits`]). We also allow tables down to 4
+//! entries (`hash_bits = 2`) so that the "table full" BUG() is reachable.
 //!
 //! Ordering follows the kernel: the insert claims a slot with a fully
 //! ordered `cmpxchg(&he->lock, NULL, lock)` and then writes `he->node` with
@@ -38,8 +41,46 @@ pub const MIN_HASH_BITS: u32 = 2;
 const PER_LINE: usize = 4;
 /// `PV_HE_MIN`: a 4 KiB page of 16-byte entries.
 const PV_HE_MIN: u32 = 4096 / 16;
-/// `GOLDEN_RATIO_64` of `include/linux/hash.h`.
+/// `GOLDEN_RATIO_64` of `include/linux/hash.h` (v4.6 on, 64-bit).
 const GOLDEN_RATIO_64: u64 = 0x61c8_8646_80b5_83eb;
+/// `GOLDEN_RATIO_PRIME_64` (up to v4.5): the bit-sparse
+/// `2^63 + 2^61 - 2^57 + 2^54 - 2^51 - 2^18 + 1`.
+const GOLDEN_RATIO_PRIME_64: u64 = 0x9e37_ffff_fffc_0001;
+
+/// Which `hash_64()` a release's `hash_ptr()` is (x86-64: `hash_ptr()` is
+/// `hash_long()` is `hash_64()`; the result is always the top `bits` of a
+/// 64-bit product, only the multiplier changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashFn {
+    /// Up to v4.5: multiply by [`GOLDEN_RATIO_PRIME_64`] (spelled as
+    /// shifts and adds without `CONFIG_ARCH_HAS_FAST_MULTIPLIER`: the same
+    /// product mod 2^64).
+    GoldenRatioPrime64,
+    /// 689de1d6ca95 "Minimal fix-up of bad hashing behavior of hash_64()"
+    /// (Linus, 2016-05-02, "a minimal fix for 4.6 (and back-porting)",
+    /// Cc: stable) switched 64-bit `hash_64()` to [`GOLDEN_RATIO_64`];
+    /// ef703f49a6c5 (v4.7) reworked the file around it without changing
+    /// the 64-bit result. Note that 4.4.y/4.5.y stable trees got the
+    /// backport: our v4.2-v4.5 variants hash as their *release tags* did.
+    GoldenRatio64,
+}
+
+impl HashFn {
+    /// The `hash_ptr()` of `v`'s source tree.
+    pub fn for_variant(v: Variant) -> Self {
+        match v {
+            Variant::PvV42 | Variant::PvV43 | Variant::PvV45 => HashFn::GoldenRatioPrime64,
+            _ => HashFn::GoldenRatio64,
+        }
+    }
+
+    fn multiplier(self) -> u64 {
+        match self {
+            HashFn::GoldenRatioPrime64 => GOLDEN_RATIO_PRIME_64,
+            HashFn::GoldenRatio64 => GOLDEN_RATIO_64,
+        }
+    }
+}
 
 /// One slot (`struct pv_hash_entry`), readable by the VMM as
 /// [`pvlock_abi::boot::HashEntry`].
@@ -91,22 +132,26 @@ const _: () = {
     assert!(offset_of!(HashSlot, node) == offset_of!(HashEntry, node));
 };
 
-/// Upstream's table size for `nr_cpus` possible CPUs, as log2 entries
-/// (`__pv_init_lock_hash()`: `ALIGN(4 * num_possible_cpus(),
-/// PV_HE_PER_LINE)`, at least `PV_HE_MIN`, then rounded up to a power of two
-/// by `alloc_large_system_hash()`), capped at [`MAX_HASH_BITS`].
+/// The kernel's table size for `nr_cpus` possible CPUs, as log2 entries,
+/// capped at [`MAX_HASH_BITS`]. `__pv_init_lock_hash()` asks for
+/// `ALIGN(4 * num_possible_cpus(), PV_HE_PER_LINE)`, at least `PV_HE_MIN`,
+/// as `numentries` *and* as `low_limit = high_limit`;
+/// `alloc_large_system_hash()` then does `roundup_pow_of_two()`, clamps to
+/// `high_limit` (the unrounded size) and keeps `ilog2()` of that: the
+/// largest power of two not above the size (65 CPUs: 260 -> 256 entries).
 pub fn default_hash_bits(nr_cpus: u32) -> u32 {
     let per_line = PER_LINE as u32;
     let size = (4 * nr_cpus.max(1)).div_ceil(per_line) * per_line;
     let size = size.max(PV_HE_MIN);
-    let bits = 32 - (size - 1).leading_zeros();
+    let bits = 31 - size.leading_zeros();
     bits.min(MAX_HASH_BITS)
 }
 
-/// `hash_ptr(lock, bits)` (`hash_64()`: multiply, keep the top bits).
+/// `hash_ptr(lock, bits)` of era `f` (`hash_64()`: multiply, keep the top
+/// bits).
 #[inline]
-pub(crate) fn hash_ptr(addr: u64, bits: u32) -> usize {
-    (addr.wrapping_mul(GOLDEN_RATIO_64) >> (64 - bits)) as usize
+pub(crate) fn hash_ptr(f: HashFn, addr: u64, bits: u32) -> usize {
+    (addr.wrapping_mul(f.multiplier()) >> (64 - bits)) as usize
 }
 
 /// The table as the lock code uses it: the first `1 << bits` slots.
@@ -132,7 +177,7 @@ impl<'a> PvHash<'a> {
     /// the first entry of the hash's cache line, covering the whole table.
     #[inline]
     fn probe(&self, lock: u64) -> impl Iterator<Item = usize> {
-        let start = hash_ptr(lock, self.bits) & !(PER_LINE - 1);
+        let start = hash_ptr(HashFn::for_variant(self.variant), lock, self.bits) & !(PER_LINE - 1);
         let mask = self.len() - 1;
         (0..self.len()).map(move |off| (start + off) & mask)
     }
@@ -245,14 +290,55 @@ mod tests {
     }
 
     #[test]
-    fn default_sizing_matches_upstream() {
-        // One page of 16-byte entries until 4 * CPUs exceeds it.
+    fn default_sizing_rounds_down_like_alloc_large_system_hash() {
+        // One page of 16-byte entries until 4 * CPUs exceeds it; above
+        // that the largest power of two not above 4 * CPUs.
         assert_eq!(default_hash_bits(1), 8);
         assert_eq!(default_hash_bits(64), 8);
-        assert_eq!(default_hash_bits(65), 9);
+        assert_eq!(default_hash_bits(65), 8, "260 requested: 256");
+        assert_eq!(default_hash_bits(96), 8, "384 requested: 256");
         assert_eq!(default_hash_bits(128), 9);
-        assert_eq!(default_hash_bits(129), 10);
+        assert_eq!(default_hash_bits(129), 9, "516 requested: 512");
+        assert_eq!(default_hash_bits(256), 10);
         assert_eq!(default_hash_bits(100_000), MAX_HASH_BITS);
+    }
+
+    /// The pre-v4.6 `hash_64()` without a fast multiplier, step by step.
+    fn hash_64_shift_add(val: u64, bits: u32) -> u64 {
+        let mut hash = val;
+        let mut n = hash;
+        n <<= 18;
+        hash = hash.wrapping_sub(n);
+        n <<= 33;
+        hash = hash.wrapping_sub(n);
+        n <<= 3;
+        hash = hash.wrapping_add(n);
+        n <<= 3;
+        hash = hash.wrapping_sub(n);
+        n <<= 4;
+        hash = hash.wrapping_add(n);
+        n <<= 2;
+        hash = hash.wrapping_add(n);
+        hash >> (64 - bits)
+    }
+
+    #[test]
+    fn each_era_hashes_with_its_multiplier() {
+        for addr in [0x41b000u64, 0x41b010, 0x41b030, 0xdead_beef_0000, u64::MAX] {
+            assert_eq!(
+                hash_ptr(HashFn::GoldenRatioPrime64, addr, 8) as u64,
+                hash_64_shift_add(addr, 8),
+                "the shift/add spelling is the same product"
+            );
+        }
+        assert_eq!(HashFn::for_variant(Variant::PvV42), HashFn::GoldenRatioPrime64);
+        assert_eq!(HashFn::for_variant(Variant::PvV45), HashFn::GoldenRatioPrime64);
+        assert_eq!(HashFn::for_variant(Variant::PvV48), HashFn::GoldenRatio64);
+        assert_eq!(HashFn::for_variant(Variant::PvUpstream), HashFn::GoldenRatio64);
+        // The two eras put the torture locks (16 bytes apart) in different
+        // cache lines of entries: the change is visible in the probes.
+        let lines = |f| (0..4u64).map(|i| hash_ptr(f, 0x41b000 + 16 * i, 8) / PER_LINE).collect::<Vec<_>>();
+        assert_ne!(lines(HashFn::GoldenRatioPrime64), lines(HashFn::GoldenRatio64));
     }
 
     #[test]

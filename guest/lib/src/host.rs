@@ -15,6 +15,11 @@
 //!   swap(kick, 0)          (consume)
 //! ```
 //!
+//! In NMI context (the innermost simulated interrupt level) `kvm_wait()`
+//! returns at once without halting; [`crate::torture::IrqPlatform`] does
+//! that before it calls this platform, so only waits outside NMI context
+//! reach the table above.
+//!
 //! The lock code changes the watched byte before it kicks, so a kick that
 //! lands after the byte check is either seen by the swap or makes the
 //! futex's own check (`kick == 0`, done by the kernel under its hash-bucket

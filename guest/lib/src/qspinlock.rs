@@ -14,8 +14,10 @@
 //!   lock itself (v4.5+); the v4.2-v4.4 `pv_wait_head()` only waits for the
 //!   locked byte to clear and returns 0, so the caller's load-acquire spin
 //!   runs, exactly as it did then.
-//! * the `idx >= MAX_NODES` fallback (d682b596d993, v4.19) is used by every
-//!   variant: before it, a fifth nesting level overran the node array.
+//! * the `idx >= MAX_NODES` fallback (d682b596d993, early 2019 with the
+//!   `lockevent_*()` counters it uses: v5.1, not v4.19) is used by every
+//!   variant: before it, a fifth nesting level overran the node array (our
+//!   torture nests at most four: task + three interrupt levels).
 //!
 //! ```text
 //! fast path:  0,0,0 -> 0,0,1                               (cmpxchg, acquire)
@@ -227,7 +229,7 @@ fn acquire_queued<P: Platform, H: PvHooks>(cx: &Cx<'_, '_, P>, h: &H, lock: &Raw
     let addr = lock.addr();
 
     // Four nodes per CPU cover task, softirq, hardirq and NMI; a deeper
-    // nesting spins on trylock without queueing (upstream since v4.19).
+    // nesting spins on trylock without queueing (upstream since v5.1).
     if idx as usize >= MAX_NODES {
         p.event(LockEvent::LockNoNode, 1);
         while !h.trylock(cx, lock) {

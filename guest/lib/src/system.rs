@@ -198,6 +198,34 @@ mod tests {
     fn nodes(n: usize) -> Vec<PerCpuNodes> {
         (0..n).map(|_| PerCpuNodes::new()).collect()
     }
+
+    /// The VMM reads this lock code's memory through the ABI's descriptor:
+    /// the descriptor must say what the code does.
+    #[test]
+    fn the_abi_lock_layout_describes_this_lock_code() {
+        use crate::word;
+        use pvlock_abi::lockword::{LockLayout, Tail};
+        for v in Variant::ALL.iter().copied() {
+            let l = LockLayout::for_variant(v);
+            let want_slow =
+                if v == Variant::PvHashval2016 { crate::pv::hashval::SLOW_VAL } else { crate::pv::SLOW_VAL };
+            assert_eq!(l.word.slow_val, want_slow, "{v}");
+            assert_eq!(l.word.locked_val, word::LOCKED_VAL);
+            assert_eq!(l.word.locked_mask, word::LOCKED_MASK);
+            assert_eq!(l.word.pending_bit, word::PENDING_VAL);
+            assert_eq!(l.node.max_nodes as usize, crate::node::MAX_NODES);
+            for (cpu, idx) in [(0, 0), (5, 3), (word::MAX_TAIL_CPU, 1)] {
+                let w = word::encode_tail(cpu, idx) | word::PENDING_VAL | word::LOCKED_VAL as u32;
+                assert_eq!(l.word.tail(w), Some(Tail { cpu, idx }));
+                assert_eq!(word::decode_tail(w & word::TAIL_MASK), (cpu, idx));
+                assert!(l.word.pending(w) && l.word.locked(w) == word::LOCKED_VAL);
+            }
+            let n = nodes(3);
+            let base = n.as_ptr() as u64;
+            let stride = (core::mem::size_of::<PerCpuNodes>() / crate::node::MAX_NODES) as u64;
+            assert_eq!(l.node.cpu_of(base, stride, base + stride * 9, 3), Some(2));
+        }
+    }
     fn table(bits: u32) -> Vec<HashSlot> {
         (0..1usize << bits).map(|_| HashSlot::new()).collect()
     }

@@ -663,6 +663,13 @@ impl<P: Platform> Platform for IrqPlatform<'_, P> {
         self.inner.nr_cpus()
     }
     fn pv_wait(&self, on: WaitOn<'_>, val: u8) {
+        // `kvm_wait()` (arch/x86/kernel/kvm.c, since the KVM PV qspinlock
+        // support of v4.2) starts with `if (in_nmi()) return;`: a waiter in
+        // NMI context never halts, it goes back to spinning. Our innermost
+        // simulated level is the NMI (softirq, hardirq, NMI).
+        if self.depth.get() == MAX_IRQ_DEPTH {
+            return;
+        }
         self.inner.pv_wait(on, val)
     }
     fn pv_kick(&self, cpu: u32) {

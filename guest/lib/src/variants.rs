@@ -71,7 +71,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         source: "a23db284fe0d + b92b8b35a2e3 + 93edc8bd7750 (the file just before 75d2270280686)",
         first_release: "v4.2",
         verified: "no v4.2 tree in the index: reconstructed from the commits and the v4.4 file; \
-                   release from the commits' merge window (v4.2-rc1)",
+                   release from the commits' merge window (v4.2-rc1); its event counters are the \
+                   model's (the kernel had no PV lock statistics before 45e898b73562, v4.5)",
         stealing: "none",
         windows: PV_V42,
     },
@@ -82,33 +83,36 @@ pub const VARIANTS: &[VariantInfo] = &[
         first_release: "v4.3",
         verified: "code checked against a v4.4.60 tree (unchanged v4.3-v4.4); v4.3, not v4.2: posted \
                    after v4.2-rc1 closed the merge window, queued in tip for the next one \
-                   (no v4.2/v4.3 tree in the index to read directly)",
+                   (no v4.2/v4.3 tree in the index to read directly); its event counters are the \
+                   model's (the kernel had no PV lock statistics before 45e898b73562, v4.5)",
         stealing: "none",
         windows: PV_ALL,
     },
     VariantInfo {
         variant: Variant::PvV45,
         summary: "head sets pending, one steal at slow-path entry, wait-early; head writes vcpu_halted: double hash (R1)",
-        source: "1c4941fd53af (limited stealing) + cd0272fab785 (wait early) + 45e898b73562 (stats); v4.5-v4.7 file",
+        source: "1c4941fd53af (limited stealing) + cd0272fab785 (wait early) + 45e898b73562 (stats): the v4.5 release",
         first_release: "v4.5",
-        verified: "code checked against a stored tree at the v4.5-v4.7 state of the file",
+        verified: "lock code checked against a stored tree of the v4.5-v4.7 lock logic; counters and hash_64() \
+                   are v4.5's (v4.6 added pv_lock_slowpath and the 689de1d6ca95 hash multiplier)",
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_ALL,
     },
     VariantInfo {
         variant: Variant::PvV48,
         summary: "v4.7 + \"Fix double hash race\": the head writes vcpu_hashed before pv_wait",
-        source: "229ce631574761870a2ac938845fadbd07f35caa (v4.8-rc2)",
+        source: "229ce631574761870a2ac938845fadbd07f35caa (v4.8-rc2) on the v4.7 file: the v4.8 release",
         first_release: "v4.8",
-        verified: "diff read (one line on top of v4.7); later relaxed orderings not included",
+        verified: "diff read (one line on top of v4.7); counters as v4.6-v4.8 (wait_again/spurious_wakeup \
+                   separated only in v4.9); later relaxed orderings not included",
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_ALL,
     },
     VariantInfo {
         variant: Variant::PvRehash2016,
         summary: "v4.8 + a kicked-then-stolen head re-hashes and sets _Q_SLOW_VAL before waiting again (R3)",
-        source: "\"[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem\" (Waiman Long, July 2016); \
-                 rule reconstructed, see pv/lineage.rs",
+        source: "\"[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem\" (July 2016); \
+                 rule reconstructed on pv-v4.8's lock with the July 2016 tip counters, see pv/lineage.rs",
         first_release: "- (not merged)",
         verified: "patch text not available: reconstruction",
         stealing: "one attempt at slow-path entry when locked and pending are clear",
@@ -118,9 +122,10 @@ pub const VARIANTS: &[VariantInfo] = &[
         variant: Variant::PvHashval2016,
         summary: "_Q_HASH_VAL=3 marks hashing in progress, _Q_SLOW_VAL=7, node/head x running/halted states",
         source: "Peter Zijlstra's reply (2016-07-15) in the \"Fix missed PV wakeup problem\" thread; \
-                 base v4.7 + 229ce6315747; reconstructed, see pv/hashval.rs",
+                 base: the July 2016 tip file (v4.7 + 229ce6315747 + the v4.9 stats split); see pv/hashval.rs",
         first_release: "- (not merged)",
-        verified: "diff text not available: reconstruction from the recorded facts, gap kept",
+        verified: "diff read up to the start of __pv_queued_spin_unlock_slowpath(); the rest of the unlock \
+                   reconstructed; the diff's own gap (a node state left node_halted) kept",
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_HASHVAL,
     },
@@ -128,7 +133,7 @@ pub const VARIANTS: &[VariantInfo] = &[
         variant: Variant::PvUpstream,
         summary: "today's PV qspinlock: hybrid unfair trylock, smp_mb__before_atomic + relaxed cmpxchg in pv_kick_node",
         source: "kernel/locking/qspinlock_paravirt.h (v6.x); 11752adb68a3 (hybrid), 89340d0935c9 (wait-early on state only)",
-        first_release: "v6.x (hybrid trylock since v4.15)",
+        first_release: "v6.x (hybrid trylock since 11752adb68a3, release not checked; the one-shot steal before it)",
         verified: "code checked against v6.x trees",
         stealing: "hybrid: newcomers keep trying while a queue exists and pending is clear",
         windows: PV_ALL,
@@ -162,6 +167,32 @@ pub const VARIANTS: &[VariantInfo] = &[
     },
 ];
 
+/// The smallest `SPIN_THRESHOLD` at which `pv_wait_early()` can fire: the
+/// spin loop counts `loop` down from the threshold to 1 and looks at the
+/// predecessor only when `(loop & PV_PREV_CHECK_MASK) == 0` (mask 0xff),
+/// so below 256 the check never happens.
+pub const WAIT_EARLY_MIN_SPIN_THRESHOLD: u32 = 256;
+
+/// Whether `v`'s `pv_wait_node()` has `pv_wait_early()` (cd0272fab785, v4.5).
+pub fn has_wait_early(v: Variant) -> bool {
+    v.is_pv() && !matches!(v, Variant::PvV42 | Variant::PvV43)
+}
+
+/// Whether `v`'s lock-event counters are only the model's: the kernel of
+/// its era had no PV lock statistics (`qspinlock_stat.h` came with
+/// 45e898b73562 in v4.5), so there is nothing in a kernel to compare them
+/// with.
+pub fn counters_model_only(v: Variant) -> bool {
+    matches!(v, Variant::PvV42 | Variant::PvV43)
+}
+
+/// Whether running `v` with `spin_threshold` silently loses its
+/// `pv_wait_early()`: the threshold is below
+/// [`WAIT_EARLY_MIN_SPIN_THRESHOLD`] (`pvlock` warns about such configs).
+pub fn wait_early_disabled(v: Variant, spin_threshold: u32) -> bool {
+    has_wait_early(v) && spin_threshold < WAIT_EARLY_MIN_SPIN_THRESHOLD
+}
+
 /// Metadata of `v`.
 pub fn info(v: Variant) -> &'static VariantInfo {
     match VARIANTS.iter().find(|i| i.variant == v) {
@@ -183,5 +214,15 @@ mod tests {
             assert_eq!(!info(*v).windows.is_empty(), v.is_pv(), "{}", v.name());
             assert!(!info(*v).windows.contains(&Window::CriticalSection));
         }
+    }
+
+    #[test]
+    fn wait_early_threshold_warning_only_where_it_matters() {
+        assert!(wait_early_disabled(Variant::PvV45, 255));
+        assert!(wait_early_disabled(Variant::PvUpstream, 64));
+        assert!(!wait_early_disabled(Variant::PvV45, 256));
+        assert!(!wait_early_disabled(Variant::PvV42, 64), "no wait-early before v4.5");
+        assert!(!wait_early_disabled(Variant::Qspinlock, 1));
+        assert!(counters_model_only(Variant::PvV43) && !counters_model_only(Variant::PvV45));
     }
 }

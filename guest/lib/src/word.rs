@@ -218,12 +218,54 @@ pub fn read_locked(w: &AtomicU32, order: Ordering) -> u8 {
     (w.load(order) & LOCKED_MASK) as u8
 }
 
-/// `atomic_fetch_or_acquire(_Q_PENDING_VAL, &lock->val)`
-/// (`queued_fetch_set_pending_acquire()`; x86 uses `lock bts`, a full
-/// barrier, and reads the rest of the word separately: same outcome).
+/// x86's `queued_fetch_set_pending_acquire()` (7aa54be29765
+/// "locking/qspinlock, x86: Provide liveness guarantee", v4.20;
+/// `arch/x86/include/asm/qspinlock.h`): `lock btsl` sets the pending bit
+/// and yields only its old value (carry flag), then a *separate*
+/// `atomic_read()` supplies the other bits. Not one atomic fetch-or (the
+/// generic `atomic_fetch_or_acquire()`): between the two, the owner may
+/// release (the read sees locked 0) or a third locker may queue (the read
+/// sees a tail; our caller then undoes its pending bit and queues, where a
+/// fetch-or would have made it the pending waiter). Both are correct
+/// interleavings of the kernel's; this is the one x86 runs.
+///
+/// Ordering: the `lock bts` is a full barrier; the read is a plain load
+/// after it (acquire on x86, and ordered after the locked RMW). Pairs with
+/// the owner's release of the locked byte and with `xchg_tail()`.
 #[inline]
 pub fn fetch_set_pending_acquire(w: &AtomicU32) -> u32 {
-    w.fetch_or(PENDING_VAL, Ordering::Acquire)
+    let pending = bts_pending(w);
+    pending | (w.load(Ordering::Acquire) & !PENDING_MASK)
+}
+
+/// `lock btsl $_Q_PENDING_OFFSET, lock->val`: the old pending bit, in word
+/// position.
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+#[inline]
+fn bts_pending(w: &AtomicU32) -> u32 {
+    let carry: u8;
+    // SAFETY: `lock bts` on the aligned 32-bit word we hold a reference
+    // to, which every other access treats atomically; it writes only the
+    // pending bit and the flags, which are declared clobbered (no
+    // `preserves_flags`), and the result comes out through `setc`.
+    unsafe {
+        core::arch::asm!("lock bts dword ptr [{p}], {bit}", "setc {c}",
+                         p = in(reg) w.as_ptr(), bit = const PENDING_OFFSET, c = out(reg_byte) carry,
+                         options(nostack));
+    }
+    (carry as u32) << PENDING_OFFSET
+}
+
+/// The same RMW elsewhere and under loom: a fully ordered fetch-or of
+/// which only the pending bit is kept (the rest comes from the later load,
+/// as on x86).
+#[cfg(not(all(target_arch = "x86_64", not(loom))))]
+#[inline]
+fn bts_pending(w: &AtomicU32) -> u32 {
+    Mo::Full.before();
+    let old = w.fetch_or(PENDING_VAL, Mo::Full.success());
+    Mo::Full.after();
+    old & PENDING_VAL
 }
 
 pub use imp::*;
@@ -437,5 +479,6 @@ mod tests {
         assert_eq!(read_locked(&w, Ordering::Relaxed), 1);
         assert_eq!(fetch_set_pending_acquire(&w) & PENDING_VAL, 0);
         assert_eq!(w.load(Ordering::Relaxed) & PENDING_VAL, PENDING_VAL);
+        assert_eq!(fetch_set_pending_acquire(&w), encode_tail(1, 2) | PENDING_VAL | 1, "old pending, rest read after");
     }
 }

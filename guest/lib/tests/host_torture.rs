@@ -217,6 +217,9 @@ fn simulated_interrupts_nest_slow_paths() {
     );
 }
 
+/// A threshold of 16 on purpose: every waiter exhausts its spin and halts.
+/// (`pv_wait_early()` is off below 256; this test is about reaching
+/// `pv_wait()`, not about wait-early.)
 #[test]
 fn tiny_spin_threshold_reaches_pv_wait() {
     for_all_variants(

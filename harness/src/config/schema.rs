@@ -89,6 +89,7 @@ impl RunConfig {
             hypervisor: self.hypervisor.clone(),
             preempt: self.preempt.clone(),
             trace_len: self.trace_entries,
+            lock_layout: None,
         }
     }
 

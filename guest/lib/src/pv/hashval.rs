@@ -1,36 +1,45 @@
 //! `pv-hashval-2016`: Peter Zijlstra's proposal in the July 2016 thread
 //! "[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem"
-//! (his reply of 2016-07-15 with a `_Q_HASH_VAL` diff), on top of v4.7 +
-//! 229ce6315747 (= our `pv-v4.8`).
+//! (his reply of 2016-07-15 with a `_Q_HASH_VAL` diff against
+//! `kernel/locking/qspinlock_paravirt.h`).
 //!
-//! **Reconstruction.** The diff's text was not available to us; this is
-//! written from the facts recorded in `PV-LOCK-BACKGROUND.md`:
+//! **Source.** The posted diff, which covers the file up to the start of
+//! `__pv_queued_spin_unlock_slowpath()`'s body: the new states, the new
+//! `pv_wait_early()` test, `pv_wait_node()`, `pv_kick_node()`,
+//! `pv_wait_head_or_lock()` and the slow unlock's "wait while
+//! `_Q_HASH_VAL`" loop. Its base tree is the July 2016 tip file: v4.7 +
+//! 229ce6315747 (the head writes `vcpu_hashed`) + 08be8f63c40c (its
+//! `pv_wait_node()` context counts `pv_wait_node` and `pv_wait_early` but no
+//! longer `pv_wait_again`; the head's `pv_spurious_wakeup` is gone too),
+//! which shipped in v4.9, not the v4.7/v4.8 release file. We follow it:
 //! * `_Q_HASH_VAL` (3) in the locked byte means "hashing in progress",
 //!   `_Q_SLOW_VAL` becomes 7;
 //! * whoever moves the locked byte `1 -> _Q_HASH_VAL` by cmpxchg owns the
-//!   hashing: it inserts the entry, then stores `_Q_SLOW_VAL`. So there is
-//!   at most one entry per lock, and a head that lost the lock to a
-//!   stealer can hash itself again (the stealer holds the byte at 1): R2's
-//!   fix;
-//! * the unlocker and the head wait (spin) while they see `_Q_HASH_VAL`;
-//! * node states are node/head x running/halted; `pv_kick_node()` acts on
-//!   `node_halted` and makes it `head_halted`; `pv_wait_early()` stops on a
-//!   predecessor in either halted state.
+//!   hashing: it inserts the entry, then `smp_store_release()`s
+//!   `_Q_SLOW_VAL`. So there is at most one entry per lock, and a head that
+//!   lost the lock to a stealer hashes itself again (the stealer holds the
+//!   byte at 1): R2's fix;
+//! * states node/head x running/halted; `pv_wait_early()` stops on an odd
+//!   state (`node_halted`, `head_halted`); `pv_kick_node()` moves
+//!   `node_halted -> head_running` (so successors keep spinning while the
+//!   new head has not halted again) and then races the head for the hashing;
+//! * the head, after its spin: cmpxchg `1 -> _Q_HASH_VAL`: won, hash and
+//!   publish `_Q_SLOW_VAL`; found `_Q_HASH_VAL` (the owner's `pv_kick_node()`
+//!   is hashing us), spin until it is not; found 0, go back to the trylock
+//!   loop; found `_Q_SLOW_VAL`, already hashed. Then `head_halted` and
+//!   `pv_wait(&l->locked, _Q_SLOW_VAL)` (which returns at once if the byte
+//!   is not the slow value, KVM's checked wait).
 //!
-//! Where the recorded facts leave a choice, we chose: the head hashes
-//! itself on *every* failed spin when the byte is 1 (not only the first);
-//! the `_Q_SLOW_VAL` store after the insert is a release store (the byte
-//! is owned by the hasher while it reads `_Q_HASH_VAL`; release is what
-//! the unlocker's `smp_rmb()` pairs with); the head does not remember
-//! being hashed: the lock word says.
+//! What the diff does not show and we chose: the slow unlock after
+//! `pv_unhash()` is the file's (release the byte, kick the node's CPU).
 //!
-//! **The gap, kept on purpose** (the testbed must show it): `pv_wait_node()`
-//! moves `node_halted -> node_running` only after an actual `pv_wait()`.
-//! When its re-check after the halted store finds `locked` already set, it
-//! returns with its state still `node_halted`, so (a) its successors' wait-
-//! early check sees a halted predecessor and stops spinning early, and (b)
-//! the new owner's `pv_kick_node()` succeeds on it and hashes a head that is
-//! running: an extra slow unlock and kick. Latency, not a lost wakeup.
+//! **The gap, kept on purpose** (it is the diff's; the testbed must show
+//! it): `pv_wait_node()` returns right after its halted store when it finds
+//! `locked` already set, with its state still `node_halted`, so (a) its
+//! successors' wait-early check sees a halted predecessor and stops
+//! spinning early, and (b) the new owner's `pv_kick_node()` succeeds on it
+//! and hashes a head that is running: an extra slow unlock and kick.
+//! Latency, not a lost wakeup.
 
 use super::lineage::{steal_once, trylock_clear_pending};
 use super::{check_kicked_but_stolen, init_node, pv_kick, pv_wait, unlock_slow_unhash_release, PV_PREV_CHECK_MASK};
@@ -144,12 +153,16 @@ impl PvHooks for Hashval {
     }
 
     fn kick_node<P: Platform>(&self, cx: &Cx<'_, '_, P>, lock: &RawLock, next: &PvNode) {
-        // Fully ordered; pairs with `smp_store_mb()` in wait_node.
-        if word::cmpxchg_u8(&next.state, NODE_HALTED, HEAD_HALTED, Mo::Full) != NODE_HALTED {
+        // `node_halted -> head_running`, as the diff has it: the successor
+        // is the head now and not (yet) halted as one, so its own
+        // successors' wait-early check keeps them spinning. Fully ordered
+        // `cmpxchg()`; pairs with `smp_store_mb()` and the cmpxchg in
+        // wait_node.
+        if word::cmpxchg_u8(&next.state, NODE_HALTED, HEAD_RUNNING, Mo::Full) != NODE_HALTED {
             return;
         }
         cx.p.race_window(Window::KickNodeHash);
-        cx.p.trace(TraceEvent::KickNode, lock.addr(), 0, HEAD_HALTED as u32);
+        cx.p.trace(TraceEvent::KickNode, lock.addr(), 0, HEAD_RUNNING as u32);
         // We hold the lock (byte 1); the head may race us for the hashing,
         // whoever wins the cmpxchg hashes, the other does nothing.
         let _ = try_hash(cx, lock, next, false);
@@ -171,23 +184,23 @@ impl PvHooks for Hashval {
             }
             word::store_pending(&lock.val, 0);
 
-            // Make sure we are hashed before we wait.
-            loop {
-                match try_hash(cx, lock, node, true) {
-                    Hashed::ByUs | Hashed::Found(SLOW_VAL) => break,
-                    // Free: go back to trylock.
-                    Hashed::Found(0) => {
-                        waitcnt += 1;
-                        continue 'spin;
-                    }
-                    // Somebody is hashing us: wait for `_Q_SLOW_VAL`.
-                    Hashed::Found(HASH_VAL) => {
-                        while word::read_locked(&lock.val, Ordering::Relaxed) == HASH_VAL {
-                            cx.relax();
-                        }
-                    }
-                    Hashed::Found(v) => super::bad_unlock(cx, lock, v),
+            // Make sure we are hashed before we wait (the diff's switch).
+            match try_hash(cx, lock, node, true) {
+                Hashed::ByUs | Hashed::Found(SLOW_VAL) => {}
+                // Free: go back to trylock (`continue` of `for (;; waitcnt++)`).
+                Hashed::Found(0) => {
+                    waitcnt += 1;
+                    continue 'spin;
                 }
+                // `pv_kick_node()` is hashing us: wait for it, then wait;
+                // `pv_wait()` re-checks the byte, so whatever the owner did
+                // meanwhile (unlock, or publish `_Q_SLOW_VAL`) is seen there.
+                Hashed::Found(HASH_VAL) => {
+                    while word::read_locked(&lock.val, Ordering::Relaxed) == HASH_VAL {
+                        cx.relax();
+                    }
+                }
+                Hashed::Found(v) => super::bad_unlock(cx, lock, v),
             }
 
             node.state.store(HEAD_HALTED, Ordering::Relaxed);
@@ -208,11 +221,14 @@ impl PvHooks for Hashval {
         if locked == word::LOCKED_VAL {
             return;
         }
-        // Hashing in progress: wait for `_Q_SLOW_VAL` (R4's latency).
+        // Hashing in progress: wait for `_Q_SLOW_VAL` (R4's latency). The
+        // diff spins with `READ_ONCE()`; the `smp_rmb()` in
+        // `unlock_slow_unhash_release()` then orders the unhash after the
+        // load that saw `_Q_SLOW_VAL`, pairing with the hasher's
+        // `smp_store_release(&l->locked, _Q_SLOW_VAL)` after its insert.
         while locked == HASH_VAL {
             cx.p.cpu_relax();
-            // Acquire: pairs with the hasher's release of `_Q_SLOW_VAL`.
-            locked = word::read_locked(&lock.val, Ordering::Acquire);
+            locked = word::read_locked(&lock.val, Ordering::Relaxed);
         }
         if locked != SLOW_VAL {
             super::bad_unlock(cx, lock, locked);

@@ -5,9 +5,9 @@
 //!
 //! | flavor | source, release |
 //! |---|---|
-//! | `pv-v4.5` | v4.5-v4.7: 1c4941fd53af (pending bit set by the head, one steal attempt at slow-path entry, `pv_wait_head_or_lock()` takes the lock itself) + cd0272fab785 (`pv_wait_early()`; the head writes `vcpu_running` / `vcpu_halted` around its wait) + 45e898b73562 (statistics). |
-//! | `pv-v4.8` | v4.7 + 229ce6315747 "Fix double hash race" (v4.8-rc2): the head writes `vcpu_hashed`, not `vcpu_halted`, before `pv_wait()`. Nothing else changed. |
-//! | `pv-rehash-2016` | `pv-v4.8` + our reconstruction of "[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem" (Waiman Long, July 2016), rule below. |
+//! | `pv-v4.5` | the v4.5 release: 1c4941fd53af (pending bit set by the head, one steal attempt at slow-path entry, `pv_wait_head_or_lock()` takes the lock itself) + cd0272fab785 (`pv_wait_early()`; the head writes `vcpu_running` / `vcpu_halted` around its wait) + 45e898b73562 (statistics). v4.6 and v4.7 run the same lock logic but are not the same state: v4.6 added the `pv_lock_slowpath` counter ("locking/pvqspinlock: Enable slowpath locking count tracking") and hashes with the new `hash_64()` multiplier (689de1d6ca95, see `hash.rs`); pv-v4.5 counts and hashes as v4.5 did. |
+//! | `pv-v4.8` | the v4.8 release: v4.7 + 229ce6315747 "Fix double hash race" (v4.8-rc2): the head writes `vcpu_hashed`, not `vcpu_halted`, before `pv_wait()`. The lock logic changed in nothing else; the counters are v4.6-v4.8's (`pv_lock_slowpath`; `pv_wait_again` and `pv_spurious_wakeup` counted in both `pv_wait_node()` and the head, as in v4.5, until "locking/pvstat: Separate wait_again and spurious wakeup stats" in v4.9). |
+//! | `pv-rehash-2016` | our reconstruction of "[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem" (July 2016), rule below, on the July 2016 tip tree its thread works on: `pv-v4.8`'s lock, with the separated v4.9 counters (the thread's `_Q_HASH_VAL` diff shows that base: its `pv_wait_node()` context no longer counts `pv_wait_again`). |
 //! | `pv-upstream` | today's file (v6.x): hybrid queued/unfair trylock (11752adb68a3), `smp_mb__before_atomic()` + relaxed state cmpxchg in `pv_kick_node()` (34d54f3d6917 era), release/acquire lock-word RMWs, `pv_wait_early()` on the predecessor's state only (75437bb304b20 added `vcpu_is_preempted()`, 89340d0935c9 reverted it: today's behaviour is state only). |
 //! | `mutant-no-store-mb` | upstream without the full barrier between `pv_wait_node()`'s halted store and its `locked` re-check (R5). |
 //! | `mutant-slow-before-hash` | upstream whose head sets `_Q_SLOW_VAL` before its hash insert (the unlocker can find no entry: `pv_unhash()` BUG). |
@@ -73,6 +73,19 @@ impl Flavor {
         matches!(self, Flavor::Upstream | Flavor::NoStoreMb | Flavor::SlowBeforeHash | Flavor::HaltedHead)
     }
 
+    /// v4.5-v4.8 statistics: `pv_wait_again` in `pv_wait_node()` too, and a
+    /// wakeup of the head to a held lock counted as `pv_spurious_wakeup`.
+    /// 08be8f63c40c ("locking/pvstat: Separate wait_again and spurious
+    /// wakeup stats", v4.9) moved each counter to one place.
+    fn joint_wait_stats(self) -> bool {
+        matches!(self, Flavor::V45 | Flavor::V48)
+    }
+
+    /// `qstat_pv_lock_slowpath` at the head exists from v4.6 on.
+    fn counts_lock_slowpath(self) -> bool {
+        self != Flavor::V45
+    }
+
     /// A fully ordered RMW in the old releases, `mo` upstream.
     fn rmw(self, upstream: Mo) -> Mo {
         if self.upstream_base() {
@@ -96,8 +109,9 @@ enum Lp {
     Slot(usize),
 }
 
-/// `pv_queued_spin_steal_lock()` (v4.5-v4.15): one attempt, only when both
-/// the locked byte and pending are clear: *,0,0 -> *,0,1 on the byte.
+/// `pv_queued_spin_steal_lock()` (from v4.5 until the hybrid trylock of
+/// 11752adb68a3 replaced it): one attempt, only when both the locked byte
+/// and pending are clear: *,0,0 -> *,0,1 on the byte.
 pub(crate) fn steal_once<P: Platform>(cx: &Cx<'_, '_, P>, lock: &RawLock, mo: Mo) -> bool {
     let val = lock.val.load(Ordering::Relaxed);
     if val & word::LOCKED_PENDING_MASK == 0 && word::cmpxchg_locked(&lock.val, 0, word::LOCKED_VAL, mo) == 0 {
@@ -196,7 +210,7 @@ impl PvHooks for Lineage {
 
             if node.locked.load(Ordering::Relaxed) == 0 {
                 p.event(LockEvent::PvWaitNode, 1);
-                if f == Flavor::V45 {
+                if f.joint_wait_stats() {
                     p.event(LockEvent::PvWaitAgain, (waitcnt > 0) as u64);
                 }
                 p.event(LockEvent::PvWaitEarly, wait_early as u64);
@@ -249,7 +263,9 @@ impl PvHooks for Lineage {
 
         // Already hashed on our behalf by kick_node? Then not again.
         let mut lp = if node.state.load(Ordering::Relaxed) == HASHED { Lp::ByOwner } else { Lp::None };
-        p.event(LockEvent::LockSlowpath, 1);
+        if f.counts_lock_slowpath() {
+            p.event(LockEvent::LockSlowpath, 1);
+        }
 
         let mut waitcnt = 0u64;
         loop {
@@ -317,10 +333,10 @@ impl PvHooks for Lineage {
             pv_wait(cx, lock, WaitOn::LockedByte(&lock.val), SLOW_VAL);
             p.race_window(Window::HeadTrylock);
             check_kicked_but_stolen(cx, lock);
-            if f == Flavor::V45 {
-                // v4.5-v4.7 counted a wakeup to a held lock as spurious;
-                // later releases say "because of lock stealing, the head
-                // may have to wait again" and count nothing.
+            if f.joint_wait_stats() {
+                // v4.5-v4.8 counted a wakeup to a held lock as spurious;
+                // v4.9 on says "because of lock stealing, the head may have
+                // to wait again" and counts nothing.
                 p.event(LockEvent::PvSpuriousWakeup, (word::read_locked(&lock.val, Ordering::Relaxed) != 0) as u64);
             }
             waitcnt += 1;

@@ -16,6 +16,11 @@
 //! its node says halted. Under overcommit a waiter is kicked twice per
 //! acquisition: once to become head, once to take the lock. No stealing:
 //! the slow path's trylock is the whole-word one.
+//!
+//! The lock events counted here (`pv_wait_node`, `pv_kick_unlock`, ...) are
+//! the model's only: PV lock statistics came to the kernel with
+//! 45e898b73562 (v4.5), so this era has nothing to compare them with
+//! (records say `params.counters = "model-only"`).
 
 use super::{check_kicked_but_stolen, init_node, pv_kick, pv_wait, unlock_slow_unhash_release, SLOW_VAL};
 use crate::node::PvNode;

@@ -9,6 +9,11 @@
 //! that `hashed` survives; the head skips hashing if it finds itself hashed.
 //! Still no stealing and no pending bit for PV waiters; the head's
 //! `_Q_SLOW_VAL` is `cmpxchg(1 -> 3)`.
+//!
+//! The lock events counted here (`pv_wait_node`, `pv_kick_unlock`, ...) are
+//! the model's only: PV lock statistics came to the kernel with
+//! 45e898b73562 (v4.5), so this era has nothing to compare them with
+//! (records say `params.counters = "model-only"`).
 
 use super::{check_kicked_but_stolen, init_node, pv_kick, pv_wait, unlock_slow_unhash_release, SLOW_VAL};
 use crate::node::PvNode;
