@@ -48,6 +48,7 @@ fn machine() -> Shared {
     for c in 0..2 {
         ram.write_u32(node(c, 0) + node_layout::CPU, c).unwrap();
     }
+    let layout = cfg.layout();
     Shared {
         cfg,
         ram,
@@ -55,11 +56,13 @@ fn machine() -> Shared {
         run_start: Instant::now(),
         channels: (0..2).map(|_| WaitChannel::new().unwrap()).collect(),
         exits: (0..2).map(|_| AtomicU64::new(0)).collect(),
-        console: Mutex::new(Vec::new()),
+        console: Mutex::new(Default::default()),
         may_poll: false,
         preempt: PreemptState::new(2, 0),
         kick_timer: None,
-        rescued: Mutex::new(Vec::new()),
+        layout,
+        rescued: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::RESCUE_REPORTS)),
+        rescued_by_class: Mutex::new(Default::default()),
         hash_occupancy: Mutex::new(Default::default()),
         trace_rings: RingLayout { gpa: 0, len: 0 },
     }
