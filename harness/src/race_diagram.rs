@@ -131,12 +131,18 @@ pub fn build(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Option<RaceDiag
     };
     cpus.dedup();
     trace_of(cpus[0])?;
-    // Each vCPU's story starts at its last spin_lock() of this lock.
+    // Each vCPU's story starts at its last spin_lock() of this lock, or at
+    // its becoming queue head if that is later (a waiter queued for long
+    // would otherwise pull in every acquisition of the others meanwhile).
     let start_of = |t: &VcpuTrace| {
         t.entries
             .iter()
             .rev()
-            .find(|e| e.lock == lock && e.event == TraceEvent::LockEnter as u16 && e.tsc <= end)
+            .find(|e| {
+                e.lock == lock
+                    && (e.event == TraceEvent::LockEnter as u16 || e.event == TraceEvent::BecameHead as u16)
+                    && e.tsc <= end
+            })
             .or_else(|| t.entries.iter().find(|e| e.lock == lock))
             .map(|e| e.tsc)
     };
@@ -336,7 +342,7 @@ mod tests {
         assert!(pos("cmpxchg(&pn->state, vcpu_halted, vcpu_hashed)") < pos("DOUBLE HASH"));
         assert!(pos("<preempted>") < pos("<slot 5>"), "the holder is preempted before the head hashes itself");
         // Another lock's events stay out; both columns have a header rule.
-        assert_eq!(text.matches("spin_lock()").count(), 2, "{text}");
+        assert_eq!(text.matches("spin_lock()").count(), 1, "{text}"); // the holder's story starts at queue head
         assert!(text.contains("vCPU 1 (lock holder)") && text.contains("===================="), "{text}");
         // The head's steps are in the second column.
         let row = text.lines().find(|l| l.contains("<slot 5>")).unwrap();
