@@ -13,6 +13,7 @@ fn main() {
         "guest/bin/src",
         "guest/bin/Cargo.toml",
         "guest/bin/build.rs",
+        "guest/bin/.cargo/config.toml",
         "guest/bin/link.ld",
         "guest/lib/src",
         "guest/lib/Cargo.toml",
@@ -58,8 +59,10 @@ fn main() {
         }
     }
     // Source paths in the guest (panic and BUG locations in records, debug
-    // info) relative to the repository, not to this machine.
-    cmd.env("RUSTFLAGS", format!("--remap-path-prefix={}/=", root.display()));
+    // info) relative to the repository, not to this machine. Frame pointers
+    // in every function: the VMM's dumps walk the rbp chain (RUSTFLAGS
+    // replaces guest/bin/.cargo/config.toml's rustflags, so say it here too).
+    cmd.env("RUSTFLAGS", format!("--remap-path-prefix={}/= -C force-frame-pointers=yes", root.display()));
     let status = cmd.status().expect("cannot run cargo to build the guest");
     if !status.success() {
         panic!("building the guest (guest/bin) failed: {status}");

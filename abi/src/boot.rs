@@ -95,6 +95,13 @@ pub struct BootBlock {
     pub hypervisor: HypervisorParams,
     /// Iterations for counting workloads (smoke, ping-pong, doorbells).
     pub iterations: u64,
+    /// Guest address of the per-vCPU trace rings ([`crate::TraceEntry`]
+    /// arrays, [`crate::vcpu::trace_ring_gpa`]); placed by the VMM in RAM
+    /// below the stacks.
+    pub trace_gpa: u64,
+    /// Entries per trace ring, a power of two; 0 = tracing off (each trace
+    /// point then costs the guest one load and a branch).
+    pub trace_len: u64,
 
     // ---- written by the guest, read by the VMM ----
     /// vCPUs that reached the start barrier.

@@ -31,7 +31,7 @@ pub use names::{GuestPhase, MutexVariant, PanicKind, Variant, VariantKind, Windo
 pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Written by the VMM into [`BootBlock::magic`]; the guest refuses to run
 /// without it (it would be reading garbage parameters).

@@ -234,6 +234,9 @@ named! {
         /// Mutex torture (`guest/lib/src/sleeping`): one task per vCPU takes
         /// `lock.mutex` mutexes whose `wait_lock` is `lock.variant`.
         MutexTorture = 11, "mutex-torture";
+        /// Self-test: vCPU 0 spins forever in one function without an exit
+        /// (the watchdog must say where: function and source line).
+        SpinForever = 12, "spin-forever";
     }
 }
 

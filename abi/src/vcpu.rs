@@ -85,6 +85,8 @@ pub enum TraceEvent {
     Stolen = 14,
     IrqEnter = 15,
     IrqExit = 16,
+    /// The VMM let a vCPU go on after a window stall ([`Self::Window`]).
+    WindowResume = 17,
 }
 
 impl TraceEvent {
@@ -106,6 +108,7 @@ impl TraceEvent {
             14 => Self::Stolen,
             15 => Self::IrqEnter,
             16 => Self::IrqExit,
+            17 => Self::WindowResume,
             _ => return None,
         })
     }
@@ -127,6 +130,7 @@ impl TraceEvent {
             Self::Stolen => "stolen",
             Self::IrqEnter => "irq-enter",
             Self::IrqExit => "irq-exit",
+            Self::WindowResume => "window-resume",
         }
     }
 }
@@ -248,8 +252,14 @@ impl Default for AssertRecord {
     }
 }
 
-/// Entries in the per-vCPU trace ring.
-pub const TRACE_LEN: usize = 128;
+/// Largest per-vCPU trace ring, entries (`BootBlock::trace_len`).
+pub const MAX_TRACE_LEN: u64 = 1 << 22;
+
+/// Guest address of vCPU `cpu`'s trace ring, given the rings' base and the
+/// entries per ring (`BootBlock::trace_gpa`, `BootBlock::trace_len`).
+pub const fn trace_ring_gpa(base: u64, len: u64, cpu: u32) -> u64 {
+    base + cpu as u64 * len * core::mem::size_of::<TraceEntry>() as u64
+}
 
 /// The per-vCPU block at [`crate::vcpu_block_gpa`].
 #[repr(C)]
@@ -284,9 +294,10 @@ pub struct VcpuBlock {
     pub window_hits: [u64; NR_WINDOWS],
     /// Acquisition latency, nanoseconds.
     pub latency: LatencyHistogram,
-    /// Next trace slot to write (monotonic; slot = head % TRACE_LEN).
+    /// Trace entries written so far (monotonic): the next one goes to slot
+    /// `trace_head % BootBlock::trace_len` of this vCPU's ring (the rings
+    /// live outside the block: see `BootBlock::trace_gpa`).
     pub trace_head: u64,
-    pub trace: [TraceEntry; TRACE_LEN],
     /// Filled before a [`crate::doorbell::PANIC`] doorbell.
     pub assert: AssertRecord,
 }
@@ -308,7 +319,6 @@ impl Default for VcpuBlock {
             window_hits: [0; NR_WINDOWS],
             latency: LatencyHistogram::default(),
             trace_head: 0,
-            trace: [TraceEntry::default(); TRACE_LEN],
             assert: AssertRecord::default(),
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod kernel;
 pub mod merge;
 pub mod output;
+pub mod race_diagram;
 pub mod record;
 pub mod report;
 pub mod repro;
@@ -15,6 +16,7 @@ pub mod scale_cli;
 pub mod shard;
 pub mod slurm;
 pub mod stats;
+pub mod trace_export;
 
 /// pvlock's version and git revision (if built from a checkout).
 pub fn version() -> &'static str {

@@ -6,7 +6,7 @@ use pvlock::compare::{compare, CompareOptions};
 use pvlock::config::{Experiment, Overrides};
 use pvlock::output::Destination;
 use pvlock::record::Record;
-use pvlock::runner::{run_one, GUEST_ELF};
+use pvlock::runner::{run_one_with_report, GUEST_ELF};
 use pvlock_abi::{Variant, Window};
 use pvlock_vmm::{HoldRelease, StopHandle};
 use std::path::PathBuf;
@@ -96,6 +96,10 @@ struct ReproArgs {
     mode: String,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the event trace (Chrome trace-event JSON, opens in Perfetto UI)
+    /// of the first seed that detected the race (the last seed if none did).
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +177,11 @@ struct RunArgs {
     guest_elf: Option<PathBuf>,
     #[command(flatten)]
     kernel: KernelArgs,
+    /// Write the run's event trace here as Chrome trace-event JSON (opens in
+    /// Perfetto UI: one track per vCPU). Raises the trace ring to a size
+    /// that holds a whole short run. Needs a config with a single run.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 /// A variant name from the command line (the edge where names become values).
@@ -361,16 +370,25 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
         }
         None => GUEST_ELF,
     };
+    let mut exp = exp;
+    if args.trace.is_some() {
+        if exp.runs.len() != 1 {
+            bail!("--trace writes the trace of one run, but this config has {} runs", exp.runs.len());
+        }
+        exp.runs[0].enable_trace_export();
+        exp.runs[0].validate().map_err(|e| anyhow::anyhow!("--trace: {e}"))?;
+    }
     // Check --json before running anything: a directory or an unwritable
     // place fails now, not after the whole matrix.
     let json = args.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
-    run_experiment(&exp, |_| {}, json.as_ref(), elf)
+    run_experiment(&exp, |_| {}, json.as_ref(), args.trace.as_deref(), elf)
 }
 
 fn run_experiment(
     exp: &Experiment,
     mut on_record: impl FnMut(&Record),
     json: Option<&Destination>,
+    trace: Option<&std::path::Path>,
     elf: &[u8],
 ) -> Result<i32> {
     check_address_space(exp, 1)?;
@@ -389,7 +407,10 @@ fn run_experiment(
             break;
         }
         let key = pvlock::run_key(exp, rc);
-        let rec = run_one(rc, &key, elf, &stop)?;
+        let (rec, report) = run_one_with_report(rc, &key, elf, &stop)?;
+        if let Some(p) = trace {
+            pvlock::trace_export::write_run(p, &rec, &report)?;
+        }
         if !rec.status.is_ok() {
             not_ok += 1;
         }
@@ -439,6 +460,12 @@ fn print_summary(i: usize, n: usize, r: &Record) {
     if let Some(h) = &r.diagnosis.hang_text {
         print!("{h}");
     }
+    if let Some(v) = &r.diagnosis.vcpus_text {
+        print!("{}", indent(v));
+    }
+    if let Some(d) = &r.diagnosis.race_diagram {
+        print!("{}", indent(d));
+    }
     if !r.diagnosis.missed_wakeups.is_empty() {
         println!("  missed wakeups by class: {:?}", r.diagnosis.missed_wakeups);
         if let Some(s) = &r.diagnosis.real_guest_severity {
@@ -454,8 +481,12 @@ fn print_summary(i: usize, n: usize, r: &Record) {
     }
 }
 
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
 fn cmd_repro(a: ReproArgs) -> Result<i32> {
-    use pvlock::repro::{catalog, find, run_repro, Mode};
+    use pvlock::repro::{catalog, find, run_repro_traced, Mode};
     let mode = match a.mode.as_str() {
         "random" => Mode::Random,
         "directed" => Mode::Directed,
@@ -481,7 +512,8 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     };
     for (r, v) in &jobs {
         eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
-        let res = run_repro(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, |o| {
+        let trace = a.trace.as_deref();
+        let res = run_repro_traced(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
             eprintln!(
                 "  seed {}: {}{}",
                 o.seed,
@@ -491,6 +523,9 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
                     .map(|e| format!(" ({:.2} s): {e}", o.time_to_detect_s.unwrap_or(0.0)))
                     .unwrap_or_default()
             );
+            if let Some(d) = &o.race_diagram {
+                eprint!("{}", indent(d));
+            }
         })?;
         println!(
             "{} on {} ({:?}): detected in {} of {} seeds{}",

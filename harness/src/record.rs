@@ -83,6 +83,18 @@ pub struct Diagnosis {
     pub holds: Vec<HoldOutcome>,
     /// Random / holder stall requests skipped (vCPU blocked or already stalled).
     pub stalls_skipped: u64,
+    /// A record that did not end OK: every vCPU's registers, symbolized
+    /// frame-pointer backtrace, phase, lock, node and last trace events
+    /// (`pvlock_vmm::vcpu_dump::VcpuDump`).
+    #[serde(default)]
+    pub vcpus: Vec<serde_json::Value>,
+    /// The same for people.
+    #[serde(default)]
+    pub vcpus_text: Option<String>,
+    /// A detected race (double hash, missed wakeup, stale entry) drawn from
+    /// this run's trace: one column per vCPU involved, one row per step.
+    #[serde(default)]
+    pub race_diagram: Option<String>,
     /// What the VMM dropped to stay within its per-run limits (console
     /// lines and bytes, hold outcomes, rescue dumps); absent when nothing.
     #[serde(default, skip_serializing_if = "pvlock_vmm::report::Dropped::is_empty")]

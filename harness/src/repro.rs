@@ -5,7 +5,7 @@
 
 use crate::config::RunConfig;
 use crate::record::Record;
-use crate::runner::run_one;
+use crate::runner::run_one_with_report;
 use anyhow::{bail, Result};
 use pvlock_abi::{LockEvent, Variant, Window, Workload};
 use pvlock_vmm::{
@@ -274,6 +274,8 @@ pub struct SeedOutcome {
     pub evidence: Option<String>,
     pub status: RunStatus,
     pub summary: String,
+    /// The race as this run's trace shows it (`diagnosis.race_diagram`).
+    pub race_diagram: Option<String>,
 }
 
 /// All seeds of one reproducer against one variant.
@@ -320,9 +322,28 @@ pub fn run_repro(
     budget_ms: u64,
     elf: &[u8],
     stop: &StopHandle,
+    progress: impl FnMut(&SeedOutcome),
+) -> Result<ReproResult> {
+    run_repro_traced(repro, variant, mode, seeds, seed_base, budget_ms, elf, stop, None, progress)
+}
+
+/// [`run_repro`], writing the Chrome trace of the first seed that
+/// detected the race (of the last seed if none did) to `trace_to`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_repro_traced(
+    repro: &Repro,
+    variant: Variant,
+    mode: Mode,
+    seeds: u64,
+    seed_base: u64,
+    budget_ms: u64,
+    elf: &[u8],
+    stop: &StopHandle,
+    trace_to: Option<&std::path::Path>,
     mut progress: impl FnMut(&SeedOutcome),
 ) -> Result<ReproResult> {
     let mut runs = Vec::new();
+    let mut traced_detection = false;
     for i in 0..seeds {
         if stop.is_stopped() {
             break;
@@ -330,9 +351,16 @@ pub fn run_repro(
         let seed = seed_base + i;
         let mut rc = (repro.build)(variant, mode, seed, budget_ms);
         rc.name = format!("repro-{}", repro.name);
+        if trace_to.is_some() {
+            rc.enable_trace_export();
+        }
         rc.validate().map_err(|e| anyhow::anyhow!("reproducer config {e}"))?;
-        let rec = run_one(&rc, &format!("seed={seed}"), elf, stop)?;
+        let (rec, report) = run_one_with_report(&rc, &format!("seed={seed}"), elf, stop)?;
         let evidence = (repro.evidence)(&rec);
+        if let Some(path) = trace_to.filter(|_| !traced_detection) {
+            crate::trace_export::write_run(path, &rec, &report)?;
+            traced_detection = evidence.is_some();
+        }
         let out = SeedOutcome {
             seed,
             detected: evidence.is_some(),
@@ -340,6 +368,7 @@ pub fn run_repro(
             evidence,
             status: rec.status,
             summary: rec.summary.clone(),
+            race_diagram: rec.diagnosis.race_diagram.clone(),
         };
         progress(&out);
         runs.push(out);

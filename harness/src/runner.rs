@@ -16,6 +16,17 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("PVLOCK_GUEST_ELF"));
 /// Runs one configuration; `Err` only when the machine could not be built
 /// (no KVM, bad ELF): every guest outcome is a record.
 pub fn run_one(rc: &RunConfig, run_key: &str, elf: &[u8], stop: &StopHandle) -> Result<Record> {
+    run_one_with_report(rc, run_key, elf, stop).map(|(rec, _)| rec)
+}
+
+/// [`run_one`], also handing back the VMM's report (its traces feed
+/// `--trace`).
+pub fn run_one_with_report(
+    rc: &RunConfig,
+    run_key: &str,
+    elf: &[u8],
+    stop: &StopHandle,
+) -> Result<(Record, RunReport)> {
     let machine = rc.machine();
     // A kernel variant runs the tree's own code: build it (or take it from
     // the cache) and load it beside the guest.
@@ -30,10 +41,21 @@ pub fn run_one(rc: &RunConfig, run_key: &str, elf: &[u8], stop: &StopHandle) -> 
         machine.lock_layout = Some(k.lock_layout()?);
     }
     let started_at = now_utc();
-    let report = Machine::run_with_module(&machine, elf, kernel.as_ref().map(|k| k.image.as_slice()), stop)?;
+    let mut report = Machine::run_with_module(&machine, elf, kernel.as_ref().map(|k| k.image.as_slice()), stop)?;
     let mut rec = make_record(rc, run_key, started_at, &report);
     rec.kernel = kernel.map(|k| k.info.clone());
-    Ok(rec)
+    if rec.status != RunStatus::Ok && report.status == RunStatus::Ok {
+        // Not OK by the harness's checks only: the VMM did not symbolize.
+        pvlock_vmm::machine::symbolize_dumps(&mut report.vcpu_dumps, elf);
+        attach_dumps(&mut rec.diagnosis, &report);
+    }
+    Ok((rec, report))
+}
+
+/// The vCPU dumps of a record that did not end OK.
+fn attach_dumps(d: &mut crate::record::Diagnosis, r: &RunReport) {
+    d.vcpus = r.vcpu_dumps.iter().filter_map(|v| serde_json::to_value(v).ok()).collect();
+    d.vcpus_text = (!r.vcpu_dumps.is_empty()).then(|| pvlock_vmm::vcpu_dump::render(&r.vcpu_dumps));
 }
 
 fn sum_map<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
@@ -179,7 +201,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
                 per_vcpu.iter().map(|v| v.acquisitions).collect::<Vec<_>>()
             )
         }
-        (Some(f), _) => f.summary(),
+        (Some(f), _) => f.summary() + &failing_code(f, r),
         (None, RunStatus::Failed) => {
             let failed: Vec<_> =
                 checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
@@ -224,6 +246,19 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         console: r.console.clone(),
         config: rc.clone(),
         kernel: None,
+    }
+}
+
+/// For a guest failure reported from a helper (the runtime's panic and
+/// BUG plumbing): where in the lock or workload code the failing vCPU was,
+/// from its symbolized backtrace.
+fn failing_code(f: &pvlock_vmm::GuestFailure, r: &RunReport) -> String {
+    let pvlock_vmm::GuestFailure::Panic { cpu, file, .. } = f else { return String::new() };
+    let helper = file.ends_with("rt.rs") || file.ends_with("cpu.rs");
+    let at = r.vcpu_dumps.iter().find(|d| d.cpu == *cpu).and_then(|d| d.location.as_ref());
+    match at {
+        Some(l) if helper => format!(" [in {}]", l.render()),
+        _ => String::new(),
     }
 }
 
@@ -286,13 +321,20 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
          otherwise latency until the waiter's next interrupt"
             .to_string()
     });
-    crate::record::Diagnosis {
+    let mut d = crate::record::Diagnosis {
         hang: r.hang.as_ref().and_then(|h| serde_json::to_value(h).ok()),
         hang_text: r.hang.as_ref().map(|h| h.render()),
         missed_wakeups: missed,
         real_guest_severity: severity,
         holds: r.holds.clone(),
         stalls_skipped: r.stalls_skipped,
+        vcpus: Vec::new(),
+        vcpus_text: None,
+        race_diagram: crate::race_diagram::for_report(r).map(|d| d.render()),
         dropped: r.dropped,
+    };
+    if r.status != RunStatus::Ok {
+        attach_dumps(&mut d, r);
     }
+    d
 }

@@ -444,6 +444,29 @@ fn cli_report_and_diff() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
+#[test]
+fn report_md_shows_race_diagrams_and_where_the_vcpus_were() {
+    let mut r = fixture_record("pv-v4.5", 4, 0);
+    r.status = pvlock_vmm::RunStatus::GuestCrash;
+    r.summary = "vCPU 1: guest BUG: double hash".into();
+    r.diagnosis.race_diagram = Some("double hash: vCPU 1 inserted lock 0x41b000\n  vCPU 1 (lock holder)\n".into());
+    r.diagnosis.vcpus = vec![serde_json::json!({
+        "cpu": 1, "phase": "holding", "lock": 0x41b000u64,
+        "location": {"function": "pvlock_guest_lib::hash::PvHash::insert", "file": "guest/lib/src/hash.rs", "line": 169}
+    })];
+    let clean = fixture_record("ticket", 4, 0);
+    let md = pvlock::report::render(&[r, clean], &env(), false).markdown;
+    assert!(md.contains("### Races, drawn from the runs' traces"), "{md}");
+    assert!(md.contains("```\ndouble hash: vCPU 1 inserted lock 0x41b000\n"), "{md}");
+    assert!(md.contains("### Where the vCPUs were when a run did not end ok"), "{md}");
+    assert!(
+        md.contains(
+            "  - vCPU 1: holding, lock 0x41b000: pvlock_guest_lib::hash::PvHash::insert (guest/lib/src/hash.rs:169)"
+        ),
+        "{md}"
+    );
+}
+
 /// Renders `records` on a thread and fails (instead of hanging the suite)
 /// if that takes more than a minute.
 fn render_within_a_minute(records: Vec<Record>) -> pvlock::report::Rendered {

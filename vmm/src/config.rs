@@ -342,6 +342,9 @@ pub struct MachineConfig {
     pub torture: TortureConfig,
     pub hypervisor: HypervisorConfig,
     pub preempt: PreemptConfig,
+    /// Entries of each vCPU's trace ring (a power of two, at most
+    /// `pvlock_abi::vcpu::MAX_TRACE_LEN`); 0 = tracing off.
+    pub trace_len: u64,
     /// How the guest's locks are laid out in its memory; None: pvlock's own
     /// guest ([`LockLayout::for_variant`]). A guest built from a kernel tree
     /// supplies the descriptor read from that tree.
@@ -363,9 +366,18 @@ impl Default for MachineConfig {
             torture: TortureConfig::default(),
             hypervisor: HypervisorConfig::default(),
             preempt: PreemptConfig::default(),
+            trace_len: DEFAULT_TRACE_LEN,
             lock_layout: None,
         }
     }
+}
+
+/// Trace ring entries per vCPU by default: the last ~16K events (384 KiB).
+pub const DEFAULT_TRACE_LEN: u64 = 1 << 14;
+
+/// Bytes of RAM the trace rings of `vcpus` vCPUs take.
+pub fn trace_bytes(vcpus: u32, trace_len: u64) -> u64 {
+    vcpus as u64 * trace_len * std::mem::size_of::<pvlock_abi::TraceEntry>() as u64
 }
 
 impl MachineConfig {
@@ -384,10 +396,17 @@ impl MachineConfig {
         let (lo, hi) = ((pvlock_abi::MIN_RAM_BYTES >> 20) as u32, 2048);
         check_range("ram_mib", self.ram_mib, lo, hi)?;
         let stacks = self.vcpus as u64 * pvlock_abi::STACK_SIZE;
-        if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks {
+        let rings = trace_bytes(self.vcpus, self.trace_len);
+        if ((self.ram_mib as u64) << 20) < (8u64 << 20) + stacks + rings {
             return Err(InvalidValue::new(
                 "ram_mib",
-                format!("{} MiB is too small for {} vCPU stacks and the image", self.ram_mib, self.vcpus),
+                format!(
+                    "{} MiB is too small for {} vCPU stacks, {} KiB of trace rings (trace_entries = {}) and the image",
+                    self.ram_mib,
+                    self.vcpus,
+                    rings >> 10,
+                    self.trace_len
+                ),
             ));
         }
         check_range("duration_ms", self.duration_ms, 1, 3_600_000)?;
@@ -417,6 +436,14 @@ impl MachineConfig {
         }
         self.hypervisor.validate()?;
         self.preempt.validate(self.vcpus, self.torture.locks)?;
+        if self.trace_len != 0
+            && (!self.trace_len.is_power_of_two() || self.trace_len > pvlock_abi::vcpu::MAX_TRACE_LEN)
+        {
+            return Err(InvalidValue::new(
+                "trace_entries",
+                format!("{} is not 0 or a power of two up to {}", self.trace_len, pvlock_abi::vcpu::MAX_TRACE_LEN),
+            ));
+        }
         Ok(())
     }
 }

@@ -60,6 +60,56 @@ impl std::fmt::Display for AbiViolation {
     }
 }
 
+/// What one `KVM_RUN` came back with, as the vCPU loop acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitClass {
+    /// A doorbell: serve it.
+    Request(GuestRequest),
+    /// The guest misused the MMIO window (bad width, unknown doorbell, a read).
+    Abi(String),
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault (the guest has no IDT).
+    Shutdown,
+    /// The machine kicked the thread out (EINTR/EAGAIN, `KVM_EXIT_INTR`):
+    /// stop or stall, not a guest exit.
+    Interrupted,
+    /// `KVM_EXIT_INTERNAL_ERROR`: the details are in `kvm_run`.
+    InternalError,
+    /// An exit this guest never causes.
+    Unexpected(String),
+    /// `KVM_RUN` itself failed.
+    HostError(String),
+}
+
+impl ExitClass {
+    /// An exit caused by the guest (counted in the vCPU's exits), not a
+    /// kick from the machine or a host failure.
+    pub fn is_guest_exit(&self) -> bool {
+        !matches!(self, Self::Interrupted | Self::HostError(_))
+    }
+}
+
+/// Classifies the result of `KVM_RUN`. An MMIO read is answered with zeros
+/// (the guest does not go on after it: the run fails as an ABI violation).
+pub fn classify(run: Result<kvm_ioctls::VcpuExit<'_>, kvm_ioctls::Error>) -> ExitClass {
+    use kvm_ioctls::VcpuExit;
+    match run {
+        Ok(VcpuExit::MmioWrite(addr, data)) => match decode_mmio_write(addr, data) {
+            Ok(req) => ExitClass::Request(req),
+            Err(v) => ExitClass::Abi(v.to_string()),
+        },
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            data.fill(0);
+            ExitClass::Abi(AbiViolation::Read { addr, len: data.len() }.to_string())
+        }
+        Ok(VcpuExit::Shutdown) => ExitClass::Shutdown,
+        Ok(VcpuExit::Intr) => ExitClass::Interrupted,
+        Ok(VcpuExit::InternalError) => ExitClass::InternalError,
+        Ok(other) => ExitClass::Unexpected(format!("{other:?}")),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitClass::Interrupted,
+        Err(e) => ExitClass::HostError(format!("KVM_RUN: {e}")),
+    }
+}
+
 /// Decodes an MMIO write exit.
 pub fn decode_mmio_write(addr: u64, data: &[u8]) -> Result<GuestRequest, AbiViolation> {
     let value = match <[u8; 8]>::try_from(data) {
@@ -106,6 +156,35 @@ mod tests {
         assert_eq!(decode_mmio_write(doorbell::DONE, &v(0)), Ok(GuestRequest::Done { status: 0 }));
         assert_eq!(decode_mmio_write(doorbell::STALL, &v(4)), Ok(GuestRequest::Stall { window: 4 }));
         assert_eq!(decode_mmio_write(doorbell::kick_addr(63), &v(1)), Ok(GuestRequest::KickNoSuchCpu { cpu: 63 }));
+    }
+
+    #[test]
+    fn classifies_made_up_exits() {
+        use kvm_ioctls::VcpuExit;
+        let done = 0u64.to_le_bytes();
+        assert_eq!(
+            classify(Ok(VcpuExit::MmioWrite(doorbell::DONE, &done))),
+            ExitClass::Request(GuestRequest::Done { status: 0 })
+        );
+        let short = [0u8; 2];
+        assert!(
+            matches!(classify(Ok(VcpuExit::MmioWrite(doorbell::DONE, &short))), ExitClass::Abi(d) if d.contains("2-byte"))
+        );
+        let mut read = [0xffu8; 4];
+        assert!(
+            matches!(classify(Ok(VcpuExit::MmioRead(doorbell::PING, &mut read))), ExitClass::Abi(d) if d.contains("read"))
+        );
+        assert_eq!(read, [0; 4], "an MMIO read is answered with zeros");
+        assert_eq!(classify(Ok(VcpuExit::Shutdown)), ExitClass::Shutdown);
+        assert!(ExitClass::Shutdown.is_guest_exit());
+        assert_eq!(classify(Ok(VcpuExit::Intr)), ExitClass::Interrupted);
+        assert!(!ExitClass::Interrupted.is_guest_exit());
+        assert!(matches!(classify(Ok(VcpuExit::Hlt)), ExitClass::Unexpected(n) if n == "Hlt"));
+        assert_eq!(classify(Ok(VcpuExit::InternalError)), ExitClass::InternalError);
+        let eintr = kvm_ioctls::Error::new(libc::EINTR);
+        assert_eq!(classify(Err(eintr)), ExitClass::Interrupted);
+        let efault = kvm_ioctls::Error::new(libc::EFAULT);
+        assert!(matches!(classify(Err(efault)), ExitClass::HostError(e) if e.starts_with("KVM_RUN")));
     }
 
     #[test]

@@ -17,11 +17,17 @@ pub mod guest_mem;
 pub mod hypervisor;
 pub mod machine;
 pub mod preempt;
+pub mod regs;
 pub mod report;
 pub mod signal;
 pub mod supervise;
+pub mod symbolize;
+pub mod trace;
 pub mod vcpu;
+pub mod vcpu_dump;
 pub mod watchdog;
+#[cfg(test)]
+mod watchdog_tests;
 
 pub use config::{
     HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KernelFlavour, KickContract,

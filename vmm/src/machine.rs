@@ -181,10 +181,17 @@ impl Machine {
         // fd is dropped at the end of this function.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         ram.write_page_tables().map_err(MachineError::Memory)?;
-        let entry = load_elf(&ram, elf, cfg.vcpus)?;
-        if let Some(image) = kmod {
-            load_module(&ram, image)?;
-        }
+        let (entry, image_end) = load_elf(&ram, elf, cfg.vcpus)?;
+        // A kernel-lock module has its own window above the guest image:
+        // the trace rings must stay clear of it too.
+        let image_end = match kmod {
+            Some(image) => {
+                load_module(&ram, image)?;
+                image_end.max(pvlock_abi::kmod::KMOD_LIMIT)
+            }
+            None => image_end,
+        };
+        let trace_rings = place_trace_rings(cfg, image_end)?;
 
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut fds = Vec::new();
@@ -214,6 +221,8 @@ impl Machine {
             windows: cfg.preempt.window_params(),
             hypervisor: pvlock_abi::HypervisorParams { preempted_flags: 1, _pad: 0 },
             iterations: cfg.iterations,
+            trace_gpa: trace_rings.gpa,
+            trace_len: trace_rings.len,
             ..Default::default()
         };
         ram.write_pod(BOOT_BLOCK_GPA, &boot).map_err(|e| MachineError::Memory(e.to_string()))?;
@@ -246,6 +255,7 @@ impl Machine {
             rescued: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::RESCUE_REPORTS)),
             rescued_by_class: Mutex::new(Default::default()),
             hash_occupancy: Mutex::new(Default::default()),
+            trace_rings,
         });
         let kick_timer = delayed_kicks.then(|| spawn_kick_timer(shared.clone(), timer_rx));
 
@@ -269,7 +279,7 @@ impl Machine {
                     vcpus.exits.push(exit);
                 }
                 Err(source) => {
-                    stop_all(&shared, &mut vcpus);
+                    let _ = stop_all(&shared, &mut vcpus);
                     return Err(MachineError::SpawnThread { cpu: cpu as u32, source });
                 }
             }
@@ -294,12 +304,18 @@ impl Machine {
         if let Some(Ok(p)) = preemptor {
             let _ = p.join();
         }
-        stop_all(&shared, &mut vcpus);
+        let regs = stop_all(&shared, &mut vcpus);
         if let Some(t) = kick_timer {
             let _ = t.join();
         }
         let mut report = collect(&shared, failure, done, tsc_khz, tsc_create);
         report.hang = hang;
+        report.vcpu_dumps =
+            (0..cfg.vcpus).map(|c| crate::vcpu_dump::capture(&shared.ram, trace_rings, c, regs[c as usize])).collect();
+        if report.status != RunStatus::Ok {
+            symbolize_dumps(&mut report.vcpu_dumps, elf);
+        }
+        report.traces = (0..cfg.vcpus).map(|c| crate::trace::read(&shared.ram, trace_rings, c, u64::MAX)).collect();
         report.wall_ms = t_create.elapsed().as_secs_f64() * 1e3;
         drop(vm);
         Ok(report)
@@ -382,7 +398,37 @@ fn measure_tsc_khz() -> u64 {
     ((c1 - c0) as f64 / (t1 - t0).as_secs_f64() / 1e3) as u64
 }
 
-fn load_elf(ram: &GuestRam, elf: &[u8], vcpus: u32) -> Result<u64, MachineError> {
+/// Symbolizes `dumps` from `elf`'s DWARF (a failure to parse it leaves
+/// the raw addresses and is logged: the record is still written).
+pub fn symbolize_dumps(dumps: &mut [crate::vcpu_dump::VcpuDump], elf: &[u8]) {
+    match crate::symbolize::Symbolizer::cached(elf) {
+        Ok(sym) => crate::vcpu_dump::symbolize(dumps, &sym),
+        Err(e) => tracing::warn!("cannot symbolize the vCPU dumps: {e}"),
+    }
+}
+
+/// Puts the trace rings right below the stacks; they must not overlap the
+/// image (whose .bss holds the lock arena).
+fn place_trace_rings(cfg: &MachineConfig, image_end: u64) -> Result<crate::trace::RingLayout, MachineError> {
+    if cfg.trace_len == 0 {
+        return Ok(crate::trace::RingLayout { gpa: 0, len: 0 });
+    }
+    let ram = cfg.ram_mib as u64 * 1024 * 1024;
+    let stacks = cfg.vcpus as u64 * pvlock_abi::STACK_SIZE;
+    let bytes = crate::config::trace_bytes(cfg.vcpus, cfg.trace_len);
+    let gpa = ram.checked_sub(stacks + bytes).map(|g| g & !0xfff).filter(|&g| g >= image_end).ok_or_else(|| {
+        MachineError::Config(format!(
+            "trace rings of {} entries x {} vCPUs ({} KiB) do not fit between the image (ends at {image_end:#x}) and              the stacks in {} MiB of RAM: raise ram_mib or lower the trace length",
+            cfg.trace_len,
+            cfg.vcpus,
+            bytes >> 10,
+            cfg.ram_mib
+        ))
+    })?;
+    Ok(crate::trace::RingLayout { gpa, len: cfg.trace_len })
+}
+
+fn load_elf(ram: &GuestRam, elf: &[u8], vcpus: u32) -> Result<(u64, u64), MachineError> {
     use linux_loader::loader::{elf::Elf, KernelLoader};
     // The headers first (machine, type, every segment inside RAM below the
     // stacks): the loader itself trusts them.
@@ -399,7 +445,7 @@ fn load_elf(ram: &GuestRam, elf: &[u8], vcpus: u32) -> Result<u64, MachineError>
             ram.size()
         )));
     }
-    Ok(entry)
+    Ok((entry, res.kernel_end))
 }
 
 /// Loads the kernel-lock module; it must lie inside its window, which the
@@ -423,9 +469,19 @@ fn load_module(ram: &GuestRam, image: &[u8]) -> Result<(), MachineError> {
 
 /// Stops every vCPU thread and joins it (bounded: a thread that does not
 /// come back within 5 s is left detached, never waited for forever).
-fn stop_all(sh: &Shared, vcpus: &mut Vcpus) {
+/// Returns each vCPU's registers as its last KVM_RUN left them.
+fn stop_all(sh: &Shared, vcpus: &mut Vcpus) -> Vec<Option<crate::regs::GeneralRegs>> {
+    let mut regs = vec![None; vcpus.handles.len()];
     sh.stop.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(5);
+    // Kick every vCPU out first, so that all of them stop at about the same
+    // point (the dumps and traces are then one moment, not a sequence).
+    for (i, h) in vcpus.handles.iter().enumerate() {
+        if let Some(handle) = h {
+            sh.channels[i].poke();
+            kick_thread(vcpus.exits[i], handle.as_pthread_t());
+        }
+    }
     for (i, h) in vcpus.handles.iter_mut().enumerate() {
         let Some(handle) = h.take() else { continue };
         sh.channels[i].poke();
@@ -434,12 +490,15 @@ fn stop_all(sh: &Shared, vcpus: &mut Vcpus) {
             std::thread::sleep(Duration::from_millis(1));
         }
         if handle.is_finished() {
-            let _ = handle.join();
+            if let Ok(fd) = handle.join() {
+                regs[i] = fd.get_regs().ok().map(|r| crate::regs::GeneralRegs::from(&r));
+            }
         } else {
             tracing::error!("vCPU {i} did not stop within 5 s; leaving it detached");
             std::mem::forget(handle);
         }
     }
+    regs
 }
 
 fn collect(
@@ -513,6 +572,8 @@ fn collect(
             rescue_reports: rescued.dropped,
         },
         hang: None,
+        vcpu_dumps: Vec::new(),
+        traces: Vec::new(),
         stalls_skipped: sh.preempt.skipped.load(Ordering::Relaxed),
         hash_occupancy: sh
             .hash_occupancy

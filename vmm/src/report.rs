@@ -297,6 +297,12 @@ pub struct RunReport {
     pub stalls_skipped: u64,
     /// (entries in use, samples) of the PV hash table over the run.
     pub hash_occupancy: Vec<(u64, u64)>,
+    /// Every vCPU at the end (registers, backtrace, phase, lock, trace
+    /// tail); symbolized when the run did not end OK.
+    pub vcpu_dumps: Vec<crate::vcpu_dump::VcpuDump>,
+    /// Every vCPU's trace ring, oldest first (for `--trace` and race diagrams).
+    #[serde(skip)]
+    pub traces: Vec<crate::trace::VcpuTrace>,
 }
 
 #[cfg(test)]

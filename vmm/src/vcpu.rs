@@ -6,12 +6,12 @@
 //! machine controls it through `Shared::stop`, its wait channel's control
 //! eventfd and the immediate-exit kick (see `signal.rs`).
 
-use crate::exit::{decode_mmio_write, GuestRequest};
+use crate::exit::{ExitClass, GuestRequest};
 use crate::guest_mem::GuestRam;
 use crate::hypervisor::{WaitChannel, WaitEnd};
 use crate::report::GuestFailure;
 use crate::MachineConfig;
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuFd;
 use pvlock_abi::doorbell::PanicKind;
 use pvlock_abi::{VcpuBlock, VmmCounter};
 use std::mem::offset_of;
@@ -56,6 +56,8 @@ pub struct Shared {
     pub rescued_by_class: Mutex<std::collections::BTreeMap<crate::watchdog::MissedWakeupClass, u64>>,
     /// PV hash entries in use -> supervisor samples that saw that many.
     pub hash_occupancy: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Where the guest's trace rings are.
+    pub trace_rings: crate::trace::RingLayout,
 }
 
 impl Shared {
@@ -178,41 +180,36 @@ impl VcpuThread {
         GuestFailure::AbiViolation { cpu: self.cpu, rip: self.rip(), detail }
     }
 
+    /// The same registers as a triple fault: an internal error (an
+    /// instruction KVM could not emulate, say) is a crash too.
+    fn unexpected_exit(&self, exit: String) -> GuestFailure {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        GuestFailure::UnexpectedExit {
+            cpu: self.cpu,
+            rip: regs.rip,
+            exit,
+            rsp: regs.rsp,
+            cr2: sregs.cr2,
+            rax: regs.rax,
+            rdi: regs.rdi,
+        }
+    }
+
     /// One KVM_RUN and the handling of its exit.
     fn step(&mut self) -> Result<Next, GuestFailure> {
         let cpu = self.cpu;
-        // Decode the exit into owned data first: VcpuExit borrows the fd.
-        let exit = match self.fd.run() {
-            Ok(VcpuExit::MmioWrite(addr, data)) => Ok(decode_mmio_write(addr, data)),
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                data.fill(0);
-                Err(format!("MmioRead({addr:#x}, {} bytes)", data.len()))
-            }
-            Ok(VcpuExit::Shutdown) => Err("Shutdown".to_string()),
-            Ok(VcpuExit::Intr) => return Ok(self.interrupted()),
-            Ok(VcpuExit::InternalError) => {
-                // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
-                // `internal` member of the kvm_run union; it is plain integers.
-                let i = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
-                let what = match i.suberror {
-                    1 => "emulation failure",
-                    2 => "simultaneous exceptions",
-                    3 => "delivery event failure",
-                    4 => "unexpected exit reason",
-                    _ => "unknown suberror",
-                };
-                let n = (i.ndata as usize).min(i.data.len());
-                Err(format!("InternalError (suberror {}: {what}; data {:x?})", i.suberror, &i.data[..n]))
-            }
-            Ok(other) => Err(format!("{other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(self.interrupted()),
-            Err(e) => return Err(GuestFailure::Host { cpu, error: format!("KVM_RUN: {e}") }),
-        };
-        self.shared.exits[cpu as usize].fetch_add(1, Ordering::Relaxed);
-        let req = match exit {
-            Ok(Ok(req)) => req,
-            Ok(Err(v)) => return Err(self.abi_violation(v.to_string())),
-            Err(name) if name == "Shutdown" => {
+        // Classify into owned data first: VcpuExit borrows the fd.
+        let class = crate::exit::classify(self.fd.run());
+        if class.is_guest_exit() {
+            self.shared.exits[cpu as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        let req = match class {
+            ExitClass::Interrupted => return Ok(self.interrupted()),
+            ExitClass::HostError(error) => return Err(GuestFailure::Host { cpu, error }),
+            ExitClass::Request(req) => req,
+            ExitClass::Abi(detail) => return Err(self.abi_violation(detail)),
+            ExitClass::Shutdown => {
                 let regs = self.fd.get_regs().unwrap_or_default();
                 let sregs = self.fd.get_sregs().unwrap_or_default();
                 return Err(GuestFailure::TripleFault {
@@ -224,22 +221,22 @@ impl VcpuThread {
                     rdi: regs.rdi,
                 });
             }
-            Err(name) if name.starts_with("MmioRead") => return Err(self.abi_violation(name)),
-            Err(name) => {
-                // The same registers as a triple fault: an internal error
-                // (an instruction KVM could not emulate, say) is a crash too.
-                let regs = self.fd.get_regs().unwrap_or_default();
-                let sregs = self.fd.get_sregs().unwrap_or_default();
-                return Err(GuestFailure::UnexpectedExit {
-                    cpu,
-                    rip: regs.rip,
-                    exit: name,
-                    rsp: regs.rsp,
-                    cr2: sregs.cr2,
-                    rax: regs.rax,
-                    rdi: regs.rdi,
-                });
+            ExitClass::InternalError => {
+                // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
+                // `internal` member of the kvm_run union; it is plain integers.
+                let i = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                let what = match i.suberror {
+                    1 => "emulation failure",
+                    2 => "simultaneous exceptions",
+                    3 => "delivery event failure",
+                    4 => "unexpected exit reason",
+                    _ => "unknown suberror",
+                };
+                let n = (i.ndata as usize).min(i.data.len());
+                let name = format!("InternalError (suberror {}: {what}; data {:x?})", i.suberror, &i.data[..n]);
+                return Err(self.unexpected_exit(name));
             }
+            ExitClass::Unexpected(name) => return Err(self.unexpected_exit(name)),
         };
         self.serve(req)
     }

@@ -6,7 +6,7 @@
 //! corrupted guest produces a strange report, never a VMM crash.
 
 use crate::vcpu::Shared;
-use pvlock_abi::{GuestPhase, HashEntry, TraceEntry, TraceEvent, VcpuBlock, VmmCounter};
+use pvlock_abi::{GuestPhase, HashEntry, VcpuBlock, VmmCounter};
 use serde::{Deserialize, Serialize};
 use std::mem::offset_of;
 use std::sync::atomic::Ordering;
@@ -169,17 +169,8 @@ fn lock_state(sh: &Shared, addr: u64) -> Option<LockState> {
     })
 }
 
-fn trace_tail(b: &VcpuBlock, n: usize) -> Vec<String> {
-    let head = b.trace_head as usize;
-    let len = b.trace.len();
-    let first = head.saturating_sub(n.min(len));
-    (first..head)
-        .map(|i| {
-            let e: &TraceEntry = &b.trace[i % len];
-            let name = TraceEvent::from_u16(e.event).map(|t| t.name()).unwrap_or("?");
-            format!("tsc={} {name} lock={:#x} arg={} val={}", e.tsc, e.lock, e.arg, e.value)
-        })
-        .collect()
+fn trace_tail(sh: &Shared, cpu: u32, n: u64) -> Vec<String> {
+    crate::trace::read(&sh.ram, sh.trace_rings, cpu, n).entries.iter().map(crate::trace::render_entry).collect()
 }
 
 /// Builds the state dump and classifies why `cpu` is stuck.
@@ -202,7 +193,7 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
             lock: b.cur_lock,
             node: b.cur_node,
             node_state,
-            last_events: trace_tail(&b, 8),
+            last_events: trace_tail(sh, c, 8),
         });
         blocks.push(b);
     }

@@ -18,6 +18,9 @@ pub struct GuestCpu {
     window_prob: u64,
     window_always: bool,
     stop_on_double_hash: bool,
+    /// This vCPU's trace ring (null: tracing off) and `trace_len - 1`.
+    trace_ring: *mut TraceEntry,
+    trace_mask: u64,
 }
 
 impl GuestCpu {
@@ -35,6 +38,14 @@ impl GuestCpu {
             window_prob: boot.windows.prob as u64,
             window_always: boot.windows.always != 0,
             stop_on_double_hash: boot.lock.flags & pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH != 0,
+            // The VMM checked that the rings lie in RAM below the stacks
+            // and that trace_len is a power of two.
+            trace_ring: if boot.trace_len.is_power_of_two() && boot.trace_gpa != 0 {
+                pvlock_abi::vcpu::trace_ring_gpa(boot.trace_gpa, boot.trace_len, cpu) as *mut TraceEntry
+            } else {
+                core::ptr::null_mut()
+            },
+            trace_mask: boot.trace_len.wrapping_sub(1),
         }
     }
 
@@ -132,6 +143,9 @@ impl Platform for GuestCpu {
         if ev == LockEvent::DoubleHash && self.stop_on_double_hash {
             // SAFETY: as above.
             let lock = unsafe { (*self.block).cur_lock };
+            // The hash table traces a double insert after counting it;
+            // stopping here would lose that last, telling event.
+            self.trace(TraceEvent::Hash, lock as usize, u16::MAX, 1);
             self.bug(format_args!(
                 "double hash: pv_hash() inserted a second entry for lock {lock:#x} (stop_on_double_hash)"
             ))
@@ -157,14 +171,21 @@ impl Platform for GuestCpu {
         }
     }
 
+    #[inline(always)]
     fn trace(&self, ev: TraceEvent, lock: usize, arg: u16, value: u32) {
+        // Tracing off: one load and a branch.
+        if self.trace_ring.is_null() {
+            return;
+        }
         let b = self.block;
         let entry = TraceEntry { tsc: rt::rdtsc(), lock: lock as u64, event: ev as u16, arg, value };
-        // SAFETY: as in `event`; the slot index is reduced modulo the ring.
+        // SAFETY: the ring is this vCPU's alone (only it writes; the VMM
+        // reads) and `head & trace_mask` is inside it; the head is a field
+        // of this vCPU's block, accessed as a raw place as in `event`.
         unsafe {
-            let slot = ((*b).trace_head as usize) % pvlock_abi::vcpu::TRACE_LEN;
-            (*b).trace[slot] = entry;
-            (*b).trace_head += 1;
+            let head = (*b).trace_head;
+            self.trace_ring.add((head & self.trace_mask) as usize).write(entry);
+            (*b).trace_head = head + 1;
         }
     }
 
@@ -186,6 +207,7 @@ impl GuestCpu {
             self.event(LockEvent::WindowStalls, 1);
             self.trace(TraceEvent::Window, 0, w as u16, 0);
             rt::ring(doorbell::STALL, w as u64);
+            self.trace(TraceEvent::WindowResume, 0, w as u16, 0);
         }
     }
 }

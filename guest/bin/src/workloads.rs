@@ -26,8 +26,26 @@ pub fn run(w: Workload, cpu: u32) -> u64 {
         Workload::PingPong => ping_pong(&me),
         Workload::Doorbells => doorbells(&me),
         Workload::PreemptProbe => preempt_probe(&me),
+        Workload::SpinForever if cpu == 0 => spin_forever(),
+        Workload::SpinForever => doorbell::DONE_OK,
         Workload::DoorbellFuzz => doorbell_fuzz(&me),
     }
+}
+
+// ---------------------------------------------------------- spin-forever --
+
+/// Self-test of the watchdog's dump: spins without a single exit, so only
+/// the registers and a frame-pointer walk can say where this vCPU is. The
+/// harness test looks for this function and the loop marked below (its
+/// header line or the next, the body).
+#[inline(never)]
+fn spin_forever() -> u64 {
+    let flag = AtomicU32::new(0);
+    while flag.load(Ordering::Relaxed) == 0 {
+        // spin-forever-loop: the line above and the line below.
+        core::hint::spin_loop();
+    }
+    doorbell::DONE_CHECK_FAILED
 }
 
 // ---------------------------------------------------------------- smoke --

@@ -29,6 +29,10 @@ pub struct RunConfig {
     /// Runs per matrix point; repeat r gets seed
     /// `pvlock_abi::seed::repeat_seed(seed, r)`.
     pub repeats: u32,
+    /// Entries of each vCPU's event trace ring (a power of two; 0 = off).
+    /// The ring always keeps the last events before a failure; `--trace`
+    /// raises it to [`TRACE_ENTRIES_FOR_EXPORT`].
+    pub trace_entries: u64,
     pub lock: LockConfig,
     pub torture: TortureConfig,
     pub hypervisor: HypervisorConfig,
@@ -49,6 +53,7 @@ impl Default for RunConfig {
             timeout_ms: 60_000,
             iterations: 20_000,
             repeats: 1,
+            trace_entries: pvlock_vmm::config::DEFAULT_TRACE_LEN,
             lock: LockConfig::default(),
             torture: TortureConfig::default(),
             hypervisor: HypervisorConfig::default(),
@@ -83,10 +88,25 @@ impl RunConfig {
             torture: self.torture.clone(),
             hypervisor: self.hypervisor.clone(),
             preempt: self.preempt.clone(),
+            trace_len: self.trace_entries,
             lock_layout: None,
         }
     }
+
+    /// For `--trace`: a ring big enough for a whole short run, and the RAM
+    /// to hold it.
+    pub fn enable_trace_export(&mut self) {
+        self.trace_entries = self.trace_entries.max(TRACE_ENTRIES_FOR_EXPORT);
+        let need = (8u64 << 20)
+            + self.vcpus as u64 * pvlock_abi::STACK_SIZE
+            + pvlock_vmm::config::trace_bytes(self.vcpus, self.trace_entries);
+        self.ram_mib = self.ram_mib.max(need.div_ceil(1 << 20) as u32 + 8);
+    }
 }
+
+/// Trace ring entries per vCPU with `--trace` (6 MiB per vCPU): every
+/// event of a run of a few hundred ms under contention.
+pub const TRACE_ENTRIES_FOR_EXPORT: u64 = 1 << 18;
 
 /// `pvlock list workloads`.
 pub fn workload_names() -> String {

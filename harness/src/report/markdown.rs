@@ -221,11 +221,62 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
         for line in what_differs(&mine) {
             let _ = writeln!(out, "- {line}");
         }
+        let theirs: Vec<&Record> = records.iter().filter(|r| &r.name == name).collect();
+        failures_section(&mut out, &theirs);
     }
     if records.is_empty() {
         out.push_str("\nNo records.\n");
     }
     out
+}
+
+/// Records shown in full (diagrams, vCPU locations) per experiment.
+const FAILURES_SHOWN: usize = 3;
+
+fn record_label(r: &Record) -> String {
+    let key = if r.run_key.is_empty() { String::new() } else { format!("{}, ", r.run_key) };
+    format!("{key}seed {}", r.config.seed)
+}
+
+/// The races drawn from the runs' traces, and where each vCPU was in runs
+/// that did not end ok (only records that carry them: a section of its own
+/// so that reports of clean matrices are unchanged).
+fn failures_section(out: &mut String, records: &[&Record]) {
+    let drawn: Vec<&&Record> = records.iter().filter(|r| r.diagnosis.race_diagram.is_some()).collect();
+    if !drawn.is_empty() {
+        let _ = writeln!(out, "\n### Races, drawn from the runs' traces\n");
+        for r in drawn.iter().take(FAILURES_SHOWN) {
+            let _ = writeln!(out, "{} ({}):\n", record_label(r), r.status);
+            let _ = writeln!(out, "```\n{}```", r.diagnosis.race_diagram.as_deref().unwrap_or_default());
+        }
+        if drawn.len() > FAILURES_SHOWN {
+            let _ = writeln!(out, "\n({} more in runs.jsonl, `diagnosis.race_diagram`.)", drawn.len() - FAILURES_SHOWN);
+        }
+    }
+    let dumped: Vec<&&Record> = records.iter().filter(|r| !r.diagnosis.vcpus.is_empty()).collect();
+    if !dumped.is_empty() {
+        let _ = writeln!(out, "\n### Where the vCPUs were when a run did not end ok\n");
+        for r in dumped.iter().take(FAILURES_SHOWN) {
+            let _ = writeln!(out, "- {} ({}): {}", record_label(r), r.status, r.summary);
+            for v in &r.diagnosis.vcpus {
+                let at = &v["location"];
+                let place = match (at["function"].as_str(), at["file"].as_str(), at["line"].as_u64()) {
+                    (Some(f), Some(file), Some(line)) => format!("{f} ({file}:{line})"),
+                    _ => "unknown".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  - vCPU {}: {}, lock {:#x}: {place}",
+                    v["cpu"],
+                    v["phase"].as_str().unwrap_or("?"),
+                    v["lock"].as_u64().unwrap_or(0)
+                );
+            }
+        }
+        if dumped.len() > FAILURES_SHOWN {
+            let _ = writeln!(out, "\n({} more in runs.jsonl, `diagnosis.vcpus`.)", dumped.len() - FAILURES_SHOWN);
+        }
+    }
 }
 
 fn runs(n: usize) -> String {

@@ -327,7 +327,8 @@ impl PvHooks for Lineage {
             node.state.store(st, Ordering::Relaxed);
             p.event(LockEvent::PvWaitHead, 1);
             p.event(LockEvent::PvWaitAgain, (waitcnt > 0) as u64);
-            p.trace(TraceEvent::WaitHead, lock.addr(), 0, SLOW_VAL as u32);
+            // Trace: the state just written and the lock word (race diagrams).
+            p.trace(TraceEvent::WaitHead, lock.addr(), st as u16, lock.val.load(Ordering::Relaxed));
             p.maybe_interrupt();
             pv_wait(cx, lock, WaitOn::LockedByte(&lock.val), SLOW_VAL);
             p.race_window(Window::HeadTrylock);
