@@ -224,7 +224,13 @@ mod tests {
             (Box::new(|b| set(b, offsets::P_MEMSZ, &u64::MAX.to_le_bytes())), "overflows"),
             (Box::new(|b| set(b, offsets::P_MEMSZ, &(LIMIT - GUEST_IMAGE_GPA + 1).to_le_bytes())), "vCPU stacks"),
             (Box::new(|b| set(b, offsets::P_MEMSZ, &1u64.to_le_bytes())), "larger than p_memsz"),
-            (Box::new(|b| set(b, offsets::P_FILESZ, &(1u64 << 40).to_le_bytes())), "past the end of the file"),
+            (
+                Box::new(|b| {
+                    set(b, offsets::P_FILESZ, &(1u64 << 20).to_le_bytes());
+                    set(b, offsets::P_MEMSZ, &(1u64 << 20).to_le_bytes());
+                }),
+                "past the end of the file",
+            ),
             (Box::new(|b| set(b, offsets::P_PADDR, &0x1000u64.to_le_bytes())), "below"),
             (Box::new(|b| set(b, offsets::E_ENTRY, &0x1234u64.to_le_bytes())), "e_entry"),
         ];
