@@ -134,7 +134,9 @@ impl Platform for LoomPlatform {
         match ev {
             LockEvent::LockPending => self.pending.set(true),
             LockEvent::PvLockStealing => self.steal.set(true),
-            LockEvent::LockSlowpath => self.slow.set(true),
+            // The queue path is told by the BecameHead trace event below, not
+            // by `lock_slowpath`: that counter is era-dependent (v4.6 on),
+            // so pv-v4.5 and older never count it.
             _ => {}
         }
     }
@@ -147,6 +149,8 @@ impl Platform for LoomPlatform {
                 self.steal.set(false);
                 self.slow.set(false);
             }
+            // Every queued acquisition becomes the queue head first.
+            TraceEvent::BecameHead => self.slow.set(true),
             // The mutex sends its path (>= 1); the spinlock system sends 0.
             TraceEvent::Acquired if arg != 0 => {
                 SEEN.lock().unwrap().insert(arg);
