@@ -136,6 +136,8 @@ impl Platform for GuestCpu {
     // The Platform methods touch the block field by field through the raw
     // pointer, never as one `&mut VcpuBlock`: the torture run holds a
     // `&mut` to the block's latency histogram across these calls.
+    // Tracks its caller (as the trait says): a stop_on_double_hash BUG
+    // names the lock code's line, the pv_hash() that counted it.
     fn event(&self, ev: LockEvent, n: u64) {
         // SAFETY: this vCPU's block (only this vCPU writes it); a raw place,
         // so no reference to the whole block is created.

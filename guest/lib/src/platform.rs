@@ -46,7 +46,10 @@ pub trait Platform {
     /// another lock, nesting as a kernel's softirq/hardirq/NMI would.
     fn maybe_interrupt(&self) {}
 
-    /// Count a lock event on this CPU.
+    /// Count a lock event on this CPU. Tracks its caller through every
+    /// wrapper (torture, interrupts): a platform that stops the run on an
+    /// event (`stop_on_double_hash`) names the lock code's line.
+    #[track_caller]
     fn event(&self, ev: LockEvent, n: u64);
     /// Raise a "max" statistic (e.g. the hash's longest probe).
     fn event_max(&self, ev: LockEvent, v: u64);
