@@ -98,7 +98,12 @@ fn embed_kernel_standins(root: &std::path::Path, out_dir: &std::path::Path) {
             if p.is_dir() {
                 walk(&p, base, out);
             } else if p.extension().is_some_and(|e| e == "h" || e == "c" || e == "ld") {
-                out.push((p.strip_prefix(base).unwrap().to_string_lossy().into_owned(), p));
+                // `NAME.standin.h` is written out as `NAME.h`: a stand-in
+                // that must carry a kernel header's name (the kernel code
+                // includes it by that name) is committed under a name that
+                // says it is ours, never mistaken for a kernel file.
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().replace(".standin.h", ".h");
+                out.push((rel, p));
             }
         }
     }
