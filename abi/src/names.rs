@@ -189,6 +189,12 @@ named! {
         /// watch every vCPU's `vcpu_is_preempted()`; see
         /// [`crate::vcpu::PreemptProbeTiming`].
         PreemptProbe = 9, "preempt-probe";
+        /// Fuzz of the doorbell ABI: each vCPU makes `iterations` seeded random
+        /// MMIO accesses (addresses in and around the doorbells, widths 1..8,
+        /// values random or shaped like real requests, a few reads, a few
+        /// stores into the records the VMM reads). The VMM must end every run
+        /// with a record within its timeout.
+        DoorbellFuzz = 10, "doorbell-fuzz";
     }
 }
 

@@ -5,13 +5,14 @@
 //! `runs.jsonl` alone, so `pvlock report DIR` gives the same result later.
 
 use crate::config::{Experiment, RunConfig};
-use crate::output::{append_line, write_atomic};
+use crate::output::{append_line, check_path_component, create_unique_dir, set_latest, write_atomic};
 use crate::record::Record;
 use crate::report::EnvInfo;
 use crate::runner::run_one;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use pvlock_vmm::StopHandle;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -23,12 +24,18 @@ pub struct CompareOptions {
     pub jobs: usize,
     /// Show a progress bar (off in tests).
     pub progress: bool,
+    /// Run only this shard of the matrix (see [`crate::shard`]).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// Where the results went and how the matrix ended.
 pub struct CompareOutcome {
     pub dir: PathBuf,
+    /// Runs in the matrix.
     pub runs: usize,
+    /// Runs that finished (their records are in runs.jsonl): fewer than
+    /// `runs` when the matrix was stopped.
+    pub finished: usize,
     pub not_ok: usize,
     pub aborted: bool,
 }
@@ -46,18 +53,10 @@ fn stamp() -> String {
     crate::record::now_utc().replace(['-', ':'], "")
 }
 
-/// Points `parent/latest` at `target` (a symlink replaced atomically).
-fn set_latest(parent: &Path, target: &str) -> Result<()> {
-    let tmp = parent.join(format!(".latest.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, parent.join("latest"))?;
-    Ok(())
-}
-
-pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopHandle) -> Result<CompareOutcome> {
+/// The runs `compare` makes of `exp`, in matrix order (`--quick` applied).
+pub fn planned_runs(exp: &Experiment, quick_look: bool) -> Vec<RunConfig> {
     let mut runs: Vec<RunConfig> = exp.runs.clone();
-    if opts.quick {
+    if quick_look {
         // Repeats were expanded already: keep at most two per matrix point.
         let mut seen = std::collections::HashMap::new();
         runs.retain(|rc| {
@@ -69,15 +68,38 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
         });
         runs.iter_mut().for_each(quick);
     }
+    runs
+}
+
+pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopHandle) -> Result<CompareOutcome> {
+    let mut runs = planned_runs(exp, opts.quick);
+    let manifest = opts.shard.map(|s| crate::shard::ShardManifest::new(exp, opts.quick, s));
+    if let Some(s) = opts.shard {
+        runs = runs.into_iter().enumerate().filter(|(i, _)| s.owns(*i)).map(|(_, rc)| rc).collect();
+    }
+    // Before anything is written: a run pinned to more CPUs than this
+    // process may use (a Slurm allocation, taskset) would fail anyway.
+    crate::slurm::check_host_cpus(&runs)?;
+    // The name becomes a directory under --out: one path component only,
+    // so that no config can write outside --out.
+    check_path_component("experiment name", &exp.name)?;
     let parent = opts.out.join(&exp.name);
-    let name = stamp();
-    let dir = parent.join(&name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stem = match &manifest {
+        Some(m) => crate::shard::dir_name(&stamp(), m.shard, &m.config_hash),
+        None => stamp(),
+    };
+    // A fresh directory per invocation, even for two in the same second.
+    let (dir, name) = create_unique_dir(&parent, &stem)?;
     write_atomic(&dir.join("partial"), b"the matrix has not finished\n")?;
     let env = EnvInfo::collect();
     write_atomic(&dir.join("env.json"), &serde_json::to_vec_pretty(&env)?)?;
     write_atomic(&dir.join("config.toml"), exp.source.as_bytes())?;
-    set_latest(&parent, &name)?;
+    match &manifest {
+        Some(m) => write_atomic(&dir.join(crate::shard::MANIFEST_FILE), &serde_json::to_vec_pretty(m)?)?,
+        // Shards of one matrix start together: `latest` would point at
+        // any one of them, so only a whole matrix sets it.
+        None => set_latest(&parent, &name)?,
+    }
 
     let total = runs.len();
     let bar = if opts.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
@@ -90,7 +112,10 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
     let next = AtomicUsize::new(0);
     let not_ok = AtomicUsize::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let write_lock = Mutex::new(());
+    // Lines appended to runs.jsonl so far (guarded: one writer at a time),
+    // and finished records that could not be written.
+    let write_lock: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let unsaved: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let jobs = opts.jobs.clamp(1, 16);
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -107,10 +132,21 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
                             not_ok.fetch_add(1, Ordering::AcqRel);
                         }
                         let line = serde_json::to_string(&rec).expect("records serialize");
-                        let _g = write_lock.lock();
-                        if let Err(e) = append_line(&jsonl, &line) {
-                            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        let mut saved = write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                        match append_line(&jsonl, &line) {
+                            Ok(()) => saved.push(line),
+                            Err(e) => {
+                                // A full disk, or the directory was removed:
+                                // stop, and hand every record that is not on
+                                // disk any more back to the caller.
+                                if !jsonl.exists() {
+                                    unsaved.lock().unwrap_or_else(|p| p.into_inner()).append(&mut saved);
+                                }
+                                unsaved.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                                failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            }
                         }
+                        drop(saved);
                         bar.set_message(format!("{} not ok", not_ok.load(Ordering::Acquire)));
                         bar.inc(1);
                     }
@@ -122,15 +158,31 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
         }
     });
     bar.finish_and_clear();
+    let finished = write_lock.into_inner().unwrap_or_else(|p| p.into_inner()).len();
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e.context(format!("matrix stopped; partial results in {}", dir.display())));
+        let unsaved = unsaved.into_inner().unwrap_or_else(|p| p.into_inner());
+        if unsaved.is_empty() {
+            return Err(e.context(format!("matrix stopped; partial results in {}", dir.display())));
+        }
+        // No finished record is lost: what could not be written goes to
+        // stdout, one JSON line per record (the runs.jsonl format).
+        let mut out = std::io::stdout().lock();
+        for l in &unsaved {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+        return Err(e.context(format!(
+            "matrix stopped; {} finished record(s) could not be written to {} and were printed to stdout as JSON lines",
+            unsaved.len(),
+            jsonl.display()
+        )));
     }
     let aborted = stop.is_stopped();
     if !aborted {
         std::fs::remove_file(dir.join("partial"))?;
     }
     crate::report::render_dir(&dir, &env)?;
-    Ok(CompareOutcome { dir, runs: total, not_ok: not_ok.into_inner(), aborted })
+    Ok(CompareOutcome { dir, runs: total, finished, not_ok: not_ok.into_inner(), aborted })
 }
 
 /// Reads back `runs.jsonl` of a result directory (for callers that print).

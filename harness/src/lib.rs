@@ -4,11 +4,15 @@
 pub mod bench;
 pub mod compare;
 pub mod config;
+pub mod merge;
 pub mod output;
 pub mod record;
 pub mod report;
 pub mod repro;
 pub mod runner;
+pub mod scale_cli;
+pub mod shard;
+pub mod slurm;
 pub mod stats;
 
 /// pvlock's version and git revision (if built from a checkout).

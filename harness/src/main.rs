@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use pvlock::compare::{compare, CompareOptions};
 use pvlock::config::{Experiment, Overrides};
-use pvlock::output::write_atomic;
+use pvlock::output::Destination;
 use pvlock::record::Record;
 use pvlock::runner::{run_one, GUEST_ELF};
 use pvlock_abi::{Variant, Window};
@@ -35,6 +35,10 @@ enum Cmd {
     Report {
         /// Result directory (holds runs.jsonl).
         dir: PathBuf,
+        /// Write report.md, summary.csv and plots/ here instead of into DIR
+        /// (for a read-only DIR; without it report.md is printed).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Benchmark the testbed: mechanism costs, lock throughput vs vCPUs x host
     /// CPUs, guest vs host threads, time to detect; into OUT/bench/<UTC time>/.
@@ -49,6 +53,14 @@ enum Cmd {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
+    /// Merge the shards of one matrix (`compare --shard`) into one result
+    /// directory and render its report; partial if runs are missing.
+    Merge(pvlock::scale_cli::MergeArgs),
+    /// Write (and with --submit, submit) a Slurm job array of shards plus
+    /// the jobs that merge them.
+    Slurm(pvlock::scale_cli::SlurmArgs),
+    /// How many runs of how many are in, per shard.
+    Status(pvlock::scale_cli::StatusArgs),
     /// Compare two result directories group by group (Welch's t-test at 95%).
     Diff {
         /// Baseline result directory.
@@ -68,7 +80,7 @@ struct ReproArgs {
     /// Lock variant (default: the reproducer's own).
     #[arg(long, value_parser = parse_variant)]
     variant: Option<Variant>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     #[arg(long, default_value_t = 1)]
     seed_base: u64,
@@ -92,9 +104,14 @@ struct CompareArgs {
     /// Where result directories go.
     #[arg(long, default_value = "results")]
     out: PathBuf,
-    /// Runs at once. Concurrent VMs share the host CPUs: keep 1 for numbers.
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
+    /// Runs at once (1..=16). Concurrent VMs share the host CPUs: keep 1 for numbers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    jobs: u16,
+    /// Run only shard K of N (1-based) of the matrix: runs i with
+    /// i mod N = K - 1, with the unsharded run's seeds; `pvlock merge`
+    /// puts the shards back together.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<pvlock::shard::Shard>,
 }
 
 #[derive(clap::Args)]
@@ -159,14 +176,29 @@ fn run() -> Result<i32> {
         Some(Cmd::Compare(a)) => {
             let exp = Experiment::load(&a.config)?;
             warn_config(&exp);
-            exp.check_host(pvlock_vmm::host_cpus_available())?;
-            compare_and_print(&exp, &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs, progress: true })
+            // A shard checks only its own runs against the CPUs it may use
+            // (compare does, naming the Slurm allocation): the matrix's
+            // largest host_cpus may be another shard's.
+            if a.shard.is_none() {
+                exp.check_host(pvlock_vmm::host_cpus_available())?;
+            }
+            compare_and_print(
+                &exp,
+                &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true, shard: a.shard },
+            )
         }
-        Some(Cmd::Report { dir }) => {
-            print!("{}", pvlock::report::report_command(&dir)?);
+        Some(Cmd::Merge(a)) => pvlock::scale_cli::merge(a),
+        Some(Cmd::Slurm(a)) => pvlock::scale_cli::slurm(a),
+        Some(Cmd::Status(a)) => pvlock::scale_cli::status(a),
+        Some(Cmd::Report { dir, out }) => {
+            print!("{}", pvlock::report::report_command(&dir, out.as_deref())?);
             Ok(0)
         }
         Some(Cmd::Bench { quick, json, out }) => {
+            if let Some(p) = &json {
+                // Fail on a bad --json before the benchmark, not after it.
+                Destination::check("--json", p)?;
+            }
             pvlock::bench::command(&pvlock::bench::BenchOptions { quick, out, json, progress: true }, GUEST_ELF)
         }
         Some(Cmd::Diff { dir_a, dir_b }) => {
@@ -181,26 +213,73 @@ fn default_job() -> Result<i32> {
     let exp =
         Experiment::parse(include_str!("../../configs/default.toml"), "configs/default.toml (embedded)", "default")?;
     println!("pvlock: the default experiment: {} runs of configs/default.toml (about two minutes)", exp.runs.len());
-    compare_and_print(&exp, &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true })
+    compare_and_print(
+        &exp,
+        &CompareOptions { out: "results".into(), quick: false, jobs: 1, progress: true, shard: None },
+    )
 }
 
 fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
-    let stop = StopHandle::new();
-    let s = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        eprintln!("pvlock: stopping (Ctrl-C); the partial report will be written");
-        s.stop();
-    });
+    check_address_space(exp, opts.jobs)?;
+    let stop = stop_on_signals("the partial report will be written");
     let out = compare(exp, opts, GUEST_ELF, &stop)?;
-    print!("{}", pvlock::report::report_command(&out.dir)?);
+    print!("{}", pvlock::report::report_command(&out.dir, None)?);
+    let runs = if out.finished == out.runs {
+        format!("{} runs", out.runs)
+    } else {
+        format!("{} of {} runs finished", out.finished, out.runs)
+    };
     println!(
-        "\n{} runs, {} not ok{}; report: {}",
-        out.runs,
+        "\n{runs}, {} not ok{}; report: {}",
         out.not_ok,
         if out.aborted { " (ABORTED: partial)" } else { "" },
         out.dir.join("report.md").display()
     );
-    Ok(if out.aborted { 1 } else { 0 })
+    Ok(exit_code(out.not_ok, out.aborted))
+}
+
+/// The one exit-code rule of every command (README, "Exit codes"): 0 when
+/// every run ended as its config expects, 1 when one did not or the
+/// command was stopped by a signal, 2 when nothing could run (usage,
+/// config, KVM or output error; see `main`).
+fn exit_code(unexpected: usize, stopped: bool) -> i32 {
+    if unexpected > 0 || stopped {
+        1
+    } else {
+        0
+    }
+}
+
+/// Fails early and cleanly when `ulimit -v` is too small for the largest
+/// run of `exp` (times `jobs` runs at once): before any thread starts, so
+/// that no allocation inside the standard library can abort the process.
+fn check_address_space(exp: &Experiment, jobs: usize) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for rc in &exp.runs {
+        if !seen.insert((rc.vcpus, rc.ram_mib)) {
+            continue;
+        }
+        let mut m = rc.machine();
+        let jobs = jobs.clamp(1, 16) as u32;
+        m.vcpus = m.vcpus.saturating_mul(jobs);
+        m.ram_mib = m.ram_mib.saturating_mul(jobs);
+        pvlock_vmm::Machine::check_address_space(&m)?;
+    }
+    Ok(())
+}
+
+/// A stop handle that SIGINT, SIGTERM and SIGHUP set (ctrlc's
+/// `termination` feature): each stops the vCPUs, keeps every finished
+/// record and leaves an `aborted` record and a partial report, the same
+/// for a Ctrl-C, a `kill`, a closed terminal or a batch system's timeout.
+fn stop_on_signals(what_happens: &'static str) -> StopHandle {
+    let stop = StopHandle::new();
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("pvlock: stopping (SIGINT/SIGTERM/SIGHUP); {what_happens}");
+        s.stop();
+    });
+    stop
 }
 
 /// Settings that are valid but probably not what the user meant, once per
@@ -245,25 +324,29 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
         }
         None => GUEST_ELF,
     };
-    run_experiment(&exp, |_| {}, args.json.as_deref(), elf)
+    // Check --json before running anything: a directory or an unwritable
+    // place fails now, not after the whole matrix.
+    let json = args.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
+    run_experiment(&exp, |_| {}, json.as_ref(), elf)
 }
 
 fn run_experiment(
     exp: &Experiment,
     mut on_record: impl FnMut(&Record),
-    json: Option<&std::path::Path>,
+    json: Option<&Destination>,
     elf: &[u8],
 ) -> Result<i32> {
-    let stop = StopHandle::new();
-    {
-        let s = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            eprintln!("pvlock: stopping (Ctrl-C)");
-            s.stop();
-        });
-    }
+    check_address_space(exp, 1)?;
+    let stop = stop_on_signals("finished records are kept");
     let mut records = Vec::new();
-    let mut code = 0;
+    let mut not_ok = 0;
+    let body = |records: &[Record]| -> Result<Vec<u8>> {
+        Ok(if exp.runs.len() == 1 {
+            serde_json::to_vec_pretty(&records[0])?
+        } else {
+            serde_json::to_vec_pretty(records)?
+        })
+    };
     for (i, rc) in exp.runs.iter().enumerate() {
         if stop.is_stopped() {
             break;
@@ -271,27 +354,26 @@ fn run_experiment(
         let key = pvlock::run_key(exp, rc);
         let rec = run_one(rc, &key, elf, &stop)?;
         if !rec.status.is_ok() {
-            code = 1;
+            not_ok += 1;
         }
         on_record(&rec);
         records.push(rec);
-        if let Some(p) = json {
+        if let Some(dest) = json.filter(|d| d.rewritable()) {
             // Rewritten after every run, before anything is printed: an
             // aborted matrix (or a closed stdout) still leaves a valid file
             // with every finished run.
-            let body = if exp.runs.len() == 1 {
-                serde_json::to_vec_pretty(&records[0])?
-            } else {
-                serde_json::to_vec_pretty(&records)?
-            };
-            write_atomic(p, &body)?;
+            dest.write(&body(&records)?)?;
         }
         print_summary(i + 1, exp.runs.len(), records.last().expect("just pushed"));
     }
-    if stop.is_stopped() {
-        code = code.max(1);
+    if let Some(dest) = json.filter(|d| !d.rewritable() && !records.is_empty()) {
+        // A pipe or tty gets one document, at the end.
+        dest.write(&body(&records)?)?;
     }
-    Ok(code)
+    if records.len() < exp.runs.len() {
+        println!("stopped: {} of {} runs finished", records.len(), exp.runs.len());
+    }
+    Ok(exit_code(not_ok, stop.is_stopped()))
 }
 
 fn print_summary(i: usize, n: usize, r: &Record) {
@@ -342,10 +424,14 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
         "directed" => Mode::Directed,
         m => bail!("--mode `{m}`: expected `random` or `directed`"),
     };
-    let budget_ms = (a.budget_s * 1e3).clamp(100.0, 3_600_000.0) as u64;
-    let stop = StopHandle::new();
-    let s = stop.clone();
-    let _ = ctrlc::set_handler(move || s.stop());
+    // Checked here, naming the flag: a NaN or out-of-range budget would
+    // otherwise reach the run config as a bogus `duration_ms`.
+    if !(a.budget_s.is_finite() && (0.1..=3600.0).contains(&a.budget_s)) {
+        bail!("--budget-s {}: must be a number of seconds in 0.1..=3600", a.budget_s);
+    }
+    let budget_ms = (a.budget_s * 1e3).round() as u64;
+    let json = a.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
+    let stop = stop_on_signals("finished seeds are kept");
     let mut results = Vec::new();
     let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
         let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv()).collect();
@@ -383,15 +469,17 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     if a.all {
         print!("{}", pvlock::repro::matrix_markdown(&results));
     }
-    if let Some(p) = &a.json {
+    if let Some(dest) = &json {
         let body = if results.len() == 1 {
             serde_json::to_vec_pretty(&results[0])?
         } else {
             serde_json::to_vec_pretty(&results)?
         };
-        write_atomic(p, &body)?;
+        dest.write(&body)?;
     }
-    Ok(0)
+    // A detection is what a reproducer is for: its runs count as expected
+    // either way; only a stop makes the exit code 1.
+    Ok(exit_code(0, stop.is_stopped()))
 }
 
 fn list(what: &str) -> Result<()> {

@@ -83,6 +83,10 @@ pub struct Diagnosis {
     pub holds: Vec<HoldOutcome>,
     /// Random / holder stall requests skipped (vCPU blocked or already stalled).
     pub stalls_skipped: u64,
+    /// What the VMM dropped to stay within its per-run limits (console
+    /// lines and bytes, hold outcomes, rescue dumps); absent when nothing.
+    #[serde(default, skip_serializing_if = "pvlock_vmm::report::Dropped::is_empty")]
+    pub dropped: pvlock_vmm::report::Dropped,
 }
 
 /// Lock parameters as run.

@@ -257,8 +257,13 @@ fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) 
 
 fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
     let mut missed = BTreeMap::new();
-    // A dump of a vCPU that was running (not blocked) is no missed wakeup.
-    for h in r.rescued.iter().chain(r.hang.iter().filter(|h| h.blocked)) {
+    // Every rescue counts (the VMM keeps only the first dumps, but counts
+    // all by class). A dump of a vCPU that was running (not blocked) is no
+    // missed wakeup.
+    for (c, n) in &r.rescued_by_class {
+        *missed.entry(c.name().to_string()).or_insert(0) += n;
+    }
+    for h in r.hang.iter().filter(|h| h.blocked) {
         *missed.entry(h.class.name().to_string()).or_insert(0) += 1;
     }
     let severity = (!missed.is_empty()).then(|| {
@@ -273,5 +278,6 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         real_guest_severity: severity,
         holds: r.holds.clone(),
         stalls_skipped: r.stalls_skipped,
+        dropped: r.dropped,
     }
 }

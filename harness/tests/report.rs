@@ -442,3 +442,75 @@ fn cli_report_and_diff() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// Renders `records` on a thread and fails (instead of hanging the suite)
+/// if that takes more than a minute.
+fn render_within_a_minute(records: Vec<Record>) -> pvlock::report::Rendered {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(pvlock::report::render(&records, &env(), false));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("rendering did not finish within 60 s (a hang)")
+}
+
+#[test]
+fn plots_are_total_over_huge_and_non_finite_values() {
+    // Issue 15: two records at 1e308 acquisitions/s made `report` hang
+    // (their mean overflows to infinity). Every value must give an SVG,
+    // with the unplottable left out and said.
+    for bad in [1e308, f64::MAX, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -1e308, 0.0] {
+        let mut recs: Vec<Record> = fixture_records().into_iter().take(2).collect();
+        for r in &mut recs {
+            r.acquisitions_per_sec = bad;
+        }
+        let r = render_within_a_minute(recs);
+        for (name, svg) in &r.plots {
+            parse_svg(svg);
+            if name.starts_with("throughput") && !bad.is_finite() {
+                assert!(svg.contains("not plotted") || svg.contains("left out"), "{bad}: {name} says why");
+            }
+        }
+        // Huge finite values (one record) are drawn, not refused.
+        let mut one: Vec<Record> = fixture_records().into_iter().take(1).collect();
+        one[0].acquisitions_per_sec = bad;
+        let r = render_within_a_minute(one);
+        let (_, tp) = r.plots.iter().find(|p| p.0.starts_with("throughput")).unwrap();
+        parse_svg(tp);
+        if bad.is_finite() && bad > 0.0 {
+            assert!(!tp.contains("not plotted"), "{bad} is finite: plotted");
+        }
+    }
+}
+
+#[test]
+fn the_outcome_plot_is_drawn_only_when_a_run_was_not_ok() {
+    let all_ok: Vec<Record> = fixture_records().into_iter().filter(|r| r.status == "ok").collect();
+    let r = pvlock::report::render(&all_ok, &env(), false);
+    assert!(!r.plots.iter().any(|p| p.0 == "outcomes.svg"));
+    let r = render_loaded(fixture(), &env(), false);
+    assert!(r.plots.iter().any(|p| p.0 == "outcomes.svg"));
+}
+
+#[test]
+fn axes_go_log_over_decades_with_unit_ticks() {
+    // The fixture's rates span 0.4M..2M: linear. Make ticket 100x slower
+    // (as non-stealing locks are under overcommit): log.
+    let r = render_loaded(fixture(), &env(), false);
+    let tp = &r.plots.iter().find(|p| p.0.starts_with("throughput")).unwrap().1;
+    assert!(!tp.contains("(log;"), "a span of 5x stays linear");
+    let mut recs = fixture_records();
+    for r in recs.iter_mut().filter(|r| r.params.variant.name() == "ticket") {
+        r.acquisitions_per_sec /= 100.0;
+    }
+    let r = pvlock::report::render(&recs, &env(), false);
+    let tp = &r.plots.iter().find(|p| p.0.starts_with("throughput")).unwrap().1;
+    assert!(tp.contains("(log;"), "a span of 500x is logarithmic");
+    let t = texts(&parse_svg(tp));
+    assert!(t.iter().any(|x| x == "1M") && t.iter().any(|x| x.ends_with('k')), "rate ticks in k/M: {t:?}");
+    let lat = &r.plots.iter().find(|p| p.0 == "latency.svg").unwrap().1;
+    let t = texts(&parse_svg(lat));
+    assert!(
+        t.iter().any(|x| x.ends_with(" ns")) && t.iter().any(|x| x.ends_with(" µs")),
+        "latency ticks in ns/µs: {t:?}"
+    );
+}

@@ -12,8 +12,12 @@ pub enum MachineError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("KVM API version {0} is not supported (need 12)")]
-    KvmApiVersion(i32),
+    #[error("{path}: KVM API version {version} is not supported (need 12)")]
+    KvmApiVersion { path: String, version: i32 },
+    #[error(
+        "{path} is not a KVM device: it is {what} (set PVLOCK_KVM_DEVICE to the KVM device, or unset it for /dev/kvm)"
+    )]
+    NotKvm { path: String, what: String },
     #[error("KVM lacks a required capability: {0}")]
     MissingCapability(&'static str),
     #[error("ioctl {ioctl} failed: {source}")]
@@ -36,6 +40,11 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the address-space limit (ulimit -v) is {limit_kib} KiB and {used_kib} KiB are in use; a run of {vcpus} \
+         vCPUs with {ram_mib} MiB of guest RAM needs about {need_kib} KiB more: raise the limit or lower ram_mib"
+    )]
+    AddressSpace { limit_kib: u64, used_kib: u64, need_kib: u64, vcpus: u32, ram_mib: u32 },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(String),
 }

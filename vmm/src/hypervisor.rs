@@ -168,9 +168,19 @@ impl WaitChannel {
             WaitEnd::Spurious => self.counters.add(VmmCounter::SpuriousWakeups, 1),
             _ => {}
         }
-        self.blocked_since_us.store(0, Ordering::Release);
+        // A wait that timed out is still blocked as far as the watchdog's
+        // dump is concerned: the caller explains it first (so the dump shows
+        // how long and on what), then calls `end_blocked`.
+        if end != WaitEnd::TimedOut {
+            self.end_blocked();
+        }
         self.counters.add(VmmCounter::WaitingUs, began.elapsed().as_micros() as u64);
         end
+    }
+
+    /// Marks this vCPU as no longer blocked in a wait.
+    pub fn end_blocked(&self) {
+        self.blocked_since_us.store(0, Ordering::Release);
     }
 
     fn block(&self, timeout_ms: u64, began: Instant, other: Option<(Instant, WaitEnd)>) -> WaitEnd {
@@ -241,6 +251,10 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
         assert_eq!(ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
+        // Still shown as blocked (for the dump) until the caller says so.
+        assert_ne!(ch.blocked_since_us.load(Ordering::Acquire), 0);
+        ch.end_blocked();
+        assert_eq!(ch.blocked_since_us.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod cpu_state;
+pub mod elf;
 pub mod error;
 pub mod exit;
 pub mod guest_mem;

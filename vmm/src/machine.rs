@@ -12,7 +12,7 @@ use crate::signal::{install_kick_handler, kick_thread, ImmediateExit};
 use crate::vcpu::{Shared, VcpuEvent, VcpuThread};
 use crate::watchdog::{explain, is_definite_missed_wakeup, HangReport};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd};
+use kvm_ioctls::{Kvm, VcpuFd};
 use pvlock_abi::seed::{stream_seed, Stream};
 use pvlock_abi::{
     BootBlock, GuestPhase, LatencyHistogram, LockEvent, VcpuBlock, VmmCounter, Window, BOOT_BLOCK_GPA, BOOT_MAGIC,
@@ -91,10 +91,47 @@ fn host_tsc() -> u64 {
 impl Machine {
     /// Checks that KVM can be opened (for early, clear errors and test skips).
     pub fn check_kvm() -> Result<(), MachineError> {
-        let kvm = open_kvm()?;
-        let v = kvm.get_api_version();
-        if v != 12 {
-            return Err(MachineError::KvmApiVersion(v));
+        open_kvm().map(|_| ())
+    }
+
+    /// Checks that the address-space limit (`ulimit -v`, RLIMIT_AS) leaves
+    /// room for a run of `cfg`: its guest RAM, a thread stack per vCPU and
+    /// helper, and a margin for the heap. Without this a small limit can
+    /// make the standard library abort the process when a thread starts
+    /// (it cannot allocate the thread's signal stack and panics inside the
+    /// new thread), instead of giving an error. Call it before starting any
+    /// thread (the harness does, before its signal handler thread).
+    pub fn check_address_space(cfg: &MachineConfig) -> Result<(), MachineError> {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit into `lim`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+            return Ok(());
+        }
+        let used = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmSize:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+            })
+            .unwrap_or(0)
+            * 1024;
+        /// Rust's default thread stack plus guard page and signal stack.
+        const PER_THREAD: u64 = (2 << 20) + (80 << 10);
+        /// Heap, KVM's vCPU mappings, the report and the libraries' own
+        /// allocations: measured needs are well under this.
+        const MARGIN: u64 = 24 << 20;
+        let threads = cfg.vcpus as u64 + 4; // vCPUs, preemptor, kick timer, signal handler, spare
+        let need = cfg.ram_mib as u64 * (1 << 20) + threads * PER_THREAD + MARGIN;
+        let limit = lim.rlim_cur as u64;
+        if used.saturating_add(need) > limit {
+            return Err(MachineError::AddressSpace {
+                limit_kib: limit >> 10,
+                used_kib: used >> 10,
+                need_kib: need >> 10,
+                vcpus: cfg.vcpus,
+                ram_mib: cfg.ram_mib,
+            });
         }
         Ok(())
     }
@@ -102,6 +139,7 @@ impl Machine {
     /// Runs `elf` under `cfg` until it finishes, fails, hangs, or `stop`.
     pub fn run(cfg: &MachineConfig, elf: &[u8], stop: &StopHandle) -> Result<RunReport, MachineError> {
         cfg.validate().map_err(|e| MachineError::Config(e.to_string()))?;
+        Self::check_address_space(cfg)?;
         let allowed = allowed_host_cpus();
         if cfg.host_cpus as usize > allowed.len() {
             return Err(MachineError::Config(format!(
@@ -113,10 +151,6 @@ impl Machine {
         let t_create = Instant::now();
         let tsc_create = host_tsc();
         let kvm = open_kvm()?;
-        let api = kvm.get_api_version();
-        if api != 12 {
-            return Err(MachineError::KvmApiVersion(api));
-        }
         if !kvm.check_extension(kvm_ioctls::Cap::Ioeventfd) {
             return Err(MachineError::MissingCapability("KVM_CAP_IOEVENTFD"));
         }
@@ -135,7 +169,7 @@ impl Machine {
         // fd is dropped at the end of this function.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         ram.write_page_tables().map_err(MachineError::Memory)?;
-        let entry = load_elf(&ram, elf)?;
+        let entry = load_elf(&ram, elf, cfg.vcpus)?;
 
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut fds = Vec::new();
@@ -174,8 +208,7 @@ impl Machine {
         for cpu in 0..cfg.vcpus {
             let ch = WaitChannel::new().map_err(MachineError::EventFd)?;
             if !delayed_kicks {
-                vm.register_ioevent(&ch.kick, &IoEventAddress::Mmio(pvlock_abi::doorbell::kick_addr(cpu)), NoDatamatch)
-                    .map_err(kvm_err("KVM_IOEVENTFD"))?;
+                register_kick_ioeventfd(&vm, &ch.kick, pvlock_abi::doorbell::kick_addr(cpu))?;
             }
             channels.push(ch);
         }
@@ -190,12 +223,13 @@ impl Machine {
             run_start: Instant::now(),
             channels,
             exits: (0..cfg.vcpus).map(|_| AtomicU64::new(0)).collect(),
-            console: Mutex::new(Vec::new()),
+            console: Mutex::new(Default::default()),
             may_poll: runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted,
             preempt: PreemptState::new(cfg.vcpus as usize, cfg.preempt.schedule.len()),
             kick_timer: delayed_kicks.then(|| Mutex::new(timer_tx)),
             layout: cfg.layout(),
-            rescued: Mutex::new(Vec::new()),
+            rescued: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::RESCUE_REPORTS)),
+            rescued_by_class: Mutex::new(Default::default()),
             hash_occupancy: Mutex::new(Default::default()),
         });
         let kick_timer = delayed_kicks.then(|| spawn_kick_timer(shared.clone(), timer_rx));
@@ -257,13 +291,73 @@ impl Machine {
     }
 }
 
+vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, kvm_bindings::KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+
+/// Registers `fd` as the ioeventfd of the kick doorbell at `addr` for
+/// 8-byte stores only (`len = 8`, no datamatch). kvm-ioctls'
+/// `register_ioevent` with `NoDatamatch` registers `len = 0`, which matches
+/// a store of any width: a 4-byte kick store would be taken as a kick,
+/// although the ABI says a store of the wrong width is a violation. With
+/// `len = 8` KVM passes other widths to userspace as an MMIO exit, where
+/// `decode_mmio_write` reports them (KVM's ioeventfd_in_range: a non-zero
+/// length must equal the access length).
+fn register_kick_ioeventfd(
+    vm: &kvm_ioctls::VmFd,
+    fd: &vmm_sys_util::eventfd::EventFd,
+    addr: u64,
+) -> Result<(), MachineError> {
+    use std::os::fd::AsRawFd;
+    let ev =
+        kvm_bindings::kvm_ioeventfd { datamatch: 0, addr, len: 8, fd: fd.as_raw_fd(), flags: 0, ..Default::default() };
+    // SAFETY: KVM_IOEVENTFD on a valid VM fd reads exactly one
+    // kvm_ioeventfd, which `ev` is; no memory is written. KVM takes its own
+    // reference to the eventfd, so the order of closing the two fds does
+    // not matter.
+    let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm, KVM_IOEVENTFD(), &ev) };
+    if rc < 0 {
+        return Err(MachineError::Kvm {
+            ioctl: "KVM_IOEVENTFD",
+            source: kvm_ioctls::Error::new(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL)),
+        });
+    }
+    Ok(())
+}
+
 /// Opens the KVM device: `/dev/kvm`, or `PVLOCK_KVM_DEVICE` if set (for
-/// testing the error path).
+/// testing the error path), and checks that it is one: a character device
+/// that answers KVM_GET_API_VERSION with 12. Anything else (a regular
+/// file, a FIFO, which could block, `/dev/null`) is named, with what it is.
 fn open_kvm() -> Result<Kvm, MachineError> {
+    use std::os::unix::fs::FileTypeExt;
     let path = std::env::var("PVLOCK_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
-    let c =
-        std::ffi::CString::new(path.clone()).map_err(|_| MachineError::Config("PVLOCK_KVM_DEVICE has a NUL".into()))?;
-    Kvm::new_with_path(&c).map_err(|source| MachineError::OpenKvm { path, source })
+    let not_kvm = |what: String| MachineError::NotKvm { path: path.clone(), what };
+    if let Ok(m) = std::fs::metadata(&path) {
+        let t = m.file_type();
+        if !t.is_char_device() {
+            let what = if t.is_dir() {
+                "a directory"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_file() {
+                "a regular file"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "not a character device"
+            };
+            return Err(not_kvm(what.to_string()));
+        }
+    }
+    let c = std::ffi::CString::new(path.clone()).map_err(|_| not_kvm("a path with a NUL byte".into()))?;
+    let kvm = Kvm::new_with_path(&c).map_err(|source| MachineError::OpenKvm { path: path.clone(), source })?;
+    match kvm.get_api_version() {
+        12 => Ok(kvm),
+        v if v < 0 => Err(not_kvm(format!(
+            "a character device that does not answer KVM_GET_API_VERSION ({})",
+            std::io::Error::last_os_error()
+        ))),
+        v => Err(MachineError::KvmApiVersion { path, version: v }),
+    }
 }
 
 fn measure_tsc_khz() -> u64 {
@@ -273,8 +367,12 @@ fn measure_tsc_khz() -> u64 {
     ((c1 - c0) as f64 / (t1 - t0).as_secs_f64() / 1e3) as u64
 }
 
-fn load_elf(ram: &GuestRam, elf: &[u8]) -> Result<u64, MachineError> {
+fn load_elf(ram: &GuestRam, elf: &[u8], vcpus: u32) -> Result<u64, MachineError> {
     use linux_loader::loader::{elf::Elf, KernelLoader};
+    // The headers first (machine, type, every segment inside RAM below the
+    // stacks): the loader itself trusts them.
+    let image_limit = ram.size().saturating_sub(vcpus as u64 * pvlock_abi::STACK_SIZE);
+    crate::elf::check(elf, ram.size(), image_limit).map_err(MachineError::LoadElf)?;
     let mut image = std::io::Cursor::new(elf);
     let res = Elf::load(ram.mem(), None, &mut image, None).map_err(|e| MachineError::LoadElf(e.to_string()))?;
     let entry = res.kernel_load.0;
@@ -368,7 +466,7 @@ fn supervise(cfg: &MachineConfig, sh: &Shared, rx: &mpsc::Receiver<VcpuEvent>, s
             if first.0.elapsed() >= Duration::from_millis(cfg.hypervisor.detect_ms) {
                 if cfg.hypervisor.rescue {
                     ch.counters.add(VmmCounter::Rescues, 1);
-                    sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    sh.record_rescue(r);
                     let _ = ch.kick.write(1);
                     suspect[c as usize] = None;
                     continue;
@@ -542,11 +640,28 @@ fn collect(
         }
     }
     let status = failure.as_ref().map(GuestFailure::status).unwrap_or(RunStatus::Ok);
+    let console = std::mem::take(&mut *sh.console.lock().unwrap_or_else(|p| p.into_inner()));
+    let rescued = std::mem::replace(
+        &mut *sh.rescued.lock().unwrap_or_else(|p| p.into_inner()),
+        crate::report::BoundedLog::new(0),
+    );
+    let holds_log = std::mem::replace(
+        &mut *sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()),
+        crate::report::BoundedLog::new(0),
+    );
+    let (holds, holds_dropped) = (holds_log.items, holds_log.dropped);
     let boot_us = (first_entry != u64::MAX && first_entry > tsc_create && tsc_khz > 0)
         .then(|| (first_entry - tsc_create) as f64 * 1e3 / tsc_khz as f64);
     RunReport {
-        holds: std::mem::take(&mut *sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner())),
-        rescued: std::mem::take(&mut *sh.rescued.lock().unwrap_or_else(|p| p.into_inner())),
+        holds,
+        rescued: rescued.items,
+        rescued_by_class: std::mem::take(&mut *sh.rescued_by_class.lock().unwrap_or_else(|p| p.into_inner())),
+        dropped: crate::report::Dropped {
+            console_lines: console.dropped_lines,
+            console_bytes: console.dropped_bytes,
+            holds: holds_dropped,
+            rescue_reports: rescued.dropped,
+        },
         hang: None,
         stalls_skipped: sh.preempt.skipped.load(Ordering::Relaxed),
         hash_occupancy: sh
@@ -562,7 +677,7 @@ fn collect(
         boot_us,
         tsc_khz,
         per_vcpu,
-        console: std::mem::take(&mut *sh.console.lock().unwrap_or_else(|p| p.into_inner())),
+        console: console.into_lines(),
         boot,
         hash_in_use,
         lock_counts,

@@ -81,7 +81,9 @@ pub struct PreemptState {
     pub window_arrivals: [AtomicU64; NR_WINDOWS],
     /// Holds performed per rule.
     pub rule_used: Vec<AtomicU32>,
-    pub holds: Mutex<Vec<HoldOutcome>>,
+    /// Directed holds and how they ended (bounded: a rule with `count = 0`
+    /// may hold any number of times).
+    pub holds: Mutex<crate::report::BoundedLog<HoldOutcome>>,
     /// Stall requests the preemptor skipped because the vCPU was blocked
     /// in a wait or already stalled.
     pub skipped: AtomicU64,
@@ -94,7 +96,7 @@ impl PreemptState {
             stalled: (0..vcpus).map(|_| AtomicU32::new(0)).collect(),
             window_arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
             rule_used: (0..rules).map(|_| AtomicU32::new(0)).collect(),
-            holds: Mutex::new(Vec::new()),
+            holds: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::HOLDS)),
             skipped: AtomicU64::new(0),
         }
     }

@@ -6,6 +6,95 @@ use pvlock_abi::PanicKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// What one run may keep, at most: a guest that floods the console or a
+/// schedule that holds forever must not exhaust the VMM (a 4096-byte
+/// console store in a loop once took 2.1 GB). What is dropped beyond these
+/// is counted in [`RunReport::dropped`] and said in the record.
+pub mod limits {
+    /// Console bytes kept per run (after the per-store 4096-byte bound).
+    pub const CONSOLE_BYTES: usize = 64 << 10;
+    /// Console lines kept per run.
+    pub const CONSOLE_LINES: usize = 1000;
+    /// Directed-hold outcomes kept per run.
+    pub const HOLDS: usize = 1000;
+    /// Full state dumps of rescued missed wakeups kept per run (every
+    /// rescue is still counted by class).
+    pub const RESCUE_REPORTS: usize = 16;
+}
+
+/// A list that keeps at most `cap` items and counts the rest.
+#[derive(Debug, Clone)]
+pub struct BoundedLog<T> {
+    pub items: Vec<T>,
+    pub cap: usize,
+    pub dropped: u64,
+}
+
+impl<T> BoundedLog<T> {
+    pub fn new(cap: usize) -> Self {
+        Self { items: Vec::new(), cap, dropped: 0 }
+    }
+    pub fn push(&mut self, v: T) {
+        if self.items.len() < self.cap {
+            self.items.push(v);
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// The console of a run, bounded by [`limits::CONSOLE_BYTES`] and
+/// [`limits::CONSOLE_LINES`].
+#[derive(Debug, Default)]
+pub struct Console {
+    pub lines: Vec<String>,
+    bytes: usize,
+    pub dropped_lines: u64,
+    pub dropped_bytes: u64,
+}
+
+impl Console {
+    /// Keeps `line` if it fits, otherwise counts it.
+    pub fn push(&mut self, line: String) {
+        if self.lines.len() < limits::CONSOLE_LINES && self.bytes + line.len() <= limits::CONSOLE_BYTES {
+            self.bytes += line.len();
+            self.lines.push(line);
+        } else {
+            self.dropped_lines += 1;
+            self.dropped_bytes += line.len() as u64;
+        }
+    }
+
+    /// The kept lines, and a last line saying what was dropped, if anything.
+    pub fn into_lines(mut self) -> Vec<String> {
+        if self.dropped_lines > 0 {
+            self.lines.push(format!(
+                "pvlock: console truncated: {} further lines ({} bytes) dropped (limits: {} lines, {} bytes per run)",
+                self.dropped_lines,
+                self.dropped_bytes,
+                limits::CONSOLE_LINES,
+                limits::CONSOLE_BYTES
+            ));
+        }
+        self.lines
+    }
+}
+
+/// What a run dropped to stay within [`limits`] (all zero normally).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Dropped {
+    pub console_lines: u64,
+    pub console_bytes: u64,
+    pub holds: u64,
+    pub rescue_reports: u64,
+}
+
+impl Dropped {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Outcome of a run, as recorded in `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -73,7 +162,7 @@ pub enum GuestFailure {
     /// The guest sent nonsense through the ABI.
     AbiViolation { cpu: u32, rip: u64, detail: String },
     /// An exit the VMM does not expect from this guest.
-    UnexpectedExit { cpu: u32, rip: u64, exit: String },
+    UnexpectedExit { cpu: u32, rip: u64, exit: String, rsp: u64, cr2: u64, rax: u64, rdi: u64 },
     /// A vCPU reported DONE with a failure status.
     WorkloadFailed { cpu: u32, status: u64 },
     /// The lock-aware detector found a waiter nothing will wake.
@@ -124,7 +213,9 @@ impl GuestFailure {
             }
             Self::Panic { cpu, what, file, line, message } => format!("vCPU {cpu}: guest {what} at {file}:{line}: {message}"),
             Self::AbiViolation { cpu, rip, detail } => format!("vCPU {cpu}: ABI violation at RIP {rip:#x}: {detail}"),
-            Self::UnexpectedExit { cpu, rip, exit } => format!("vCPU {cpu}: unexpected exit {exit} at RIP {rip:#x}"),
+            Self::UnexpectedExit { cpu, rip, exit, rsp, cr2, .. } => {
+                format!("vCPU {cpu}: unexpected exit {exit} at RIP {rip:#x} (RSP {rsp:#x}, CR2 {cr2:#x})")
+            }
             Self::WorkloadFailed { cpu, status } => format!("vCPU {cpu}: workload reported failure status {status}"),
             Self::BlockedWait { cpu, blocked_ms, gpa, expected, current } => format!(
                 "vCPU {cpu}: blocked in pv_wait for {blocked_ms} ms on byte {gpa:#x} (expected {expected}, now {current})"
@@ -195,8 +286,13 @@ pub struct RunReport {
     pub holds: Vec<crate::preempt::HoldOutcome>,
     /// The state dump of a hang or missed wakeup.
     pub hang: Option<crate::watchdog::HangReport>,
-    /// Missed wakeups rescued (`rescue`), each with its dump.
+    /// Missed wakeups rescued (`rescue`), each with its dump (the first
+    /// [`limits::RESCUE_REPORTS`]).
     pub rescued: Vec<crate::watchdog::HangReport>,
+    /// Every rescued missed wakeup, by class (also those whose dump was dropped).
+    pub rescued_by_class: BTreeMap<crate::watchdog::MissedWakeupClass, u64>,
+    /// What was dropped to stay within [`limits`].
+    pub dropped: Dropped,
     /// Random / holder stall requests skipped (vCPU blocked or stalled).
     pub stalls_skipped: u64,
     /// (entries in use, samples) of the PV hash table over the run.

@@ -42,7 +42,7 @@ pub struct Shared {
     pub run_start: Instant,
     pub channels: Vec<WaitChannel>,
     pub exits: Vec<AtomicU64>,
-    pub console: Mutex<Vec<String>>,
+    pub console: Mutex<crate::report::Console>,
     /// Halt polling is allowed (not overcommitted, or told to anyway).
     pub may_poll: bool,
     pub preempt: crate::preempt::PreemptState,
@@ -50,8 +50,10 @@ pub struct Shared {
     pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
     /// How the guest's locks are laid out (decoding guest memory).
     pub layout: pvlock_abi::lockword::LockLayout,
-    /// Missed wakeups rescued (`--rescue`), with their reports.
-    pub rescued: Mutex<Vec<crate::watchdog::HangReport>>,
+    /// Missed wakeups rescued (`--rescue`): the first dumps, and every
+    /// one by class.
+    pub rescued: Mutex<crate::report::BoundedLog<crate::watchdog::HangReport>>,
+    pub rescued_by_class: Mutex<std::collections::BTreeMap<crate::watchdog::MissedWakeupClass, u64>>,
     /// PV hash entries in use -> supervisor samples that saw that many.
     pub hash_occupancy: Mutex<std::collections::BTreeMap<u64, u64>>,
 }
@@ -101,6 +103,13 @@ impl Shared {
         state == n.state_running
             && (next_cpu as usize) < self.channels.len()
             && self.channels[next_cpu as usize].blocked_since_us.load(Ordering::Acquire) == 0
+    }
+
+    /// Keeps a rescued missed wakeup: counted by class, its dump kept if
+    /// there is room.
+    pub fn record_rescue(&self, r: crate::watchdog::HangReport) {
+        *self.rescued_by_class.lock().unwrap_or_else(|p| p.into_inner()).entry(r.class).or_insert(0) += 1;
+        self.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     }
 
     /// Sets the steal-time style `preempted` flag the guest reads.
@@ -181,6 +190,20 @@ impl VcpuThread {
             }
             Ok(VcpuExit::Shutdown) => Err("Shutdown".to_string()),
             Ok(VcpuExit::Intr) => return Ok(self.interrupted()),
+            Ok(VcpuExit::InternalError) => {
+                // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
+                // `internal` member of the kvm_run union; it is plain integers.
+                let i = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                let what = match i.suberror {
+                    1 => "emulation failure",
+                    2 => "simultaneous exceptions",
+                    3 => "delivery event failure",
+                    4 => "unexpected exit reason",
+                    _ => "unknown suberror",
+                };
+                let n = (i.ndata as usize).min(i.data.len());
+                Err(format!("InternalError (suberror {}: {what}; data {:x?})", i.suberror, &i.data[..n]))
+            }
             Ok(other) => Err(format!("{other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(self.interrupted()),
             Err(e) => return Err(GuestFailure::Host { cpu, error: format!("KVM_RUN: {e}") }),
@@ -202,7 +225,21 @@ impl VcpuThread {
                 });
             }
             Err(name) if name.starts_with("MmioRead") => return Err(self.abi_violation(name)),
-            Err(name) => return Err(GuestFailure::UnexpectedExit { cpu, rip: self.rip(), exit: name }),
+            Err(name) => {
+                // The same registers as a triple fault: an internal error
+                // (an instruction KVM could not emulate, say) is a crash too.
+                let regs = self.fd.get_regs().unwrap_or_default();
+                let sregs = self.fd.get_sregs().unwrap_or_default();
+                return Err(GuestFailure::UnexpectedExit {
+                    cpu,
+                    rip: regs.rip,
+                    exit: name,
+                    rsp: regs.rsp,
+                    cr2: sregs.cr2,
+                    rax: regs.rax,
+                    rdi: regs.rdi,
+                });
+            }
         };
         self.serve(req)
     }
@@ -268,14 +305,17 @@ impl VcpuThread {
                             // owner, a descheduled vCPU thread) is counted
                             // and left waiting: the run timeout still bounds it.
                             let report = crate::watchdog::explain(sh, cpu);
+                            ch.end_blocked();
                             if !crate::watchdog::is_provably_lost(&report) {
                                 ch.counters.add(VmmCounter::LongWaits, 1);
                                 continue;
                             }
                             ch.counters.add(VmmCounter::Rescues, 1);
-                            sh.rescued.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+                            sh.record_rescue(report);
                             Ok(Next::Continue)
                         }
+                        // Left marked blocked: the supervisor's dump of this
+                        // failure shows the wait (blocked_ms, wait_gpa).
                         WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
                             cpu,
                             blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,

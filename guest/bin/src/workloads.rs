@@ -25,6 +25,7 @@ pub fn run(w: Workload, cpu: u32) -> u64 {
         Workload::PingPong => ping_pong(&me),
         Workload::Doorbells => doorbells(&me),
         Workload::PreemptProbe => preempt_probe(&me),
+        Workload::DoorbellFuzz => doorbell_fuzz(&me),
     }
 }
 
@@ -230,7 +231,13 @@ fn preempt_probe(me: &GuestCpu) -> u64 {
         while rt::rdtsc() - t < rt::ns_to_cycles(2_000_000) {
             core::hint::spin_loop();
         }
-        me.race_window(Window::CriticalSection);
+        // The probe *is* this stall, so it is requested unconditionally. A
+        // `race_window()` would exit only when the config enables the
+        // critical-section window with window_prob > 0, and the defaults
+        // enable no window: the check then failed on a stall that never
+        // happened. The VMM stalls it for `preempt.window_stall_us`.
+        me.block().window_hits[Window::CriticalSection as usize] += 1;
+        rt::ring(doorbell::STALL, Window::CriticalSection as u64);
         PROBE_DONE.store(1, Ordering::Release);
         return doorbell::DONE_OK;
     }
@@ -241,6 +248,102 @@ fn preempt_probe(me: &GuestCpu) -> u64 {
             }
         }
         me.block().acquisitions += 1;
+    }
+    doorbell::DONE_OK
+}
+
+// ------------------------------------------------------------- ABI fuzz --
+
+/// xorshift64 step (the fuzz has its own stream: independent of the lock
+/// code's choices).
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Seeded random MMIO accesses (see `Workload::DoorbellFuzz`). Weighted so
+/// that a run usually goes on for a while (pings, good console messages,
+/// kicks, stalls) before something ends it: an ABI violation, a guest
+/// panic report with a garbage record, a DONE with a random status, a wait
+/// on a random byte, or the end of `iterations`.
+fn doorbell_fuzz(me: &GuestCpu) -> u64 {
+    use pvlock_abi::{MMIO_BASE, MMIO_SIZE};
+    let boot = rt::boot();
+    // Copied first: the loop scribbles on the boot block's guest part.
+    let (ram, nr_vcpus, iterations) = (boot.ram_mib as u64 * 1024 * 1024, boot.nr_vcpus, boot.iterations);
+    let mut x = boot.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(me.id() as u64 + 1)) | 1;
+    let doorbells = [doorbell::CONSOLE, doorbell::WAIT, doorbell::STALL, doorbell::PING];
+    for _ in 0..iterations {
+        let r = xorshift(&mut x);
+        let pick = r & 0xff;
+        let addr = match pick {
+            // Real doorbells (DONE and PANIC rarely: they end the vCPU / VM).
+            0..=199 => doorbells[(r >> 8) as usize % doorbells.len()],
+            200 => doorbell::DONE,
+            201 => doorbell::PANIC,
+            // Kicks of vCPUs that exist, and rarely of ones that do not.
+            202..=235 => doorbell::kick_addr((r >> 8) as u32 % nr_vcpus.clamp(1, 64)),
+            236..=237 => doorbell::kick_addr(nr_vcpus.min(64) + (r >> 8) as u32 % 3),
+            // Anywhere in the doorbell window, aligned or not.
+            238..=240 => MMIO_BASE + (r >> 8) % MMIO_SIZE,
+            // Just above it (unbacked guest memory is MMIO to KVM too).
+            241 => MMIO_BASE + MMIO_SIZE + (r >> 8) % 0x1000,
+            // Scribble on the records the VMM reads: the guest-published
+            // part of the boot block, or this vCPU's block.
+            _ => {
+                let (base, first, end) = if r & 0x100 == 0 {
+                    let b = core::mem::size_of::<pvlock_abi::BootBlock>() as u64;
+                    (pvlock_abi::BOOT_BLOCK_GPA, core::mem::offset_of!(pvlock_abi::BootBlock, started) as u64, b)
+                } else {
+                    (pvlock_abi::vcpu_block_gpa(me.id()), 0, core::mem::size_of::<pvlock_abi::VcpuBlock>() as u64)
+                };
+                let off = first + (r >> 16) % (end - first - 8);
+                let v = xorshift(&mut x);
+                // SAFETY: `base + off .. + 8` lies inside the guest-written
+                // part of the boot block or inside this vCPU's block (RAM,
+                // identity mapped); this workload reads neither afterwards
+                // (its parameters are copied to locals first).
+                unsafe { core::ptr::write_unaligned((base + off) as *mut u64, v) };
+                continue;
+            }
+        };
+        let v = xorshift(&mut x);
+        // Values shaped like requests half of the time: an address in or
+        // near RAM, a length or byte around the limits.
+        let value = match (v >> 60, addr) {
+            (0..=14, doorbell::CONSOLE) => doorbell::console_value((v >> 8) % (ram + 0x1000), (v >> 40) % 4200),
+            (0..=14, doorbell::WAIT) => doorbell::wait_value((v >> 8) % (ram + 0x1000), (v >> 3) as u8),
+            (0..=14, doorbell::STALL) => (v >> 8) % (pvlock_abi::NR_WINDOWS as u64 + 2),
+            (0..=14, doorbell::PANIC) => (v >> 8) % 5,
+            _ => v,
+        };
+        // Mostly 8-byte stores (the others end the run at once).
+        let width = match (r >> 56) & 0x3f {
+            0 => 1,
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        // SAFETY: every `addr` here is at or above MMIO_BASE, below the
+        // mapped 4 GiB and above RAM: mapped by the VMM's page tables,
+        // backed by no memory, so the access exits to the VMM (or signals
+        // an ioeventfd) and touches no guest memory. Whatever it asks is
+        // the VMM's to refuse.
+        unsafe {
+            if (r >> 44) & 0xff == 0 {
+                // A read: doorbells are write-only.
+                core::hint::black_box(core::ptr::read_volatile(addr as *const u64));
+                continue;
+            }
+            match width {
+                1 => core::ptr::write_volatile(addr as *mut u8, value as u8),
+                2 => core::ptr::write_volatile(addr as *mut u16, value as u16),
+                4 => core::ptr::write_volatile(addr as *mut u32, value as u32),
+                _ => core::ptr::write_volatile(addr as *mut u64, value),
+            }
+        }
     }
     doorbell::DONE_OK
 }

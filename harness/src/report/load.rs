@@ -27,8 +27,23 @@ pub struct Loaded {
 /// Parses JSONL text: one record per non-blank line; malformed or
 /// truncated lines are skipped and listed.
 pub fn parse_jsonl(text: &str) -> Loaded {
+    parse_jsonl_bytes(text.as_bytes())
+}
+
+/// [`parse_jsonl`] on raw bytes: a line that is not UTF-8 (a torn write, a
+/// stray binary append) is skipped and named like a malformed one; the
+/// other lines still count.
+pub fn parse_jsonl_bytes(bytes: &[u8]) -> Loaded {
     let mut out = Loaded::default();
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(l) => l,
+            Err(e) => {
+                out.skipped.push(SkippedLine { line: i + 1, error: format!("not UTF-8: {e}") });
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -40,10 +55,39 @@ pub fn parse_jsonl(text: &str) -> Loaded {
     out
 }
 
+impl Loaded {
+    /// One line for a terminal about the skipped lines of `path` (`None`
+    /// when nothing was skipped): how many, which (the first few), and
+    /// whether anything was left.
+    pub fn skipped_note(&self, path: &Path) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let first: Vec<String> = self.skipped.iter().take(5).map(|s| format!("line {}: {}", s.line, s.error)).collect();
+        let more =
+            if self.skipped.len() > 5 { format!("; and {} more", self.skipped.len() - 5) } else { String::new() };
+        let head = if self.records.is_empty() {
+            format!(
+                "{}: no valid record: every one of its {} non-blank line(s) is invalid",
+                path.display(),
+                self.skipped.len()
+            )
+        } else {
+            format!(
+                "{}: {} invalid line(s) skipped, {} record(s) kept",
+                path.display(),
+                self.skipped.len(),
+                self.records.len()
+            )
+        };
+        Some(format!("{head} ({}{more})", first.join("; ")))
+    }
+}
+
 /// Reads and parses `path` (a `runs.jsonl`).
 pub fn load_jsonl(path: &Path) -> Result<Loaded> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(parse_jsonl(&text))
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(parse_jsonl_bytes(&bytes))
 }
 
 /// Run-key entries that only tell repeats apart: dropped when grouping.
@@ -250,5 +294,18 @@ mod tests {
         let l = parse_jsonl("{\"schema_version\":1\n\n{not json");
         assert!(l.records.is_empty());
         assert_eq!(l.skipped.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn invalid_utf8_lines_are_skipped_and_named() {
+        let mut bytes = b"{bad json\n".to_vec();
+        bytes.extend_from_slice(b"\xff\xfe not utf-8\n\n");
+        bytes.extend_from_slice(b"\xc3\n");
+        let l = parse_jsonl_bytes(&bytes);
+        assert_eq!(l.skipped.iter().map(|s| s.line).collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert!(l.skipped[1].error.contains("UTF-8"), "{:?}", l.skipped);
+        let note = l.skipped_note(Path::new("r/runs.jsonl")).unwrap();
+        assert!(note.contains("no valid record") && note.contains("line 2"), "{note}");
+        assert!(parse_jsonl("").skipped_note(Path::new("x")).is_none());
     }
 }

@@ -97,6 +97,16 @@ fn skipped_text(skipped: &[SkippedLine]) -> String {
     )
 }
 
+/// `report` with the text of its `partial` marker as a section after the
+/// header (before the first table), so that what is missing is read first.
+pub fn with_partial_note(report: &str, note: &str) -> String {
+    let section = format!("\n## What is missing (partial result)\n\n```\n{}\n```\n", note.trim_end());
+    match report.find("\nRates and latencies") {
+        Some(at) => format!("{}{section}{}", &report[..at], &report[at..]),
+        None => format!("{report}{section}"),
+    }
+}
+
 /// Renders `report.md`.
 pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bool) -> String {
     let records = &loaded.records;

@@ -154,37 +154,86 @@ pub fn render_dir(dir: &Path, env: &EnvInfo) -> Result<()> {
 
 /// [`render_dir`], returning what it wrote.
 pub fn render_dir_with(dir: &Path, env: &EnvInfo) -> Result<Rendered> {
-    let loaded = load::load_jsonl(&dir.join(RUNS_FILE))?;
-    let env = EnvInfo::load(dir)?.unwrap_or_else(|| env.clone());
-    let partial = dir.join(PARTIAL_FILE).exists();
-    let r = render_loaded(&loaded, &env, partial);
-    write_atomic(&dir.join("report.md"), r.markdown.as_bytes())?;
-    write_atomic(&dir.join("summary.csv"), r.csv.as_bytes())?;
-    for (name, svg) in &r.plots {
-        write_atomic(&dir.join("plots").join(name), svg.as_bytes())?;
-    }
+    let r = render_from(dir, env)?.1;
+    write_rendered(&r, dir)?;
     Ok(r)
 }
 
-/// `pvlock report DIR`: re-renders DIR and returns what to print (the main
-/// table, and where the report went).
-pub fn report_command(dir: &Path) -> Result<String> {
-    let r = render_dir_with(dir, &EnvInfo::collect())?;
-    Ok(format!("{}report: {}\n", r.main_table, dir.join("report.md").display()))
+/// Reads `dir` (runs.jsonl, env.json, partial) and renders it, no writes.
+fn render_from(dir: &Path, env: &EnvInfo) -> Result<(Loaded, Rendered)> {
+    let loaded = load::load_jsonl(&dir.join(RUNS_FILE))?;
+    let env = EnvInfo::load(dir)?.unwrap_or_else(|| env.clone());
+    let marker = dir.join(PARTIAL_FILE);
+    let partial = marker.exists();
+    let mut r = render_loaded(&loaded, &env, partial);
+    // A marker that says more than "not finished" (a partial merge names
+    // its missing runs) is shown as it is.
+    let note = if partial { std::fs::read_to_string(&marker).unwrap_or_default() } else { String::new() };
+    if !note.trim().is_empty() && !note.starts_with("the matrix has not finished") {
+        r.markdown = markdown::with_partial_note(&r.markdown, &note);
+    }
+    Ok((loaded, r))
+}
+
+/// Writes `report.md`, `summary.csv` and `plots/*.svg` into `out`, each
+/// atomically.
+fn write_rendered(r: &Rendered, out: &Path) -> Result<()> {
+    write_atomic(&out.join("report.md"), r.markdown.as_bytes())?;
+    write_atomic(&out.join("summary.csv"), r.csv.as_bytes())?;
+    for (name, svg) in &r.plots {
+        write_atomic(&out.join("plots").join(name), svg.as_bytes())?;
+    }
+    // A plot this render left out (outcomes, when all is ok) must not
+    // survive from an earlier render of the same directory.
+    for f in plots::FILES.iter().filter(|f| !r.plots.iter().any(|(n, _)| n == *f)) {
+        let _ = std::fs::remove_file(out.join("plots").join(f));
+    }
+    Ok(())
+}
+
+/// `pvlock report DIR [--out OUT]`: re-renders DIR (into OUT if given) and
+/// returns what to print: a note on skipped lines of runs.jsonl (on stdout,
+/// so a file of nothing but bad lines is never a silent empty table), the
+/// main table, and where the report went. When DIR cannot be written (a
+/// read-only result directory) and no OUT is given, the whole report.md
+/// is printed instead, with a note saying why.
+pub fn report_command(dir: &Path, out: Option<&Path>) -> Result<String> {
+    let (loaded, r) = render_from(dir, &EnvInfo::collect())?;
+    let mut text = String::new();
+    if let Some(note) = loaded.skipped_note(&dir.join(RUNS_FILE)) {
+        text.push_str(&note);
+        text.push('\n');
+    }
+    let target = out.unwrap_or(dir);
+    match write_rendered(&r, target) {
+        Ok(()) => {
+            text.push_str(&r.main_table);
+            text.push_str(&format!("report: {}\n", target.join("report.md").display()));
+        }
+        Err(e) if out.is_none() => {
+            text.push_str(&format!(
+                "note: cannot write the report into {} ({e:#}); report.md follows here instead \
+                 (use --out DIR to write report.md, summary.csv and plots elsewhere)\n\n",
+                dir.display()
+            ));
+            text.push_str(&r.markdown);
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(text)
 }
 
 /// `pvlock diff A B`: the diff of two result directories, as markdown.
 pub fn diff_command(a: &Path, b: &Path) -> Result<String> {
     let la = load::load_jsonl(&a.join(RUNS_FILE))?;
     let lb = load::load_jsonl(&b.join(RUNS_FILE))?;
-    let mut out = diff(&la.records, &lb.records).to_markdown();
-    for (side, l) in [("A", &la), ("B", &lb)] {
-        if !l.skipped.is_empty() {
-            out.push_str(&format!(
-                "\n{side}: {} malformed or truncated line(s) of runs.jsonl skipped.\n",
-                l.skipped.len()
-            ));
+    let mut out = String::new();
+    for (dir, l) in [(a, &la), (b, &lb)] {
+        if let Some(note) = l.skipped_note(&dir.join(RUNS_FILE)) {
+            out.push_str(&note);
+            out.push('\n');
         }
     }
+    out.push_str(&diff(&la.records, &lb.records).to_markdown());
     Ok(out)
 }
