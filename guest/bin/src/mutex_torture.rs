@@ -8,13 +8,11 @@ use crate::cpu::GuestCpu;
 use crate::rt;
 use core::sync::atomic::Ordering;
 use pvlock_abi::doorbell::{self, PanicKind};
-use pvlock_abi::{MutexVariant, Variant, MAX_VCPUS};
+use pvlock_abi::{MutexVariant, MAX_VCPUS};
 use pvlock_guest_lib::sleeping::torture::{MutexTorture, MutexTortureLock, MAX_MUTEXES};
 use pvlock_guest_lib::sleeping::{MutexSystem, TaskSlot, Tasks};
 use pvlock_guest_lib::torture::{Observer, Violation};
-use pvlock_guest_lib::{
-    default_hash_bits, HashSlot, LockConfig, LockSystem, PerCpuNodes, Platform, DEFAULT_SPIN_THRESHOLD, MAX_HASH_BITS,
-};
+use pvlock_guest_lib::{HashSlot, LockSystem, PerCpuNodes, MAX_HASH_BITS};
 
 /// The `wait_lock`s' MCS / PV nodes.
 static NODES: [PerCpuNodes; MAX_VCPUS] = [const { PerCpuNodes::new() }; MAX_VCPUS];
@@ -35,19 +33,12 @@ impl Observer for GuestObserver<'_> {
 
 pub fn run(me: &GuestCpu) -> u64 {
     let boot = rt::boot();
-    let Some(variant) = Variant::from_u32(boot.lock.variant) else {
-        me.fail(PanicKind::Panic, format_args!("unknown lock variant id {}", boot.lock.variant))
-    };
     let Some(flavor) = MutexVariant::from_u32(boot.lock.mutex) else {
         me.fail(PanicKind::Panic, format_args!("unknown mutex variant id {} (lock.mutex)", boot.lock.mutex))
     };
     let nr = boot.nr_vcpus;
-    let hash_bits = if boot.lock.hash_bits == 0 { default_hash_bits(nr) } else { boot.lock.hash_bits };
-    if !(2..=MAX_HASH_BITS).contains(&hash_bits) {
-        me.fail(PanicKind::Panic, format_args!("hash_bits {hash_bits} out of range 2..={MAX_HASH_BITS}"))
-    }
-    let spin = if boot.lock.spin_threshold == 0 { DEFAULT_SPIN_THRESHOLD } else { boot.lock.spin_threshold };
-    let cfg = LockConfig { variant, spin_threshold: spin, hash_bits };
+    let cfg = crate::torture::lock_config(me, boot);
+    let hash_bits = cfg.hash_bits;
     let spin_sys = LockSystem::new(cfg, &NODES[..nr as usize], &HASH[..1 << hash_bits]);
     let sys = MutexSystem::new(flavor, &spin_sys, Tasks::new(&TASKS[..nr as usize]));
     let stop = rt::boot_field(&boot.stop_request);

@@ -7,7 +7,7 @@ use crate::kmod::{KernelLock, KernelPath};
 use crate::rt;
 use core::sync::atomic::Ordering;
 use pvlock_abi::doorbell::{self, PanicKind};
-use pvlock_abi::{Variant, MAX_VCPUS};
+use pvlock_abi::{BootBlock, Variant, MAX_VCPUS};
 use pvlock_guest_lib::torture::{Observer, Torture, TortureLock, TortureResult, Violation, MAX_LOCKS};
 use pvlock_guest_lib::{
     default_hash_bits, HashSlot, LockConfig, LockSystem, PerCpuNodes, Platform, DEFAULT_SPIN_THRESHOLD, MAX_HASH_BITS,
@@ -44,18 +44,26 @@ impl Observer for GuestObserver<'_> {
     }
 }
 
-pub fn run(me: &GuestCpu) -> u64 {
-    let boot = rt::boot();
+/// The spinlock the boot block asks for (variant, spin threshold, hash
+/// size, defaults resolved); a value the VMM should never have sent is a
+/// guest panic naming it. The mutex torture's `wait_lock` uses it too.
+pub(crate) fn lock_config(me: &GuestCpu, boot: &BootBlock) -> LockConfig {
     let Some(variant) = Variant::from_u32(boot.lock.variant) else {
         me.fail(PanicKind::Panic, format_args!("unknown lock variant id {}", boot.lock.variant))
     };
-    let nr = boot.nr_vcpus;
-    let hash_bits = if boot.lock.hash_bits == 0 { default_hash_bits(nr) } else { boot.lock.hash_bits };
+    let hash_bits = if boot.lock.hash_bits == 0 { default_hash_bits(boot.nr_vcpus) } else { boot.lock.hash_bits };
     if !(2..=MAX_HASH_BITS).contains(&hash_bits) {
         me.fail(PanicKind::Panic, format_args!("hash_bits {hash_bits} out of range 2..={MAX_HASH_BITS}"))
     }
     let spin = if boot.lock.spin_threshold == 0 { DEFAULT_SPIN_THRESHOLD } else { boot.lock.spin_threshold };
-    let cfg = LockConfig { variant, spin_threshold: spin, hash_bits };
+    LockConfig { variant, spin_threshold: spin, hash_bits }
+}
+
+pub fn run(me: &GuestCpu) -> u64 {
+    let boot = rt::boot();
+    let nr = boot.nr_vcpus;
+    let cfg = lock_config(me, boot);
+    let (variant, hash_bits) = (cfg.variant, cfg.hash_bits);
     // Kernel variants run the kernel-lock module (a tree's own
     // qspinlock.c): binding it publishes the tree's hash table.
     let kernel = match variant {
