@@ -107,6 +107,13 @@ counters! {
         MutexHandoffCycles = "mutex_handoff_cycles",
         /// Acquisitions through the wait list (slow path, after queueing).
         MutexSlowpath = "mutex_slowpath",
+        /// Ours, a maximum over one `mutex_lock()`: wakeups as the first
+        /// waiter after which the waiter went on waiting with no hand-off
+        /// request standing (the mutex owned by another task, neither
+        /// HANDOFF nor PICKUP set). Bounded (about 1) where the first waiter
+        /// re-requests HANDOFF on each wakeup; grows without bound where a
+        /// lost request is never renewed (before 048661a1f963).
+        MutexFirstWakeNoHandoffMax = "mutex_first_wake_no_handoff_max",
         /// rtmutex acquisitions through `try_to_take_rt_mutex()` (slow path).
         RtMutexSlowpath = "rtmutex_slowpath",
     }
@@ -144,5 +151,12 @@ counters! {
         /// With `--rescue`: waits longer than the stall timeout that the
         /// watchdog could not prove lost (left waiting).
         LongWaits = "long_waits",
+    }
+}
+
+impl LockEvent {
+    /// A maximum (combined over vCPUs by `max`), not a count (summed).
+    pub const fn is_max(self) -> bool {
+        matches!(self, LockEvent::HashMaxProbe | LockEvent::MutexFirstWakeNoHandoffMax)
     }
 }

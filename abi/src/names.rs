@@ -163,8 +163,9 @@ named! {
         /// Lock holder inside its critical section (used by `holder` stalls).
         CriticalSection = 8, "critical-section";
         /// Mutex waiter between setting `MUTEX_FLAG_HANDOFF` with
-        /// `__mutex_set_flag()` and its trylock (v4.10..v5.15): a steal here
-        /// clears the flag (the 048661a1f963 starvation).
+        /// `__mutex_set_flag()` on a mutex that was unlocked at that moment
+        /// and its own trylock (v4.10..v5.15): a steal here clears the flag
+        /// (the 048661a1f963 starvation; ad90880dc962 closed the window).
         MutexHandoffSet = 9, "mutex-handoff-set";
     }
 }

@@ -7,7 +7,7 @@ use pvlock::config::{Experiment, Overrides};
 use pvlock::output::Destination;
 use pvlock::record::Record;
 use pvlock::runner::{run_one_with_report, GUEST_ELF};
-use pvlock_abi::{Variant, Window};
+use pvlock_abi::{MutexVariant, Variant, Window};
 use pvlock_vmm::{HoldRelease, StopHandle};
 use std::path::PathBuf;
 
@@ -81,9 +81,13 @@ struct ReproArgs {
     /// Every reproducer against every PV variant and mutant: the outcome matrix.
     #[arg(long)]
     all: bool,
-    /// Lock variant (default: the reproducer's own).
+    /// Lock variant (default: the reproducer's own); for a mutex
+    /// reproducer, the mutexes' wait_lock.
     #[arg(long, value_parser = parse_variant)]
     variant: Option<Variant>,
+    /// Mutex variant of a mutex reproducer (default: the reproducer's own).
+    #[arg(long, value_parser = parse_mutex_variant)]
+    mutex: Option<MutexVariant>,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     #[arg(long, default_value_t = 1)]
@@ -185,6 +189,11 @@ struct RunArgs {
 }
 
 /// A variant name from the command line (the edge where names become values).
+fn parse_mutex_variant(s: &str) -> Result<MutexVariant, String> {
+    MutexVariant::from_name(s)
+        .ok_or_else(|| format!("unknown mutex variant `{s}` (one of: {})", MutexVariant::NAMES.join(", ")))
+}
+
 fn parse_variant(s: &str) -> Result<Variant, String> {
     Variant::from_name(s).ok_or_else(|| format!("unknown variant `{s}` (one of: {})", Variant::NAMES.join(", ")))
 }
@@ -503,15 +512,38 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     let mut results = Vec::new();
     let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
         let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_kernel()).collect();
-        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, *v))).collect()
+        let mutexes: Vec<MutexVariant> = MutexVariant::ALL.iter().copied().filter(|m| !m.is_mutant()).collect();
+        catalog()
+            .into_iter()
+            .flat_map(|r| -> Vec<(pvlock::repro::Repro, Variant)> {
+                match r.mutex {
+                    // A mutex reproducer: every mutex variant on its own wait_lock.
+                    Some(_) => mutexes
+                        .iter()
+                        .map(|m| (pvlock::repro::Repro { mutex: Some(*m), ..r }, r.default_variant))
+                        .collect(),
+                    None => pv.iter().map(|v| (r, *v)).collect(),
+                }
+            })
+            .collect()
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };
-        let r = find(name)?;
+        let mut r = find(name)?;
+        if let Some(m) = a.mutex {
+            if r.mutex.is_none() {
+                bail!("--mutex {m}: `{}` is a spinlock reproducer", r.name);
+            }
+            r.mutex = Some(m);
+        }
         let v = a.variant.unwrap_or(r.default_variant);
         vec![(r, v)]
     };
     for (r, v) in &jobs {
-        eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
+        let on = match r.mutex {
+            Some(m) => format!("{m} (wait_lock {v})"),
+            None => v.to_string(),
+        };
+        eprintln!("repro {} on {on} ({:?}): {} seeds x {:.1} s budget", r.name, mode, a.seeds, a.budget_s);
         let trace = a.trace.as_deref();
         let res = run_repro_traced(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
             eprintln!(
@@ -528,9 +560,8 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
             }
         })?;
         println!(
-            "{} on {} ({:?}): detected in {} of {} seeds{}",
+            "{} on {on} ({:?}): detected in {} of {} seeds{}",
             res.repro,
-            res.variant,
             mode,
             res.detected(),
             res.runs.len(),

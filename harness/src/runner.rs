@@ -88,14 +88,11 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         })
         .collect();
     let mut lock_events = sum_map(per_vcpu.iter().map(|v| &v.lock_events));
-    // hash_max_probe is a maximum, not a sum.
-    let max_probe = r
-        .per_vcpu
-        .iter()
-        .map(|v| v.lock_events.get(LockEvent::HashMaxProbe.name()).copied().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
-    lock_events.insert(LockEvent::HashMaxProbe.name().into(), max_probe);
+    // hash_max_probe (and the other `is_max` events) is a maximum, not a sum.
+    for e in LockEvent::ALL.iter().filter(|e| e.is_max()) {
+        let max = r.per_vcpu.iter().map(|v| v.lock_events.get(e.name()).copied().unwrap_or(0)).max().unwrap_or(0);
+        lock_events.insert(e.name().into(), max);
+    }
     let vmm = sum_map(per_vcpu.iter().map(|v| &v.vmm));
     let acquisitions: u64 = per_vcpu.iter().map(|v| v.acquisitions).sum();
     let latency = histogram_percentiles(&merge_histograms(r.per_vcpu.iter().map(|v| v.latency_buckets.as_slice())));
@@ -106,7 +103,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         stale_entries: r.hash_in_use.len() as u64,
         inserts,
         removes: ev(LockEvent::HashRemoves),
-        max_probe,
+        max_probe: ev(LockEvent::HashMaxProbe),
         hops_per_insert: if inserts > 0 { ev(LockEvent::PvHashHops) as f64 / inserts as f64 } else { 0.0 },
         hops_per_kick_unlock: match ev(LockEvent::PvKickUnlock) {
             0 => 0.0,

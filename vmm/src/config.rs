@@ -166,6 +166,12 @@ pub struct LockConfig {
     /// The mutex variant of `workload = "mutex-torture"`; its `wait_lock`
     /// is a spinlock of `variant`.
     pub mutex: MutexVariant,
+    /// Mutex torture only: task 0 locks mutex 0 a second time (incorrect
+    /// code, the case of e274795ea7b7) and must stay blocked until vCPU 1
+    /// kills it at the end of the run; the other tasks torture the other
+    /// mutexes. A recursive lock that returns is a guest BUG.
+    #[serde(skip_serializing_if = "is_false")]
+    pub mutex_recursive: bool,
     /// Kernel variants (`kernel-pv`, `kernel-native`): the kernel tree whose
     /// own `kernel/locking/qspinlock.c` the harness builds into the module
     /// the VMM loads (`Machine::run_with_module`). The kernel keys are left
@@ -193,6 +199,10 @@ fn is_zero(v: &u32) -> bool {
 
 fn is_true(v: &bool) -> bool {
     *v
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// The arch headers of a kernel build.
@@ -227,6 +237,7 @@ impl Default for LockConfig {
             hash_bits: 0,
             stop_on_double_hash: false,
             mutex: MutexVariant::Upstream,
+            mutex_recursive: false,
             kernel_tree: None,
             kernel_patches: Vec::new(),
             kernel_flavour: KernelFlavour::X86,
@@ -263,7 +274,8 @@ impl LockConfig {
             variant: self.variant as u32,
             spin_threshold: self.spin_threshold,
             hash_bits: self.hash_bits,
-            flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
+            flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 }
+                | if self.mutex_recursive { pvlock_abi::boot::LOCK_FLAG_MUTEX_RECURSIVE } else { 0 },
             mutex: self.mutex as u32,
             _pad: 0,
         }
@@ -433,6 +445,14 @@ impl MachineConfig {
                 ));
             }
             check_range("torture.locks", self.torture.locks, 1, MAX_MUTEXES as u32)?;
+            if self.lock.mutex_recursive && self.vcpus < 2 {
+                return Err(InvalidValue::new(
+                    "lock.mutex_recursive",
+                    "needs vcpus >= 2: vCPU 1 ends task 0's recursive lock with a fatal signal",
+                ));
+            }
+        } else if self.lock.mutex_recursive {
+            return Err(InvalidValue::new("lock.mutex_recursive", "only for workload = \"mutex-torture\""));
         }
         self.hypervisor.validate()?;
         self.preempt.validate(self.vcpus, self.torture.locks)?;

@@ -263,11 +263,11 @@ impl HostMachine {
         std::array::from_fn(|i| self.cpus[cpu as usize].events[i].load(Ordering::Relaxed))
     }
 
-    /// Lock events summed over the CPUs (`HashMaxProbe`: the maximum).
+    /// Lock events summed over the CPUs (maxima, `LockEvent::is_max`: the maximum).
     pub fn total_events(&self) -> [u64; NR_LOCK_EVENTS] {
         std::array::from_fn(|i| {
             let vals = self.cpus.iter().map(|c| c.events[i].load(Ordering::Relaxed));
-            if i == LockEvent::HashMaxProbe.index() {
+            if LockEvent::ALL[i].is_max() {
                 vals.max().unwrap_or(0)
             } else {
                 vals.sum()
