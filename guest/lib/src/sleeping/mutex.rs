@@ -8,9 +8,9 @@
 //! | `mutex-v2.6.28` | before 0d66bf6d3514 (v2.6.29, adaptive spinning) | `count` 1/0/-1 | none | none |
 //! | `mutex-v4.9` | v4.9 | `count` + plain `owner` | OSQ + owner spinning, `owner->on_cpu` only | none |
 //! | `mutex-v4.10` | v4.10: 3ca0ff571b09 (owner word), 9d659ae14b54 (HANDOFF), b341afb325eb (waiter spins), 05ffc9517 / 5aff60a186 (`vcpu_is_preempted()`) | `owner` = task \| flags | + `vcpu_is_preempted()` | `owner == current` |
-//! | `mutex-v5.12` | v4.11..v5.12: e274795ea7b7 (`MUTEX_FLAG_PICKUP`) | as v4.10 | as v4.10 | PICKUP; HANDOFF set only when becoming first |
-//! | `mutex-v5.13` | v5.13..v5.15: 048661a1f963 ("locking/mutex: Fix HANDOFF condition") | as v4.10 | as v4.10 | PICKUP; HANDOFF re-requested on every wakeup as first |
-//! | `mutex-upstream` | v5.16+ (checked against v6.17's text): HANDOFF requested inside the trylock's cmpxchg (`__mutex_trylock_or_handoff()`) | as v4.10 | as v4.10 | PICKUP; HANDOFF only on an owned mutex |
+//! | `mutex-v5.12` | v4.11..v5.14: e274795ea7b7 (`MUTEX_FLAG_PICKUP`) | as v4.10 | as v4.10 | PICKUP; HANDOFF set only when becoming first |
+//! | `mutex-v5.13` | no mainline release (tip between 048661a1f963 "locking/mutex: Fix HANDOFF condition" and ad90880dc962, both merged for v5.15; stable 5.10.64 / 5.14.3 took the first alone) | as v4.10 | as v4.10 | PICKUP; HANDOFF re-requested on every wakeup as first |
+//! | `mutex-upstream` | v5.15+ (checked against v6.17's text): HANDOFF requested inside the trylock's cmpxchg (ad90880dc962, `__mutex_trylock_or_handoff()`) | as v4.10 | as v4.10 | PICKUP; HANDOFF only on an owned mutex |
 //!
 //! Commit ids are as the kernel history names them; where this file could
 //! only check a release's text (not the id) the module docs say so
