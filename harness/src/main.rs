@@ -589,7 +589,13 @@ fn list(what: &str) -> Result<()> {
     match what {
         "repros" => {
             for r in pvlock::repro::catalog() {
-                println!("{:<18}{:<10}{:<26}{}", r.name, r.race, r.default_variant, r.what);
+                // A mutex reproducer's subject is its mutex variant (on
+                // the default variant as wait_lock).
+                let on = match r.mutex {
+                    Some(m) => format!("{m} on {}", r.default_variant),
+                    None => r.default_variant.to_string(),
+                };
+                println!("{:<24} {:<13} {:<30} {}", r.name, r.race, on, r.what);
             }
         }
         "variants" => {
