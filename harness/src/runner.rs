@@ -214,6 +214,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         name: rc.name.clone(),
         run_key: run_key.to_string(),
         status,
+        expected: rc.expected(),
         summary,
         failure: r.failure.clone(),
         started_at,

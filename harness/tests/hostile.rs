@@ -441,6 +441,88 @@ fn compare_exits_1_when_a_run_is_not_ok() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
 
+/// `[[expect]]`: failures a config expects (a known-buggy variant, a
+/// self-test) do not make the exit code 1; an expected failure that does
+/// not happen does, and so does a failure no rule names. `run` and
+/// `compare` alike; report.md and the summary say which runs were not as
+/// expected.
+#[test]
+fn expected_failures_count_as_expected_and_missing_ones_are_reported() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = "vcpus = 2\nhost_cpus = 2\niterations = 100\n[hypervisor]\nstall_timeout_ms = 100\n";
+    // (workloads, rules, exit code, runs not as expected)
+    let cases: &[(&str, &str, i32, usize)] = &[
+        // Every failure named, with its exact status.
+        (
+            r#"["smoke", "panic", "fault", "wait-forever"]"#,
+            "[[expect]]\nwhere = { workload = [\"panic\", \"fault\"] }\noutcome = \"guest-crash\"\n\
+             [[expect]]\nwhere = { workload = \"wait-forever\" }\noutcome = \"hang\"\n",
+            0,
+            0,
+        ),
+        // `failure` admits any failure status.
+        (r#"["panic", "wait-forever"]"#, "[[expect]]\noutcome = \"failure\"\n", 0, 0),
+        // The wrong status is not as expected.
+        (r#"["panic", "smoke"]"#, "[[expect]]\nwhere = { workload = \"panic\" }\noutcome = \"hang\"\n", 1, 1),
+        // An expected failure that does not happen.
+        (r#"["smoke", "panic"]"#, "[[expect]]\nwhere = { workload = \"smoke\" }\noutcome = \"failure\"\n", 1, 2),
+        // A failure no rule names, next to one that is expected.
+        (r#"["fault", "panic"]"#, "[[expect]]\nwhere = { workload = \"panic\" }\noutcome = \"failure\"\n", 1, 1),
+    ];
+    for (i, (workloads, rules, code, missed)) in cases.iter().enumerate() {
+        let name = format!("e{i}");
+        let cfg = write(
+            d.path(),
+            &format!("{name}.toml"),
+            &format!("name = \"{name}\"\nworkload = {workloads}\n{base}{rules}"),
+        );
+        let out = pvlock().arg("compare").arg(&cfg).arg("--out").arg(d.path().join("r")).output().unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(*code), "case {i}: {stdout}{}", text(&out.stderr));
+        assert!(stdout.contains(&format!("{missed} not as expected")), "case {i}: {stdout}");
+        let report = std::fs::read_to_string(d.path().join(format!("r/{name}/latest/report.md"))).unwrap();
+        let line = report.lines().find(|l| l.starts_with("- Expected outcomes:")).unwrap_or_else(|| panic!("{report}"));
+        if *missed == 0 {
+            assert!(line.contains("every run ended as expected"), "case {i}: {line}");
+        } else {
+            assert!(line.contains(&format!("NOT AS EXPECTED ({missed})")), "case {i}: {line}");
+        }
+        let jsonl = std::fs::read_to_string(d.path().join(format!("r/{name}/latest/runs.jsonl"))).unwrap();
+        let recs: Vec<pvlock::record::Record> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(recs.iter().filter(|r| !r.as_expected()).count(), *missed, "case {i}");
+        // `run` follows the same rule.
+        let out = pvlock().arg("run").arg(&cfg).output().unwrap();
+        assert_eq!(out.status.code(), Some(*code), "run, case {i}: {}", text(&out.stdout));
+    }
+}
+
+/// Bad `[[expect]]` tables: exit 2 naming the key and the line.
+#[test]
+fn bad_expectations_name_key_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("where = { workload = \"panik\" }\noutcome = \"failure\"", "expect[0].where.workload", 4),
+        ("where = { \"lock.variantt\" = \"pv-v4.2\" }\noutcome = \"failure\"", "expect[0].where.lock.variantt", 4),
+        ("where = { vcpus = \"two\" }\noutcome = \"failure\"", "expect[0].where.vcpus", 4),
+        ("where = { vcpus = 3 }\noutcome = \"failure\"", "expect[0]", 3),
+        ("where = { workload = [] }\noutcome = \"failure\"", "expect[0].where.workload", 4),
+        ("outcome = \"crash\"", "expect[0].outcome", 4),
+        ("where = { workload = \"smoke\" }", "expect[0]", 3),
+        ("outcome = \"ok\"\nbogus = 1", "expect[0].bogus", 5),
+    ];
+    for (rule, key, line) in cases {
+        let cfg =
+            write(d.path(), "x.toml", &format!("workload = [\"smoke\", \"panic\"]\nvcpus = 2\n[[expect]]\n{rule}\n"));
+        let out = pvlock().arg("run").arg(&cfg).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{rule}: {err}");
+        assert!(err.contains(&format!("x.toml:{line}: `{key}`")), "{rule}: {err}");
+    }
+}
+
 // ------------------------------------------------------------- outputs --
 
 #[test]

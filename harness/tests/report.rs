@@ -124,6 +124,7 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
         name: "overcommit".into(),
         run_key: format!("vcpus={vcpus},lock.variant={variant}"),
         status: pvlock_vmm::RunStatus::from_name(status).unwrap(),
+        expected: Default::default(),
         summary: if hang {
             "vCPU 3: blocked in pv_wait for 2000 ms on byte 0x100040 (expected 3, now 0)".into()
         } else if failed {

@@ -9,10 +9,12 @@
 //! - this module: the experiment: parse, command-line overrides (applied
 //!   before the matrix is expanded), validation of every run, repeats.
 
+pub mod expect;
 pub mod locate;
 pub mod matrix;
 pub mod schema;
 
+pub use expect::{ExpectRule, Expected};
 pub use locate::ConfigError;
 pub use pvlock_abi::seed::repeat_seed as derive_seed;
 pub use schema::{workload_names, RunConfig, MAX_REPEATS};
@@ -194,6 +196,7 @@ impl Experiment {
                 runs.push(one);
             }
         }
+        check_expectations(&runs, &loc)?;
         let name = runs.first().map(|r: &RunConfig| r.name.clone()).unwrap_or_else(|| default_name.into());
         Ok(Self { name, source: text.to_string(), runs, varying, notes, locator: loc, overrides: overrides.clone() })
     }
@@ -214,6 +217,25 @@ impl Experiment {
             None => self.locator.error("host_cpus", why),
         })
     }
+}
+
+/// Every `[[expect]]` rule must select at least one run: a rule that
+/// selects none is a typo or a value the matrix lost, and would silently
+/// expect nothing.
+fn check_expectations(runs: &[RunConfig], loc: &Locator) -> Result<(), ConfigError> {
+    let Some(first) = runs.first().filter(|r| !r.expect.is_empty()) else { return Ok(()) };
+    let rules = first.expect_rules().map_err(|e| loc.error(e.key, e.why))?;
+    let configs: Vec<toml::Value> = runs.iter().filter_map(|r| toml::Value::try_from(r).ok()).collect();
+    for (i, (keys, _)) in rules.iter().enumerate() {
+        if !configs.iter().any(|c| expect::selects(keys, c)) {
+            let wanted: Vec<String> = first.expect[i].matches.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            return Err(loc.error(
+                format!("expect[{i}]"),
+                format!("selects no run of this experiment (where {})", wanted.join(", ")),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A parse or type error in one point's text, located in the file.

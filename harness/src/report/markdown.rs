@@ -107,6 +107,38 @@ pub fn with_partial_note(report: &str, note: &str) -> String {
     }
 }
 
+/// How the runs met their `[[expect]]` rules, when any run has one: how
+/// many expected failures happened, and every run that did not end as
+/// expected (an expected failure that did not happen, or a failure that
+/// was not expected), by run key.
+pub fn expectations_text(records: &[Record]) -> Option<String> {
+    let expecting: Vec<&Record> = records.iter().filter(|r| !r.expected.is_ok()).collect();
+    if expecting.is_empty() {
+        return None;
+    }
+    let met = expecting.iter().filter(|r| r.as_expected()).count();
+    let missed: Vec<&Record> = records.iter().filter(|r| !r.as_expected()).collect();
+    let mut line = format!(
+        "{} of {} run{} expected to fail did",
+        met,
+        expecting.len(),
+        if expecting.len() == 1 { "" } else { "s" }
+    );
+    if missed.is_empty() {
+        line += "; every run ended as expected";
+    } else {
+        let list: Vec<String> = missed
+            .iter()
+            .map(|r| {
+                let key = if r.run_key.is_empty() { r.name.as_str() } else { r.run_key.as_str() };
+                format!("{key}: {} (expected {})", r.status.as_str(), r.expected.name())
+            })
+            .collect();
+        line += &format!("; NOT AS EXPECTED ({}): {}", missed.len(), list.join("; "));
+    }
+    Some(line)
+}
+
 /// Renders `report.md`.
 pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bool) -> String {
     let records = &loaded.records;
@@ -126,6 +158,9 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
     let _ = writeln!(out, "- Runs: {} ({state})", records.len());
     if !loaded.skipped.is_empty() {
         let _ = writeln!(out, "- Skipped: {}", skipped_text(&loaded.skipped));
+    }
+    if let Some(line) = expectations_text(records) {
+        let _ = writeln!(out, "- Expected outcomes: {line}");
     }
     if !env.command.is_empty() {
         let _ = writeln!(out, "- Produced by: `{}`", env.command);
