@@ -194,6 +194,9 @@ fn main() {
     // SAFETY: restoring the default disposition of SIGPIPE before any
     // thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // One malloc arena: no 64 MiB address-space reservation per thread
+    // (docs/LIMITS.md, "Memory").
+    pvlock_vmm::Machine::use_one_malloc_arena();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVLOCK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -176,6 +176,52 @@ fn stores_of_the_wrong_width_to_any_doorbell_are_abi_violations() {
     }
 }
 
+/// Real `KVM_EXIT_INTERNAL_ERROR`s: an MMIO access by an instruction KVM's
+/// emulator does not know (on this host PVM exits with suberror 1,
+/// emulation failure, even at CPL3). Each is a guest crash with a valid
+/// record: the exit named with the instruction bytes KVM fetched, and the
+/// registers as for a triple fault; exit code 1, no VMM crash.
+#[test]
+fn instructions_kvm_cannot_emulate_end_as_internal_errors_with_their_bytes() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    use pvlock_abi::{doorbell, MMIO_BASE, MMIO_SIZE};
+    let cases: [(&str, Vec<u8>, u64); 4] = [
+        ("popcnt rax, [rbx] (a load from a doorbell)", vec![0xf3, 0x48, 0x0f, 0xb8, 0x03], doorbell::PING),
+        ("movss [rbx], xmm0 (a store to a doorbell)", vec![0xf3, 0x0f, 0x11, 0x03], doorbell::CONSOLE),
+        // fldz; fstp qword [rbx]
+        ("an x87 store above the doorbells", vec![0xd9, 0xee, 0xdd, 0x1b], MMIO_BASE + MMIO_SIZE + 0x40),
+        ("popcnt into a kick doorbell", vec![0xf3, 0x48, 0x0f, 0xb8, 0x03], doorbell::kick_addr(0)),
+    ];
+    for (what, insn, addr) in cases {
+        let mut c = code::mov_ebx(addr as u32);
+        c.extend(code::mov_rax(0x1234_5678));
+        c.extend(&insn);
+        c.extend(code::loop_back(0));
+        let (status, rec, err) =
+            run_elf(d.path(), "workload = \"smoke\"\nvcpus = 1\nhost_cpus = 1\ntimeout_ms = 5000\n", &guest_image(&c));
+        assert_eq!(status, Some(1), "{what}: {err}");
+        let rec = rec.unwrap_or_else(|| panic!("{what}: no record: {err}"));
+        let _: pvlock::record::Record = serde_json::from_value(rec.clone()).unwrap();
+        assert_eq!(rec["status"], "guest-crash", "{what}: {}", rec["summary"]);
+        let f = &rec["failure"];
+        assert_eq!(f["kind"], "unexpected-exit", "{what}: {f}");
+        let exit = f["exit"].as_str().unwrap();
+        let hex: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
+        // The x87 case faults on its second instruction (fstp).
+        let at = if insn[0] == 0xd9 { hex[2..].join(" ") } else { hex.join(" ") };
+        assert!(exit.contains("suberror 1: emulation failure"), "{what}: {exit}");
+        assert!(exit.contains(&format!("instruction bytes at RIP: {at}")), "{what}: {exit}");
+        let image = pvlock_abi::GUEST_IMAGE_GPA;
+        let rip = f["rip"].as_u64().unwrap();
+        assert!(rip > image && rip < image + c.len() as u64 + 0x1000, "{what}: rip {rip:#x}");
+        assert_eq!(f["rax"].as_u64(), Some(0x1234_5678), "{what}: registers: {f}");
+        assert!(f["rsp"].as_u64().unwrap() > 0, "{what}: {f}");
+    }
+}
+
 #[test]
 fn bad_elf_headers_are_refused_with_the_reason() {
     if !pvlock::kvm_available_for_tests() {
@@ -373,6 +419,45 @@ fn small_address_space_limits_give_a_clean_error_never_an_abort() {
     }
     assert_eq!(codes[&16_000], Some(2));
     assert_eq!(codes.values().last().unwrap(), &Some(0), "{codes:?}");
+}
+
+/// The address space of a run is its guest RAM, about 2 MiB per thread
+/// (vCPUs and helpers) and a fixed part (docs/LIMITS.md, "Memory"): no
+/// 64 MiB malloc arena per thread (a 4-vCPU run once had 414 MiB of
+/// VmSize for 64 MiB of guest RAM). Read from /proc while the run is on.
+#[test]
+fn a_runs_address_space_is_ram_plus_about_2_mib_per_vcpu() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    for vcpus in [4u64, 12] {
+        let cfg = write(
+            d.path(),
+            "m.toml",
+            &format!("workload = \"torture\"\nvcpus = {vcpus}\nhost_cpus = 1\nram_mib = 64\nduration_ms = 600\n"),
+        );
+        let mut child = pvlock().arg("run").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
+        let status = format!("/proc/{}/status", child.id());
+        let (mut peak_kib, mut threads) = (0u64, 0u64);
+        while child.try_wait().unwrap().is_none() {
+            if let Ok(t) = std::fs::read_to_string(&status) {
+                let field = |name: &str| {
+                    t.lines()
+                        .find(|l| l.starts_with(name))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                peak_kib = peak_kib.max(field("VmPeak:"));
+                threads = threads.max(field("Threads:"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(threads > vcpus, "the run was not seen running ({threads} threads)");
+        // Measured: 64 MiB + ~14 MiB + ~2.05 MiB per vCPU.
+        let bound = (64 + 32 + 3 * vcpus) * 1024;
+        assert!(peak_kib < bound, "{vcpus} vCPUs: VmPeak {peak_kib} KiB, more than {bound} KiB");
+    }
 }
 
 /// SIGTERM and SIGHUP stop like SIGINT: an aborted record, a partial

@@ -225,16 +225,8 @@ impl VcpuThread {
                 // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
                 // `internal` member of the kvm_run union; it is plain integers.
                 let i = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
-                let what = match i.suberror {
-                    1 => "emulation failure",
-                    2 => "simultaneous exceptions",
-                    3 => "delivery event failure",
-                    4 => "unexpected exit reason",
-                    _ => "unknown suberror",
-                };
                 let n = (i.ndata as usize).min(i.data.len());
-                let name = format!("InternalError (suberror {}: {what}; data {:x?})", i.suberror, &i.data[..n]);
-                return Err(self.unexpected_exit(name));
+                return Err(self.unexpected_exit(crate::exit::describe_internal_error(i.suberror, &i.data[..n])));
             }
             ExitClass::Unexpected(name) => return Err(self.unexpected_exit(name)),
         };
