@@ -584,6 +584,44 @@ fn expected_failures_count_as_expected_and_missing_ones_are_reported() {
     }
 }
 
+/// What can be checked before a run is: an experiment name that cannot
+/// name a directory, a kernel variant's missing tree or patch (from the
+/// config or the command line), a number TOML cannot hold. Exit 2 naming
+/// key (or flag) and line, and no result directory is made.
+#[test]
+fn names_kernel_inputs_and_syntax_errors_are_refused_before_any_run() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("r");
+    let smoke = "workload = \"smoke\"\nvcpus = 2\nhost_cpus = 1\niterations = 10\n";
+    let kernel = "workload = \"torture\"\nduration_ms = 10\n[lock]\nvariant = [\"pv-upstream\", \"kernel-pv\"]\n";
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (format!("name = \"..\"\n{smoke}"), vec![], "x.toml:1: `name`"),
+        (format!("name = \".\"\n{smoke}"), vec![], "x.toml:1: `name`"),
+        (format!("{smoke}name = \"a/b\"\n"), vec![], "x.toml:5: `name`"),
+        (format!("{smoke}name = \"/abs\"\n"), vec![], "x.toml:5: `name`"),
+        (format!("name = \".hidden\"\n{smoke}"), vec![], "x.toml:1: `name`"),
+        (format!("name = \"{}\"\n{smoke}", "n".repeat(300)), vec![], "x.toml:1: `name`"),
+        (kernel.to_string(), vec![], "`lock.kernel_tree`"),
+        (format!("{kernel}kernel_tree = \"/no/such/tree\"\n"), vec![], "x.toml:5: `lock.kernel_tree`"),
+        (kernel.to_string(), vec!["--kernel-tree", "/no/such/tree"], "command line: `--kernel-tree`"),
+        (
+            format!("{kernel}kernel_tree = \".\"\nkernel_patches = [\"/no/such.patch\"]\n"),
+            vec![],
+            "x.toml:6: `lock.kernel_patches`",
+        ),
+        (format!("{smoke}seed = 9223372036854775808\n"), vec![], "x.toml:5: `seed`"),
+        (format!("{smoke}[lock]\nspin_threshold = 1 2\n"), vec![], "x.toml:6: `lock.spin_threshold`"),
+    ];
+    for (body, flags, want) in cases {
+        let cfg = write(d.path(), "x.toml", &body);
+        let r = pvlock().arg("compare").arg(&cfg).args(&flags).arg("--out").arg(&out).output().unwrap();
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(want), "{body}: want {want}: {err}");
+        assert!(!out.exists(), "{body}: a result directory was made: {:?}", walk(&out));
+    }
+}
+
 /// Bad `[[expect]]` tables: exit 2 naming the key and the line.
 #[test]
 fn bad_expectations_name_key_and_line() {

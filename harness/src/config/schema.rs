@@ -80,6 +80,21 @@ impl RunConfig {
         self.machine().validate()
     }
 
+    /// A kernel variant's tree and patches exist (checked before any run,
+    /// with the host: not after a result directory was made).
+    pub fn check_kernel_inputs(&self) -> Result<(), InvalidValue> {
+        if crate::kernel::spec_of(self)?.is_none() {
+            return Ok(());
+        }
+        if let Some(t) = self.lock.kernel_tree.as_ref().filter(|t| !t.is_dir()) {
+            return Err(InvalidValue::new("lock.kernel_tree", format!("{}: no such directory", t.display())));
+        }
+        if let Some(p) = self.lock.kernel_patches.iter().find(|p| !p.is_file()) {
+            return Err(InvalidValue::new("lock.kernel_patches", format!("{}: no such file", p.display())));
+        }
+        Ok(())
+    }
+
     /// The `[[expect]]` rules with their values typed (errors name the
     /// rule's key).
     pub fn expect_rules(&self) -> Result<Vec<(Vec<(String, Vec<toml::Value>)>, Expected)>, InvalidValue> {
