@@ -68,6 +68,14 @@ pub struct ExpectRule {
     pub outcome: Expected,
 }
 
+/// A rule with its `where` typed: each key and its alternatives as a
+/// run's serialized config spells them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypedRule {
+    pub keys: Vec<(String, Vec<toml::Value>)>,
+    pub outcome: Expected,
+}
+
 /// Keys whose value is itself a list (see `matrix::LIST_KEYS`).
 fn is_list_key(key: &str) -> bool {
     super::matrix::LIST_KEYS.contains(&key)
@@ -122,8 +130,8 @@ fn normalize(key: &str, value: &toml::Value) -> Result<toml::Value, String> {
 
 /// The outcome `rules` expect of a run whose serialized config is
 /// `config`: the first rule that matches.
-pub fn expected_of(rules: &[(Vec<(String, Vec<toml::Value>)>, Expected)], config: &toml::Value) -> Expected {
-    rules.iter().find(|(keys, _)| selects(keys, config)).map(|(_, e)| *e).unwrap_or_default()
+pub fn expected_of(rules: &[TypedRule], config: &toml::Value) -> Expected {
+    rules.iter().find(|r| selects(&r.keys, config)).map(|r| r.outcome).unwrap_or_default()
 }
 
 /// Whether a rule's typed `where` selects the run whose serialized config

@@ -267,8 +267,8 @@ fn check_expectations(runs: &[RunConfig], loc: &Locator) -> Result<(), ConfigErr
     let Some(first) = runs.first().filter(|r| !r.expect.is_empty()) else { return Ok(()) };
     let rules = first.expect_rules().map_err(|e| loc.error(e.key, e.why))?;
     let configs: Vec<toml::Value> = runs.iter().filter_map(|r| toml::Value::try_from(r).ok()).collect();
-    for (i, (keys, _)) in rules.iter().enumerate() {
-        if !configs.iter().any(|c| expect::selects(keys, c)) {
+    for (i, rule) in rules.iter().enumerate() {
+        if !configs.iter().any(|c| expect::selects(&rule.keys, c)) {
             let wanted: Vec<String> = first.expect[i].matches.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             return Err(loc.error(
                 format!("expect[{i}]"),

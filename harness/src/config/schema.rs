@@ -2,7 +2,7 @@
 //! own section types embedded as they are (`[lock]`, `[torture]`,
 //! `[hypervisor]`, `[preempt]`), and its lowering to a [`MachineConfig`].
 
-use super::expect::{ExpectRule, Expected};
+use super::expect::{ExpectRule, Expected, TypedRule};
 use pvlock_abi::Workload;
 use pvlock_vmm::{HypervisorConfig, InvalidValue, LockConfig, MachineConfig, PreemptConfig, TortureConfig};
 use serde::{Deserialize, Serialize};
@@ -97,8 +97,12 @@ impl RunConfig {
 
     /// The `[[expect]]` rules with their values typed (errors name the
     /// rule's key).
-    pub fn expect_rules(&self) -> Result<Vec<(Vec<(String, Vec<toml::Value>)>, Expected)>, InvalidValue> {
-        self.expect.iter().enumerate().map(|(i, r)| Ok((r.alternatives(i)?, r.outcome))).collect()
+    pub fn expect_rules(&self) -> Result<Vec<TypedRule>, InvalidValue> {
+        self.expect
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Ok(TypedRule { keys: r.alternatives(i)?, outcome: r.outcome }))
+            .collect()
     }
 
     /// What this run must end as (`ok` unless an `[[expect]]` rule
