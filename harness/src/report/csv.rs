@@ -1,7 +1,8 @@
 //! `summary.csv`: one row per group, the numbers of `report.md` in a
 //! stable column order. Missing values are empty cells.
 
-use super::summary::{Estimate, GroupSummary, HANG_KINDS, STATUSES};
+use super::summary::{GroupSummary, HANG_KINDS, STATUSES};
+use crate::stats::Estimate;
 
 /// The columns, in order. Appending is fine; reordering or renaming breaks
 /// readers.

@@ -16,30 +16,8 @@ use super::load::GroupKey;
 use super::markdown::num;
 use super::summary::{summarize_all, GroupSummary, STATUSES};
 use crate::record::Record;
-use crate::stats::t95;
+use crate::stats::{t95, welch};
 use std::fmt::Write;
-
-/// Welch's t statistic and Welch–Satterthwaite degrees of freedom for the
-/// difference of means `b - a`. `None` if either side has fewer than two
-/// values; `t` is infinite when both variances are zero and the means differ.
-pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    if a.len() < 2 || b.len() < 2 {
-        return None;
-    }
-    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
-    let var = |x: &[f64], m: f64| x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64;
-    let (ma, mb) = (mean(a), mean(b));
-    let (sa, sb) = (var(a, ma) / na, var(b, mb) / nb);
-    let se2 = sa + sb;
-    if se2 == 0.0 {
-        let t = if mb == ma { 0.0 } else { f64::INFINITY.copysign(mb - ma) };
-        return Some((t, na + nb - 2.0));
-    }
-    let t = (mb - ma) / se2.sqrt();
-    let df = se2 * se2 / (sa * sa / (na - 1.0) + sb * sb / (nb - 1.0));
-    Some((t, df))
-}
 
 /// The verdict on one metric of one group.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,9 +2,10 @@
 //! paragraph generated only from the numbers in the tables.
 
 use super::load::{Loaded, SkippedLine};
-use super::summary::{Estimate, GroupSummary, STATUSES};
+use super::summary::{GroupSummary, STATUSES};
 use super::EnvInfo;
 use crate::record::Record;
+use crate::stats::Estimate;
 use pvlock_vmm::RunStatus;
 use std::fmt::Write;
 

@@ -10,8 +10,8 @@
 //! sleeps / wakeups / hand-offs per acquisition, hand-off to pickup in us.
 
 use super::plots::{svg, variant_color};
-use super::summary::Estimate;
 use crate::record::Record;
+use crate::stats::Estimate;
 use plotters::prelude::*;
 use pvlock_abi::Workload;
 use std::collections::BTreeMap;

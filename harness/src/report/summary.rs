@@ -10,7 +10,7 @@
 
 use super::load::{Group, GroupKey};
 use crate::record::Record;
-use crate::stats::mean_ci95;
+use crate::stats::Estimate;
 use pvlock_vmm::RunStatus;
 use std::collections::BTreeMap;
 
@@ -26,32 +26,6 @@ pub const STATUSES: &[(&str, &str)] = &[
 /// Hang kinds (the `kind` of a hang record's `failure`) given their own
 /// CSV column; any other kind is counted in `hang_other`.
 pub const HANG_KINDS: &[&str] = &["blocked-wait", "timeout"];
-
-/// Mean and 95% half-width over repeats.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    /// Number of values.
-    pub n: usize,
-    pub mean: f64,
-    /// `None` for fewer than two values.
-    pub ci95: Option<f64>,
-}
-
-impl Estimate {
-    pub fn of(xs: &[f64]) -> Option<Self> {
-        if xs.is_empty() {
-            return None;
-        }
-        let (mean, ci95) = mean_ci95(xs);
-        Some(Self { n: xs.len(), mean, ci95 })
-    }
-
-    /// Whether two 95% intervals overlap (`None` if either has none).
-    pub fn overlaps(&self, other: &Estimate) -> Option<bool> {
-        let (a, b) = (self.ci95?, other.ci95?);
-        Some(self.mean - a <= other.mean + b && other.mean - b <= self.mean + a)
-    }
-}
 
 /// Everything the report says about one group.
 #[derive(Debug, Clone)]
