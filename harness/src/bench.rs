@@ -718,7 +718,7 @@ fn run_job(
             s.kernel.push(KernelSample {
                 variant: *variant,
                 contended: *contended,
-                ok: rec.status == "ok",
+                ok: rec.status.is_ok(),
                 acq_per_sec: rec.acquisitions_per_sec,
             });
             let line = if *contended {

@@ -17,6 +17,7 @@ use super::markdown::num;
 use super::summary::{summarize_all, GroupSummary, STATUSES};
 use crate::record::Record;
 use crate::stats::{t95, welch};
+use pvlock_vmm::RunStatus;
 use std::fmt::Write;
 
 /// The verdict on one metric of one group.
@@ -68,8 +69,8 @@ pub struct MetricDiff {
 pub struct GroupDiff {
     pub key: GroupKey,
     /// Runs per status, a then b, for statuses present on either side.
-    pub status_a: Vec<(String, usize)>,
-    pub status_b: Vec<(String, usize)>,
+    pub status_a: Vec<(RunStatus, usize)>,
+    pub status_b: Vec<(RunStatus, usize)>,
     /// The status mix changed (e.g. ok -> hang).
     pub status_changed: bool,
     pub metrics: Vec<MetricDiff>,
@@ -87,8 +88,9 @@ fn ok_values(records: &[Record], key: &GroupKey, f: fn(&Record) -> Option<f64>) 
     records.iter().filter(|r| r.status.is_ok() && &GroupKey::of(r) == key).filter_map(f).collect()
 }
 
-fn statuses(s: &GroupSummary) -> Vec<(String, usize)> {
-    s.status.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.clone(), *n)).collect()
+/// The statuses present, in report order.
+fn statuses(s: &GroupSummary) -> Vec<(RunStatus, usize)> {
+    STATUSES.iter().map(|(st, _)| (*st, s.count(*st))).filter(|(_, n)| *n > 0).collect()
 }
 
 /// Compares `b` against `a` (the baseline), group by group.
@@ -128,14 +130,11 @@ pub fn diff(a: &[Record], b: &[Record]) -> DiffReport {
     out
 }
 
-fn status_text(s: &[(String, usize)]) -> String {
+fn status_text(s: &[(RunStatus, usize)]) -> String {
     if s.is_empty() {
         return "none".into();
     }
-    // Report order, then any unknown status.
-    let mut v: Vec<&(String, usize)> = s.iter().collect();
-    v.sort_by_key(|(k, _)| STATUSES.iter().position(|(x, _)| x == k).unwrap_or(usize::MAX));
-    v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+    s.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn label(k: &GroupKey) -> String {
