@@ -2,9 +2,10 @@
 //! paragraph generated only from the numbers in the tables.
 
 use super::load::{Loaded, SkippedLine};
-use super::summary::{Estimate, GroupSummary, STATUSES};
+use super::summary::{GroupSummary, STATUSES};
 use super::EnvInfo;
 use crate::record::Record;
+use crate::stats::Estimate;
 use pvlock_vmm::RunStatus;
 use std::fmt::Write;
 
@@ -65,7 +66,7 @@ fn outcomes_table(out: &mut String, sums: &[&GroupSummary]) {
         .map(|s| {
             let mut r = row_head(s);
             r.push(s.runs.to_string());
-            r.extend(STATUSES.iter().map(|(st, _)| s.count(st).to_string()));
+            r.extend(STATUSES.iter().map(|(st, _)| s.count(*st).to_string()));
             r.push(est(s.acq_per_sec.as_ref(), 0));
             r.push(num(s.p50_ns.map(|e| e.mean), 0));
             r.push(est(s.p99_ns.as_ref(), 0));
@@ -240,7 +241,7 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
             .map(|s| {
                 let mut r = row_head(s);
                 r.push(s.rescues.to_string());
-                r.push(s.count("hang").to_string());
+                r.push(s.count(RunStatus::Hang).to_string());
                 let k = s.hang_kinds_text();
                 r.push(if k.is_empty() { "–".into() } else { k });
                 r
@@ -352,10 +353,10 @@ pub fn what_differs(sums: &[&GroupSummary]) -> Vec<String> {
                 .map(|s| {
                     let bad: Vec<String> = STATUSES
                         .iter()
-                        .filter(|(st, _)| *st != "ok" && s.count(st) > 0)
+                        .filter(|(st, _)| !st.is_ok() && s.count(*st) > 0)
                         .map(|(st, _)| {
-                            let n = s.count(st);
-                            if *st == "hang" {
+                            let n = s.count(*st);
+                            if *st == RunStatus::Hang {
                                 format!("{n} {st} ({})", s.hang_kinds_text())
                             } else {
                                 format!("{n} {st}")
