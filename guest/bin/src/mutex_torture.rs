@@ -77,12 +77,9 @@ pub fn run(me: &GuestCpu) -> u64 {
     let b = me.block();
     b.acquisitions = r.acquisitions;
     b.max_wait_ns = r.max_wait_ns;
-    // timing[0..3] as the spinlock torture: lock increments (what the VMM
+    // The spinlock torture's timing view: lock increments (what the VMM
     // compares with the plain counters), no irq locks, no handlers.
-    b.timing[0] = r.acquisitions;
-    b.timing[1] = 0;
-    b.timing[2] = 0;
-    b.timing[3] = 0;
+    pvlock_abi::vcpu::TortureTiming { lock_acquisitions: r.acquisitions, ..Default::default() }.store(&mut b.timing);
     if recursive && me.id() == 1 {
         // The run is over: the fatal signal that ends task 0's (correctly)
         // blocked recursive mutex_lock_killable().
@@ -114,9 +111,6 @@ fn recursive_lock(me: &GuestCpu, sys: &MutexSystem<'_, '_>, l: &MutexTortureLock
     b.acquisitions = 1;
     // No critical section ran: the plain counter of mutex 0 was not
     // bumped, so the count check expects no increments from this task.
-    b.timing[0] = 0;
-    b.timing[1] = 0;
-    b.timing[2] = 0;
-    b.timing[3] = 0;
+    pvlock_abi::vcpu::TortureTiming::default().store(&mut b.timing);
     doorbell::DONE_OK
 }
