@@ -20,29 +20,38 @@
 //! record), and at the end `report.md` and SVG plots, which are pure
 //! functions of `bench.json` ([`render`]).
 
+// One module per measurement family: each owns its sample and summary
+// types, runs its jobs (`run_*`) and states its goals (`goals`). A new
+// family adds a module here, its `Job` variants, a `Samples` field, one arm
+// in `run_job`, and its summary in `summarize` / `goals`.
+pub mod detect;
+pub mod host;
+pub mod kernel;
 pub mod render;
 pub mod stats;
+pub mod throughput;
+pub mod wake;
+
+pub use detect::{DetectRow, DetectSample};
+pub use host::{HostSample, Uncontended, UncontendedSample};
+pub use kernel::{KernelBench, KernelSample};
+pub use throughput::{GuestSample, ThroughputRow};
+pub use wake::{DoorbellSample, KickWake, PingPongSample};
 
 use crate::config::RunConfig;
 use crate::output::{append_line, write_atomic};
 use crate::record::{now_utc, Record};
 use crate::report::EnvInfo;
-use crate::repro::{find, run_repro, Mode};
 use crate::runner::run_one;
-use crate::stats::Percentiles;
 use anyhow::{Context, Result};
-use pvlock_abi::{TortureParams, Variant, Workload};
-use pvlock_guest_lib::host::{run_torture, HostRunSpec};
-use pvlock_guest_lib::{default_hash_bits, LockConfig, DEFAULT_SPIN_THRESHOLD};
-use pvlock_vmm::RunStatus;
+use pvlock_abi::Variant;
 use pvlock_vmm::StopHandle;
 use serde::{Deserialize, Serialize};
-use stats::{median, ratio_of_means, Ratio, Spread};
+use stats::{Ratio, Spread};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Bumped when a field of [`BenchResult`] changes meaning or is removed.
 pub const BENCH_SCHEMA_VERSION: u32 = 1;
 
 /// The ratio named by the issue: acquisitions/s of `pv-upstream` over
@@ -190,12 +199,12 @@ impl Plan {
         }
         if self.kernel_tree.is_some() {
             for rep in 0..self.mech_repeats {
-                for variant in KERNEL_PAIR {
+                for variant in kernel::KERNEL_PAIR {
                     jobs.push(Job::Kernel { variant, contended: false, rep });
                 }
             }
             for rep in 0..self.repeats {
-                for variant in KERNEL_PAIR {
+                for variant in kernel::KERNEL_PAIR {
                     jobs.push(Job::Kernel { variant, contended: true, rep });
                 }
             }
@@ -206,33 +215,6 @@ impl Plan {
             }
         }
         jobs
-    }
-
-    /// The throughput run of `point`.
-    pub fn guest_config(&self, point: &Point, stalls: bool, rep: u32) -> RunConfig {
-        let mut rc = RunConfig {
-            name: "bench".into(),
-            workload: Workload::Torture,
-            vcpus: point.vcpus,
-            host_cpus: point.host_cpus,
-            seed: 1 + rep as u64,
-            duration_ms: self.duration_ms,
-            timeout_ms: self.duration_ms + 60_000,
-            ..Default::default()
-        };
-        rc.lock.variant = point.variant;
-        rc.torture.locks = 1;
-        rc.torture.cs_ns = self.cs_ns;
-        rc.torture.think_ns = self.think_ns;
-        // As configs/overcommit-sweep.toml: a missed wakeup is counted and
-        // rescued, not the end of the run.
-        rc.hypervisor.rescue = true;
-        rc.hypervisor.stall_timeout_ms = 500;
-        if stalls {
-            rc.preempt.random_mean_interval_us = self.stall_interval_us;
-            rc.preempt.random_stall_us = self.stall_us;
-        }
-        rc
     }
 }
 
@@ -279,9 +261,6 @@ pub enum Job {
     },
 }
 
-/// The kernel build and the Rust variant it is measured against.
-const KERNEL_PAIR: [Variant; 2] = [Variant::PvUpstream, Variant::KernelPv];
-
 /// Raw per-run values, everything the summary is computed from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {
@@ -293,148 +272,6 @@ pub struct Samples {
     pub detect: Vec<DetectSample>,
     #[serde(default)]
     pub kernel: Vec<KernelSample>,
-}
-
-/// One `Job::Kernel` run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KernelSample {
-    pub variant: Variant,
-    pub contended: bool,
-    pub ok: bool,
-    pub acq_per_sec: f64,
-}
-
-/// `kernel-pv` of `plan.kernel_tree` against `pv-upstream`, in one run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KernelBench {
-    /// The tree's version (its Makefile).
-    pub version: String,
-    /// ns per uncontended acquire+release, torture loop included.
-    pub uncontended_kernel_ns: Spread,
-    pub uncontended_rust_ns: Spread,
-    /// kernel-pv over pv-upstream, ns.
-    pub uncontended_ratio: Ratio,
-    /// Acquisitions/s at 8 vCPUs on 2 host CPUs.
-    pub contended_kernel_aps: Option<Spread>,
-    pub contended_rust_aps: Option<Spread>,
-    pub contended_ratio: Option<Ratio>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DoorbellSample {
-    /// Mean MMIO doorbell round trip, us.
-    pub mmio_exit_us: f64,
-    /// Mean kick store (ioeventfd), us.
-    pub kick_store_us: f64,
-    /// Disabled race window, ns per call.
-    pub disabled_window_ns: Option<f64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PingPongSample {
-    pub halt_poll_us: u64,
-    /// Kick -> wake of this run, ns (histogram bucket lower bounds).
-    pub kick_wake_ns: Percentiles,
-    pub ok: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GuestSample {
-    #[serde(flatten)]
-    pub point: Point,
-    pub stalls: bool,
-    pub ok: bool,
-    pub status: RunStatus,
-    pub acq_per_sec: f64,
-    pub latency_p50_ns: u64,
-    pub latency_p99_ns: u64,
-    /// Blocking waits (pv_wait that blocked the vCPU thread) per 1000
-    /// acquisitions.
-    pub blocked_waits_per_kacq: f64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HostSample {
-    #[serde(flatten)]
-    pub point: Point,
-    /// No violation, panic or hang.
-    pub ok: bool,
-    pub acq_per_sec: f64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct UncontendedSample {
-    /// ns per acquire+release (with the torture loop around it), guest.
-    pub guest_ns: f64,
-    pub host_ns: f64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DetectSample {
-    pub repro: String,
-    pub variant: Variant,
-    pub seed: u64,
-    pub detected: bool,
-    pub time_to_detect_s: Option<f64>,
-}
-
-/// Kick -> wake latency over repeats, us. `p50`/`p99` are the means over
-/// repeats of each run's percentile, `max` the largest of any run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KickWake {
-    pub halt_poll_us: u64,
-    pub p50: f64,
-    pub p99: f64,
-    pub max: f64,
-    pub p50_spread: Spread,
-    pub p99_spread: Spread,
-    pub max_spread: Spread,
-    /// Round trips over all repeats.
-    pub count: u64,
-}
-
-/// One row of the throughput table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ThroughputRow {
-    pub variant: Variant,
-    pub vcpus: u32,
-    pub host_cpus: u32,
-    /// `none` or `random` (injected stalls).
-    pub stalls: String,
-    /// Acquisitions/s over the ok runs.
-    pub acq_per_sec: Option<Spread>,
-    pub latency_p50_ns: Option<Spread>,
-    pub latency_p99_ns: Option<Spread>,
-    pub blocked_waits_per_kacq: Option<Spread>,
-    pub ok_runs: usize,
-    pub runs: usize,
-    /// The same lock code on as many host threads (no stalls rows only).
-    pub host_acq_per_sec: Option<Spread>,
-    /// Guest acquisitions/s over host-thread acquisitions/s.
-    pub guest_over_host: Option<Ratio>,
-}
-
-/// Uncontended `qspinlock`: 1 vCPU on 1 host CPU against 1 host thread on
-/// 1 host CPU, `cs_ns = think_ns = 0`, ns per acquisition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Uncontended {
-    pub guest_ns: Spread,
-    pub host_ns: Spread,
-    pub guest_over_host: Ratio,
-}
-
-/// Time-to-detect of one reproducer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DetectRow {
-    pub repro: String,
-    pub variant: Variant,
-    pub seeds: usize,
-    pub detected: usize,
-    /// Median over the detecting seeds, s.
-    pub median_s: Option<f64>,
-    pub min_s: Option<f64>,
-    pub max_s: Option<f64>,
-    pub budget_s: f64,
 }
 
 /// A goal of the issue and whether this invocation met it.
@@ -515,6 +352,8 @@ pub fn run_bench(opts: &BenchOptions, elf: &[u8], stop: &StopHandle) -> Result<B
     let mut samples = Samples::default();
     let mut not_ok = Vec::new();
     let t0 = Instant::now();
+    let jsonl = dir.join("runs.jsonl");
+    let cx = JobCtx { plan: &plan, elf, stop, jsonl: &jsonl };
     let write = |samples: &Samples, not_ok: &[String], done: bool| -> Result<BenchResult> {
         let mut r = summarize(&plan, samples);
         r.started_at = started_at.clone();
@@ -537,7 +376,7 @@ pub fn run_bench(opts: &BenchOptions, elf: &[u8], stop: &StopHandle) -> Result<B
         if stop.is_stopped() {
             break;
         }
-        let (line, bad) = run_job(&plan, job, elf, stop, &mut samples, &dir.join("runs.jsonl"))?;
+        let (line, bad) = run_job(&cx, job, &mut samples)?;
         if let Some(b) = bad {
             not_ok.push(b);
         }
@@ -554,254 +393,43 @@ pub fn run_bench(opts: &BenchOptions, elf: &[u8], stop: &StopHandle) -> Result<B
     Ok(BenchOutcome { dir, result, aborted })
 }
 
-/// Runs one job, adds its sample; returns a progress line and, for a run
-/// that did not end ok, what it was.
-fn run_job(
-    plan: &Plan,
-    job: &Job,
-    elf: &[u8],
-    stop: &StopHandle,
-    s: &mut Samples,
-    jsonl: &Path,
-) -> Result<(String, Option<String>)> {
-    let vm = |rc: &RunConfig, key: &str| -> Result<Record> {
+/// What every job gets: the plan, the guest, the stop handle and the
+/// file every VM record is appended to.
+pub struct JobCtx<'a> {
+    pub plan: &'a Plan,
+    pub elf: &'a [u8],
+    pub stop: &'a StopHandle,
+    pub jsonl: &'a Path,
+}
+
+impl JobCtx<'_> {
+    /// Runs one VM and appends its record to `runs.jsonl`.
+    pub fn vm(&self, rc: &RunConfig, key: &str) -> Result<Record> {
         rc.validate().map_err(|e| anyhow::anyhow!("bench config {e}"))?;
-        let rec = run_one(rc, key, elf, stop)?;
-        append_line(jsonl, &serde_json::to_string(&rec)?)?;
+        let rec = run_one(rc, key, self.elf, self.stop)?;
+        append_line(self.jsonl, &serde_json::to_string(&rec)?)?;
         Ok(rec)
-    };
-    let bad =
-        |rec: &Record, what: &str| (!rec.status.is_ok()).then(|| format!("{what}: {} ({})", rec.status, rec.summary));
-    Ok(match job {
-        Job::Doorbells { rep } => {
-            let rc = RunConfig {
-                name: "bench-doorbells".into(),
-                workload: Workload::Doorbells,
-                vcpus: 1,
-                host_cpus: 1,
-                seed: 1 + *rep as u64,
-                iterations: plan.doorbell_iterations,
-                ..Default::default()
-            };
-            let rec = vm(&rc, &format!("rep={rep}"))?;
-            let t = &rec.timing;
-            let what = format!("doorbells rep {rep}");
-            let line = format!(
-                "{what}: MMIO exit {:.2} us, kick store {:.2} us, disabled window {:.3} ns",
-                t.mmio_exit_us.unwrap_or(f64::NAN),
-                t.kick_store_us.unwrap_or(f64::NAN),
-                t.disabled_window_ns.unwrap_or(f64::NAN)
-            );
-            if let (true, Some(m), Some(k)) = (rec.status.is_ok(), t.mmio_exit_us, t.kick_store_us) {
-                s.doorbells.push(DoorbellSample {
-                    mmio_exit_us: m,
-                    kick_store_us: k,
-                    disabled_window_ns: t.disabled_window_ns,
-                });
-            }
-            (line, bad(&rec, &what))
-        }
-        Job::PingPong { halt_poll_us, rep } => {
-            let mut rc = RunConfig {
-                name: "bench-ping-pong".into(),
-                workload: Workload::PingPong,
-                vcpus: 2,
-                host_cpus: 2,
-                seed: 1 + *rep as u64,
-                iterations: plan.ping_pong_iterations,
-                ..Default::default()
-            };
-            rc.hypervisor.halt_poll_us = *halt_poll_us;
-            let rec = vm(&rc, &format!("halt_poll_us={halt_poll_us},rep={rep}"))?;
-            let k = rec.timing.kick_wake_ns.unwrap_or_default();
-            let what = format!("ping-pong halt_poll_us={halt_poll_us} rep {rep}");
-            let line = format!("{what}: kick -> wake p50 {} ns, p99 {} ns, max {} ns", k.p50, k.p99, k.max);
-            let ok = rec.status.is_ok() && k.count > 0;
-            s.ping_pong.push(PingPongSample { halt_poll_us: *halt_poll_us, kick_wake_ns: k, ok });
-            (line, bad(&rec, &what))
-        }
-        Job::Guest { point, stalls, rep } => {
-            let rc = plan.guest_config(point, *stalls, *rep);
-            let st = if *stalls { "random stalls" } else { "no stalls" };
-            let key = format!(
-                "variant={},vcpus={},host_cpus={},stalls={stalls},rep={rep}",
-                point.variant, point.vcpus, point.host_cpus
-            );
-            let rec = vm(&rc, &key)?;
-            let waits = rec.vmm.get("waits_blocked").copied().unwrap_or(0) as f64;
-            let what = format!("guest {} {}v/{}h {st} rep {rep}", point.variant, point.vcpus, point.host_cpus);
-            let line = format!("{what}: {:.0} acq/s [{}]", rec.acquisitions_per_sec, rec.status);
-            s.guest.push(GuestSample {
-                point: point.clone(),
-                stalls: *stalls,
-                ok: rec.status.is_ok(),
-                status: rec.status,
-                acq_per_sec: rec.acquisitions_per_sec,
-                latency_p50_ns: rec.latency_ns.p50,
-                latency_p99_ns: rec.latency_ns.p99,
-                blocked_waits_per_kacq: if rec.acquisitions > 0 { waits * 1e3 / rec.acquisitions as f64 } else { 0.0 },
-            });
-            (line, bad(&rec, &what))
-        }
-        Job::Host { point, rep } => {
-            let variant = point.variant;
-            let torture = TortureParams {
-                nr_locks: 1,
-                nest: 1,
-                cs_ns: plan.cs_ns,
-                think_ns: plan.think_ns,
-                irq_prob: 0,
-                irq_max_depth: 0,
-                max_acquisitions: 0,
-            };
-            let (acq_per_sec, ok) =
-                host_torture(variant, torture, point.vcpus, point.host_cpus, plan.duration_ms, *rep)?;
-            let what = format!("host {} {} threads/{}h rep {rep}", point.variant, point.vcpus, point.host_cpus);
-            s.host.push(HostSample { point: point.clone(), ok, acq_per_sec });
-            let line = format!("{what}: {acq_per_sec:.0} acq/s{}", if ok { "" } else { " [NOT CLEAN]" });
-            (line, (!ok).then(|| format!("{what}: not clean")))
-        }
-        Job::Uncontended { rep } => {
-            let mut rc = RunConfig {
-                name: "bench-uncontended".into(),
-                workload: Workload::Torture,
-                vcpus: 1,
-                host_cpus: 1,
-                seed: 1 + *rep as u64,
-                duration_ms: plan.uncontended_ms,
-                ..Default::default()
-            };
-            rc.lock.variant = Variant::Qspinlock;
-            rc.torture.cs_ns = 0;
-            rc.torture.think_ns = 0;
-            let rec = vm(&rc, &format!("rep={rep}"))?;
-            let torture = TortureParams {
-                nr_locks: 1,
-                nest: 1,
-                cs_ns: 0,
-                think_ns: 0,
-                irq_prob: 0,
-                irq_max_depth: 0,
-                max_acquisitions: 0,
-            };
-            let (host_aps, host_ok) = host_torture(Variant::Qspinlock, torture, 1, 1, plan.uncontended_ms, *rep)?;
-            let (g, h) = (1e9 / rec.acquisitions_per_sec, 1e9 / host_aps);
-            let what = format!("uncontended qspinlock rep {rep}");
-            if rec.status.is_ok() && host_ok && g.is_finite() && h.is_finite() {
-                s.uncontended.push(UncontendedSample { guest_ns: g, host_ns: h });
-            }
-            (format!("{what}: guest {g:.1} ns, host thread {h:.1} ns per acquisition"), bad(&rec, &what))
-        }
-        Job::Kernel { variant, contended, rep } => {
-            let point = Point { variant: *variant, vcpus: 8, host_cpus: 2 };
-            let mut rc = if *contended {
-                plan.guest_config(&point, false, *rep)
-            } else {
-                let mut rc = RunConfig {
-                    name: "bench-uncontended".into(),
-                    workload: Workload::Torture,
-                    vcpus: 1,
-                    host_cpus: 1,
-                    seed: 1 + *rep as u64,
-                    duration_ms: plan.uncontended_ms,
-                    ..Default::default()
-                };
-                rc.lock.variant = *variant;
-                rc.torture.cs_ns = 0;
-                rc.torture.think_ns = 0;
-                rc
-            };
-            rc.lock.kernel_tree = plan.kernel_tree.as_ref().map(PathBuf::from);
-            let key = format!("variant={variant},contended={contended},rep={rep}");
-            let rec = vm(&rc, &key)?;
-            let what = format!("{} {variant} rep {rep}", if *contended { "contended 8v/2h" } else { "uncontended" });
-            s.kernel.push(KernelSample {
-                variant: *variant,
-                contended: *contended,
-                ok: rec.status == "ok",
-                acq_per_sec: rec.acquisitions_per_sec,
-            });
-            let line = if *contended {
-                format!("{what}: {:.0} acq/s [{}]", rec.acquisitions_per_sec, rec.status)
-            } else {
-                format!("{what}: {:.1} ns per acquisition [{}]", 1e9 / rec.acquisitions_per_sec, rec.status)
-            };
-            (line, bad(&rec, &what))
-        }
-        Job::Detect { repro, seed } => {
-            let r = find(repro)?;
-            let res =
-                run_repro(&r, r.default_variant, Mode::Random, 1, *seed, plan.detect_budget_ms, elf, stop, |_| {})?;
-            let o = res.runs.first().context("run_repro returned no run")?;
-            s.detect.push(DetectSample {
-                repro: repro.clone(),
-                variant: r.default_variant,
-                seed: *seed,
-                detected: o.detected,
-                time_to_detect_s: o.time_to_detect_s,
-            });
-            let line = format!(
-                "detect {repro} on {} seed {seed}: {}",
-                r.default_variant,
-                o.time_to_detect_s.map(|t| format!("detected in {t:.2} s")).unwrap_or_else(|| "not detected".into())
-            );
-            (line, None)
-        }
-    })
+    }
 }
 
-/// Lock torture on `threads` host threads confined to the first
-/// `host_cpus` CPUs this process may use (the threads inherit the mask of
-/// the thread that spawns them; unlike the VMM's one-CPU-per-vCPU pinning,
-/// they may move between those CPUs). `yield_every = 0`: spinning threads
-/// never yield, as spinning vCPUs do not. Returns (acquisitions/s, clean).
-fn host_torture(
-    variant: Variant,
-    torture: TortureParams,
-    threads: u32,
-    host_cpus: u32,
-    duration_ms: u64,
-    rep: u32,
-) -> Result<(f64, bool)> {
-    let lock = LockConfig { variant, spin_threshold: DEFAULT_SPIN_THRESHOLD, hash_bits: default_hash_bits(threads) };
-    let mut spec = HostRunSpec::new(lock, torture, threads);
-    spec.seed = 1 + rep as u64;
-    spec.duration = Duration::from_millis(duration_ms);
-    spec.yield_every = 0;
-    spec.watchdog = Duration::from_millis(duration_ms + 30_000);
-    let run = std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .name("pvlock-bench-host".into())
-            .spawn_scoped(s, || {
-                confine_to_first(host_cpus as usize);
-                run_torture(&spec)
-            })
-            .expect("spawn the host-run thread")
-            .join()
-    });
-    let run = match run {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => anyhow::bail!("host torture parameters: {e}"),
-        Err(_) => anyhow::bail!("the host torture thread panicked"),
-    };
-    Ok((run.acquisitions() as f64 / (duration_ms as f64 / 1e3), run.is_clean()))
+/// A job's progress line and, for a run that did not end ok, what it was.
+pub type JobOutcome = (String, Option<String>);
+
+/// `what: status (summary)` for a run that did not end ok.
+pub fn not_ok(rec: &Record, what: &str) -> Option<String> {
+    (!rec.status.is_ok()).then(|| format!("{what}: {} ({})", rec.status, rec.summary))
 }
 
-/// Restricts the calling thread to the first `n` CPUs it may use now.
-fn confine_to_first(n: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
-    // writes at most sizeof(cpu_set_t) bytes into it; pid 0 is this thread.
-    unsafe {
-        let mut cur: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut cur) != 0 {
-            return;
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let allowed = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &cur));
-        for c in allowed.take(n.max(1)) {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+/// Runs one job and adds its sample.
+fn run_job(cx: &JobCtx<'_>, job: &Job, s: &mut Samples) -> Result<JobOutcome> {
+    match job {
+        Job::Doorbells { rep } => wake::run_doorbells(cx, *rep, s),
+        Job::PingPong { halt_poll_us, rep } => wake::run_ping_pong(cx, *halt_poll_us, *rep, s),
+        Job::Guest { point, stalls, rep } => throughput::run_guest(cx, point, *stalls, *rep, s),
+        Job::Host { point, rep } => host::run_host(cx, point, *rep, s),
+        Job::Uncontended { rep } => host::run_uncontended(cx, *rep, s),
+        Job::Kernel { variant, contended, rep } => kernel::run_kernel(cx, *variant, *contended, *rep, s),
+        Job::Detect { repro, seed } => detect::run_detect(cx, repro, *seed, s),
     }
 }
 
@@ -812,102 +440,12 @@ pub fn load_avg() -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-fn kick_wake(samples: &[PingPongSample], halt_poll_us: u64) -> Option<KickWake> {
-    let runs: Vec<&Percentiles> =
-        samples.iter().filter(|p| p.ok && p.halt_poll_us == halt_poll_us).map(|p| &p.kick_wake_ns).collect();
-    let us = |f: fn(&Percentiles) -> u64| -> Vec<f64> { runs.iter().map(|p| f(p) as f64 / 1e3).collect() };
-    let (p50, p99, max) = (Spread::of(&us(|p| p.p50))?, Spread::of(&us(|p| p.p99))?, Spread::of(&us(|p| p.max))?);
-    Some(KickWake {
-        halt_poll_us,
-        p50: p50.mean,
-        p99: p99.mean,
-        max: max.max,
-        p50_spread: p50,
-        p99_spread: p99,
-        max_spread: max,
-        count: runs.iter().map(|p| p.count).sum(),
-    })
-}
-
 /// The summary: a pure function of the plan and the raw samples.
 pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
     let col = |f: fn(&DoorbellSample) -> Option<f64>| -> Vec<f64> { s.doorbells.iter().filter_map(f).collect() };
-    let mut throughput = Vec::new();
-    for &h in &plan.host_cpus {
-        for &v in &plan.vcpus {
-            for variant in &plan.variants {
-                let p = Point { variant: *variant, vcpus: v, host_cpus: h };
-                for stalls in [false, true] {
-                    let runs: Vec<&GuestSample> =
-                        s.guest.iter().filter(|g| g.point == p && g.stalls == stalls).collect();
-                    if runs.is_empty() {
-                        continue;
-                    }
-                    let ok: Vec<&GuestSample> = runs.iter().copied().filter(|g| g.ok).collect();
-                    let of = |f: fn(&GuestSample) -> f64| Spread::of(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
-                    let guest: Vec<f64> = ok.iter().map(|g| g.acq_per_sec).collect();
-                    let host: Vec<f64> = if stalls {
-                        Vec::new()
-                    } else {
-                        s.host.iter().filter(|x| x.point == p && x.ok).map(|x| x.acq_per_sec).collect()
-                    };
-                    throughput.push(ThroughputRow {
-                        variant: *variant,
-                        vcpus: v,
-                        host_cpus: h,
-                        stalls: if stalls { "random" } else { "none" }.into(),
-                        acq_per_sec: Spread::of(&guest),
-                        latency_p50_ns: of(|g| g.latency_p50_ns as f64),
-                        latency_p99_ns: of(|g| g.latency_p99_ns as f64),
-                        blocked_waits_per_kacq: of(|g| g.blocked_waits_per_kacq),
-                        ok_runs: ok.len(),
-                        runs: runs.len(),
-                        host_acq_per_sec: Spread::of(&host),
-                        guest_over_host: ratio_of_means(&guest, &host),
-                    });
-                }
-            }
-        }
-    }
-    let acq = |variant: Variant, stalls: bool| -> Vec<f64> {
-        s.guest
-            .iter()
-            .filter(|g| g.ok && g.point.variant == variant && g.point.vcpus == 8 && g.point.host_cpus == 2)
-            .filter(|g| g.stalls == stalls)
-            .map(|g| g.acq_per_sec)
-            .collect()
-    };
     let mut ratios = BTreeMap::new();
-    for (name, stalls) in [(RATIO_PV_OVER_TICKET, false), (RATIO_PV_OVER_TICKET_STALLS, true)] {
-        if let Some(r) = ratio_of_means(&acq(Variant::PvUpstream, stalls), &acq(Variant::Ticket, stalls)) {
-            ratios.insert(name.to_string(), r);
-        }
-    }
-    let g: Vec<f64> = s.uncontended.iter().map(|u| u.guest_ns).collect();
-    let h: Vec<f64> = s.uncontended.iter().map(|u| u.host_ns).collect();
-    let uncontended = match (Spread::of(&g), Spread::of(&h), ratio_of_means(&g, &h)) {
-        (Some(guest_ns), Some(host_ns), Some(r)) => {
-            ratios.insert(RATIO_UNCONTENDED.to_string(), r);
-            Some(Uncontended { guest_ns, host_ns, guest_over_host: r })
-        }
-        _ => None,
-    };
-    let mut time_to_detect = Vec::new();
-    for name in &plan.repros {
-        let runs: Vec<&DetectSample> = s.detect.iter().filter(|d| &d.repro == name).collect();
-        let Some(first) = runs.first() else { continue };
-        let t: Vec<f64> = runs.iter().filter_map(|d| d.time_to_detect_s).collect();
-        time_to_detect.push(DetectRow {
-            repro: name.clone(),
-            variant: first.variant,
-            seeds: runs.len(),
-            detected: runs.iter().filter(|d| d.detected).count(),
-            median_s: median(&t),
-            min_s: t.iter().copied().reduce(f64::min),
-            max_s: t.iter().copied().reduce(f64::max),
-            budget_s: plan.detect_budget_ms as f64 / 1e3,
-        });
-    }
+    throughput::ratios(s, &mut ratios);
+    let uncontended = host::uncontended(s, &mut ratios);
     let mut r = BenchResult {
         schema_version: BENCH_SCHEMA_VERSION,
         started_at: String::new(),
@@ -920,12 +458,12 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         mmio_exit_us: Spread::of(&col(|d| Some(d.mmio_exit_us))),
         kick_store_us: Spread::of(&col(|d| Some(d.kick_store_us))),
         disabled_window_ns: Spread::of(&col(|d| d.disabled_window_ns)),
-        kick_wake_us: kick_wake(&s.ping_pong, 0),
-        kick_wake_tuned_us: kick_wake(&s.ping_pong, plan.tuned_halt_poll_us),
-        throughput,
+        kick_wake_us: wake::kick_wake(&s.ping_pong, 0),
+        kick_wake_tuned_us: wake::kick_wake(&s.ping_pong, plan.tuned_halt_poll_us),
+        throughput: throughput::rows(plan, s),
         uncontended,
-        kernel: kernel_bench(plan, s),
-        time_to_detect,
+        kernel: kernel::kernel_bench(plan, s),
+        time_to_detect: detect::rows(plan, s),
         ratios,
         goals: Vec::new(),
         not_ok: Vec::new(),
@@ -944,103 +482,22 @@ impl BenchResult {
     }
 }
 
-/// The issue's goals against this result, each with the numbers behind it.
-/// The kernel build's numbers beside pv-upstream's, if they were measured.
-fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
-    let tree = plan.kernel_tree.as_ref()?;
-    let pick = |variant: Variant, contended: bool| -> Vec<f64> {
-        s.kernel
-            .iter()
-            .filter(|k| k.ok && k.variant == variant && k.contended == contended && k.acq_per_sec > 0.0)
-            .map(|k| if contended { k.acq_per_sec } else { 1e9 / k.acq_per_sec })
-            .collect()
-    };
-    let (kn, rn) = (pick(Variant::KernelPv, false), pick(Variant::PvUpstream, false));
-    let (kc, rc) = (pick(Variant::KernelPv, true), pick(Variant::PvUpstream, true));
-    let version = crate::kernel::Tree::open(Path::new(tree)).map(|t| t.version).unwrap_or_else(|_| "?".into());
-    Some(KernelBench {
-        version,
-        uncontended_kernel_ns: Spread::of(&kn)?,
-        uncontended_rust_ns: Spread::of(&rn)?,
-        uncontended_ratio: ratio_of_means(&kn, &rn)?,
-        contended_kernel_aps: Spread::of(&kc),
-        contended_rust_aps: Spread::of(&rc),
-        contended_ratio: ratio_of_means(&kc, &rc),
-    })
-}
-
+/// The issue's goals against this result, each with the numbers behind it,
+/// family by family.
 pub fn goals(r: &BenchResult) -> Vec<Goal> {
     let mut out = Vec::new();
-    let mmio = r.mmio_exit_us.map(|m| format!("; MMIO exit round trip {} us", m.show(1))).unwrap_or_default();
-    let kw = |k: &Option<KickWake>| k.as_ref().map(|k| format!("{} us", k.p50_spread.show(1)));
-    let best = [&r.kick_wake_us, &r.kick_wake_tuned_us].into_iter().flatten().map(|k| k.p50).reduce(f64::min);
-    out.push(Goal {
-        goal: "kick -> wake p50 <= 20 us".into(),
-        met: best.map(|b| b <= 20.0),
-        detail: format!(
-            "p50 with halt_poll_us=0: {}; with halt_poll_us={} (> the ping-pong's 200 us pre-kick wait): {}{mmio}. \
-             Values are histogram bucket lower bounds (buckets a quarter of a power of two wide: 16.4 us at 64 us).",
-            kw(&r.kick_wake_us).unwrap_or_else(|| "not measured".into()),
-            r.plan.tuned_halt_poll_us,
-            kw(&r.kick_wake_tuned_us).unwrap_or_else(|| "not measured".into()),
-        ),
-    });
-    let ratio = r.ratios.get(RATIO_PV_OVER_TICKET);
-    let tp = |v: Variant, n: u32| r.row(v, n, 2, "none").and_then(|x| x.acq_per_sec).map(|s| s.show(0));
-    out.push(Goal {
-        goal: "pv-upstream >= 10x ticket throughput at 4x overcommit (8 vCPUs, 2 host CPUs)".into(),
-        met: ratio.map(|x| x.value >= 10.0),
-        detail: match ratio {
-            Some(x) => format!(
-                "ratio {} (Fieller 95%), worst case over repeats min(pv-upstream)/max(ticket) {:.1}; \
-                 pv-upstream {} acq/s, ticket {} acq/s; ticket at 2 vCPUs/2 host CPUs (no overcommit) {} acq/s",
-                x.show(1),
-                x.num.min / x.den.max,
-                x.num.show(0),
-                x.den.show(0),
-                tp(Variant::Ticket, 2).unwrap_or_else(|| "-".into())
-            ),
-            None => "not measured".into(),
-        },
-    });
-    out.push(Goal {
-        goal: "guest qspinlock uncontended acquire+release within 1.2x of a host thread".into(),
-        met: r.uncontended.as_ref().map(|u| u.guest_over_host.value <= 1.2),
-        detail: match &r.uncontended {
-            Some(u) => format!(
-                "guest {} ns, host thread {} ns per acquisition (torture loop included); guest/host {}",
-                u.guest_ns.show(2),
-                u.host_ns.show(2),
-                u.guest_over_host.show(3)
-            ),
-            None => "not measured".into(),
-        },
-    });
-    if r.plan.kernel_tree.is_some() {
-        out.push(Goal {
-            goal: "kernel-pv uncontended acquire+release within 1.2x of pv-upstream in the guest".into(),
-            met: r.kernel.as_ref().map(|k| k.uncontended_ratio.value <= 1.2),
-            detail: match &r.kernel {
-                Some(k) => format!(
-                    "Linux {}: kernel-pv {} ns, pv-upstream {} ns per acquisition (torture loop included); \
-                     ratio {}; contended at 8 vCPUs / 2 host CPUs: kernel-pv {} acq/s, pv-upstream {} acq/s",
-                    k.version,
-                    k.uncontended_kernel_ns.show(1),
-                    k.uncontended_rust_ns.show(1),
-                    k.uncontended_ratio.show(3),
-                    k.contended_kernel_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
-                    k.contended_rust_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
-                ),
-                None => "not measured".into(),
-            },
-        });
-    }
+    wake::goals(r, &mut out);
+    throughput::goals(r, &mut out);
+    host::goals(r, &mut out);
+    kernel::goals(r, &mut out);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Percentiles;
+    use pvlock_vmm::RunStatus;
 
     fn guest(variant: Variant, vcpus: u32, stalls: bool, acq: f64, ok: bool) -> GuestSample {
         GuestSample {

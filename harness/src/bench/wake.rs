@@ -1,0 +1,129 @@
+//! Mechanism costs through our ABI: the MMIO doorbell round trip, a kick
+//! store (ioeventfd), a disabled race window, and kick -> wake latency of
+//! the ping-pong workload.
+
+use super::stats::Spread;
+use super::{not_ok, BenchResult, Goal, JobCtx, JobOutcome, Samples};
+use crate::config::RunConfig;
+use crate::stats::Percentiles;
+use anyhow::Result;
+use pvlock_abi::Workload;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoorbellSample {
+    /// Mean MMIO doorbell round trip, us.
+    pub mmio_exit_us: f64,
+    /// Mean kick store (ioeventfd), us.
+    pub kick_store_us: f64,
+    /// Disabled race window, ns per call.
+    pub disabled_window_ns: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PingPongSample {
+    pub halt_poll_us: u64,
+    /// Kick -> wake of this run, ns (histogram bucket lower bounds).
+    pub kick_wake_ns: Percentiles,
+    pub ok: bool,
+}
+
+/// Kick -> wake latency over repeats, us. `p50`/`p99` are the means over
+/// repeats of each run's percentile, `max` the largest of any run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KickWake {
+    pub halt_poll_us: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub p50_spread: Spread,
+    pub p99_spread: Spread,
+    pub max_spread: Spread,
+    /// Round trips over all repeats.
+    pub count: u64,
+}
+
+/// vCPU 0 times exits, kick stores and a disabled window (1 vCPU on 1 host CPU).
+pub fn run_doorbells(cx: &JobCtx<'_>, rep: u32, s: &mut Samples) -> Result<JobOutcome> {
+    let rc = RunConfig {
+        name: "bench-doorbells".into(),
+        workload: Workload::Doorbells,
+        vcpus: 1,
+        host_cpus: 1,
+        seed: 1 + rep as u64,
+        iterations: cx.plan.doorbell_iterations,
+        ..Default::default()
+    };
+    let rec = cx.vm(&rc, &format!("rep={rep}"))?;
+    let t = &rec.timing;
+    let what = format!("doorbells rep {rep}");
+    let line = format!(
+        "{what}: MMIO exit {:.2} us, kick store {:.2} us, disabled window {:.3} ns",
+        t.mmio_exit_us.unwrap_or(f64::NAN),
+        t.kick_store_us.unwrap_or(f64::NAN),
+        t.disabled_window_ns.unwrap_or(f64::NAN)
+    );
+    if let (true, Some(m), Some(k)) = (rec.status.is_ok(), t.mmio_exit_us, t.kick_store_us) {
+        s.doorbells.push(DoorbellSample {
+            mmio_exit_us: m,
+            kick_store_us: k,
+            disabled_window_ns: t.disabled_window_ns,
+        });
+    }
+    Ok((line, not_ok(&rec, &what)))
+}
+
+/// The ping-pong workload on 2 vCPUs / 2 host CPUs with this halt poll.
+pub fn run_ping_pong(cx: &JobCtx<'_>, halt_poll_us: u64, rep: u32, s: &mut Samples) -> Result<JobOutcome> {
+    let mut rc = RunConfig {
+        name: "bench-ping-pong".into(),
+        workload: Workload::PingPong,
+        vcpus: 2,
+        host_cpus: 2,
+        seed: 1 + rep as u64,
+        iterations: cx.plan.ping_pong_iterations,
+        ..Default::default()
+    };
+    rc.hypervisor.halt_poll_us = halt_poll_us;
+    let rec = cx.vm(&rc, &format!("halt_poll_us={halt_poll_us},rep={rep}"))?;
+    let k = rec.timing.kick_wake_ns.unwrap_or_default();
+    let what = format!("ping-pong halt_poll_us={halt_poll_us} rep {rep}");
+    let line = format!("{what}: kick -> wake p50 {} ns, p99 {} ns, max {} ns", k.p50, k.p99, k.max);
+    let ok = rec.status.is_ok() && k.count > 0;
+    s.ping_pong.push(PingPongSample { halt_poll_us, kick_wake_ns: k, ok });
+    Ok((line, not_ok(&rec, &what)))
+}
+
+pub fn kick_wake(samples: &[PingPongSample], halt_poll_us: u64) -> Option<KickWake> {
+    let runs: Vec<&Percentiles> =
+        samples.iter().filter(|p| p.ok && p.halt_poll_us == halt_poll_us).map(|p| &p.kick_wake_ns).collect();
+    let us = |f: fn(&Percentiles) -> u64| -> Vec<f64> { runs.iter().map(|p| f(p) as f64 / 1e3).collect() };
+    let (p50, p99, max) = (Spread::of(&us(|p| p.p50))?, Spread::of(&us(|p| p.p99))?, Spread::of(&us(|p| p.max))?);
+    Some(KickWake {
+        halt_poll_us,
+        p50: p50.mean,
+        p99: p99.mean,
+        max: max.max,
+        p50_spread: p50,
+        p99_spread: p99,
+        max_spread: max,
+        count: runs.iter().map(|p| p.count).sum(),
+    })
+}
+/// The kick -> wake goal.
+pub fn goals(r: &BenchResult, out: &mut Vec<Goal>) {
+    let mmio = r.mmio_exit_us.map(|m| format!("; MMIO exit round trip {} us", m.show(1))).unwrap_or_default();
+    let kw = |k: &Option<KickWake>| k.as_ref().map(|k| format!("{} us", k.p50_spread.show(1)));
+    let best = [&r.kick_wake_us, &r.kick_wake_tuned_us].into_iter().flatten().map(|k| k.p50).reduce(f64::min);
+    out.push(Goal {
+        goal: "kick -> wake p50 <= 20 us".into(),
+        met: best.map(|b| b <= 20.0),
+        detail: format!(
+            "p50 with halt_poll_us=0: {}; with halt_poll_us={} (> the ping-pong's 200 us pre-kick wait): {}{mmio}. \
+             Values are histogram bucket lower bounds (buckets a quarter of a power of two wide: 16.4 us at 64 us).",
+            kw(&r.kick_wake_us).unwrap_or_else(|| "not measured".into()),
+            r.plan.tuned_halt_poll_us,
+            kw(&r.kick_wake_tuned_us).unwrap_or_else(|| "not measured".into()),
+        ),
+    });
+}
