@@ -27,14 +27,20 @@
 pub mod detect;
 pub mod host;
 pub mod kernel;
+pub mod overhead;
+pub mod poll;
 pub mod render;
 pub mod stats;
+pub mod sweep;
 pub mod throughput;
 pub mod wake;
 
 pub use detect::{DetectRow, DetectSample};
 pub use host::{HostSample, Uncontended, UncontendedSample};
 pub use kernel::{KernelBench, KernelSample};
+pub use overhead::{LoopKind, Overhead, OverheadRow, OverheadSample};
+pub use poll::{PollCostRow, PollCostSample, PollMode};
+pub use sweep::{Sweep, SweepRow, SweepSample};
 pub use throughput::{GuestSample, ThroughputRow};
 pub use wake::{DoorbellSample, KickWake, PingPongSample};
 
@@ -92,11 +98,36 @@ pub struct Plan {
     /// kicking (so that the peer really blocks): a poll shorter than that
     /// never wins, so the tuned value must exceed it.
     pub tuned_halt_poll_us: u64,
+    /// The guest poll of the "guest poll wins" ping-pong, ns: longer than
+    /// the 200 us pre-kick wait, for the same reason.
+    #[serde(default)]
+    pub tuned_guest_poll_ns: u64,
     pub vcpus: Vec<u32>,
     pub host_cpus: Vec<u32>,
     pub variants: Vec<Variant>,
     /// (vCPUs, host CPUs) points also run with random stalls.
     pub stall_points: Vec<(u32, u32)>,
+    /// vCPU counts (on 2 host CPUs) of the polling-cost runs: 1x, 2x, 4x.
+    #[serde(default)]
+    pub poll_cost_vcpus: Vec<u32>,
+    /// The poll of the polling-cost runs, ns (guest poll; the VMM's halt
+    /// poll gets the same in us): cpuidle-haltpoll's default
+    /// `guest_halt_poll_ns` (200 us).
+    #[serde(default)]
+    pub poll_cost_ns: u64,
+    /// vCPU counts of the cost-growth sweep (pv-upstream, 2 host CPUs).
+    #[serde(default)]
+    pub sweep_vcpus: Vec<u32>,
+    /// Guest-timed length of each sweep run, ms.
+    #[serde(default)]
+    pub sweep_ms: u64,
+    /// Bookkeeping overhead runs: length, critical section and think time.
+    #[serde(default)]
+    pub overhead_ms: u64,
+    #[serde(default)]
+    pub overhead_cs_ns: u32,
+    #[serde(default)]
+    pub overhead_think_ns: u32,
     /// Guest-timed run length of throughput and host-thread runs, ms.
     pub duration_ms: u64,
     pub cs_ns: u32,
@@ -126,10 +157,18 @@ impl Plan {
                 doorbell_iterations: 500,
                 ping_pong_iterations: 200,
                 tuned_halt_poll_us: 500,
+                tuned_guest_poll_ns: 500_000,
                 vcpus: vec![1, 2, 4, 8],
                 host_cpus: vec![2],
                 variants,
                 stall_points: vec![(8, 2)],
+                poll_cost_vcpus: vec![2, 8],
+                poll_cost_ns: 200_000,
+                sweep_vcpus: vec![2, 16, 64],
+                sweep_ms: 100,
+                overhead_ms: 100,
+                overhead_cs_ns: 200,
+                overhead_think_ns: 1000,
                 duration_ms: 200,
                 cs_ns: 500,
                 think_ns: 1000,
@@ -151,10 +190,18 @@ impl Plan {
                 doorbell_iterations: 3000,
                 ping_pong_iterations: 1500,
                 tuned_halt_poll_us: 500,
+                tuned_guest_poll_ns: 500_000,
                 vcpus,
                 host_cpus,
                 variants,
                 stall_points,
+                poll_cost_vcpus: vec![2, 4, 8],
+                poll_cost_ns: 200_000,
+                sweep_vcpus: vec![2, 8, 16, 32, 64],
+                sweep_ms: 1000,
+                overhead_ms: 500,
+                overhead_cs_ns: 200,
+                overhead_think_ns: 1000,
                 duration_ms: 500,
                 cs_ns: 500,
                 think_ns: 1000,
@@ -176,8 +223,9 @@ impl Plan {
         let mut jobs = Vec::new();
         for rep in 0..self.mech_repeats {
             jobs.push(Job::Doorbells { rep });
-            for halt_poll_us in [0, self.tuned_halt_poll_us] {
-                jobs.push(Job::PingPong { halt_poll_us, rep });
+            // Really blocks; the VMM's poll wins; the guest's poll wins.
+            for (halt_poll_us, guest_poll_ns) in [(0, 0), (self.tuned_halt_poll_us, 0), (0, self.tuned_guest_poll_ns)] {
+                jobs.push(Job::PingPong { halt_poll_us, guest_poll_ns, rep });
             }
         }
         for rep in 0..self.repeats {
@@ -194,8 +242,23 @@ impl Plan {
                 }
             }
         }
+        for rep in 0..self.repeats {
+            for &vcpus in &self.poll_cost_vcpus {
+                for mode in PollMode::ALL {
+                    jobs.push(Job::PollCost { vcpus, mode, rep });
+                }
+            }
+        }
+        for rep in 0..self.repeats {
+            for &vcpus in &self.sweep_vcpus {
+                jobs.push(Job::Sweep { vcpus, rep });
+            }
+        }
         for rep in 0..self.mech_repeats {
             jobs.push(Job::Uncontended { rep });
+            for kind in LoopKind::ALL {
+                jobs.push(Job::Overhead { kind, rep });
+            }
         }
         if self.kernel_tree.is_some() {
             for rep in 0..self.mech_repeats {
@@ -234,6 +297,7 @@ pub enum Job {
     },
     PingPong {
         halt_poll_us: u64,
+        guest_poll_ns: u64,
         rep: u32,
     },
     Guest {
@@ -245,7 +309,23 @@ pub enum Job {
         point: Point,
         rep: u32,
     },
+    /// pv-upstream at `vcpus` on 2 host CPUs with a poll mode.
+    PollCost {
+        vcpus: u32,
+        mode: PollMode,
+        rep: u32,
+    },
+    /// pv-upstream at `vcpus` on 2 host CPUs: boot, CPU time, memory.
+    Sweep {
+        vcpus: u32,
+        rep: u32,
+    },
     Uncontended {
+        rep: u32,
+    },
+    /// One side of the bookkeeping comparison (1 vCPU, 1 host CPU).
+    Overhead {
+        kind: LoopKind,
         rep: u32,
     },
     /// `kernel-pv` or `pv-upstream`: uncontended (1 vCPU, cs = think = 0)
@@ -272,6 +352,12 @@ pub struct Samples {
     pub detect: Vec<DetectSample>,
     #[serde(default)]
     pub kernel: Vec<KernelSample>,
+    #[serde(default)]
+    pub poll_cost: Vec<PollCostSample>,
+    #[serde(default)]
+    pub sweep: Vec<SweepSample>,
+    #[serde(default)]
+    pub overhead: Vec<OverheadSample>,
 }
 
 /// A goal of the issue and whether this invocation met it.
@@ -302,7 +388,19 @@ pub struct BenchResult {
     pub kick_wake_us: Option<KickWake>,
     /// Kick -> wake with `plan.tuned_halt_poll_us`.
     pub kick_wake_tuned_us: Option<KickWake>,
+    /// Kick -> wake with `plan.tuned_guest_poll_ns` (no VMM poll).
+    #[serde(default)]
+    pub kick_wake_guest_poll_us: Option<KickWake>,
     pub throughput: Vec<ThroughputRow>,
+    /// Throughput with and without polling at 1x/2x/4x overcommit.
+    #[serde(default)]
+    pub poll_cost: Vec<PollCostRow>,
+    /// Cost growth against the vCPU count.
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+    /// The torture's bookkeeping against dedicated loops.
+    #[serde(default)]
+    pub overhead: Option<Overhead>,
     pub uncontended: Option<Uncontended>,
     /// With `--kernel-tree`: the kernel build beside pv-upstream.
     #[serde(default)]
@@ -424,10 +522,15 @@ pub fn not_ok(rec: &Record, what: &str) -> Option<String> {
 fn run_job(cx: &JobCtx<'_>, job: &Job, s: &mut Samples) -> Result<JobOutcome> {
     match job {
         Job::Doorbells { rep } => wake::run_doorbells(cx, *rep, s),
-        Job::PingPong { halt_poll_us, rep } => wake::run_ping_pong(cx, *halt_poll_us, *rep, s),
+        Job::PingPong { halt_poll_us, guest_poll_ns, rep } => {
+            wake::run_ping_pong(cx, *halt_poll_us, *guest_poll_ns, *rep, s)
+        }
         Job::Guest { point, stalls, rep } => throughput::run_guest(cx, point, *stalls, *rep, s),
         Job::Host { point, rep } => host::run_host(cx, point, *rep, s),
+        Job::PollCost { vcpus, mode, rep } => poll::run_poll_cost(cx, *vcpus, *mode, *rep, s),
+        Job::Sweep { vcpus, rep } => sweep::run_sweep(cx, *vcpus, *rep, s),
         Job::Uncontended { rep } => host::run_uncontended(cx, *rep, s),
+        Job::Overhead { kind, rep } => overhead::run_overhead(cx, *kind, *rep, s),
         Job::Kernel { variant, contended, rep } => kernel::run_kernel(cx, *variant, *contended, *rep, s),
         Job::Detect { repro, seed } => detect::run_detect(cx, repro, *seed, s),
     }
@@ -458,9 +561,13 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         mmio_exit_us: Spread::of(&col(|d| Some(d.mmio_exit_us))),
         kick_store_us: Spread::of(&col(|d| Some(d.kick_store_us))),
         disabled_window_ns: Spread::of(&col(|d| d.disabled_window_ns)),
-        kick_wake_us: wake::kick_wake(&s.ping_pong, 0),
-        kick_wake_tuned_us: wake::kick_wake(&s.ping_pong, plan.tuned_halt_poll_us),
+        kick_wake_us: wake::kick_wake(&s.ping_pong, 0, 0),
+        kick_wake_tuned_us: wake::kick_wake(&s.ping_pong, plan.tuned_halt_poll_us, 0),
+        kick_wake_guest_poll_us: wake::kick_wake(&s.ping_pong, 0, plan.tuned_guest_poll_ns),
         throughput: throughput::rows(plan, s),
+        poll_cost: poll::rows(plan, s),
+        sweep: sweep::summary(plan, s),
+        overhead: overhead::summary(s),
         uncontended,
         kernel: kernel::kernel_bench(plan, s),
         time_to_detect: detect::rows(plan, s),
@@ -489,7 +596,9 @@ pub fn goals(r: &BenchResult) -> Vec<Goal> {
     wake::goals(r, &mut out);
     throughput::goals(r, &mut out);
     host::goals(r, &mut out);
+    overhead::goals(r, &mut out);
     kernel::goals(r, &mut out);
+    sweep::goals(r, &mut out);
     out
 }
 
@@ -513,15 +622,18 @@ mod tests {
     }
 
     fn pp(halt_poll_us: u64, p50: u64, max: u64) -> PingPongSample {
-        PingPongSample { halt_poll_us, kick_wake_ns: Percentiles { count: 10, p50, p99: max, max }, ok: true }
+        let kick_wake_ns = Percentiles { count: 10, p50, p99: max, max };
+        PingPongSample { halt_poll_us, kick_wake_ns, ok: true, ..Default::default() }
     }
 
     #[test]
     fn quick_plan_is_small_and_ordered() {
         let p = Plan::new(true);
         let jobs = p.jobs();
-        // 3 x (doorbells + 2 ping-pongs); 2 x 4 x 5 x (guest + host) + 2 x 5 stalls; 3 pairs; 2 seeds.
-        assert_eq!(jobs.len(), 9 + 80 + 10 + 3 + 2);
+        // 3 x (doorbells + 3 ping-pongs); 2 x 4 x 5 x (guest + host) + 2 x 5 stalls;
+        // 2 x 2 x 3 poll costs; 2 x 3 sweep points; 3 x (pair + 5 overhead loops); 2 seeds.
+        assert_eq!(jobs.len(), 12 + 80 + 10 + 12 + 6 + 18 + 2);
+        assert!(p.tuned_guest_poll_ns > 200_000, "a guest poll must outlast the 200 us pre-kick wait too");
         assert_eq!(jobs[0], Job::Doorbells { rep: 0 });
         assert!(p.tuned_halt_poll_us > 200, "a tuned poll must outlast the ping-pong's 200 us pre-kick wait");
         let rc = p.guest_config(&Point { variant: Variant::Ticket, vcpus: 8, host_cpus: 2 }, true, 1);
@@ -563,6 +675,70 @@ mod tests {
     }
 
     #[test]
+    fn overhead_poll_cost_and_sweep_summaries() {
+        let p = Plan::new(true);
+        let o = |kind: LoopKind, acq_per_sec: f64| OverheadSample { kind, ok: true, acq_per_sec };
+        let pc = |vcpus: u32, mode: PollMode, acq_per_sec: f64| PollCostSample {
+            vcpus,
+            mode,
+            ok: true,
+            acq_per_sec,
+            polls_won: 3,
+            polls_lost: 1,
+        };
+        let sw = |vcpus: u32, boot_us: f64| SweepSample {
+            vcpus,
+            ok: true,
+            boot_us: Some(boot_us),
+            vcpu_setup_us: Some(boot_us - 1000.0),
+            acq_per_sec: 1e5,
+            cpu_ms: Some(200.0),
+            wall_ms: 100.0,
+            peak_rss_kib: Some(8192 + 64 * vcpus as u64),
+        };
+        let s = Samples {
+            overhead: vec![
+                o(LoopKind::Torture, 960.0),
+                o(LoopKind::Torture, 980.0),
+                o(LoopKind::LockLoop, 1000.0),
+                o(LoopKind::LockLoop, 1010.0),
+                o(LoopKind::TortureNoTrace, 990.0),
+                o(LoopKind::TortureNoTrace, 985.0),
+            ],
+            poll_cost: vec![
+                pc(2, PollMode::None, 100.0),
+                pc(2, PollMode::None, 110.0),
+                pc(2, PollMode::Guest, 50.0),
+                pc(2, PollMode::Guest, 55.0),
+            ],
+            // boot = 1 ms + 0.15 ms per vCPU, exactly.
+            sweep: p.sweep_vcpus.iter().flat_map(|&v| vec![sw(v, 1000.0 + 150.0 * v as f64), sw(v, 1000.0 + 150.0 * v as f64)]).collect(),
+            ..Default::default()
+        };
+        let r = summarize(&p, &s);
+        let ov = r.overhead.as_ref().unwrap();
+        assert!((ov.torture_over_loop.unwrap().value - 970.0 / 1005.0).abs() < 1e-12);
+        let row = ov.rows.iter().find(|x| x.kind == LoopKind::LockLoop).unwrap();
+        assert_eq!(row.over_lock_loop.unwrap().value, 1.0);
+        let g = r.goals.iter().find(|g| g.goal.starts_with("torture bookkeeping")).unwrap();
+        assert_eq!(g.met, Some(true));
+        let guest = r.poll_cost.iter().find(|x| x.vcpus == 2 && x.mode == PollMode::Guest).unwrap();
+        assert!((guest.over_no_poll.unwrap().value - 0.5).abs() < 1e-12);
+        assert_eq!(guest.won_fraction, Some(0.75));
+        let sweep = r.sweep.as_ref().unwrap();
+        let slope = sweep.boot_slope_ms.unwrap();
+        assert!((slope.slope - 0.15).abs() < 1e-9 && (slope.intercept - 1.0).abs() < 1e-9, "{slope:?}");
+        assert!(slope.ci95.unwrap() < 1e-6, "a perfect line has no spread");
+        assert_eq!(sweep.rows.len(), p.sweep_vcpus.len());
+        assert_eq!(sweep.rows[0].cpu_ms_per_vcpu_s.unwrap().mean, 1000.0);
+        let g = r.goals.iter().find(|g| g.goal.starts_with("boot-time slope")).unwrap();
+        assert_eq!(g.met, Some(true));
+        let md = render::markdown(&r);
+        assert!(md.contains("## Cost growth with the vCPU count"), "{md}");
+        assert!(md.contains("### What polling costs"), "{md}");
+    }
+
+    #[test]
     fn summary_of_made_up_samples() {
         let p = Plan::new(true);
         let s = Samples {
@@ -570,7 +746,12 @@ mod tests {
                 DoorbellSample { mmio_exit_us: 30.0, kick_store_us: 3.0, disabled_window_ns: Some(0.5) },
                 DoorbellSample { mmio_exit_us: 40.0, kick_store_us: 4.0, disabled_window_ns: Some(0.7) },
             ],
-            ping_pong: vec![pp(0, 60_000, 200_000), pp(0, 70_000, 300_000), pp(500, 20_000, 90_000)],
+            ping_pong: vec![
+                pp(0, 60_000, 200_000),
+                pp(0, 70_000, 300_000),
+                pp(500, 20_000, 90_000),
+                PingPongSample { guest_poll_ns: p.tuned_guest_poll_ns, ..pp(0, 320, 900) },
+            ],
             guest: vec![
                 guest(Variant::PvUpstream, 8, false, 400.0, true),
                 guest(Variant::PvUpstream, 8, false, 440.0, true),
@@ -590,6 +771,7 @@ mod tests {
             ],
             detect: vec![],
             kernel: vec![],
+            ..Default::default()
         };
         let r = summarize(&p, &s);
         assert_eq!(r.kernel, None, "no --kernel-tree, no kernel figures");
@@ -607,7 +789,9 @@ mod tests {
         assert_eq!(t.host_acq_per_sec.unwrap().n, 1);
         // One host value: a ratio without an interval.
         assert!(t.guest_over_host.unwrap().ci95_lo.is_none());
-        assert_eq!(r.goals.iter().map(|g| g.met).collect::<Vec<_>>(), vec![Some(true), Some(true), Some(true)]);
+        assert!((r.kick_wake_guest_poll_us.as_ref().unwrap().p50 - 0.32).abs() < 1e-12);
+        assert_eq!(r.goals.iter().map(|g| g.met).collect::<Vec<_>>(), vec![Some(true); 4]);
+        assert!(r.sweep.is_none() && r.overhead.is_none() && r.poll_cost.is_empty());
         let md = render::markdown(&r);
         assert!(md.contains("| `pv-upstream_over_ticket_4x` | 20.000 ["), "{md}");
         assert!(md.contains("| MMIO doorbell round trip | 35.00 ± "), "{md}");
