@@ -712,7 +712,11 @@ mod tests {
                 pc(2, PollMode::Guest, 55.0),
             ],
             // boot = 1 ms + 0.15 ms per vCPU, exactly.
-            sweep: p.sweep_vcpus.iter().flat_map(|&v| vec![sw(v, 1000.0 + 150.0 * v as f64), sw(v, 1000.0 + 150.0 * v as f64)]).collect(),
+            sweep: p
+                .sweep_vcpus
+                .iter()
+                .flat_map(|&v| vec![sw(v, 1000.0 + 150.0 * v as f64), sw(v, 1000.0 + 150.0 * v as f64)])
+                .collect(),
             ..Default::default()
         };
         let r = summarize(&p, &s);
@@ -735,6 +739,8 @@ mod tests {
         assert_eq!(g.met, Some(true));
         let md = render::markdown(&r);
         assert!(md.contains("## Cost growth with the vCPU count"), "{md}");
+        let readme = render::readme_section(&r);
+        assert!(readme.contains("| torture / dedicated loop (bookkeeping) | 0.965 ["), "{readme}");
         assert!(md.contains("### What polling costs"), "{md}");
     }
 

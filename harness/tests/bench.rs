@@ -35,7 +35,7 @@ fn quick_bench_writes_its_results() {
     let body = std::fs::read(&json).unwrap();
     assert_eq!(body, std::fs::read(out.dir.join("bench.json")).unwrap());
     assert!(out.dir.starts_with(d.path().join("results/bench")));
-    for f in ["report.md", "runs.jsonl", "throughput_2host.svg", "guest_over_host.svg"] {
+    for f in ["report.md", "runs.jsonl", "throughput_2host.svg", "guest_over_host.svg", "readme-section.md"] {
         assert!(out.dir.join(f).is_file(), "{f} missing");
     }
     let svg = std::fs::read_to_string(out.dir.join("throughput_2host.svg")).unwrap();

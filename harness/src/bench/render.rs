@@ -15,7 +15,85 @@ pub fn files(r: &BenchResult) -> Vec<(String, String)> {
         out.push((format!("throughput_{h}host.svg"), throughput_svg(r, h)));
     }
     out.push(("guest_over_host.svg".into(), guest_host_svg(r)));
+    out.push(("readme-section.md".into(), readme_section(r)));
     out
+}
+
+/// The README's performance section: the goals and the headline figures
+/// of this one run (`scripts/publish-bench` pastes it between the README's
+/// bench markers, so README and committed results come from one run).
+pub fn readme_section(r: &BenchResult) -> String {
+    let mut s = String::new();
+    let load = |l: &Option<[f64; 3]>| l.map(|l| format!("{:.2}", l[0])).unwrap_or("?".into());
+    let _ = writeln!(
+        s,
+        "Figures of one `pvlock bench` run{} started {} on {} ({}, kernel {}; 1-minute load {} at start, {} at \
+         end{}), mean ± 95% half-width over repeats; its full report, raw samples and plots are in \
+         `results/bench/` (the directory of that start time).\n",
+        if r.plan.quick { " (--quick)" } else { "" },
+        r.started_at,
+        r.env.host_cpu_model,
+        r.env.kvm_flavour,
+        r.env.kernel,
+        load(&r.load_start),
+        load(&r.load_end),
+        if r.complete { "" } else { "; PARTIAL" }
+    );
+    s += "| goal | met | numbers |\n|---|---|---|\n";
+    for g in &r.goals {
+        let met = match g.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(s, "| {} | {met} | {} |", g.goal, g.detail);
+    }
+    s += "\n| figure | value |\n|---|---|\n";
+    let _ = writeln!(s, "| MMIO exit round trip | {} us |", opt(&r.mmio_exit_us, 2));
+    let _ = writeln!(s, "| kick store (ioeventfd) | {} us |", opt(&r.kick_store_us, 2));
+    for (label, k) in [
+        ("really blocks", &r.kick_wake_us),
+        ("VMM poll wins", &r.kick_wake_tuned_us),
+        ("guest poll wins", &r.kick_wake_guest_poll_us),
+    ] {
+        let v = k
+            .as_ref()
+            .map(|k| format!("p50 {} us, p99 {} us", k.p50_spread.show(2), k.p99_spread.show(1)))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "| kick -> wake, {label} | {v} |");
+    }
+    for row in r.poll_cost.iter().filter(|x| x.over_no_poll.is_some()) {
+        let _ = writeln!(
+            s,
+            "| throughput with the {} poll, {}x overcommit, over no poll | {} |",
+            row.mode.name(),
+            row.vcpus / row.host_cpus.max(1),
+            ratio_cell(&row.over_no_poll)
+        );
+    }
+    if let Some(u) = &r.uncontended {
+        let _ = writeln!(
+            s,
+            "| uncontended qspinlock, guest / host thread (ns per acquisition) | {} ({} ns / {} ns) |",
+            u.guest_over_host.show(3),
+            u.guest_ns.show(1),
+            u.host_ns.show(1)
+        );
+    }
+    if let Some(o) = &r.overhead {
+        let _ = writeln!(s, "| torture / dedicated loop (bookkeeping) | {} |", ratio_cell(&o.torture_over_loop));
+        let _ = writeln!(s, "| torture without / with the trace ring | {} |", ratio_cell(&o.no_trace_over_trace));
+    }
+    if let Some(sw) = &r.sweep {
+        let slope = |x: &Option<super::sweep::Slope>| x.map(|x| x.show(3)).unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "| boot time per vCPU | {} ms |", slope(&sw.boot_slope_ms));
+        let _ = writeln!(s, "| of it, vCPU setup per vCPU | {} ms |", slope(&sw.vcpu_setup_slope_ms));
+        let _ = writeln!(s, "| peak RSS per vCPU | {} MiB |", slope(&sw.rss_slope_mib));
+    }
+    for (k, v) in &r.ratios {
+        let _ = writeln!(s, "| `{k}` | {} |", v.show(3));
+    }
+    s
 }
 
 fn opt(s: &Option<Spread>, prec: usize) -> String {
