@@ -691,6 +691,7 @@ mod tests {
             ok: true,
             boot_us: Some(boot_us),
             vcpu_setup_us: Some(boot_us - 1000.0),
+            kick_setup_us: None,
             acq_per_sec: 1e5,
             cpu_ms: Some(200.0),
             wall_ms: 100.0,
@@ -796,7 +797,9 @@ mod tests {
         // One host value: a ratio without an interval.
         assert!(t.guest_over_host.unwrap().ci95_lo.is_none());
         assert!((r.kick_wake_guest_poll_us.as_ref().unwrap().p50 - 0.32).abs() < 1e-12);
-        assert_eq!(r.goals.iter().map(|g| g.met).collect::<Vec<_>>(), vec![Some(true); 4]);
+        // Guest 82 ns vs host 102 ns: within 1.2x, but the host baseline is slower.
+        let met: Vec<Option<bool>> = r.goals.iter().map(|g| g.met).collect();
+        assert_eq!(met, vec![Some(true), Some(true), Some(true), Some(true), Some(false)]);
         assert!(r.sweep.is_none() && r.overhead.is_none() && r.poll_cost.is_empty());
         let md = render::markdown(&r);
         assert!(md.contains("| `pv-upstream_over_ticket_4x` | 20.000 ["), "{md}");

@@ -175,6 +175,10 @@ pub struct Timing {
     /// ioctls of every vCPU, one after the other), microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpu_setup_us: Option<f64>,
+    /// Of `boot_us`, the per-vCPU kick eventfds and their KVM_IOEVENTFD
+    /// registrations, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kick_setup_us: Option<f64>,
 }
 
 /// The record of one run.

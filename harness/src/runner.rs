@@ -127,7 +127,12 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         }
         _ => r.wall_ms / 1e3,
     };
-    let mut timing = Timing { boot_us: r.boot_us, vcpu_setup_us: r.vcpu_setup_us, ..Default::default() };
+    let mut timing = Timing {
+        boot_us: r.boot_us,
+        vcpu_setup_us: r.vcpu_setup_us,
+        kick_setup_us: r.kick_setup_us,
+        ..Default::default()
+    };
     match workload {
         Workload::Doorbells => {
             if let Some(v) = r.per_vcpu.first() {

@@ -237,6 +237,8 @@ impl Machine {
 
         let mut channels = Vec::new();
         let delayed_kicks = cfg.hypervisor.kick_delay_us > 0;
+        // Also per vCPU: two eventfds and a KVM_IOEVENTFD registration.
+        let t_kicks = Instant::now();
         for cpu in 0..cfg.vcpus {
             let ch = WaitChannel::new().map_err(MachineError::EventFd)?;
             if !delayed_kicks {
@@ -244,6 +246,7 @@ impl Machine {
             }
             channels.push(ch);
         }
+        let kick_setup = t_kicks.elapsed();
         let (timer_tx, timer_rx) = mpsc::channel::<(Instant, u32)>();
         install_kick_handler().map_err(MachineError::Signal)?;
 
@@ -318,6 +321,7 @@ impl Machine {
         }
         let mut report = collect(&shared, failure, done, tsc_khz, tsc_create);
         report.vcpu_setup_us = Some(vcpu_setup.as_secs_f64() * 1e6);
+        report.kick_setup_us = Some(kick_setup.as_secs_f64() * 1e6);
         report.hang = hang;
         report.vcpu_dumps =
             (0..cfg.vcpus).map(|c| crate::vcpu_dump::capture(&shared.ram, trace_rings, c, regs[c as usize])).collect();
@@ -596,6 +600,7 @@ fn collect(
         wall_ms: 0.0,
         boot_us,
         vcpu_setup_us: None,
+        kick_setup_us: None,
         tsc_khz,
         per_vcpu,
         console: console.into_lines(),

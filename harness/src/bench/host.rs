@@ -172,4 +172,18 @@ pub fn goals(r: &BenchResult, out: &mut Vec<Goal>) {
             None => "not measured".into(),
         },
     });
+    out.push(Goal {
+        goal: "host-thread baseline at least as fast as the guest, uncontended (guest/host >= 1)".into(),
+        met: r.uncontended.as_ref().map(|u| u.guest_over_host.value >= 1.0),
+        detail: match &r.uncontended {
+            Some(u) => format!(
+                "guest/host ns per acquisition {} (guest {} ns, host thread {} ns); the interval's low end {}",
+                u.guest_over_host.show(3),
+                u.guest_ns.show(1),
+                u.host_ns.show(1),
+                u.guest_over_host.ci95_lo.map(|l| format!("{l:.3}")).unwrap_or_else(|| "unbounded".into())
+            ),
+            None => "not measured".into(),
+        },
+    });
 }

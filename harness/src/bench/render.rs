@@ -88,6 +88,7 @@ pub fn readme_section(r: &BenchResult) -> String {
         let slope = |x: &Option<super::sweep::Slope>| x.map(|x| x.show(3)).unwrap_or_else(|| "-".into());
         let _ = writeln!(s, "| boot time per vCPU | {} ms |", slope(&sw.boot_slope_ms));
         let _ = writeln!(s, "| of it, vCPU setup per vCPU | {} ms |", slope(&sw.vcpu_setup_slope_ms));
+        let _ = writeln!(s, "| of it, kick eventfd registration per vCPU | {} ms |", slope(&sw.kick_setup_slope_ms));
         let _ = writeln!(s, "| peak RSS per vCPU | {} MiB |", slope(&sw.rss_slope_mib));
     }
     for (k, v) in &r.ratios {
@@ -314,17 +315,18 @@ pub fn markdown(r: &BenchResult) -> String {
              creation to the first guest instruction; vCPU setup: the part of it spent creating and setting up the \
              vCPUs one after the other. CPU: user + system time of the process per vCPU per second of run. \
              Peak RSS: `VmHWM`, reset before each run.\n\n\
-             | vCPUs | boot ms | vCPU setup ms | acq/s | CPU ms per vCPU-s | peak RSS MiB | ok |\n|---|---|---|---|---|---|---|",
+             | vCPUs | boot ms | vCPU setup ms | kick setup ms | acq/s | CPU ms per vCPU-s | peak RSS MiB | ok |\n|---|---|---|---|---|---|---|---|",
             super::sweep::SWEEP_HOST_CPUS,
             p.sweep_ms
         );
         for row in &sw.rows {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {}/{} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {}/{} |",
                 row.vcpus,
                 opt(&row.boot_ms, 2),
                 opt(&row.vcpu_setup_ms, 2),
+                opt(&row.kick_setup_ms, 2),
                 opt(&row.acq_per_sec, 0),
                 opt(&row.cpu_ms_per_vcpu_s, 0),
                 opt(&row.peak_rss_mib, 1),
@@ -335,9 +337,10 @@ pub fn markdown(r: &BenchResult) -> String {
         let _ = writeln!(
             s,
             "\nSlopes (least squares over every ok run, 95% interval): boot {} ms per vCPU, vCPU setup {} ms per \
-             vCPU, peak RSS {} MiB per vCPU.\n",
+             vCPU, kick setup {} ms per vCPU, peak RSS {} MiB per vCPU.\n",
             slope(&sw.boot_slope_ms),
             slope(&sw.vcpu_setup_slope_ms),
+            slope(&sw.kick_setup_slope_ms),
             slope(&sw.rss_slope_mib)
         );
     }
