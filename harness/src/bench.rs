@@ -11,7 +11,7 @@
 //! 4. Median time-to-detect per reproducer over seeds.
 //!
 //! Every figure is measured over repeats and reported with its spread
-//! ([`Spread`]); ratios carry a Fieller interval ([`stats::ratio_of_means`]).
+//! ([`Estimate`]); ratios carry a Fieller interval ([`stats::ratio_of_means`]).
 //! Repeats are the outer loop, so slow drifts in the host's load spread over
 //! every point instead of biasing one.
 //!
@@ -49,11 +49,12 @@ use crate::output::{append_line, write_atomic};
 use crate::record::{now_utc, Record};
 use crate::report::EnvInfo;
 use crate::runner::run_one;
+use crate::stats::Estimate;
 use anyhow::{Context, Result};
 use pvlock_abi::Variant;
 use pvlock_vmm::StopHandle;
 use serde::{Deserialize, Serialize};
-use stats::{Ratio, Spread};
+use stats::Ratio;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -381,9 +382,9 @@ pub struct BenchResult {
     pub load_end: Option<[f64; 3]>,
     pub plan: Plan,
     pub complete: bool,
-    pub mmio_exit_us: Option<Spread>,
-    pub kick_store_us: Option<Spread>,
-    pub disabled_window_ns: Option<Spread>,
+    pub mmio_exit_us: Option<Estimate>,
+    pub kick_store_us: Option<Estimate>,
+    pub disabled_window_ns: Option<Estimate>,
     /// Kick -> wake with `halt_poll_us = 0`.
     pub kick_wake_us: Option<KickWake>,
     /// Kick -> wake with `plan.tuned_halt_poll_us`.
@@ -558,9 +559,9 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         load_end: None,
         plan: plan.clone(),
         complete: false,
-        mmio_exit_us: Spread::of(&col(|d| Some(d.mmio_exit_us))),
-        kick_store_us: Spread::of(&col(|d| Some(d.kick_store_us))),
-        disabled_window_ns: Spread::of(&col(|d| d.disabled_window_ns)),
+        mmio_exit_us: Estimate::of(&col(|d| Some(d.mmio_exit_us))),
+        kick_store_us: Estimate::of(&col(|d| Some(d.kick_store_us))),
+        disabled_window_ns: Estimate::of(&col(|d| d.disabled_window_ns)),
         kick_wake_us: wake::kick_wake(&s.ping_pong, 0, 0),
         kick_wake_tuned_us: wake::kick_wake(&s.ping_pong, plan.tuned_halt_poll_us, 0),
         kick_wake_guest_poll_us: wake::kick_wake(&s.ping_pong, 0, plan.tuned_guest_poll_ns),

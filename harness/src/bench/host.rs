@@ -2,9 +2,10 @@
 //! threads (no VM) at the throughput points, and the uncontended
 //! `qspinlock` acquire+release, guest against host thread, side by side.
 
-use super::stats::{ratio_of_means, Ratio, Spread};
+use super::stats::{ratio_of_means, Ratio};
 use super::{not_ok, BenchResult, Goal, JobCtx, JobOutcome, Point, Samples, RATIO_UNCONTENDED};
 use crate::config::RunConfig;
+use crate::stats::Estimate;
 use anyhow::Result;
 use pvlock_abi::{TortureParams, Variant, Workload};
 use pvlock_guest_lib::host::{run_torture, HostRunSpec};
@@ -33,8 +34,8 @@ pub struct UncontendedSample {
 /// 1 host CPU, `cs_ns = think_ns = 0`, ns per acquisition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Uncontended {
-    pub guest_ns: Spread,
-    pub host_ns: Spread,
+    pub guest_ns: Estimate,
+    pub host_ns: Estimate,
     pub guest_over_host: Ratio,
 }
 
@@ -96,7 +97,7 @@ pub fn run_uncontended(cx: &JobCtx<'_>, rep: u32, s: &mut Samples) -> Result<Job
 pub fn uncontended(s: &Samples, ratios: &mut BTreeMap<String, Ratio>) -> Option<Uncontended> {
     let g: Vec<f64> = s.uncontended.iter().map(|u| u.guest_ns).collect();
     let h: Vec<f64> = s.uncontended.iter().map(|u| u.host_ns).collect();
-    let (guest_ns, host_ns, r) = (Spread::of(&g)?, Spread::of(&h)?, ratio_of_means(&g, &h)?);
+    let (guest_ns, host_ns, r) = (Estimate::of(&g)?, Estimate::of(&h)?, ratio_of_means(&g, &h)?);
     ratios.insert(RATIO_UNCONTENDED.to_string(), r);
     Some(Uncontended { guest_ns, host_ns, guest_over_host: r })
 }

@@ -1,9 +1,10 @@
 //! `--kernel-tree`: the tree's `kernel-pv` measured beside `pv-upstream`,
 //! uncontended and contended at 8 vCPUs on 2 host CPUs, in one run.
 
-use super::stats::{ratio_of_means, Ratio, Spread};
+use super::stats::{ratio_of_means, Ratio};
 use super::{not_ok, Goal, JobCtx, JobOutcome, Plan, Point, Samples};
 use crate::config::RunConfig;
+use crate::stats::Estimate;
 use anyhow::Result;
 use pvlock_abi::{Variant, Workload};
 use serde::{Deserialize, Serialize};
@@ -27,13 +28,13 @@ pub struct KernelBench {
     /// The tree's version (its Makefile).
     pub version: String,
     /// ns per uncontended acquire+release, torture loop included.
-    pub uncontended_kernel_ns: Spread,
-    pub uncontended_rust_ns: Spread,
+    pub uncontended_kernel_ns: Estimate,
+    pub uncontended_rust_ns: Estimate,
     /// kernel-pv over pv-upstream, ns.
     pub uncontended_ratio: Ratio,
     /// Acquisitions/s at 8 vCPUs on 2 host CPUs.
-    pub contended_kernel_aps: Option<Spread>,
-    pub contended_rust_aps: Option<Spread>,
+    pub contended_kernel_aps: Option<Estimate>,
+    pub contended_rust_aps: Option<Estimate>,
     pub contended_ratio: Option<Ratio>,
 }
 
@@ -63,7 +64,7 @@ pub fn run_kernel(cx: &JobCtx<'_>, variant: Variant, contended: bool, rep: u32, 
     let key = format!("variant={variant},contended={contended},rep={rep}");
     let rec = cx.vm(&rc, &key)?;
     let what = format!("{} {variant} rep {rep}", if contended { "contended 8v/2h" } else { "uncontended" });
-    s.kernel.push(KernelSample { variant, contended, ok: rec.status == "ok", acq_per_sec: rec.acquisitions_per_sec });
+    s.kernel.push(KernelSample { variant, contended, ok: rec.status.is_ok(), acq_per_sec: rec.acquisitions_per_sec });
     let line = if contended {
         format!("{what}: {:.0} acq/s [{}]", rec.acquisitions_per_sec, rec.status)
     } else {
@@ -87,11 +88,11 @@ pub fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
     let version = crate::kernel::Tree::open(Path::new(tree)).map(|t| t.version).unwrap_or_else(|_| "?".into());
     Some(KernelBench {
         version,
-        uncontended_kernel_ns: Spread::of(&kn)?,
-        uncontended_rust_ns: Spread::of(&rn)?,
+        uncontended_kernel_ns: Estimate::of(&kn)?,
+        uncontended_rust_ns: Estimate::of(&rn)?,
         uncontended_ratio: ratio_of_means(&kn, &rn)?,
-        contended_kernel_aps: Spread::of(&kc),
-        contended_rust_aps: Spread::of(&rc),
+        contended_kernel_aps: Estimate::of(&kc),
+        contended_rust_aps: Estimate::of(&rc),
         contended_ratio: ratio_of_means(&kc, &rc),
     })
 }

@@ -6,9 +6,10 @@
 //! around a plain test-and-set lock, and the loop around nothing
 //! (`empty-loop`). Goal: torture >= 0.95x the dedicated loop.
 
-use super::stats::{ratio_of_means, Ratio, Spread};
+use super::stats::{ratio_of_means, Ratio};
 use super::{not_ok, BenchResult, Goal, JobCtx, JobOutcome, Samples};
 use crate::config::RunConfig;
+use crate::stats::Estimate;
 use anyhow::Result;
 use pvlock_abi::{Variant, Workload};
 use serde::{Deserialize, Serialize};
@@ -57,8 +58,8 @@ pub struct OverheadSample {
 pub struct OverheadRow {
     pub kind: LoopKind,
     /// ns per iteration (acquisition), over repeats.
-    pub ns_per_iter: Option<Spread>,
-    pub acq_per_sec: Option<Spread>,
+    pub ns_per_iter: Option<Estimate>,
+    pub acq_per_sec: Option<Estimate>,
     /// acq/s over the dedicated loop around the same lock.
     pub over_lock_loop: Option<Ratio>,
 }
@@ -122,8 +123,8 @@ pub fn summary(s: &Samples) -> Option<Overhead> {
             let a = acq(kind);
             OverheadRow {
                 kind,
-                ns_per_iter: Spread::of(&a.iter().map(|x| 1e9 / x).collect::<Vec<_>>()),
-                acq_per_sec: Spread::of(&a),
+                ns_per_iter: Estimate::of(&a.iter().map(|x| 1e9 / x).collect::<Vec<_>>()),
+                acq_per_sec: Estimate::of(&a),
                 over_lock_loop: ratio_of_means(&a, &base),
             }
         })

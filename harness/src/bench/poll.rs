@@ -5,8 +5,9 @@
 //! Modes are the inner loop of each repeat, so a drift in the host's load
 //! spreads over all three.
 
-use super::stats::{ratio_of_means, Ratio, Spread};
+use super::stats::{ratio_of_means, Ratio};
 use super::{not_ok, JobCtx, JobOutcome, Plan, Point, Samples};
+use crate::stats::Estimate;
 use anyhow::Result;
 use pvlock_abi::{LockEvent, Variant, VmmCounter};
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ pub struct PollCostRow {
     pub mode: PollMode,
     /// The poll, ns (0 for `none`).
     pub poll_ns: u64,
-    pub acq_per_sec: Option<Spread>,
+    pub acq_per_sec: Option<Estimate>,
     /// This mode's acq/s over the no-poll runs at the same point.
     pub over_no_poll: Option<Ratio>,
     /// Fraction of polls that won, over all repeats.
@@ -126,7 +127,7 @@ pub fn rows(plan: &Plan, s: &Samples) -> Vec<PollCostRow> {
                 host_cpus: POLL_COST_HOST_CPUS,
                 mode,
                 poll_ns: if mode == PollMode::None { 0 } else { plan.poll_cost_ns },
-                acq_per_sec: Spread::of(&a),
+                acq_per_sec: Estimate::of(&a),
                 over_no_poll: if mode == PollMode::None { None } else { ratio_of_means(&a, &base) },
                 won_fraction: (won + lost > 0).then(|| won as f64 / (won + lost) as f64),
                 ok_runs: a.len(),

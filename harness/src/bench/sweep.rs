@@ -4,9 +4,9 @@
 //! time per vCPU and per second of run, and the peak RSS. A linear fit of
 //! boot time against vCPUs gives the per-vCPU slope with its interval.
 
-use super::stats::Spread;
 use super::{not_ok, Goal, JobCtx, JobOutcome, Plan, Point, Samples};
 use crate::stats::t95;
+use crate::stats::Estimate;
 use anyhow::Result;
 use pvlock_abi::Variant;
 use serde::{Deserialize, Serialize};
@@ -37,15 +37,15 @@ pub struct SweepSample {
 pub struct SweepRow {
     pub vcpus: u32,
     pub host_cpus: u32,
-    pub boot_ms: Option<Spread>,
-    pub vcpu_setup_ms: Option<Spread>,
+    pub boot_ms: Option<Estimate>,
+    pub vcpu_setup_ms: Option<Estimate>,
     #[serde(default)]
-    pub kick_setup_ms: Option<Spread>,
-    pub acq_per_sec: Option<Spread>,
+    pub kick_setup_ms: Option<Estimate>,
+    pub acq_per_sec: Option<Estimate>,
     /// CPU ms per vCPU per second of wall time (1000 = the vCPU's thread
     /// was busy all the time).
-    pub cpu_ms_per_vcpu_s: Option<Spread>,
-    pub peak_rss_mib: Option<Spread>,
+    pub cpu_ms_per_vcpu_s: Option<Estimate>,
+    pub peak_rss_mib: Option<Estimate>,
     pub ok_runs: usize,
     pub runs: usize,
 }
@@ -180,7 +180,7 @@ pub fn summary(plan: &Plan, s: &Samples) -> Option<Sweep> {
         }
         let at: Vec<&SweepSample> = ok.iter().copied().filter(|x| x.vcpus == vcpus).collect();
         let col =
-            |f: &dyn Fn(&SweepSample) -> Option<f64>| Spread::of(&at.iter().filter_map(|x| f(x)).collect::<Vec<_>>());
+            |f: &dyn Fn(&SweepSample) -> Option<f64>| Estimate::of(&at.iter().filter_map(|x| f(x)).collect::<Vec<_>>());
         rows.push(SweepRow {
             vcpus,
             host_cpus: SWEEP_HOST_CPUS,

@@ -2,12 +2,13 @@
 //! without and with random injected stalls (overcommit), beside the same
 //! lock code on host threads ([`super::host`]).
 
-use super::stats::{ratio_of_means, Ratio, Spread};
+use super::stats::{ratio_of_means, Ratio};
 use super::{
     not_ok, BenchResult, Goal, JobCtx, JobOutcome, Plan, Point, Samples, RATIO_PV_OVER_TICKET,
     RATIO_PV_OVER_TICKET_STALLS,
 };
 use crate::config::RunConfig;
+use crate::stats::Estimate;
 use anyhow::Result;
 use pvlock_abi::{Variant, Workload};
 use pvlock_vmm::RunStatus;
@@ -38,14 +39,14 @@ pub struct ThroughputRow {
     /// `none` or `random` (injected stalls).
     pub stalls: String,
     /// Acquisitions/s over the ok runs.
-    pub acq_per_sec: Option<Spread>,
-    pub latency_p50_ns: Option<Spread>,
-    pub latency_p99_ns: Option<Spread>,
-    pub blocked_waits_per_kacq: Option<Spread>,
+    pub acq_per_sec: Option<Estimate>,
+    pub latency_p50_ns: Option<Estimate>,
+    pub latency_p99_ns: Option<Estimate>,
+    pub blocked_waits_per_kacq: Option<Estimate>,
     pub ok_runs: usize,
     pub runs: usize,
     /// The same lock code on as many host threads (no stalls rows only).
-    pub host_acq_per_sec: Option<Spread>,
+    pub host_acq_per_sec: Option<Estimate>,
     /// Guest acquisitions/s over host-thread acquisitions/s.
     pub guest_over_host: Option<Ratio>,
 }
@@ -118,7 +119,7 @@ pub fn rows(plan: &Plan, s: &Samples) -> Vec<ThroughputRow> {
                         continue;
                     }
                     let ok: Vec<&GuestSample> = runs.iter().copied().filter(|g| g.ok).collect();
-                    let of = |f: fn(&GuestSample) -> f64| Spread::of(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
+                    let of = |f: fn(&GuestSample) -> f64| Estimate::of(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
                     let guest: Vec<f64> = ok.iter().map(|g| g.acq_per_sec).collect();
                     let host: Vec<f64> = if stalls {
                         Vec::new()
@@ -130,13 +131,13 @@ pub fn rows(plan: &Plan, s: &Samples) -> Vec<ThroughputRow> {
                         vcpus: v,
                         host_cpus: h,
                         stalls: if stalls { "random" } else { "none" }.into(),
-                        acq_per_sec: Spread::of(&guest),
+                        acq_per_sec: Estimate::of(&guest),
                         latency_p50_ns: of(|g| g.latency_p50_ns as f64),
                         latency_p99_ns: of(|g| g.latency_p99_ns as f64),
                         blocked_waits_per_kacq: of(|g| g.blocked_waits_per_kacq),
                         ok_runs: ok.len(),
                         runs: runs.len(),
-                        host_acq_per_sec: Spread::of(&host),
+                        host_acq_per_sec: Estimate::of(&host),
                         guest_over_host: ratio_of_means(&guest, &host),
                     });
                 }

@@ -4,9 +4,9 @@
 //! really blocks (no poll), the VMM's halt poll catches the kick, or the
 //! guest's own poll (`hypervisor.guest_poll_ns`) catches it before any exit.
 
-use super::stats::Spread;
 use super::{not_ok, BenchResult, Goal, JobCtx, JobOutcome, Samples};
 use crate::config::RunConfig;
+use crate::stats::Estimate;
 use crate::stats::Percentiles;
 use anyhow::Result;
 use pvlock_abi::{LockEvent, VmmCounter, Workload};
@@ -55,9 +55,9 @@ pub struct KickWake {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
-    pub p50_spread: Spread,
-    pub p99_spread: Spread,
-    pub max_spread: Spread,
+    pub p50_spread: Estimate,
+    pub p99_spread: Estimate,
+    pub max_spread: Estimate,
     /// Round trips over all repeats.
     pub count: u64,
     /// Over all repeats: guest polls won, VMM polls won, blocked waits.
@@ -145,7 +145,7 @@ pub fn kick_wake(samples: &[PingPongSample], halt_poll_us: u64, guest_poll_ns: u
         samples.iter().filter(|p| p.ok && p.halt_poll_us == halt_poll_us && p.guest_poll_ns == guest_poll_ns).collect();
     let runs: Vec<&Percentiles> = ok.iter().map(|p| &p.kick_wake_ns).collect();
     let us = |f: fn(&Percentiles) -> u64| -> Vec<f64> { runs.iter().map(|p| f(p) as f64 / 1e3).collect() };
-    let (p50, p99, max) = (Spread::of(&us(|p| p.p50))?, Spread::of(&us(|p| p.p99))?, Spread::of(&us(|p| p.max))?);
+    let (p50, p99, max) = (Estimate::of(&us(|p| p.p50))?, Estimate::of(&us(|p| p.p99))?, Estimate::of(&us(|p| p.max))?);
     Some(KickWake {
         halt_poll_us,
         guest_poll_ns,
