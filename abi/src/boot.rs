@@ -71,7 +71,9 @@ pub struct WindowParams {
 pub struct HypervisorParams {
     /// Non-zero: the VMM maintains `VcpuBlock::preempted`.
     pub preempted_flags: u32,
-    pub _pad: u32,
+    /// Guest-side poll before the exiting wait, ns (0 = off): the VMM
+    /// writes 0 here under overcommit unless told otherwise.
+    pub guest_poll_ns: u32,
 }
 
 /// The boot block at [`crate::BOOT_BLOCK_GPA`].

@@ -116,6 +116,17 @@ counters! {
         MutexFirstWakeNoHandoffMax = "mutex_first_wake_no_handoff_max",
         /// rtmutex acquisitions through `try_to_take_rt_mutex()` (slow path).
         RtMutexSlowpath = "rtmutex_slowpath",
+        /// Ours: guest-side polls before the exiting wait (`hypervisor.
+        /// guest_poll_ns`) that ended with a kick or the byte changed.
+        GuestPollsWon = "guest_polls_won",
+        /// Ours: guest-side polls that timed out and went on to exit.
+        GuestPollsLost = "guest_polls_lost",
+        /// Ours: cycles spent in guest-side polls, won or lost (sum).
+        GuestPollCycles = "guest_poll_cycles",
+        /// Ours: kicks delivered through the polling target's shared flag,
+        /// without the kick store (the `TIF_POLLING_NRFLAG` idea: a waker
+        /// that sees its target polling needs no IPI).
+        KicksToPoller = "kicks_to_poller",
     }
 }
 

@@ -239,6 +239,12 @@ named! {
         /// Self-test: vCPU 0 spins forever in one function without an exit
         /// (the watchdog must say where: function and source line).
         SpinForever = 12, "spin-forever";
+        /// Bookkeeping baseline: each vCPU runs `lock.variant`'s lock and
+        /// unlock around the torture's critical section and think time, with
+        /// none of the torture's checks (`torture::lock_loop`).
+        LockLoop = 13, "lock-loop";
+        /// The same loop with no lock at all.
+        EmptyLoop = 14, "empty-loop";
     }
 }
 

@@ -171,6 +171,14 @@ pub struct Timing {
     pub disabled_window_ns: Option<f64>,
     /// VM creation to the first guest instruction, microseconds.
     pub boot_us: Option<f64>,
+    /// Of `boot_us`, the per-vCPU setup (KVM_CREATE_VCPU and the register
+    /// ioctls of every vCPU, one after the other), microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_setup_us: Option<f64>,
+    /// Of `boot_us`, the per-vCPU kick eventfds and their KVM_IOEVENTFD
+    /// registrations, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kick_setup_us: Option<f64>,
 }
 
 /// The record of one run.

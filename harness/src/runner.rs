@@ -118,12 +118,19 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     // A run that ended early (abort, hang, crash) ran for its wall time,
     // not for its configured duration.
     let run_secs = match workload {
-        Workload::Torture | Workload::MutexTorture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
+        Workload::Torture | Workload::MutexTorture | Workload::LockLoop | Workload::EmptyLoop
+            if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok =>
+        {
             rc.duration_ms as f64 / 1e3
         }
         _ => r.wall_ms / 1e3,
     };
-    let mut timing = Timing { boot_us: r.boot_us, ..Default::default() };
+    let mut timing = Timing {
+        boot_us: r.boot_us,
+        vcpu_setup_us: r.vcpu_setup_us,
+        kick_setup_us: r.kick_setup_us,
+        ..Default::default()
+    };
     match workload {
         Workload::Doorbells => {
             if let Some(v) = r.per_vcpu.first() {

@@ -104,6 +104,15 @@ pub struct HypervisorConfig {
     /// Poll even when more vCPU threads are runnable than host CPUs (KVM
     /// would not).
     pub halt_poll_overcommitted: bool,
+    /// The guest spins this long on the wait byte and on its own "kicked"
+    /// flag before the exiting wait store (the cpuidle-haltpoll driver's
+    /// guest-side poll); a kick to a polling vCPU sets the flag instead of
+    /// storing to the kick doorbell. 0 = exit at once.
+    pub guest_poll_ns: u64,
+    /// Guest-poll even when more vCPUs than host CPUs (off by default, as
+    /// haltpoll is only enabled for dedicated CPUs: a polling vCPU burns the
+    /// CPU its lock holder may need).
+    pub guest_poll_overcommitted: bool,
     /// A wait blocked longer than this while the run is live is a hang.
     pub stall_timeout_ms: u64,
     /// Delay between a kick store and its delivery. Non-zero routes kicks
@@ -130,6 +139,8 @@ impl Default for HypervisorConfig {
             kick: KickContract::Remembered,
             halt_poll_us: 0,
             halt_poll_overcommitted: false,
+            guest_poll_ns: 0,
+            guest_poll_overcommitted: false,
             stall_timeout_ms: 1000,
             kick_delay_us: 0,
             spurious_wakeup_prob: 0.0,
@@ -140,9 +151,23 @@ impl Default for HypervisorConfig {
     }
 }
 
+/// Longest guest-side poll, ns (10 ms).
+pub const MAX_GUEST_POLL_NS: u64 = 10_000_000;
+
 impl HypervisorConfig {
+    /// The guest poll the guest is told to use: `guest_poll_ns`, or 0 when
+    /// vCPUs outnumber host CPUs and `guest_poll_overcommitted` is off.
+    pub fn effective_guest_poll_ns(&self, vcpus: u32, host_cpus: u32) -> u32 {
+        let overcommitted = host_cpus != 0 && vcpus > host_cpus;
+        if overcommitted && !self.guest_poll_overcommitted {
+            return 0;
+        }
+        self.guest_poll_ns.min(MAX_GUEST_POLL_NS) as u32
+    }
+
     pub fn validate(&self) -> Result<(), InvalidValue> {
         check_range("hypervisor.halt_poll_us", self.halt_poll_us, 0, 1_000_000)?;
+        check_range("hypervisor.guest_poll_ns", self.guest_poll_ns, 0, MAX_GUEST_POLL_NS)?;
         check_range("hypervisor.stall_timeout_ms", self.stall_timeout_ms, 1, 3_600_000)?;
         check_range("hypervisor.kick_delay_us", self.kick_delay_us, 0, MAX_STALL_US)?;
         check_float("hypervisor.spurious_wakeup_prob", self.spurious_wakeup_prob, 0.0, 1.0)?;

@@ -300,6 +300,12 @@ pub struct RunReport {
     pub wall_ms: f64,
     /// VM creation start to the first guest instruction (vCPU 0's entry TSC).
     pub boot_us: Option<f64>,
+    /// Of that, creating and setting up every vCPU (KVM_CREATE_VCPU, the
+    /// kvm_run mmap, CPUID, special and general registers), in order.
+    pub vcpu_setup_us: Option<f64>,
+    /// Of that, every vCPU's kick and control eventfds and its kick
+    /// doorbell's KVM_IOEVENTFD registration.
+    pub kick_setup_us: Option<f64>,
     pub tsc_khz: u64,
     pub per_vcpu: Vec<VcpuReport>,
     /// Console lines, prefixed with the vCPU.

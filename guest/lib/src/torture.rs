@@ -282,7 +282,10 @@ pub trait Observer {
     /// here and need not return). If it returns, the run finishes the
     /// current acquisition and stops with [`StopReason::Violation`].
     fn violation(&self, _v: &Violation) {}
-    /// After every outermost acquisition (a heartbeat).
+    /// After every outermost acquisition (a heartbeat): `now_cycles` is
+    /// when its last lock was acquired. Only `r.acquisitions` and the
+    /// wait figures are current here; the irq counters are filled in when
+    /// the run ends.
     fn progress(&self, _r: &TortureResult, _now_cycles: u64) {}
     /// The simulated interrupt depth changed.
     fn irq_depth(&self, _depth: u32) {}
@@ -299,6 +302,24 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// `cycles_to_ns` as a multiplier: ns = (cycles * m) >> 32. The fast
+    /// path's conversion without a 128-bit division per acquisition (tens
+    /// of ns on x86-64; issue 20's bookkeeping budget).
+    pub const fn ns_per_cycle_q32(self) -> u64 {
+        ((1_000_000u128 << 32) / self.tsc_khz as u128) as u64
+    }
+
+    /// `cycles * m >> 32`, saturating (see [`Self::ns_per_cycle_q32`]).
+    #[inline(always)]
+    pub const fn cycles_to_ns_q32(cycles: u64, m: u64) -> u64 {
+        let ns = (cycles as u128 * m as u128) >> 32;
+        if ns > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            ns as u64
+        }
+    }
+
     pub const fn ns_to_cycles(self, ns: u64) -> u64 {
         (ns as u128 * self.tsc_khz as u128 / 1_000_000) as u64
     }
@@ -392,6 +413,7 @@ impl<'a> Torture<'a> {
         let irq = IrqPlatform::new(p, self, obs);
         let cpu = p.cpu();
         let mut r = TortureResult { cpu, ..TortureResult::default() };
+        let ns_q32 = self.clock.ns_per_cycle_q32();
         let start = p.cycles();
         irq.set_phase(GuestPhase::Running, 0, 0);
 
@@ -405,21 +427,28 @@ impl<'a> Torture<'a> {
                 r.stop = StopReason::StopFlag;
                 break;
             }
-            if self.deadline.is_some_and(|d| p.cycles() >= d) {
-                r.stop = StopReason::Deadline;
-                break;
-            }
 
             let (idx, k) = pick_locks(p, n, nest);
             let held = &idx[..k];
             let mut violation = None;
+            // One clock read serves the deadline check and the first
+            // lock's wait start (the pick above is done already).
+            let mut t0 = p.cycles();
+            if self.deadline.is_some_and(|d| t0 >= d) {
+                r.stop = StopReason::Deadline;
+                break;
+            }
+            let mut acquired_at = t0;
 
             // Take the locks in ascending index order (the global order).
-            for &i in held {
+            for (j, &i) in held.iter().enumerate() {
                 let lock = &self.locks[i];
-                let t0 = p.cycles();
+                if j > 0 {
+                    t0 = p.cycles();
+                }
                 self.sys.lock(&irq, &lock.raw);
-                let waited = self.clock.cycles_to_ns(p.cycles().saturating_sub(t0));
+                acquired_at = p.cycles();
+                let waited = Clock::cycles_to_ns_q32(acquired_at.saturating_sub(t0), ns_q32);
                 latency.record(waited);
                 r.total_wait_ns = r.total_wait_ns.saturating_add(waited);
                 r.max_wait_ns = r.max_wait_ns.max(waited);
@@ -460,8 +489,10 @@ impl<'a> Torture<'a> {
             irq.set_phase(GuestPhase::Running, 0, 0);
 
             r.acquisitions += 1;
-            irq.fill(&mut r);
-            obs.progress(&r, p.cycles());
+            // The heartbeat is the last acquisition's time (at most a
+            // critical section old): no extra clock read. The irq
+            // counters are folded into `r` once, after the loop.
+            obs.progress(&r, acquired_at);
             if let Some(v) = violation.or(irq.violation.get()) {
                 r.violation = Some(v);
                 r.stop = StopReason::Violation;
@@ -481,6 +512,39 @@ impl<'a> Torture<'a> {
         irq.set_phase(GuestPhase::Done, 0, 0);
         r
     }
+}
+
+/// The dedicated microbenchmark the torture's bookkeeping is measured
+/// against (`pvlock bench`, issue 20): the same critical section and think
+/// time around `lock` (or around nothing), with no owner mark, counter,
+/// latency timestamp, random draw or phase update. Runs until `stop` or
+/// `deadline` (in `p.cycles()`), checked once per iteration as the torture
+/// does. Returns the iterations and the cycles they took.
+pub fn lock_loop<P: Platform>(
+    p: &P,
+    lock: Option<(&LockSystem<'_>, &RawLock)>,
+    clock: Clock,
+    params: &TortureParams,
+    deadline: u64,
+    stop: &AtomicU64,
+) -> (u64, u64) {
+    let cs = clock.ns_to_cycles(params.cs_ns as u64);
+    let think = clock.ns_to_cycles(params.think_ns as u64);
+    let start = p.cycles();
+    let mut n = 0u64;
+    // Relaxed: a hint to stop, as in `Torture::run`.
+    while stop.load(Ordering::Relaxed) == 0 && p.cycles() < deadline {
+        if let Some((sys, l)) = lock {
+            sys.lock(p, l);
+            spin_for(p, cs);
+            sys.unlock(p, l);
+        } else {
+            spin_for(p, cs);
+        }
+        n += 1;
+        spin_for(p, think);
+    }
+    (n, p.cycles().wrapping_sub(start))
 }
 
 fn lock_addr(l: &TortureLock) -> usize {
