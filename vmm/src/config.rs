@@ -8,7 +8,7 @@
 
 use pvlock_abi::lockword::LockLayout;
 use pvlock_abi::{
-    LockParams, MutexVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES, MAX_VCPUS,
+    LockParams, MutexVariant, PageWakeVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES, MAX_VCPUS,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -166,6 +166,9 @@ pub struct LockConfig {
     /// The mutex variant of `workload = "mutex-torture"`; its `wait_lock`
     /// is a spinlock of `variant`.
     pub mutex: MutexVariant,
+    /// The page wait / wake path of `workload = "page-wake"`; its wait
+    /// queues' locks are spinlocks of `variant`.
+    pub page_wake: PageWakeVariant,
     /// Kernel variants (`kernel-pv`, `kernel-native`): the kernel tree whose
     /// own `kernel/locking/qspinlock.c` the harness builds into the module
     /// the VMM loads (`Machine::run_with_module`). The kernel keys are left
@@ -227,6 +230,7 @@ impl Default for LockConfig {
             hash_bits: 0,
             stop_on_double_hash: false,
             mutex: MutexVariant::Upstream,
+            page_wake: PageWakeVariant::Upstream,
             kernel_tree: None,
             kernel_patches: Vec::new(),
             kernel_flavour: KernelFlavour::X86,
@@ -265,7 +269,7 @@ impl LockConfig {
             hash_bits: self.hash_bits,
             flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
             mutex: self.mutex as u32,
-            _pad: 0,
+            page_wake: self.page_wake as u32,
         }
     }
 }
@@ -433,6 +437,17 @@ impl MachineConfig {
                 ));
             }
             check_range("torture.locks", self.torture.locks, 1, MAX_MUTEXES as u32)?;
+        }
+        if self.workload == Workload::PageWake {
+            // guest/lib/src/sleeping/page.rs: no nesting, no interrupts,
+            // at most MAX_PAGES pages.
+            if self.torture.nest != 1 {
+                return Err(InvalidValue::new("torture.nest", "page-wake takes one page at a time: nest = 1"));
+            }
+            if self.torture.irq_prob != 0.0 {
+                return Err(InvalidValue::new("torture.irq_prob", "page-wake: irq_prob must be 0"));
+            }
+            check_range("torture.locks", self.torture.locks, 1, pvlock_abi::MAX_PAGES as u32)?;
         }
         self.hypervisor.validate()?;
         self.preempt.validate(self.vcpus, self.torture.locks)?;
