@@ -112,6 +112,9 @@ counters! {
         /// Page wait queues (`guest/lib/src/sleeping/page.rs`), ours.
         /// `wake_up_page_bit()` calls (an `unlock_page()` that saw PG_waiters).
         PageWakeCalls = "page_wake_calls",
+        /// Entries queued when a wake walk started (sum; / calls = the
+        /// waiters an unlock found).
+        PageWakeQueued = "page_wake_queued",
         /// Entries the wake walks visited (wake function calls).
         PageWakeVisits = "page_wake_visits",
         /// Tasks the wake walks woke (`try_to_wake_up()` found them sleeping).

@@ -28,8 +28,8 @@ pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams
 pub use events::{LockEvent, VmmCounter, NR_LOCK_EVENTS, NR_VMM_COUNTERS};
 pub use layout::*;
 pub use names::{
-    FreedObject, GuestPhase, MutexVariant, PageWakeVariant, PanicKind, Variant, VariantKind, WakeStep, Window, Workload,
-    NR_WINDOWS,
+    FreedObject, GuestPhase, MutexVariant, PageWakeVariant, PanicKind, Variant, VariantKind, WakeStep, Window,
+    Workload, NR_WINDOWS,
 };
 pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, UafRecord, VcpuBlock};
 

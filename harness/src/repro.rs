@@ -287,7 +287,8 @@ fn page_uaf_run(page_wake: PageWakeVariant) -> fn(Variant, Mode, u64, u64) -> Ru
                 rc.preempt.window_stall_us = 3000;
             }
             Mode::Directed => {
-                rc.preempt.schedule = vec![hold(Window::PageWakeBetween, HoldUntil::Window(Window::PageTaskExit), 20_000)]
+                rc.preempt.schedule =
+                    vec![hold(Window::PageWakeBetween, HoldUntil::Window(Window::PageTaskExit), 20_000)]
             }
         }
         rc

@@ -8,7 +8,8 @@
 
 use pvlock_abi::lockword::LockLayout;
 use pvlock_abi::{
-    LockParams, MutexVariant, PageWakeVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES, MAX_VCPUS,
+    LockParams, MutexVariant, PageWakeVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES,
+    MAX_VCPUS,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -176,6 +176,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
         let mut key = Key { page: page as u32 + 1, bit_nr, page_match: false };
         p.event(LockEvent::PageWakeCalls, 1);
         wq.spin.lock(p, &q.lock);
+        p.event(LockEvent::PageWakeQueued, q.len() as u64);
         let t0 = p.cycles();
         // __wake_up_common(nr_exclusive = 1): list_for_each_entry_safe.
         let mut nr_exclusive = 1u32;
@@ -513,7 +514,15 @@ impl<'s, 'a> PageSystem<'s, 'a> {
         }
     }
 
-    fn wait_2a9127<P: Platform>(&self, p: &P, q: &WaitQueueHead, id: u32, page: usize, bit_nr: u32, b: Behavior) -> i32 {
+    fn wait_2a9127<P: Platform>(
+        &self,
+        p: &P,
+        q: &WaitQueueHead,
+        id: u32,
+        page: usize,
+        bit_nr: u32,
+        b: Behavior,
+    ) -> i32 {
         let wq = &self.wq;
         let me = wq.own(p, id);
         me.flags.store(if b == Behavior::Exclusive { WQ_FLAG_EXCLUSIVE } else { 0 }, Ordering::Relaxed);
@@ -538,7 +547,15 @@ impl<'s, 'a> PageSystem<'s, 'a> {
         }
     }
 
-    fn wait_upstream<P: Platform>(&self, p: &P, q: &WaitQueueHead, id: u32, page: usize, bit_nr: u32, b: Behavior) -> i32 {
+    fn wait_upstream<P: Platform>(
+        &self,
+        p: &P,
+        q: &WaitQueueHead,
+        id: u32,
+        page: usize,
+        bit_nr: u32,
+        b: Behavior,
+    ) -> i32 {
         let wq = &self.wq;
         let me = wq.own(p, id);
         let pg = &self.pages[page];

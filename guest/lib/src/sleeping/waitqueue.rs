@@ -136,22 +136,30 @@ pub struct WaitQueueHead {
     pub lock: RawLock,
     next: AtomicU32,
     prev: AtomicU32,
+    /// Entries on the list (ours, for the wake-up statistics; under the
+    /// lock).
+    len: AtomicU32,
 }
 
 impl WaitQueueHead {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
-        Self { lock: RawLock::new(), next: AtomicU32::new(HEAD), prev: AtomicU32::new(HEAD) }
+        Self { lock: RawLock::new(), next: AtomicU32::new(HEAD), prev: AtomicU32::new(HEAD), len: AtomicU32::new(0) }
     }
     #[cfg(loom)]
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Self { lock: RawLock::new(), next: AtomicU32::new(HEAD), prev: AtomicU32::new(HEAD) }
+        Self { lock: RawLock::new(), next: AtomicU32::new(HEAD), prev: AtomicU32::new(HEAD), len: AtomicU32::new(0) }
     }
 
     /// Address of the queue lock (for phases and traces).
     pub fn addr(&self) -> usize {
         &self.lock as *const RawLock as usize
+    }
+
+    /// Entries queued now (under the lock).
+    pub fn len(&self) -> u32 {
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Nothing queued (for the end-of-run check).
@@ -382,6 +390,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         f.prev.store(last, Ordering::Relaxed);
         self.next_of(p, q, last).store(id, Ordering::Relaxed);
         q.prev.store(id, Ordering::Relaxed);
+        q.len.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The first entry (`list_first_entry`), or `HEAD` when empty (under
@@ -422,9 +431,13 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         let f = self.frame(p, id);
         let next = f.next.load(Ordering::Relaxed);
         let prev = f.prev.load(Ordering::Relaxed);
-        // __list_del(): the neighbours are linked, hence live.
+        // __list_del(): the neighbours are linked, hence live. On an entry
+        // already self-linked it rewrites the entry's own fields only.
         self.prev_of(p, q, next).store(prev, Ordering::Relaxed);
         self.next_of(p, q, prev).store(next, Ordering::Relaxed);
+        if next != id {
+            q.len.fetch_sub(1, Ordering::Relaxed);
+        }
         if careful {
             f.prev.store(id, Ordering::Relaxed);
             f.next.store(id, Ordering::Release);
