@@ -41,6 +41,51 @@ use crate::torture::{Clock, StopReason};
 use crate::Platform;
 use pvlock_abi::{GuestPhase, LockEvent, PageWakeVariant, WakeStep, Window};
 
+/// What `pvlock list variants` says about a page wake path.
+pub struct PageWakeInfo {
+    pub variant: PageWakeVariant,
+    pub summary: &'static str,
+    pub source: &'static str,
+}
+
+pub const PAGE_WAKE_VARIANTS: &[PageWakeInfo] = &[
+    PageWakeInfo {
+        variant: PageWakeVariant::V5_7,
+        summary: "autoremove_wake_function(): wake, then unlink; a waiter that loses the bit re-queues at the tail",
+        source: "mm/filemap.c 62906027091f (v4.10) .. v5.7, from memory",
+    },
+    PageWakeInfo {
+        variant: PageWakeVariant::Rfc2020,
+        summary: "target = wait->private; smp_mb(); list_del_init(); wake_up_state(target): the target may have exited",
+        source: "Linus's RFC 'mm: silence soft lockups from unlock_page' (2020-07-22), as quoted in the seed",
+    },
+    PageWakeInfo {
+        variant: PageWakeVariant::OlegWoken,
+        summary: "flags |= WQ_FLAG_WOKEN; wmb(); autoremove_wake_function(); the waiter breaks on WOKEN, rmb()",
+        source: "Oleg Nesterov's reply in the seed (2020-07-23)",
+    },
+    PageWakeInfo {
+        variant: PageWakeVariant::Rewrite2a9127,
+        summary: "WOKEN, wake, list_del_init_careful() last; the waker hands the bit to exclusive waiters",
+        source: "2a9127fcf229 'mm: rewrite wait_on_page_bit_common() logic' (commit message read)",
+    },
+    PageWakeInfo {
+        variant: PageWakeVariant::Upstream,
+        summary: "store-release of WOKEN|DONE, hand-off after sysctl_page_lock_unfairness (5) steals",
+        source: "5ef64cc8987a (v5.9) and folio_wait_bit_common() today (text read)",
+    },
+    PageWakeInfo {
+        variant: PageWakeVariant::MutantDelBeforePrivate,
+        summary: "the RFC with list_del_init() before reading wait->private: reads a returned stack frame",
+        source: "none (mutant)",
+    },
+    PageWakeInfo {
+        variant: PageWakeVariant::MutantWokenAfterWake,
+        summary: "Oleg's WOKEN with the flag stored after the wakeup (no wmb()): a lost wakeup",
+        source: "none (mutant)",
+    },
+];
+
 /// `PG_locked`.
 pub const PG_LOCKED: u32 = 0;
 /// `PG_waiters`: the flag word's bit 7, so `clear_bit_unlock_is_negative_byte()`
@@ -693,5 +738,17 @@ fn spin_for<P: Platform>(p: &P, cycles: u64) {
     let t = p.cycles();
     while p.cycles().wrapping_sub(t) < cycles {
         p.cpu_relax();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_wake_variant_is_described_once() {
+        for v in PageWakeVariant::ALL {
+            assert_eq!(PAGE_WAKE_VARIANTS.iter().filter(|i| i.variant == *v).count(), 1, "{v}");
+        }
     }
 }
