@@ -81,9 +81,10 @@ pub enum VariantKind {
 }
 
 /// The variant registry: [`named!`] plus each variant's [`VariantKind`].
-/// Adding a variant is its line here, its module in `guest/lib/src/pv/`,
-/// its metadata in `guest/lib/src/variants.rs` and its dispatch arm in
-/// `guest/lib/src/system.rs` (the compiler finds the last two).
+/// Adding a variant is its line here, its module in `guest/lib/src/pv/`
+/// and its entry (code and metadata) in the guest's variant table,
+/// `guest/lib/src/variants.rs`, whose generated dispatch `match` makes the
+/// compiler name a line here without an entry there.
 macro_rules! variant_registry {
     ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $id:literal, $name:literal, $kind:ident;)* }) => {
         named! { $(#[$m])* $ty { $($(#[$vm])* $v = $id, $name;)* } }

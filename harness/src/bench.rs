@@ -11,7 +11,7 @@
 //! 4. Median time-to-detect per reproducer over seeds.
 //!
 //! Every figure is measured over repeats and reported with its spread
-//! ([`Spread`]); ratios carry a Fieller interval ([`stats::ratio_of_means`]).
+//! ([`Estimate`]); ratios carry a Fieller interval ([`stats::ratio_of_means`]).
 //! Repeats are the outer loop, so slow drifts in the host's load spread over
 //! every point instead of biasing one.
 //!
@@ -29,7 +29,7 @@ use crate::record::{now_utc, Record};
 use crate::report::EnvInfo;
 use crate::repro::{find, run_repro, Mode};
 use crate::runner::run_one;
-use crate::stats::Percentiles;
+use crate::stats::{Estimate, Percentiles};
 use anyhow::{Context, Result};
 use pvlock_abi::{TortureParams, Variant, Workload};
 use pvlock_guest_lib::host::{run_torture, HostRunSpec};
@@ -37,7 +37,7 @@ use pvlock_guest_lib::{default_hash_bits, LockConfig, DEFAULT_SPIN_THRESHOLD};
 use pvlock_vmm::RunStatus;
 use pvlock_vmm::StopHandle;
 use serde::{Deserialize, Serialize};
-use stats::{median, ratio_of_means, Ratio, Spread};
+use stats::{median, ratio_of_means, Ratio};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -310,13 +310,13 @@ pub struct KernelBench {
     /// The tree's version (its Makefile).
     pub version: String,
     /// ns per uncontended acquire+release, torture loop included.
-    pub uncontended_kernel_ns: Spread,
-    pub uncontended_rust_ns: Spread,
+    pub uncontended_kernel_ns: Estimate,
+    pub uncontended_rust_ns: Estimate,
     /// kernel-pv over pv-upstream, ns.
     pub uncontended_ratio: Ratio,
     /// Acquisitions/s at 8 vCPUs on 2 host CPUs.
-    pub contended_kernel_aps: Option<Spread>,
-    pub contended_rust_aps: Option<Spread>,
+    pub contended_kernel_aps: Option<Estimate>,
+    pub contended_rust_aps: Option<Estimate>,
     pub contended_ratio: Option<Ratio>,
 }
 
@@ -386,9 +386,9 @@ pub struct KickWake {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
-    pub p50_spread: Spread,
-    pub p99_spread: Spread,
-    pub max_spread: Spread,
+    pub p50_spread: Estimate,
+    pub p99_spread: Estimate,
+    pub max_spread: Estimate,
     /// Round trips over all repeats.
     pub count: u64,
 }
@@ -402,14 +402,14 @@ pub struct ThroughputRow {
     /// `none` or `random` (injected stalls).
     pub stalls: String,
     /// Acquisitions/s over the ok runs.
-    pub acq_per_sec: Option<Spread>,
-    pub latency_p50_ns: Option<Spread>,
-    pub latency_p99_ns: Option<Spread>,
-    pub blocked_waits_per_kacq: Option<Spread>,
+    pub acq_per_sec: Option<Estimate>,
+    pub latency_p50_ns: Option<Estimate>,
+    pub latency_p99_ns: Option<Estimate>,
+    pub blocked_waits_per_kacq: Option<Estimate>,
     pub ok_runs: usize,
     pub runs: usize,
     /// The same lock code on as many host threads (no stalls rows only).
-    pub host_acq_per_sec: Option<Spread>,
+    pub host_acq_per_sec: Option<Estimate>,
     /// Guest acquisitions/s over host-thread acquisitions/s.
     pub guest_over_host: Option<Ratio>,
 }
@@ -418,8 +418,8 @@ pub struct ThroughputRow {
 /// 1 host CPU, `cs_ns = think_ns = 0`, ns per acquisition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Uncontended {
-    pub guest_ns: Spread,
-    pub host_ns: Spread,
+    pub guest_ns: Estimate,
+    pub host_ns: Estimate,
     pub guest_over_host: Ratio,
 }
 
@@ -458,9 +458,9 @@ pub struct BenchResult {
     pub load_end: Option<[f64; 3]>,
     pub plan: Plan,
     pub complete: bool,
-    pub mmio_exit_us: Option<Spread>,
-    pub kick_store_us: Option<Spread>,
-    pub disabled_window_ns: Option<Spread>,
+    pub mmio_exit_us: Option<Estimate>,
+    pub kick_store_us: Option<Estimate>,
+    pub disabled_window_ns: Option<Estimate>,
     /// Kick -> wake with `halt_poll_us = 0`.
     pub kick_wake_us: Option<KickWake>,
     /// Kick -> wake with `plan.tuned_halt_poll_us`.
@@ -718,7 +718,7 @@ fn run_job(
             s.kernel.push(KernelSample {
                 variant: *variant,
                 contended: *contended,
-                ok: rec.status == "ok",
+                ok: rec.status.is_ok(),
                 acq_per_sec: rec.acquisitions_per_sec,
             });
             let line = if *contended {
@@ -816,7 +816,7 @@ fn kick_wake(samples: &[PingPongSample], halt_poll_us: u64) -> Option<KickWake> 
     let runs: Vec<&Percentiles> =
         samples.iter().filter(|p| p.ok && p.halt_poll_us == halt_poll_us).map(|p| &p.kick_wake_ns).collect();
     let us = |f: fn(&Percentiles) -> u64| -> Vec<f64> { runs.iter().map(|p| f(p) as f64 / 1e3).collect() };
-    let (p50, p99, max) = (Spread::of(&us(|p| p.p50))?, Spread::of(&us(|p| p.p99))?, Spread::of(&us(|p| p.max))?);
+    let (p50, p99, max) = (Estimate::of(&us(|p| p.p50))?, Estimate::of(&us(|p| p.p99))?, Estimate::of(&us(|p| p.max))?);
     Some(KickWake {
         halt_poll_us,
         p50: p50.mean,
@@ -844,7 +844,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
                         continue;
                     }
                     let ok: Vec<&GuestSample> = runs.iter().copied().filter(|g| g.ok).collect();
-                    let of = |f: fn(&GuestSample) -> f64| Spread::of(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
+                    let of = |f: fn(&GuestSample) -> f64| Estimate::of(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
                     let guest: Vec<f64> = ok.iter().map(|g| g.acq_per_sec).collect();
                     let host: Vec<f64> = if stalls {
                         Vec::new()
@@ -856,13 +856,13 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
                         vcpus: v,
                         host_cpus: h,
                         stalls: if stalls { "random" } else { "none" }.into(),
-                        acq_per_sec: Spread::of(&guest),
+                        acq_per_sec: Estimate::of(&guest),
                         latency_p50_ns: of(|g| g.latency_p50_ns as f64),
                         latency_p99_ns: of(|g| g.latency_p99_ns as f64),
                         blocked_waits_per_kacq: of(|g| g.blocked_waits_per_kacq),
                         ok_runs: ok.len(),
                         runs: runs.len(),
-                        host_acq_per_sec: Spread::of(&host),
+                        host_acq_per_sec: Estimate::of(&host),
                         guest_over_host: ratio_of_means(&guest, &host),
                     });
                 }
@@ -885,7 +885,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
     }
     let g: Vec<f64> = s.uncontended.iter().map(|u| u.guest_ns).collect();
     let h: Vec<f64> = s.uncontended.iter().map(|u| u.host_ns).collect();
-    let uncontended = match (Spread::of(&g), Spread::of(&h), ratio_of_means(&g, &h)) {
+    let uncontended = match (Estimate::of(&g), Estimate::of(&h), ratio_of_means(&g, &h)) {
         (Some(guest_ns), Some(host_ns), Some(r)) => {
             ratios.insert(RATIO_UNCONTENDED.to_string(), r);
             Some(Uncontended { guest_ns, host_ns, guest_over_host: r })
@@ -917,9 +917,9 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         load_end: None,
         plan: plan.clone(),
         complete: false,
-        mmio_exit_us: Spread::of(&col(|d| Some(d.mmio_exit_us))),
-        kick_store_us: Spread::of(&col(|d| Some(d.kick_store_us))),
-        disabled_window_ns: Spread::of(&col(|d| d.disabled_window_ns)),
+        mmio_exit_us: Estimate::of(&col(|d| Some(d.mmio_exit_us))),
+        kick_store_us: Estimate::of(&col(|d| Some(d.kick_store_us))),
+        disabled_window_ns: Estimate::of(&col(|d| d.disabled_window_ns)),
         kick_wake_us: kick_wake(&s.ping_pong, 0),
         kick_wake_tuned_us: kick_wake(&s.ping_pong, plan.tuned_halt_poll_us),
         throughput,
@@ -960,11 +960,11 @@ fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
     let version = crate::kernel::Tree::open(Path::new(tree)).map(|t| t.version).unwrap_or_else(|_| "?".into());
     Some(KernelBench {
         version,
-        uncontended_kernel_ns: Spread::of(&kn)?,
-        uncontended_rust_ns: Spread::of(&rn)?,
+        uncontended_kernel_ns: Estimate::of(&kn)?,
+        uncontended_rust_ns: Estimate::of(&rn)?,
         uncontended_ratio: ratio_of_means(&kn, &rn)?,
-        contended_kernel_aps: Spread::of(&kc),
-        contended_rust_aps: Spread::of(&rc),
+        contended_kernel_aps: Estimate::of(&kc),
+        contended_rust_aps: Estimate::of(&rc),
         contended_ratio: ratio_of_means(&kc, &rc),
     })
 }

@@ -1,7 +1,7 @@
 //! The JSON record of one run (`pvlock run --json`, one line of
 //! `runs.jsonl`). Reports are pure functions of these records.
 
-use crate::config::RunConfig;
+use crate::config::{Expected, RunConfig};
 use crate::stats::Percentiles;
 use pvlock_abi::Variant;
 use pvlock_vmm::{GuestFailure, HoldOutcome, RunStatus};
@@ -182,6 +182,10 @@ pub struct Record {
     pub run_key: String,
     /// `ok` | `failed` | `hang` | `aborted` | `guest-crash`.
     pub status: RunStatus,
+    /// What the config's `[[expect]]` rules said this run must end as
+    /// (absent: `ok`).
+    #[serde(default, skip_serializing_if = "Expected::is_ok")]
+    pub expected: Expected,
     /// One line: why the status is what it is.
     pub summary: String,
     /// Structured failure (kind, vCPU, RIP, message...), if any.
@@ -233,6 +237,12 @@ impl Record {
             label += &format!(" +{}", file.unwrap_or_else(|| path.clone()));
         }
         label
+    }
+
+    /// Whether the run ended as its config expects (`ok`, or a failure
+    /// an `[[expect]]` rule names). Only these count for the exit code.
+    pub fn as_expected(&self) -> bool {
+        self.expected.admits(self.status)
     }
 
     pub fn all_checks_passed(&self) -> bool {

@@ -69,11 +69,8 @@ pub fn run(me: &GuestCpu) -> u64 {
     let b = me.block();
     b.acquisitions = r.acquisitions;
     b.max_wait_ns = r.max_wait_ns;
-    // timing[0..3] as the spinlock torture: lock increments (what the VMM
+    // The spinlock torture's timing view: lock increments (what the VMM
     // compares with the plain counters), no irq locks, no handlers.
-    b.timing[0] = r.acquisitions;
-    b.timing[1] = 0;
-    b.timing[2] = 0;
-    b.timing[3] = 0;
+    pvlock_abi::vcpu::TortureTiming { lock_acquisitions: r.acquisitions, ..Default::default() }.store(&mut b.timing);
     doorbell::DONE_OK
 }

@@ -924,10 +924,80 @@ pub fn check_end_state(
     unsafe { check_quiescent(locks, params, results, per_lock, facts) }
 }
 
+/// A lock's end state as recorded outside the run: what the VMM read back
+/// from guest memory (the torture lock's count and owner mark at the
+/// offsets of [`pvlock_abi::boot::lock_layout`], and its address).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordedLock {
+    /// The lock's address in the run (what PV hash entries name).
+    pub addr: u64,
+    /// Its plain counter.
+    pub count: u64,
+    /// Owning CPU + 1, 0 when free.
+    pub owner: u32,
+    /// Its lock word, when it was read (`None`: the word is not checked).
+    pub word: Option<u32>,
+}
+
+/// [`verify`] over a run's recorded end state: the harness judges a VMM
+/// run with the same checks a host-thread run gets. `results` need only
+/// each CPU's `lock_acquisitions` and `irq_acquisitions` (and `violation`,
+/// if one was recorded); `facts.word_must_be_zero` applies only to locks
+/// whose word was read.
+pub fn check_recorded(
+    locks: &[RecordedLock],
+    params: &TortureParams,
+    results: &[TortureResult],
+    facts: SystemFacts,
+) -> VerifyReport {
+    // SAFETY: recorded locks are plain values; nothing else can touch them.
+    unsafe { check_quiescent(locks, params, results, &[], facts) }
+}
+
+/// The end state of one lock, as [`check_quiescent`] reads it.
+trait EndState {
+    /// # Safety
+    /// As [`verify_quiescent`] (no CPU touches the lock any more).
+    unsafe fn count(&self) -> u64;
+    fn owner(&self) -> u32;
+    fn word(&self) -> Option<u32>;
+    fn addr(&self) -> u64;
+}
+
+impl EndState for TortureLock {
+    unsafe fn count(&self) -> u64 {
+        self.read_count()
+    }
+    fn owner(&self) -> u32 {
+        self.owner.load(Ordering::Relaxed)
+    }
+    fn word(&self) -> Option<u32> {
+        Some(self.raw.val.load(Ordering::Relaxed))
+    }
+    fn addr(&self) -> u64 {
+        self.raw.addr() as u64
+    }
+}
+
+impl EndState for RecordedLock {
+    unsafe fn count(&self) -> u64 {
+        self.count
+    }
+    fn owner(&self) -> u32 {
+        self.owner
+    }
+    fn word(&self) -> Option<u32> {
+        self.word
+    }
+    fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
 /// # Safety
 /// As [`verify_quiescent`].
-unsafe fn check_quiescent(
-    locks: &[TortureLock],
+unsafe fn check_quiescent<L: EndState>(
+    locks: &[L],
     params: &TortureParams,
     results: &[TortureResult],
     per_lock: &[&[u64]],
@@ -945,7 +1015,8 @@ unsafe fn check_quiescent(
     let mut torture_actual = 0u64;
     let mut irq_actual = 0u64;
     for (i, l) in locks.iter().enumerate() {
-        let c = l.read_count();
+        // SAFETY: forwarded from our caller.
+        let c = unsafe { l.count() };
         if i < n {
             torture_actual = torture_actual.wrapping_add(c);
         } else {
@@ -972,17 +1043,17 @@ unsafe fn check_quiescent(
     for (i, l) in locks.iter().enumerate() {
         if per_lock_ok && !per_lock.is_empty() {
             let expected: u64 = per_lock.iter().map(|a| a[i]).sum();
-            let actual = l.read_count();
+            // SAFETY: forwarded from our caller.
+            let actual = unsafe { l.count() };
             if actual != expected {
                 rep.push(Failure::LockCount { lock: i, expected, actual });
             }
         }
-        let owner = l.owner.load(Ordering::Relaxed);
+        let owner = l.owner();
         if owner != 0 {
             rep.push(Failure::OwnerLeft { lock: i, cpu: owner - 1 });
         }
-        let val = l.raw.val.load(Ordering::Relaxed);
-        if facts.word_must_be_zero && val != 0 {
+        if let Some(val) = l.word().filter(|&v| facts.word_must_be_zero && v != 0) {
             rep.push(Failure::LockWordNotFree { lock: i, val });
         }
     }
@@ -992,7 +1063,7 @@ unsafe fn check_quiescent(
         rep.push(Failure::StaleHash {
             entries: facts.hash_in_use,
             first_addr: addr,
-            first_lock: locks.iter().position(|l| l.raw.addr() as u64 == addr && addr != 0),
+            first_lock: locks.iter().position(|l| l.addr() == addr && addr != 0),
         });
     }
     rep
@@ -1228,6 +1299,43 @@ mod tests {
         let facts = SystemFacts { hash_in_use: 3, first_hashed_lock: 0x1000, ..Z };
         let rep = check_end_state(&mut l, &p, &r, &refs(&pl), facts);
         assert!(rep.any(|f| *f == Failure::StaleHash { entries: 3, first_addr: 0x1000, first_lock: None }), "{rep}");
+    }
+
+    /// A VMM run's recorded end state goes through the same checks.
+    #[test]
+    fn recorded_end_states_are_judged_alike() {
+        let (l, p, r, _) = consistent();
+        let rec = |l: &[TortureLock]| -> Vec<RecordedLock> {
+            l.iter()
+                .enumerate()
+                .map(|(i, x)| RecordedLock {
+                    addr: 0x10_0000 + 64 * i as u64,
+                    count: x.read_count(),
+                    owner: x.owner.load(Ordering::Relaxed),
+                    word: None,
+                })
+                .collect()
+        };
+        let mut locks = rec(&l);
+        assert!(check_recorded(&locks, &p, &r, Z).is_ok());
+        // A lost update in the irq set, an owner left on lock 0, a stale
+        // entry for lock 4, and a word that is not read (so not checked).
+        locks[3].count -= 1;
+        locks[0].owner = 2;
+        let facts = SystemFacts { hash_in_use: 1, first_hashed_lock: locks[4].addr, ..Z };
+        let got: Vec<_> = check_recorded(&locks, &p, &r, facts).failures().copied().collect();
+        assert_eq!(
+            got,
+            [
+                Failure::TotalCount { set: LockSet::Irq, expected: 8, actual: 7 },
+                Failure::OwnerLeft { lock: 0, cpu: 1 },
+                Failure::StaleHash { entries: 1, first_addr: 0x10_0100, first_lock: Some(4) },
+            ]
+        );
+        locks = rec(&l);
+        locks[2].word = Some(1);
+        let got: Vec<_> = check_recorded(&locks, &p, &r, Z).failures().copied().collect();
+        assert_eq!(got, [Failure::LockWordNotFree { lock: 2, val: 1 }]);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! [`BenchResult`], drawn like `report/plots.rs` (plotters' SVG backend,
 //! text as `<text>` elements, no font files).
 
-use super::stats::{Ratio, Spread};
+use super::stats::Ratio;
 use super::{BenchResult, KickWake, ThroughputRow, RATIO_PV_OVER_TICKET, RATIO_PV_OVER_TICKET_STALLS};
 use crate::report::plots::variant_color;
+use crate::stats::Estimate;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 
@@ -18,7 +19,7 @@ pub fn files(r: &BenchResult) -> Vec<(String, String)> {
     out
 }
 
-fn opt(s: &Option<Spread>, prec: usize) -> String {
+fn opt(s: &Option<Estimate>, prec: usize) -> String {
     s.map(|s| s.show(prec)).unwrap_or_else(|| "-".into())
 }
 

@@ -6,8 +6,8 @@
 //! unlock_page"): the old path against the 2020 rewrite. Pure functions of
 //! the records.
 
-use super::summary::Estimate;
 use crate::record::Record;
+use crate::stats::Estimate;
 use pvlock_abi::Workload;
 use std::collections::BTreeMap;
 
@@ -55,7 +55,7 @@ pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
     groups
         .into_iter()
         .map(|((page_wake, queue_lock, vcpus, host_cpus), rs)| {
-            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status == "ok").collect();
+            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
             let per =
                 |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
             let per_unlock = |r: &Record, name: &str| {
