@@ -19,7 +19,8 @@ pub struct LockParams {
     pub flags: u32,
     /// [`crate::MutexVariant`] id of the mutex torture (0: none).
     pub mutex: u32,
-    pub _pad: u32,
+    /// [`crate::PageWakeVariant`] id of the page-wake workload (0: none).
+    pub page_wake: u32,
 }
 
 /// Stop the run with a BUG report at the first `pv_hash()` insert for a

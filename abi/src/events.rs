@@ -127,6 +127,26 @@ counters! {
         /// without the kick store (the `TIF_POLLING_NRFLAG` idea: a waker
         /// that sees its target polling needs no IPI).
         KicksToPoller = "kicks_to_poller",
+        /// Page wait queues (`guest/lib/src/sleeping/page.rs`), ours.
+        /// `wake_up_page_bit()` calls (an `unlock_page()` that saw PG_waiters).
+        PageWakeCalls = "page_wake_calls",
+        /// Entries queued when a wake walk started (sum; / calls = the
+        /// waiters an unlock found).
+        PageWakeQueued = "page_wake_queued",
+        /// Entries the wake walks visited (wake function calls).
+        PageWakeVisits = "page_wake_visits",
+        /// Tasks the wake walks woke (`try_to_wake_up()` found them sleeping).
+        PageWakeWoken = "page_wake_woken",
+        /// Cycles inside the walk, queue lock held (sum).
+        PageWakeLoopCycles = "page_wake_loop_cycles",
+        /// The longest single walk, cycles (max, not a sum).
+        PageWakeLoopMaxCycles = "page_wake_loop_max_cycles",
+        /// Waits that re-queued their entry (v5.8: woken, lost the bit).
+        PageWaitRequeue = "page_wait_requeue",
+        /// `wait_on_page_bit_common()` calls that queued an entry.
+        PageWaits = "page_waits",
+        /// Tasks that exited after a page wait (and were reused later).
+        PageTaskExits = "page_task_exits",
     }
 }
 

@@ -27,11 +27,17 @@ pub mod vcpu;
 pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams};
 pub use events::{LockEvent, VmmCounter, NR_LOCK_EVENTS, NR_VMM_COUNTERS};
 pub use layout::*;
-pub use names::{GuestPhase, MutexVariant, PanicKind, Variant, VariantKind, Window, Workload, NR_WINDOWS};
-pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, VcpuBlock};
+pub use names::{
+    FreedObject, GuestPhase, MutexVariant, PageWakeVariant, PanicKind, Variant, VariantKind, WakeStep, Window,
+    Workload, NR_WINDOWS,
+};
+pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, UafRecord, VcpuBlock};
+
+/// Most pages of the page-wake workload (`torture.locks`).
+pub const MAX_PAGES: usize = 16;
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Written by the VMM into [`BootBlock::magic`]; the guest refuses to run
 /// without it (it would be reading garbage parameters).

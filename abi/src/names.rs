@@ -168,6 +168,86 @@ named! {
         /// and its own trylock (v4.10..v5.15): a steal here clears the flag
         /// (the 048661a1f963 starvation; ad90880dc962 closed the window).
         MutexHandoffSet = 9, "mutex-handoff-set";
+        /// Page waker (`wake_page_function()`) between the unlink of a
+        /// waiter's entry and the wakeup of its task, in the variant's order:
+        /// after `list_del_init()` in Linus's July 2020 RFC (the waiter may
+        /// see its entry unlinked, return and exit: the use-after-free Oleg
+        /// pointed out); after the wakeup, before the unlink, in the others
+        /// (the waiter then needs the queue lock to leave).
+        PageWakeBetween = 10, "page-wake-between";
+        /// Page waker between the wakeup and the `WQ_FLAG_WOKEN` store
+        /// (the mutant that drops the `wmb()` of Oleg's proposal: the flag
+        /// becomes visible after the wakeup).
+        PageWakeBeforeWoken = 11, "page-wake-before-woken";
+        /// A page waiter's task has returned from its wait and exited (its
+        /// stack frame and task poisoned): a marker for `until` rules.
+        PageTaskExit = 12, "page-task-exit";
+    }
+}
+
+named! {
+    /// The page wait / wake paths (`wait_on_page_bit_common()` and
+    /// `wake_page_function()`, mm/filemap.c), named by source; code and
+    /// sources in `guest/lib/src/sleeping/page.rs`. The wait queue's lock
+    /// is a spinlock of the run's [`Variant`].
+    PageWakeVariant {
+        /// v4.10..v5.7 (PageWaiters, 62906027091f): the
+        /// `autoremove_wake_function()` path; waiters re-queue at the tail.
+        V5_7 = 1, "page-wake-v5.7";
+        /// Linus's RFC of 2020-07-22 ("mm: silence soft lockups from
+        /// unlock_page"): reads `wait->private`, `list_del_init()`, then
+        /// wakes the task, which may have exited.
+        Rfc2020 = 2, "page-wake-rfc-2020-07";
+        /// Oleg Nesterov's reply: `WQ_FLAG_WOKEN`, `wmb()`, then
+        /// `autoremove_wake_function()`.
+        OlegWoken = 3, "page-wake-oleg-woken";
+        /// 2a9127fcf229 "mm: rewrite wait_on_page_bit_common() logic"
+        /// (v5.8): WOKEN, wake, `list_del_init_careful()` last; the waker
+        /// takes the bit for an exclusive waiter (strictly fair).
+        Rewrite2a9127 = 4, "page-wake-2a9127fcf229";
+        /// 5ef64cc8987a (v5.9-rc5, 2020-09-13) and the folio versions since: the
+        /// store-release of WOKEN|DONE, lock hand-off after
+        /// `sysctl_page_lock_unfairness` steals.
+        Upstream = 5, "page-wake-upstream";
+        /// Mutant: the RFC with `list_del_init()` before reading
+        /// `wait->private` (the order its own comment forbids).
+        MutantDelBeforePrivate = 20, "mutant-page-del-before-private";
+        /// Mutant: Oleg's proposal without its `wmb()`: the WOKEN store
+        /// lands after the wakeup (a weakly ordered CPU may): lost wakeup.
+        MutantWokenAfterWake = 21, "mutant-page-woken-after-wake";
+    }
+}
+
+impl PageWakeVariant {
+    /// A deliberately broken self-test, not a historical variant.
+    pub const fn is_mutant(self) -> bool {
+        (self as u32) >= 20
+    }
+}
+
+named! {
+    /// What a use-after-free record says was freed.
+    FreedObject {
+        /// A wait-queue entry on a waiter's stack (its frame returned).
+        WaitEntry = 1, "wait-entry";
+        /// A task that exited (and may have been reused).
+        Task = 2, "task";
+    }
+}
+
+named! {
+    /// The page waker's step that touched a freed object.
+    WakeStep {
+        /// Walking the queue (`list_for_each_entry_safe`).
+        Walk = 1, "walk";
+        /// Reading `wait->private` (the task).
+        ReadPrivate = 2, "read-private";
+        /// Writing `wait->flags` (`WQ_FLAG_WOKEN`).
+        SetFlags = 3, "set-flags";
+        /// `wake_up_state()` / `try_to_wake_up()` of the task.
+        WakeTask = 4, "wake-task";
+        /// `list_del_init()` of the entry.
+        ListDel = 5, "list-del";
     }
 }
 
@@ -239,12 +319,17 @@ named! {
         /// Self-test: vCPU 0 spins forever in one function without an exit
         /// (the watchdog must say where: function and source line).
         SpinForever = 12, "spin-forever";
+        /// Page lock and page wait queues (`guest/lib/src/sleeping/page.rs`):
+        /// tasks lock a page or wait for it unlocked, in the
+        /// `lock.page_wake` variant; waiters' entries and tasks are poisoned
+        /// when they return / exit, so a waker's late access is reported.
+        PageWake = 13, "page-wake";
         /// Bookkeeping baseline: each vCPU runs `lock.variant`'s lock and
         /// unlock around the torture's critical section and think time, with
         /// none of the torture's checks (`torture::lock_loop`).
-        LockLoop = 13, "lock-loop";
+        LockLoop = 14, "lock-loop";
         /// The same loop with no lock at all.
-        EmptyLoop = 14, "empty-loop";
+        EmptyLoop = 15, "empty-loop";
     }
 }
 
@@ -282,6 +367,9 @@ named! {
         Bug = 2, "BUG";
         /// Two vCPUs inside the same critical section.
         MutualExclusion = 3, "mutual-exclusion violation";
+        /// Another vCPU touched a poisoned wait entry or task; the typed
+        /// record is in the vCPU block's `uaf` field.
+        UseAfterFree = 4, "use-after-free";
     }
 }
 

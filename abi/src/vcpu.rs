@@ -252,6 +252,28 @@ impl Default for AssertRecord {
     }
 }
 
+/// A use-after-free seen by the guest ([`crate::PanicKind::UseAfterFree`]):
+/// vCPU `waker` touched `object` of vCPU `owner` at `step` after the owner
+/// had let it go. Filled before the PANIC doorbell.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UafRecord {
+    /// The vCPU that made the access.
+    pub waker: u32,
+    /// The vCPU whose stack frame / task it was.
+    pub owner: u32,
+    /// [`crate::FreedObject`] id.
+    pub object: u32,
+    /// [`crate::WakeStep`] id.
+    pub step: u32,
+    /// Lifetime tag the waker saw when it took the reference.
+    pub tag_then: u32,
+    /// Tag at the access (poisoned, or a later reuse).
+    pub tag_now: u32,
+    /// Guest address of the object.
+    pub addr: u64,
+}
+
 /// Largest per-vCPU trace ring, entries (`BootBlock::trace_len`).
 pub const MAX_TRACE_LEN: u64 = 1 << 22;
 
@@ -300,6 +322,8 @@ pub struct VcpuBlock {
     pub trace_head: u64,
     /// Filled before a [`crate::doorbell::PANIC`] doorbell.
     pub assert: AssertRecord,
+    /// Filled before a PANIC doorbell of kind use-after-free.
+    pub uaf: UafRecord,
 }
 
 impl Default for VcpuBlock {
@@ -320,6 +344,7 @@ impl Default for VcpuBlock {
             latency: LatencyHistogram::default(),
             trace_head: 0,
             assert: AssertRecord::default(),
+            uaf: UafRecord::default(),
         }
     }
 }

@@ -639,6 +639,14 @@ fn list(what: &str) -> Result<()> {
                 println!("    source: {}; releases: {}", i.source, i.releases);
                 println!("    spinning: {}; hand-off: {}; checked: {}", i.spinning, i.handoff, i.verified);
             }
+            println!();
+            println!("Page wake paths (workload = \"page-wake\", lock.page_wake; queue lock = lock.variant):");
+            for i in pvlock_guest_lib::sleeping::page::PAGE_WAKE_VARIANTS {
+                let v = i.variant;
+                println!("{}{}", v.name(), if v.is_mutant() { "  (mutant, a self-test)" } else { "" });
+                println!("    {}", i.summary);
+                println!("    source: {}", i.source);
+            }
         }
         "windows" => {
             for w in Window::ALL {

@@ -7,7 +7,7 @@ use crate::config::RunConfig;
 use crate::record::Record;
 use crate::runner::run_one_with_report;
 use anyhow::{bail, Result};
-use pvlock_abi::{LockEvent, MutexVariant, Variant, Window, Workload};
+use pvlock_abi::{LockEvent, MutexVariant, PageWakeVariant, Variant, Window, Workload};
 use pvlock_vmm::{
     GuestFailure, HoldRule, HoldUntil, HoldWhen, KickContract, MissedWakeupClass, RunStatus, StopHandle, WaitContract,
 };
@@ -253,6 +253,25 @@ fn mutant_run(window: Window) -> fn(Variant, Mode, u64, u64) -> RunConfig {
     }
 }
 
+/// A use-after-free record of the page wait queues.
+fn use_after_free(r: &Record) -> Option<String> {
+    matches!(r.failure, Some(GuestFailure::UseAfterFree { .. })).then(|| r.summary.clone())
+}
+
+/// The page-wake runs (`guest/lib/src/sleeping/page.rs`): 4 tasks on one
+/// page, half lock it, half wait for it unlocked; every waiter's task exits
+/// after its wait. `page_wake` is the wake path under test; `variant` the
+/// queue lock.
+pub fn page_wake_base(variant: Variant, page_wake: PageWakeVariant, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.workload = Workload::PageWake;
+    rc.lock.page_wake = page_wake;
+    rc.lock.spin_threshold = 1 << 15;
+    rc.torture.cs_ns = 2000;
+    rc.torture.think_ns = 1000;
+    rc
+}
+
 /// The mutex torture of the sleeping-lock reproducers: `variant` is the
 /// mutexes' `wait_lock` (the run's `lock.mutex` is set from the entry).
 fn mutex_base(variant: Variant, seed: u64, budget_ms: u64) -> RunConfig {
@@ -260,6 +279,57 @@ fn mutex_base(variant: Variant, seed: u64, budget_ms: u64) -> RunConfig {
     rc.workload = Workload::MutexTorture;
     rc.torture.cs_ns = 2000;
     rc.torture.think_ns = 1000;
+    rc
+}
+
+/// The waker of Linus's RFC between `list_del_init()` and
+/// `wake_up_state(target)`: the waiter, woken by a (simulated) interrupt,
+/// sees its entry unlinked, returns and its task exits; the waker then
+/// wakes a freed task. Directed: hold the waker there until a task has
+/// exited. The entry variant (`entry`) unlinks before reading
+/// `wait->private`: the read hits the returned frame.
+fn page_uaf_run(page_wake: PageWakeVariant) -> fn(Variant, Mode, u64, u64) -> RunConfig {
+    fn build(variant: Variant, page_wake: PageWakeVariant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+        let mut rc = page_wake_base(variant, page_wake, seed, budget_ms);
+        // An interrupt every 300 us ends any wait: the waiter's way to run
+        // while its waker is held (the seed's "if it was already woken up").
+        rc.hypervisor.interrupt_us = 300;
+        match mode {
+            Mode::Random => {
+                rc.preempt.windows = vec![Window::PageWakeBetween];
+                rc.preempt.window_prob = 0.3;
+                rc.preempt.window_stall_us = 3000;
+            }
+            Mode::Directed => {
+                rc.preempt.schedule =
+                    vec![hold(Window::PageWakeBetween, HoldUntil::Window(Window::PageTaskExit), 20_000)]
+            }
+        }
+        rc
+    }
+    match page_wake {
+        PageWakeVariant::MutantDelBeforePrivate => {
+            |v, m, s, b| build(v, PageWakeVariant::MutantDelBeforePrivate, m, s, b)
+        }
+        _ => |v, m, s, b| build(v, PageWakeVariant::Rfc2020, m, s, b),
+    }
+}
+
+/// Oleg's WOKEN protocol with the WOKEN store after the wakeup (what its
+/// wmb() forbids on a weakly ordered CPU): the woken waiter finds no WOKEN,
+/// sleeps again, and nothing wakes it. Directed: hold the waker between
+/// the wakeup and the store until another vCPU blocks. No interrupts or
+/// spurious wakeups, so the lost wakeup stays lost.
+fn page_lost_woken_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = page_wake_base(variant, PageWakeVariant::MutantWokenAfterWake, seed, budget_ms);
+    match mode {
+        Mode::Random => {
+            rc.preempt.windows = vec![Window::PageWakeBeforeWoken];
+            rc.preempt.window_prob = 0.3;
+            rc.preempt.window_stall_us = 2000;
+        }
+        Mode::Directed => rc.preempt.schedule = vec![hold(Window::PageWakeBeforeWoken, HoldUntil::Blocked, 5_000)],
+    }
     rc
 }
 
@@ -353,6 +423,9 @@ pub fn catalog() -> Vec<Repro> {
         Repro { name: "lost-kick", race: "contract", default_variant: Variant::PvUpstream, what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug, mutex: None },
         Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug, mutex: None },
         Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug, mutex: None },
+        Repro { name: "page-wake-uaf", race: "page-wake", default_variant: Variant::PvUpstream, what: "Linus's July 2020 RFC: the waker is stalled after list_del_init() of a page waiter's entry, before wake_up_state(target); the waiter sees its entry unlinked, returns and exits: the wakeup touches a freed task", build: page_uaf_run(PageWakeVariant::Rfc2020), evidence: use_after_free, mutex: None },
+        Repro { name: "page-wake-entry-uaf", race: "page-wake", default_variant: Variant::PvUpstream, what: "mutant: the RFC with list_del_init() before reading wait->private: the read hits the waiter's returned stack frame", build: page_uaf_run(PageWakeVariant::MutantDelBeforePrivate), evidence: use_after_free, mutex: None },
+        Repro { name: "page-wake-lost-woken", race: "page-wake", default_variant: Variant::PvUpstream, what: "mutant: Oleg's WQ_FLAG_WOKEN without its wmb(): WOKEN lands after the wakeup, the woken waiter sleeps again and nothing wakes it", build: page_lost_woken_run, evidence: lost_or_bug, mutex: None },
         Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash, mutex: None },
         Repro { name: "mutex-recursive-handoff", race: "e274795ea7b7", default_variant: Variant::PvUpstream, what: "mutex: a task locks a mutex it holds and blocks; a spurious wakeup makes it first, it requests a hand-off and takes it from itself (v4.10; ad90880dc962 brought it back upstream, results/findings)", build: recursive_run, evidence: recursive_taken, mutex: Some(MutexVariant::V4_10) },
         Repro { name: "mutex-handoff-lost", race: "048661a1f963", default_variant: Variant::PvUpstream, what: "mutex: HANDOFF set on an unlocked mutex is cleared by a stealer and, before the fix, never requested again: the first waiter wakes again and again with no hand-off standing", build: handoff_lost_run, evidence: handoff_lost, mutex: Some(MutexVariant::V5_12) },

@@ -8,7 +8,8 @@
 
 use pvlock_abi::lockword::LockLayout;
 use pvlock_abi::{
-    LockParams, MutexVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES, MAX_VCPUS,
+    LockParams, MutexVariant, PageWakeVariant, TortureParams, Variant, Window, WindowParams, Workload, MAX_MUTEXES,
+    MAX_VCPUS,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -197,6 +198,9 @@ pub struct LockConfig {
     /// mutexes. A recursive lock that returns is a guest BUG.
     #[serde(skip_serializing_if = "is_false")]
     pub mutex_recursive: bool,
+    /// The page wait / wake path of `workload = "page-wake"`; its wait
+    /// queues' locks are spinlocks of `variant`.
+    pub page_wake: PageWakeVariant,
     /// Kernel variants (`kernel-pv`, `kernel-native`): the kernel tree whose
     /// own `kernel/locking/qspinlock.c` the harness builds into the module
     /// the VMM loads (`Machine::run_with_module`). The kernel keys are left
@@ -263,6 +267,7 @@ impl Default for LockConfig {
             stop_on_double_hash: false,
             mutex: MutexVariant::Upstream,
             mutex_recursive: false,
+            page_wake: PageWakeVariant::Upstream,
             kernel_tree: None,
             kernel_patches: Vec::new(),
             kernel_flavour: KernelFlavour::X86,
@@ -302,7 +307,7 @@ impl LockConfig {
             flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 }
                 | if self.mutex_recursive { pvlock_abi::boot::LOCK_FLAG_MUTEX_RECURSIVE } else { 0 },
             mutex: self.mutex as u32,
-            _pad: 0,
+            page_wake: self.page_wake as u32,
         }
     }
 }
@@ -478,6 +483,17 @@ impl MachineConfig {
             }
         } else if self.lock.mutex_recursive {
             return Err(InvalidValue::new("lock.mutex_recursive", "only for workload = \"mutex-torture\""));
+        }
+        if self.workload == Workload::PageWake {
+            // guest/lib/src/sleeping/page.rs: no nesting, no interrupts,
+            // at most MAX_PAGES pages.
+            if self.torture.nest != 1 {
+                return Err(InvalidValue::new("torture.nest", "page-wake takes one page at a time: nest = 1"));
+            }
+            if self.torture.irq_prob != 0.0 {
+                return Err(InvalidValue::new("torture.irq_prob", "page-wake: irq_prob must be 0"));
+            }
+            check_range("torture.locks", self.torture.locks, 1, pvlock_abi::MAX_PAGES as u32)?;
         }
         self.hypervisor.validate()?;
         self.preempt.validate(self.vcpus, self.torture.locks)?;

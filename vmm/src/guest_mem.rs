@@ -65,6 +65,8 @@ unsafe impl Pod for HashEntry {}
 unsafe impl Pod for pvlock_abi::TraceEntry {}
 // SAFETY: as above.
 unsafe impl Pod for pvlock_abi::AssertRecord {}
+// SAFETY: as above: #[repr(C)] integers only (4 x u32 + 2 x u32 + u64, no padding).
+unsafe impl Pod for pvlock_abi::UafRecord {}
 
 /// Guest RAM: one slot at guest address 0.
 pub struct GuestRam {

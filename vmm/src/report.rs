@@ -2,7 +2,7 @@
 //! counters once the vCPUs have stopped.
 
 use crate::watchdog::MissedWakeupClass;
-use pvlock_abi::PanicKind;
+use pvlock_abi::{FreedObject, PanicKind, WakeStep};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -154,6 +154,7 @@ pub enum FailureKind {
     UnexpectedExit,
     WorkloadFailed,
     MissedWakeup,
+    UseAfterFree,
     BlockedWait,
     Timeout,
     Host,
@@ -170,6 +171,7 @@ impl FailureKind {
             Self::UnexpectedExit => "unexpected-exit",
             Self::WorkloadFailed => "workload-failed",
             Self::MissedWakeup => "missed-wakeup",
+            Self::UseAfterFree => "use-after-free",
             Self::BlockedWait => "blocked-wait",
             Self::Timeout => "timeout",
             Self::Host => "host",
@@ -198,6 +200,21 @@ pub enum GuestFailure {
     UnexpectedExit { cpu: u32, rip: u64, exit: String, rsp: u64, cr2: u64, rax: u64, rdi: u64 },
     /// A vCPU reported DONE with a failure status.
     WorkloadFailed { cpu: u32, status: u64 },
+    /// A vCPU touched another vCPU's poisoned wait entry or exited task
+    /// (the page wait queues' lifetime check): `cpu` made the access at
+    /// `step`; `owner` is the vCPU whose frame / task it was.
+    UseAfterFree {
+        cpu: u32,
+        owner: u32,
+        object: FreedObject,
+        step: WakeStep,
+        /// Lifetime tags: when the waker took its reference, and at the access.
+        tag_then: u32,
+        tag_now: u32,
+        addr: u64,
+        file: String,
+        line: u32,
+    },
     /// The lock-aware detector found a waiter nothing will wake.
     MissedWakeup { cpu: u32, class: MissedWakeupClass, detail: String },
     /// A vCPU blocked in pv_wait longer than the stall timeout.
@@ -213,9 +230,11 @@ pub enum GuestFailure {
 impl GuestFailure {
     pub fn status(&self) -> RunStatus {
         match self {
-            Self::TripleFault { .. } | Self::Panic { .. } | Self::AbiViolation { .. } | Self::UnexpectedExit { .. } => {
-                RunStatus::GuestCrash
-            }
+            Self::TripleFault { .. }
+            | Self::Panic { .. }
+            | Self::AbiViolation { .. }
+            | Self::UnexpectedExit { .. }
+            | Self::UseAfterFree { .. } => RunStatus::GuestCrash,
             Self::WorkloadFailed { .. } | Self::Host { .. } => RunStatus::Failed,
             Self::BlockedWait { .. } | Self::Timeout { .. } | Self::MissedWakeup { .. } => RunStatus::Hang,
             Self::Aborted { .. } => RunStatus::Aborted,
@@ -231,6 +250,7 @@ impl GuestFailure {
             Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
             Self::WorkloadFailed { .. } => FailureKind::WorkloadFailed,
             Self::MissedWakeup { .. } => FailureKind::MissedWakeup,
+            Self::UseAfterFree { .. } => FailureKind::UseAfterFree,
             Self::BlockedWait { .. } => FailureKind::BlockedWait,
             Self::Timeout { .. } => FailureKind::Timeout,
             Self::Host { .. } => FailureKind::Host,
@@ -254,6 +274,13 @@ impl GuestFailure {
                 "vCPU {cpu}: blocked in pv_wait for {blocked_ms} ms on byte {gpa:#x} (expected {expected}, now {current})"
             ),
             Self::MissedWakeup { cpu, class, detail } => format!("vCPU {cpu}: missed wakeup ({class}): {detail}"),
+            Self::UseAfterFree { cpu, owner, object, step, tag_then, tag_now, addr, file, line } => {
+                let what = if tag_now & 1 == 0 { "freed" } else { "freed and reused" };
+                format!(
+                    "vCPU {cpu}: use-after-free of vCPU {owner}'s {object} at {addr:#x} ({what}; tag {tag_then:#x} -> \
+                     {tag_now:#x}) by the waker's step {step}, {file}:{line}"
+                )
+            }
             Self::Timeout { timeout_ms, not_done } => {
                 format!("run did not finish within {timeout_ms} ms; vCPUs not done: {not_done:?}")
             }

@@ -435,6 +435,29 @@ impl VcpuThread {
         let Some(what) = PanicKind::from_u64(kind) else {
             return self.abi_violation(format!("panic doorbell with unknown kind {kind}"));
         };
+        if what == PanicKind::UseAfterFree {
+            let uaf_gpa = pvlock_abi::vcpu_block_gpa(cpu) + offset_of!(VcpuBlock, uaf) as u64;
+            let u: pvlock_abi::UafRecord = self.shared.ram.read_pod(uaf_gpa).unwrap_or_default();
+            let (Some(object), Some(step)) =
+                (pvlock_abi::FreedObject::from_u32(u.object), pvlock_abi::WakeStep::from_u32(u.step))
+            else {
+                return self.abi_violation(format!(
+                    "use-after-free record with unknown object {} or step {}",
+                    u.object, u.step
+                ));
+            };
+            return GuestFailure::UseAfterFree {
+                cpu,
+                owner: u.owner,
+                object,
+                step,
+                tag_then: u.tag_then,
+                tag_now: u.tag_now,
+                addr: u.addr,
+                file: String::from_utf8_lossy(file).into_owned(),
+                line: rec.line,
+            };
+        }
         GuestFailure::Panic {
             cpu,
             what,

@@ -234,6 +234,18 @@ impl Platform for GuestCpu {
     fn bug(&self, msg: core::fmt::Arguments<'_>) -> ! {
         self.fail(PanicKind::Bug, msg)
     }
+
+    // The typed record first (the VMM decodes it for kind use-after-free),
+    // then the usual assert record with the message and the caller's line.
+    #[track_caller]
+    fn use_after_free(&self, r: &pvlock_abi::UafRecord) -> ! {
+        // SAFETY: this vCPU's block (only this vCPU writes it); a raw place.
+        unsafe { (*self.block).uaf = *r };
+        self.fail(
+            PanicKind::UseAfterFree,
+            format_args!("{}", pvlock_guest_lib::sleeping::waitqueue::UafDisplay(r)),
+        )
+    }
 }
 
 impl GuestCpu {

@@ -9,6 +9,7 @@ pub mod cpu;
 mod kmod;
 mod mem;
 mod mutex_torture;
+mod page_wake;
 pub mod rt;
 mod torture;
 mod workloads;

@@ -15,6 +15,7 @@ pub fn run(w: Workload, cpu: u32) -> u64 {
         Workload::Smoke => smoke(&me),
         Workload::Torture => crate::torture::run(&me),
         Workload::MutexTorture => crate::mutex_torture::run(&me),
+        Workload::PageWake => crate::page_wake::run(&me),
         Workload::Fault => fault(&me),
         Workload::BadPointer => bad_pointer(&me),
         Workload::WaitForever => wait_forever(&me),

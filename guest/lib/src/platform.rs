@@ -63,6 +63,14 @@ pub trait Platform {
     /// code's file and line.
     #[track_caller]
     fn bug(&self, msg: core::fmt::Arguments<'_>) -> !;
+
+    /// Another CPU's poisoned wait entry or task was touched (the page
+    /// wait queues' lifetime check, `sleeping::waitqueue`). Never returns.
+    /// The guest reports the typed record to the VMM; elsewhere a BUG.
+    #[track_caller]
+    fn use_after_free(&self, r: &pvlock_abi::UafRecord) -> ! {
+        self.bug(format_args!("{}", crate::sleeping::waitqueue::UafDisplay(r)))
+    }
 }
 
 /// The byte a pv_wait() watches. The kernel passes a `u8 *`; here the lock

@@ -10,6 +10,7 @@ pub mod csv;
 pub mod diff;
 pub mod load;
 pub mod markdown;
+pub mod page_wake;
 pub mod plots;
 pub mod sleeping;
 pub mod summary;
@@ -140,6 +141,7 @@ pub fn render_loaded(loaded: &Loaded, env: &EnvInfo, partial: bool) -> Rendered 
     let mutex_rows = sleeping::rows(&loaded.records);
     let mut md = markdown::render(loaded, &sums, env, partial);
     md.push_str(&sleeping::markdown(&mutex_rows));
+    md.push_str(&page_wake::markdown(&page_wake::rows(&loaded.records)));
     let mut plots = plots::render(&loaded.records, &sums, &variants);
     plots.extend(sleeping::plots(&mutex_rows));
     Rendered { markdown: md, csv: csv::render(&sums), plots, main_table: markdown::main_table(&sums) }

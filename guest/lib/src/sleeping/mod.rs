@@ -6,9 +6,11 @@
 
 pub mod mutex;
 pub mod osq;
+pub mod page;
 pub mod rtmutex;
 pub mod task;
 pub mod torture;
+pub mod waitqueue;
 
 pub use mutex::{AcquirePath, Interrupted, Mutex, MutexFlavor, MutexSystem};
 pub use task::{TaskSlot, Tasks, TASK_RUNNING, TASK_UNINTERRUPTIBLE};
