@@ -235,6 +235,7 @@ fn run() -> Result<i32> {
             if a.shard.is_none() {
                 exp.check_host(pvlock_vmm::host_cpus_available())?;
             }
+            exp.check_kernel_sites()?;
             compare_and_print(
                 &exp,
                 &CompareOptions { out: a.out, quick: a.quick, jobs: a.jobs.into(), progress: true, shard: a.shard },
@@ -371,6 +372,7 @@ fn cmd_run(args: RunArgs) -> Result<i32> {
         println!("pvlock: {note}");
     }
     exp.check_host(pvlock_vmm::host_cpus_available())?;
+    exp.check_kernel_sites()?;
     let elf_owned;
     let elf: &[u8] = match &args.guest_elf {
         Some(p) => {
