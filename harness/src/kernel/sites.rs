@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(t.resolve("qspinlock_paravirt.h:*").unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(t.resolve("qspinlock_paravirt.h:387").unwrap(), vec![2]);
         assert_eq!(t.resolve("kernel/locking/qspinlock.c").unwrap(), vec![4]);
-        assert_eq!(t.resolve("*:cmpxchg").unwrap(), vec![0, 3, 4]);
+        assert_eq!(t.resolve("*:cmpxchg").unwrap(), vec![4, 0, 3], "source order: by file, then line");
         assert_eq!(t.resolve("pv_kick_node:write_once:1").unwrap(), vec![2]);
         assert_eq!(t.resolve("pv_hash:*:2").unwrap(), vec![1]);
     }
