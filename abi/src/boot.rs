@@ -26,6 +26,12 @@ pub struct LockParams {
 /// lock that is already in the table (reproducers: time to detect).
 pub const LOCK_FLAG_STOP_ON_DOUBLE_HASH: u32 = 1;
 
+/// Mutex torture: task 0 locks mutex 0 and then, wrongly, locks it again
+/// with `mutex_lock_killable()` (e274795ea7b7's case); a return of 0 is a
+/// guest BUG, the fatal signal sent by vCPU 1 at the end of the run is the
+/// clean way out (`lock.mutex_recursive`).
+pub const LOCK_FLAG_MUTEX_RECURSIVE: u32 = 2;
+
 /// Lock-torture parameters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,7 +71,9 @@ pub struct WindowParams {
 pub struct HypervisorParams {
     /// Non-zero: the VMM maintains `VcpuBlock::preempted`.
     pub preempted_flags: u32,
-    pub _pad: u32,
+    /// Guest-side poll before the exiting wait, ns (0 = off): the VMM
+    /// writes 0 here under overcommit unless told otherwise.
+    pub guest_poll_ns: u32,
 }
 
 /// The boot block at [`crate::BOOT_BLOCK_GPA`].

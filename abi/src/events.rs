@@ -107,8 +107,26 @@ counters! {
         MutexHandoffCycles = "mutex_handoff_cycles",
         /// Acquisitions through the wait list (slow path, after queueing).
         MutexSlowpath = "mutex_slowpath",
+        /// Ours, a maximum over one `mutex_lock()`: wakeups as the first
+        /// waiter after which the waiter went on waiting with no hand-off
+        /// request standing (the mutex owned by another task, neither
+        /// HANDOFF nor PICKUP set). Bounded (about 1) where the first waiter
+        /// re-requests HANDOFF on each wakeup; grows without bound where a
+        /// lost request is never renewed (before 048661a1f963).
+        MutexFirstWakeNoHandoffMax = "mutex_first_wake_no_handoff_max",
         /// rtmutex acquisitions through `try_to_take_rt_mutex()` (slow path).
         RtMutexSlowpath = "rtmutex_slowpath",
+        /// Ours: guest-side polls before the exiting wait (`hypervisor.
+        /// guest_poll_ns`) that ended with a kick or the byte changed.
+        GuestPollsWon = "guest_polls_won",
+        /// Ours: guest-side polls that timed out and went on to exit.
+        GuestPollsLost = "guest_polls_lost",
+        /// Ours: cycles spent in guest-side polls, won or lost (sum).
+        GuestPollCycles = "guest_poll_cycles",
+        /// Ours: kicks delivered through the polling target's shared flag,
+        /// without the kick store (the `TIF_POLLING_NRFLAG` idea: a waker
+        /// that sees its target polling needs no IPI).
+        KicksToPoller = "kicks_to_poller",
     }
 }
 
@@ -144,5 +162,12 @@ counters! {
         /// With `--rescue`: waits longer than the stall timeout that the
         /// watchdog could not prove lost (left waiting).
         LongWaits = "long_waits",
+    }
+}
+
+impl LockEvent {
+    /// A maximum (combined over vCPUs by `max`), not a count (summed).
+    pub const fn is_max(self) -> bool {
+        matches!(self, LockEvent::HashMaxProbe | LockEvent::MutexFirstWakeNoHandoffMax)
     }
 }

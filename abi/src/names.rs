@@ -81,9 +81,10 @@ pub enum VariantKind {
 }
 
 /// The variant registry: [`named!`] plus each variant's [`VariantKind`].
-/// Adding a variant is its line here, its module in `guest/lib/src/pv/`,
-/// its metadata in `guest/lib/src/variants.rs` and its dispatch arm in
-/// `guest/lib/src/system.rs` (the compiler finds the last two).
+/// Adding a variant is its line here, its module in `guest/lib/src/pv/`
+/// and its entry (code and metadata) in the guest's variant table,
+/// `guest/lib/src/variants.rs`, whose generated dispatch `match` makes the
+/// compiler name a line here without an entry there.
 macro_rules! variant_registry {
     ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $id:literal, $name:literal, $kind:ident;)* }) => {
         named! { $(#[$m])* $ty { $($(#[$vm])* $v = $id, $name;)* } }
@@ -163,8 +164,9 @@ named! {
         /// Lock holder inside its critical section (used by `holder` stalls).
         CriticalSection = 8, "critical-section";
         /// Mutex waiter between setting `MUTEX_FLAG_HANDOFF` with
-        /// `__mutex_set_flag()` and its trylock (v4.10..v5.15): a steal here
-        /// clears the flag (the 048661a1f963 starvation).
+        /// `__mutex_set_flag()` on a mutex that was unlocked at that moment
+        /// and its own trylock (v4.10..v5.15): a steal here clears the flag
+        /// (the 048661a1f963 starvation; ad90880dc962 closed the window).
         MutexHandoffSet = 9, "mutex-handoff-set";
     }
 }
@@ -237,6 +239,12 @@ named! {
         /// Self-test: vCPU 0 spins forever in one function without an exit
         /// (the watchdog must say where: function and source line).
         SpinForever = 12, "spin-forever";
+        /// Bookkeeping baseline: each vCPU runs `lock.variant`'s lock and
+        /// unlock around the torture's critical section and think time, with
+        /// none of the torture's checks (`torture::lock_loop`).
+        LockLoop = 13, "lock-loop";
+        /// The same loop with no lock at all.
+        EmptyLoop = 14, "empty-loop";
     }
 }
 

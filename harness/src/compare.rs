@@ -37,6 +37,10 @@ pub struct CompareOutcome {
     /// `runs` when the matrix was stopped.
     pub finished: usize,
     pub not_ok: usize,
+    /// Runs that did not end as their config expects (a failure no
+    /// `[[expect]]` rule names, or an expected failure that did not
+    /// happen): what the exit code counts.
+    pub unexpected: usize,
     pub aborted: bool,
 }
 
@@ -111,6 +115,7 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
     let jsonl = dir.join("runs.jsonl");
     let next = AtomicUsize::new(0);
     let not_ok = AtomicUsize::new(0);
+    let unexpected = AtomicUsize::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     // Lines appended to runs.jsonl so far (guarded: one writer at a time),
     // and finished records that could not be written.
@@ -130,6 +135,9 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
                     Ok(rec) => {
                         if !rec.status.is_ok() {
                             not_ok.fetch_add(1, Ordering::AcqRel);
+                        }
+                        if !rec.as_expected() {
+                            unexpected.fetch_add(1, Ordering::AcqRel);
                         }
                         let line = serde_json::to_string(&rec).expect("records serialize");
                         let mut saved = write_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,7 +190,14 @@ pub fn compare(exp: &Experiment, opts: &CompareOptions, elf: &[u8], stop: &StopH
         std::fs::remove_file(dir.join("partial"))?;
     }
     crate::report::render_dir(&dir, &env)?;
-    Ok(CompareOutcome { dir, runs: total, finished, not_ok: not_ok.into_inner(), aborted })
+    Ok(CompareOutcome {
+        dir,
+        runs: total,
+        finished,
+        not_ok: not_ok.into_inner(),
+        unexpected: unexpected.into_inner(),
+        aborted,
+    })
 }
 
 /// Reads back `runs.jsonl` of a result directory (for callers that print).

@@ -7,7 +7,7 @@ use pvlock::config::{Experiment, Overrides};
 use pvlock::output::Destination;
 use pvlock::record::Record;
 use pvlock::runner::{run_one_with_report, GUEST_ELF};
-use pvlock_abi::{Variant, Window};
+use pvlock_abi::{MutexVariant, Variant, Window};
 use pvlock_vmm::{HoldRelease, StopHandle};
 use std::path::PathBuf;
 
@@ -86,9 +86,13 @@ struct ReproArgs {
     /// Every reproducer against every PV variant and mutant: the outcome matrix.
     #[arg(long)]
     all: bool,
-    /// Lock variant (default: the reproducer's own).
+    /// Lock variant (default: the reproducer's own); for a mutex
+    /// reproducer, the mutexes' wait_lock.
     #[arg(long, value_parser = parse_variant)]
     variant: Option<Variant>,
+    /// Mutex variant of a mutex reproducer (default: the reproducer's own).
+    #[arg(long, value_parser = parse_mutex_variant)]
+    mutex: Option<MutexVariant>,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     #[arg(long, default_value_t = 1)]
@@ -190,6 +194,11 @@ struct RunArgs {
 }
 
 /// A variant name from the command line (the edge where names become values).
+fn parse_mutex_variant(s: &str) -> Result<MutexVariant, String> {
+    MutexVariant::from_name(s)
+        .ok_or_else(|| format!("unknown mutex variant `{s}` (one of: {})", MutexVariant::NAMES.join(", ")))
+}
+
 fn parse_variant(s: &str) -> Result<Variant, String> {
     Variant::from_name(s).ok_or_else(|| format!("unknown variant `{s}` (one of: {})", Variant::NAMES.join(", ")))
 }
@@ -199,6 +208,9 @@ fn main() {
     // SAFETY: restoring the default disposition of SIGPIPE before any
     // thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // One malloc arena: no 64 MiB address-space reservation per thread
+    // (docs/LIMITS.md, "Memory").
+    pvlock_vmm::Machine::use_one_malloc_arena();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVLOCK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -284,13 +296,19 @@ fn compare_and_print(exp: &Experiment, opts: &CompareOptions) -> Result<i32> {
     } else {
         format!("{} of {} runs finished", out.finished, out.runs)
     };
+    let outcome = if exp.runs.iter().all(|r| r.expect.is_empty()) {
+        format!("{} not ok", out.not_ok)
+    } else {
+        // Expected failures (`[[expect]]`) are shown, not counted; an
+        // expected failure that did not happen is unexpected.
+        format!("{} not ok, {} not as expected", out.not_ok, out.unexpected)
+    };
     println!(
-        "\n{runs}, {} not ok{}; report: {}",
-        out.not_ok,
+        "\n{runs}, {outcome}{}; report: {}",
         if out.aborted { " (ABORTED: partial)" } else { "" },
         out.dir.join("report.md").display()
     );
-    Ok(exit_code(out.not_ok, out.aborted))
+    Ok(exit_code(out.unexpected, out.aborted))
 }
 
 /// The one exit-code rule of every command (README, "Exit codes"): 0 when
@@ -405,7 +423,7 @@ fn run_experiment(
     check_address_space(exp, 1)?;
     let stop = stop_on_signals("finished records are kept");
     let mut records = Vec::new();
-    let mut not_ok = 0;
+    let mut unexpected = 0;
     let body = |records: &[Record]| -> Result<Vec<u8>> {
         Ok(if exp.runs.len() == 1 {
             serde_json::to_vec_pretty(&records[0])?
@@ -422,8 +440,8 @@ fn run_experiment(
         if let Some(p) = trace {
             pvlock::trace_export::write_run(p, &rec, &report)?;
         }
-        if !rec.status.is_ok() {
-            not_ok += 1;
+        if !rec.as_expected() {
+            unexpected += 1;
         }
         on_record(&rec);
         records.push(rec);
@@ -442,12 +460,17 @@ fn run_experiment(
     if records.len() < exp.runs.len() {
         println!("stopped: {} of {} runs finished", records.len(), exp.runs.len());
     }
-    Ok(exit_code(not_ok, stop.is_stopped()))
+    Ok(exit_code(unexpected, stop.is_stopped()))
 }
 
 fn print_summary(i: usize, n: usize, r: &Record) {
     let key = if r.run_key.is_empty() { String::new() } else { format!(" [{}]", r.run_key) };
-    println!("run {i}/{n} {}{key}: {} — {}", r.name, r.status.as_str().to_uppercase(), r.summary);
+    let expectation = match (r.expected.is_ok(), r.as_expected()) {
+        (true, _) => String::new(),
+        (false, true) => format!(" (expected: {})", r.expected.name()),
+        (false, false) => format!(" (NOT AS EXPECTED: {} expected)", r.expected.name()),
+    };
+    println!("run {i}/{n} {}{key}: {}{expectation} — {}", r.name, r.status.as_str().to_uppercase(), r.summary);
     println!(
         "  {} vCPUs on {} host CPUs, variant {}, {:.0} ms wall, {} acquisitions ({:.0}/s), latency p50 {} ns p99 {} ns",
         r.vcpus,
@@ -514,15 +537,38 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     let mut results = Vec::new();
     let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
         let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_kernel()).collect();
-        catalog().into_iter().flat_map(|r| pv.iter().map(move |v| (r, *v))).collect()
+        let mutexes: Vec<MutexVariant> = MutexVariant::ALL.iter().copied().filter(|m| !m.is_mutant()).collect();
+        catalog()
+            .into_iter()
+            .flat_map(|r| -> Vec<(pvlock::repro::Repro, Variant)> {
+                match r.mutex {
+                    // A mutex reproducer: every mutex variant on its own wait_lock.
+                    Some(_) => mutexes
+                        .iter()
+                        .map(|m| (pvlock::repro::Repro { mutex: Some(*m), ..r }, r.default_variant))
+                        .collect(),
+                    None => pv.iter().map(|v| (r, *v)).collect(),
+                }
+            })
+            .collect()
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };
-        let r = find(name)?;
+        let mut r = find(name)?;
+        if let Some(m) = a.mutex {
+            if r.mutex.is_none() {
+                bail!("--mutex {m}: `{}` is a spinlock reproducer", r.name);
+            }
+            r.mutex = Some(m);
+        }
         let v = a.variant.unwrap_or(r.default_variant);
         vec![(r, v)]
     };
     for (r, v) in &jobs {
-        eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, v, mode, a.seeds, a.budget_s);
+        let on = match r.mutex {
+            Some(m) => format!("{m} (wait_lock {v})"),
+            None => v.to_string(),
+        };
+        eprintln!("repro {} on {on} ({:?}): {} seeds x {:.1} s budget", r.name, mode, a.seeds, a.budget_s);
         let trace = a.trace.as_deref();
         let res = run_repro_traced(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
             eprintln!(
@@ -539,9 +585,8 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
             }
         })?;
         println!(
-            "{} on {} ({:?}): detected in {} of {} seeds{}",
+            "{} on {on} ({:?}): detected in {} of {} seeds{}",
             res.repro,
-            res.variant,
             mode,
             res.detected(),
             res.runs.len(),
@@ -596,7 +641,13 @@ fn list(what: &str) -> Result<()> {
     match what {
         "repros" => {
             for r in pvlock::repro::catalog() {
-                println!("{:<18}{:<10}{:<26}{}", r.name, r.race, r.default_variant, r.what);
+                // A mutex reproducer's subject is its mutex variant (on
+                // the default variant as wait_lock).
+                let on = match r.mutex {
+                    Some(m) => format!("{m} on {}", r.default_variant),
+                    None => r.default_variant.to_string(),
+                };
+                println!("{:<24} {:<13} {:<30} {}", r.name, r.race, on, r.what);
             }
         }
         "variants" => {

@@ -201,7 +201,18 @@ pub fn append_line(path: &Path, line: &str) -> Result<()> {
 /// Checks that an experiment name can name a result directory: exactly one
 /// normal path component, so `OUT/<name>/...` never leaves `OUT`.
 pub fn check_path_component(what: &str, name: &str) -> Result<()> {
-    let why = if name.is_empty() {
+    match path_component_problem(name) {
+        Some(why) => bail!(
+            "{what} `{}` cannot name a result directory: {why} (it must be one path component)",
+            name.escape_debug()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Why `name` cannot be one directory name, if it cannot.
+pub fn path_component_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
         Some("it is empty")
     } else if name == "." || name == ".." {
         Some("`.` and `..` are not names")
@@ -215,13 +226,6 @@ pub fn check_path_component(what: &str, name: &str) -> Result<()> {
         Some("it starts with `.` (a hidden directory)")
     } else {
         None
-    };
-    match why {
-        Some(why) => bail!(
-            "{what} `{}` cannot name a result directory: {why} (it must be one path component)",
-            name.escape_debug()
-        ),
-        None => Ok(()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The JSON record of one run (`pvlock run --json`, one line of
 //! `runs.jsonl`). Reports are pure functions of these records.
 
-use crate::config::RunConfig;
+use crate::config::{Expected, RunConfig};
 use crate::stats::Percentiles;
 use pvlock_abi::Variant;
 use pvlock_vmm::{GuestFailure, HoldOutcome, RunStatus};
@@ -171,6 +171,14 @@ pub struct Timing {
     pub disabled_window_ns: Option<f64>,
     /// VM creation to the first guest instruction, microseconds.
     pub boot_us: Option<f64>,
+    /// Of `boot_us`, the per-vCPU setup (KVM_CREATE_VCPU and the register
+    /// ioctls of every vCPU, one after the other), microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_setup_us: Option<f64>,
+    /// Of `boot_us`, the per-vCPU kick eventfds and their KVM_IOEVENTFD
+    /// registrations, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kick_setup_us: Option<f64>,
 }
 
 /// The record of one run.
@@ -182,6 +190,10 @@ pub struct Record {
     pub run_key: String,
     /// `ok` | `failed` | `hang` | `aborted` | `guest-crash`.
     pub status: RunStatus,
+    /// What the config's `[[expect]]` rules said this run must end as
+    /// (absent: `ok`).
+    #[serde(default, skip_serializing_if = "Expected::is_ok")]
+    pub expected: Expected,
     /// One line: why the status is what it is.
     pub summary: String,
     /// Structured failure (kind, vCPU, RIP, message...), if any.
@@ -237,6 +249,12 @@ impl Record {
             label += &format!(" +{}", file.unwrap_or_else(|| path.clone()));
         }
         label
+    }
+
+    /// Whether the run ended as its config expects (`ok`, or a failure
+    /// an `[[expect]]` rule names). Only these count for the exit code.
+    pub fn as_expected(&self) -> bool {
+        self.expected.admits(self.status)
     }
 
     pub fn all_checks_passed(&self) -> bool {

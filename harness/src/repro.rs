@@ -7,7 +7,7 @@ use crate::config::RunConfig;
 use crate::record::Record;
 use crate::runner::run_one_with_report;
 use anyhow::{bail, Result};
-use pvlock_abi::{LockEvent, Variant, Window, Workload};
+use pvlock_abi::{LockEvent, MutexVariant, Variant, Window, Workload};
 use pvlock_vmm::{
     GuestFailure, HoldRule, HoldUntil, HoldWhen, KickContract, MissedWakeupClass, RunStatus, StopHandle, WaitContract,
 };
@@ -35,6 +35,10 @@ pub struct Repro {
     pub build: fn(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig,
     /// The evidence in a record, if any.
     pub evidence: fn(&Record) -> Option<String>,
+    /// Sleeping-lock reproducers: the mutex variant (`lock.mutex`) under
+    /// test, whose `wait_lock` is `variant`; `--all` runs every non-mutant
+    /// mutex variant. None for the spinlock reproducers.
+    pub mutex: Option<MutexVariant>,
 }
 
 fn base(variant: Variant, seed: u64, budget_ms: u64) -> RunConfig {
@@ -249,17 +253,109 @@ fn mutant_run(window: Window) -> fn(Variant, Mode, u64, u64) -> RunConfig {
     }
 }
 
+/// The mutex torture of the sleeping-lock reproducers: `variant` is the
+/// mutexes' `wait_lock` (the run's `lock.mutex` is set from the entry).
+fn mutex_base(variant: Variant, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.workload = Workload::MutexTorture;
+    rc.torture.cs_ns = 2000;
+    rc.torture.think_ns = 1000;
+    rc
+}
+
+/// e274795ea7b7: task 0 holds mutex 0 and locks it again
+/// (`lock.mutex_recursive`); vCPUs 1 and 2 torture mutex 1 and vCPU 1 sends
+/// the fatal signal at the end. The recursive lock blocks; what wakes it
+/// spuriously is the VMM: every wait (directed), or seeded spurious
+/// wakeups plus a 20 ms simulated interrupt (random).
+fn recursive_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = mutex_base(variant, seed, budget_ms);
+    rc.vcpus = 3;
+    rc.torture.locks = 2;
+    rc.lock.mutex_recursive = true;
+    match mode {
+        Mode::Random => {
+            rc.hypervisor.spurious_wakeup_prob = 0.05;
+            rc.hypervisor.interrupt_us = 20_000;
+        }
+        Mode::Directed => rc.hypervisor.spurious_wakeup_prob = 1.0,
+    }
+    rc
+}
+
+/// The guest's BUG: the recursive `mutex_lock_killable()` returned 0.
+fn recursive_taken(r: &Record) -> Option<String> {
+    (r.status == RunStatus::GuestCrash && r.summary.contains("recursive mutex_lock")).then(|| r.summary.clone())
+}
+
+/// A first waiter that went on waiting this many times, in one
+/// `mutex_lock()`, with no hand-off request standing did not renew its
+/// request: where HANDOFF is requested again on each wakeup (048661a1f963)
+/// the count is 1 per lost request (the wakeup on which the steal happened),
+/// and the directed mode loses it once.
+const HANDOFF_LOST_WAKEUPS: u64 = 2;
+
+/// 048661a1f963: 4 tasks on one mutex, 50 us critical sections; the holder
+/// is stalled often (300 us every 300 us), so waiters, the first one
+/// included, stop spinning on it and sleep, and each unlock wakes the first
+/// waiter while the others race it for the mutex. The
+/// window: the first waiter has just set HANDOFF on an unlocked mutex.
+/// Directed: held there (once) until another task is in the critical
+/// section (its trylock took the mutex and cleared HANDOFF). Random: seeded
+/// stalls at the window.
+fn handoff_lost_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = mutex_base(variant, seed, budget_ms);
+    rc.vcpus = 6;
+    rc.torture.locks = 1;
+    rc.torture.think_ns = 20_000;
+    rc.torture.cs_ns = 50_000;
+    rc.preempt.holder_interval_us = 300;
+    rc.preempt.holder_lock = 0;
+    rc.preempt.holder_stall_us = 300;
+    match mode {
+        Mode::Random => {
+            rc.preempt.windows = vec![Window::MutexHandoffSet];
+            rc.preempt.window_prob = 0.5;
+            rc.preempt.window_stall_us = 1000;
+        }
+        Mode::Directed => {
+            rc.preempt.schedule = vec![HoldRule {
+                count: 1,
+                ..hold(Window::MutexHandoffSet, HoldUntil::Window(Window::CriticalSection), 20_000)
+            }]
+        }
+    }
+    rc
+}
+
+fn handoff_lost(r: &Record) -> Option<String> {
+    let n = r
+        .per_vcpu
+        .iter()
+        .map(|v| v.lock_events.get(LockEvent::MutexFirstWakeNoHandoffMax.name()).copied().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    (n >= HANDOFF_LOST_WAKEUPS).then(|| {
+        format!(
+            "a first waiter woke {n} times in one mutex_lock() with no hand-off requested; longest wait {} ns",
+            r.max_wait_ns
+        )
+    })
+}
+
 /// The catalog.
 pub fn catalog() -> Vec<Repro> {
     vec![
-        Repro { name: "double-hash", race: "R1", default_variant: Variant::PvV45, what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash },
-        Repro { name: "stolen-wakeup", race: "R2", default_variant: Variant::PvV48, what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup },
-        Repro { name: "rehash-double", race: "R3", default_variant: Variant::PvRehash2016, what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash },
-        Repro { name: "hashval-stall", race: "R4", default_variant: Variant::PvHashval2016, what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall },
-        Repro { name: "lost-kick", race: "contract", default_variant: Variant::PvUpstream, what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug },
-        Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug },
-        Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug },
-        Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash },
+        Repro { name: "double-hash", race: "R1", default_variant: Variant::PvV45, what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash, mutex: None },
+        Repro { name: "stolen-wakeup", race: "R2", default_variant: Variant::PvV48, what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup, mutex: None },
+        Repro { name: "rehash-double", race: "R3", default_variant: Variant::PvRehash2016, what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash, mutex: None },
+        Repro { name: "hashval-stall", race: "R4", default_variant: Variant::PvHashval2016, what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall, mutex: None },
+        Repro { name: "lost-kick", race: "contract", default_variant: Variant::PvUpstream, what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug, mutex: None },
+        Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug, mutex: None },
+        Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug, mutex: None },
+        Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash, mutex: None },
+        Repro { name: "mutex-recursive-handoff", race: "e274795ea7b7", default_variant: Variant::PvUpstream, what: "mutex: a task locks a mutex it holds and blocks; a spurious wakeup makes it first, it requests a hand-off and takes it from itself (v4.10; ad90880dc962 brought it back upstream, results/findings)", build: recursive_run, evidence: recursive_taken, mutex: Some(MutexVariant::V4_10) },
+        Repro { name: "mutex-handoff-lost", race: "048661a1f963", default_variant: Variant::PvUpstream, what: "mutex: HANDOFF set on an unlocked mutex is cleared by a stealer and, before the fix, never requested again: the first waiter wakes again and again with no hand-off standing", build: handoff_lost_run, evidence: handoff_lost, mutex: Some(MutexVariant::V5_12) },
     ]
 }
 
@@ -283,6 +379,10 @@ pub struct SeedOutcome {
 pub struct ReproResult {
     pub repro: String,
     pub variant: Variant,
+    /// The mutex variant of a sleeping-lock reproducer (`variant` is then
+    /// its `wait_lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutex: Option<MutexVariant>,
     pub mode: Mode,
     pub runs: Vec<SeedOutcome>,
 }
@@ -351,6 +451,9 @@ pub fn run_repro_traced(
         let seed = seed_base + i;
         let mut rc = (repro.build)(variant, mode, seed, budget_ms);
         rc.name = format!("repro-{}", repro.name);
+        if let Some(m) = repro.mutex {
+            rc.lock.mutex = m;
+        }
         if trace_to.is_some() {
             rc.enable_trace_export();
         }
@@ -373,30 +476,38 @@ pub fn run_repro_traced(
         progress(&out);
         runs.push(out);
     }
-    Ok(ReproResult { repro: repro.name.into(), variant, mode, runs })
+    Ok(ReproResult { repro: repro.name.into(), variant, mutex: repro.mutex, mode, runs })
 }
 
 /// The `--all` outcome matrix: reproducers down, variants across; each
 /// cell "detected/seeds (median s)".
 pub fn matrix_markdown(results: &[ReproResult]) -> String {
-    let mut variants: Vec<Variant> = Vec::new();
+    // A column per spinlock variant, and per mutex variant (on its
+    // wait_lock) for the sleeping-lock reproducers.
+    let mut variants: Vec<(Variant, Option<MutexVariant>)> = Vec::new();
     let mut repros: Vec<&str> = Vec::new();
     for r in results {
-        if !variants.contains(&r.variant) {
-            variants.push(r.variant);
+        if !variants.contains(&(r.variant, r.mutex)) {
+            variants.push((r.variant, r.mutex));
         }
         if !repros.contains(&r.repro.as_str()) {
             repros.push(&r.repro);
         }
     }
-    let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+    let names: Vec<String> = variants
+        .iter()
+        .map(|(v, m)| match m {
+            Some(m) => format!("{} on {}", m.name(), v.name()),
+            None => v.name().to_string(),
+        })
+        .collect();
     let mut s = format!("\n| reproducer | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(variants.len()));
     for rp in &repros {
         s += &format!("| {rp} |");
         for v in &variants {
             let cell = results
                 .iter()
-                .find(|r| r.repro == *rp && r.variant == *v)
+                .find(|r| r.repro == *rp && (r.variant, r.mutex) == *v)
                 .map(|r| {
                     let t = r.median_time_to_detect_s().map(|t| format!(" ({t:.1} s)")).unwrap_or_default();
                     format!(" {}/{}{} |", r.detected(), r.runs.len(), t)

@@ -7,6 +7,7 @@ use crate::stats::{histogram_percentiles, merge_histograms};
 use anyhow::Result;
 use pvlock_abi::vcpu::{DoorbellsTiming, PreemptProbeTiming, TortureTiming};
 use pvlock_abi::{LockEvent, PanicKind, Workload};
+use pvlock_guest_lib::torture;
 use pvlock_vmm::{GuestFailure, Machine, RunReport, RunStatus, StopHandle};
 use std::collections::BTreeMap;
 
@@ -96,14 +97,11 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         })
         .collect();
     let mut lock_events = sum_map(per_vcpu.iter().map(|v| &v.lock_events));
-    // hash_max_probe is a maximum, not a sum.
-    let max_probe = r
-        .per_vcpu
-        .iter()
-        .map(|v| v.lock_events.get(LockEvent::HashMaxProbe.name()).copied().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
-    lock_events.insert(LockEvent::HashMaxProbe.name().into(), max_probe);
+    // hash_max_probe (and the other `is_max` events) is a maximum, not a sum.
+    for e in LockEvent::ALL.iter().filter(|e| e.is_max()) {
+        let max = r.per_vcpu.iter().map(|v| v.lock_events.get(e.name()).copied().unwrap_or(0)).max().unwrap_or(0);
+        lock_events.insert(e.name().into(), max);
+    }
     let vmm = sum_map(per_vcpu.iter().map(|v| &v.vmm));
     let acquisitions: u64 = per_vcpu.iter().map(|v| v.acquisitions).sum();
     let latency = histogram_percentiles(&merge_histograms(r.per_vcpu.iter().map(|v| v.latency_buckets.as_slice())));
@@ -114,7 +112,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         stale_entries: r.hash_in_use.len() as u64,
         inserts,
         removes: ev(LockEvent::HashRemoves),
-        max_probe,
+        max_probe: ev(LockEvent::HashMaxProbe),
         hops_per_insert: if inserts > 0 { ev(LockEvent::PvHashHops) as f64 / inserts as f64 } else { 0.0 },
         hops_per_kick_unlock: match ev(LockEvent::PvKickUnlock) {
             0 => 0.0,
@@ -128,12 +126,19 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
     // A run that ended early (abort, hang, crash) ran for its wall time,
     // not for its configured duration.
     let run_secs = match workload {
-        Workload::Torture | Workload::MutexTorture if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok => {
+        Workload::Torture | Workload::MutexTorture | Workload::LockLoop | Workload::EmptyLoop
+            if rc.torture.max_acquisitions == 0 && r.status == RunStatus::Ok =>
+        {
             rc.duration_ms as f64 / 1e3
         }
         _ => r.wall_ms / 1e3,
     };
-    let mut timing = Timing { boot_us: r.boot_us, ..Default::default() };
+    let mut timing = Timing {
+        boot_us: r.boot_us,
+        vcpu_setup_us: r.vcpu_setup_us,
+        kick_setup_us: r.kick_setup_us,
+        ..Default::default()
+    };
     match workload {
         Workload::Doorbells => {
             if let Some(v) = r.per_vcpu.first() {
@@ -172,7 +177,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
                 format!("{p} of {want} increments under the lock"),
             ));
         }
-        Workload::Torture | Workload::MutexTorture => torture_checks(r, &per_vcpu, &mut checks),
+        Workload::Torture | Workload::MutexTorture => torture_checks(r, &mut checks),
         Workload::PreemptProbe => {
             // Polls (by all watchers) that saw vCPU c preempted.
             let n = (rc.vcpus as usize).min(PreemptProbeTiming::WATCHED);
@@ -222,6 +227,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         name: rc.name.clone(),
         run_key: run_key.to_string(),
         status,
+        expected: rc.expected(),
         summary,
         failure: r.failure.clone(),
         started_at,
@@ -271,47 +277,98 @@ fn failing_code(f: &pvlock_vmm::GuestFailure, r: &RunReport) -> String {
     }
 }
 
-fn torture_checks(r: &RunReport, per_vcpu: &[PerVcpu], checks: &mut Vec<Check>) {
+/// The torture workloads' end-state checks: the guest library's torture
+/// verifier ([`torture::check_recorded`]) over the end state the VMM read
+/// back (each lock's count and owner mark, the PV hash entries in use,
+/// each vCPU's increments), so a KVM run is judged by the same code as a
+/// host-thread run. A mutual-exclusion violation the guest saw arrives as
+/// its PANIC doorbell (the failure). Lock words are not read back, so they
+/// are not checked here.
+fn torture_checks(r: &RunReport, checks: &mut Vec<Check>) {
     let mutex_violation = matches!(&r.failure, Some(GuestFailure::Panic { what: PanicKind::MutualExclusion, .. }));
-    let owners_left: Vec<usize> = r.lock_owners.iter().enumerate().filter(|(_, o)| **o != 0).map(|(i, _)| i).collect();
+    let verified = verify_end_state(r);
+    let failed = |f: fn(&torture::Failure) -> bool| verified.failures().filter(|x| f(x)).collect::<Vec<_>>();
+    let owners_left: Vec<usize> = failed(|f| matches!(f, torture::Failure::OwnerLeft { .. }))
+        .iter()
+        .filter_map(|f| match f {
+            torture::Failure::OwnerLeft { lock, .. } => Some(*lock),
+            _ => None,
+        })
+        .collect();
+    let ok = r.status == RunStatus::Ok;
     checks.push(Check::new(
         "mutual_exclusion",
-        !mutex_violation && (r.status != RunStatus::Ok || owners_left.is_empty()),
+        !mutex_violation && (!ok || owners_left.is_empty()),
         if mutex_violation {
             "two vCPUs in one critical section (see failure)".to_string()
-        } else if !owners_left.is_empty() && r.status == RunStatus::Ok {
+        } else if !owners_left.is_empty() && ok {
             format!("locks still owned at the end: {owners_left:?}")
         } else {
             "no second owner seen".to_string()
         },
     ));
-    if r.status == RunStatus::Ok {
-        let counted: u64 = r.lock_counts.iter().sum();
-        // The guest reports its torture-lock and irq-lock increments; the
-        // locks' plain counters (read from guest memory by the VMM) must add
-        // up to exactly that.
-        let acq: u64 = r
-            .per_vcpu
-            .iter()
-            .map(|v| TortureTiming::from_slots(&v.timing))
-            .map(|t| t.lock_acquisitions + t.irq_acquisitions)
-            .sum();
-        checks.push(Check::new(
-            "lock_counts_match_acquisitions",
-            counted == acq && !r.lock_counts.is_empty(),
-            format!("sum of {} per-lock plain counters {counted}, lock acquisitions {acq}", r.lock_counts.len()),
-        ));
-        let _ = per_vcpu;
-        checks.push(Check::new(
-            "hash_table_empty",
-            r.hash_in_use.is_empty(),
-            if r.hash_in_use.is_empty() {
-                "no PV hash entries left".to_string()
-            } else {
-                format!("{} stale entries: {:x?}", r.hash_in_use.len(), r.hash_in_use)
-            },
-        ));
+    if !ok {
+        // The run stopped at an arbitrary point: its counts and hash
+        // entries say nothing.
+        return;
     }
+    let counts = failed(|f| matches!(f, torture::Failure::TotalCount { .. } | torture::Failure::LockCount { .. }));
+    let mut detail = format!(
+        "sum of {} per-lock plain counters {}, lock acquisitions {}",
+        r.lock_counts.len(),
+        verified.total_count,
+        verified.total_acquisitions
+    );
+    for f in &counts {
+        detail += &format!("; {f}");
+    }
+    checks.push(Check::new("lock_counts_match_acquisitions", counts.is_empty() && !r.lock_counts.is_empty(), detail));
+    let stale = failed(|f| matches!(f, torture::Failure::StaleHash { .. }));
+    checks.push(Check::new(
+        "hash_table_empty",
+        stale.is_empty(),
+        match stale.first() {
+            None => "no PV hash entries left".to_string(),
+            Some(f) => format!("{f}: {:x?}", r.hash_in_use),
+        },
+    ));
+}
+
+/// The run's end state as the VMM recorded it, through the torture
+/// verifier.
+fn verify_end_state(r: &RunReport) -> torture::VerifyReport {
+    let b = &r.boot;
+    let locks: Vec<torture::RecordedLock> = r
+        .lock_counts
+        .iter()
+        .zip(&r.lock_owners)
+        .enumerate()
+        .map(|(i, (&count, &owner))| torture::RecordedLock {
+            addr: b.locks_gpa + i as u64 * b.lock_stride,
+            count,
+            owner,
+            word: None,
+        })
+        .collect();
+    let results: Vec<torture::TortureResult> = r
+        .per_vcpu
+        .iter()
+        .map(|v| {
+            let t = TortureTiming::from_slots(&v.timing);
+            torture::TortureResult {
+                cpu: v.cpu,
+                lock_acquisitions: t.lock_acquisitions,
+                irq_acquisitions: t.irq_acquisitions,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let facts = torture::SystemFacts {
+        word_must_be_zero: false,
+        hash_in_use: r.hash_in_use.len(),
+        first_hashed_lock: r.hash_in_use.first().map_or(0, |e| e.0),
+    };
+    torture::check_recorded(&locks, &b.torture, &results, facts)
 }
 
 fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {

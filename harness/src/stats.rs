@@ -1,5 +1,9 @@
-//! Small statistics used by records and reports: percentiles from the
-//! guest's log-linear histograms, means and 95% intervals over repeats.
+//! The statistics of records, reports and the bench, in one place:
+//! percentiles from the guest's log-linear histograms, a figure over its
+//! repeats ([`Estimate`]: mean, 95% Student-t interval, range), and
+//! Welch's unequal-variance t statistic with its Welch–Satterthwaite
+//! degrees of freedom (the report's diff tests with it, the bench's Fieller
+//! ratio takes its critical value from it).
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +64,84 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, Option<f64>) {
     (mean, Some(t95(n - 1) * (var / n as f64).sqrt()))
 }
 
+/// One figure over its repeats: mean with a 95% Student-t half-width, the
+/// range, and how many repeats went in. The unit is the field's. The bench
+/// serializes it (`mean`, `ci95`, `min`, `max`, `n`); the report shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub mean: f64,
+    /// Half-width of the 95% interval of the mean; `None` below 2 repeats.
+    pub ci95: Option<f64>,
+    pub min: f64,
+    pub max: f64,
+    /// Number of values.
+    pub n: usize,
+}
+
+impl Estimate {
+    /// `None` for no values.
+    pub fn of(xs: &[f64]) -> Option<Estimate> {
+        if xs.is_empty() {
+            return None;
+        }
+        let (mean, ci95) = mean_ci95(xs);
+        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(Estimate { mean, ci95, min, max, n: xs.len() })
+    }
+
+    /// `12.3 ± 0.4` (or `12.3 (n=1)`), with `prec` decimals.
+    pub fn show(&self, prec: usize) -> String {
+        match self.ci95 {
+            Some(h) => format!("{:.p$} ± {:.p$}", self.mean, h, p = prec),
+            None => format!("{:.p$} (n={})", self.mean, self.n, p = prec),
+        }
+    }
+
+    /// Whether two 95% intervals overlap (`None` if either has none).
+    pub fn overlaps(&self, other: &Estimate) -> Option<bool> {
+        let (a, b) = (self.ci95?, other.ci95?);
+        Some(self.mean - a <= other.mean + b && other.mean - b <= self.mean + a)
+    }
+}
+
+/// Squared standard error of the mean, s² / n (`None` below 2 values).
+pub fn sq_se(xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    if n < 2 {
+        return None;
+    }
+    let m = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+    Some(var / n as f64)
+}
+
+/// Welch–Satterthwaite degrees of freedom of the sum `va + vb` of two
+/// independent squared standard errors from `na` and `nb` values (each at
+/// least 2); `None` when both are zero (any df gives the same answer).
+pub fn welch_satterthwaite_df(va: f64, na: usize, vb: f64, nb: usize) -> Option<f64> {
+    let den = va * va / (na - 1) as f64 + vb * vb / (nb - 1) as f64;
+    if den <= 0.0 {
+        return None;
+    }
+    Some((va + vb).powi(2) / den)
+}
+
+/// Welch's t statistic and Welch–Satterthwaite degrees of freedom for the
+/// difference of means `b - a`. `None` if either side has fewer than two
+/// values; `t` is infinite when both variances are zero and the means
+/// differ (df is then `na + nb - 2`).
+pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    let (sa, sb) = (sq_se(a)?, sq_se(b)?);
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    let (ma, mb) = (mean(a), mean(b));
+    let Some(df) = welch_satterthwaite_df(sa, a.len(), sb, b.len()) else {
+        let t = if mb == ma { 0.0 } else { f64::INFINITY.copysign(mb - ma) };
+        return Some((t, (a.len() + b.len() - 2) as f64));
+    };
+    Some(((mb - ma) / (sa + sb).sqrt(), df))
+}
+
 /// Two-sided 95% Student's t quantile for `df` degrees of freedom.
 pub fn t95(df: usize) -> f64 {
     const T: [f64; 30] = [
@@ -108,6 +190,34 @@ mod tests {
         // s = 1, n = 3: 4.303 / sqrt(3)
         assert!((ci.unwrap() - 4.303 / 3f64.sqrt()).abs() < 1e-9);
         assert_eq!(mean_ci95(&[5.0]).1, None);
+    }
+
+    #[test]
+    fn estimate_of_repeats() {
+        let s = Estimate::of(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((s.mean, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert!((s.ci95.unwrap() - 4.303 / 3f64.sqrt()).abs() < 1e-9);
+        assert_eq!(Estimate::of(&[4.0]).unwrap().ci95, None);
+        assert_eq!(Estimate::of(&[]), None);
+        assert_eq!(s.show(1), "2.0 ± 2.5");
+        assert_eq!(Estimate::of(&[4.0]).unwrap().show(0), "4 (n=1)");
+        let far = Estimate::of(&[10.0, 11.0, 12.0]).unwrap();
+        assert_eq!(s.overlaps(&far), Some(false));
+        assert_eq!(s.overlaps(&s), Some(true));
+        assert_eq!(s.overlaps(&Estimate::of(&[4.0]).unwrap()), None);
+    }
+
+    #[test]
+    fn welch_matches_a_hand_computation() {
+        // a: mean 2, s² 1; b: mean 5, s² 4; n = 3 each.
+        // se² = 1/3 + 4/3 = 5/3; t = 3 / sqrt(5/3);
+        // df = (5/3)² / ((1/3)²/2 + (4/3)²/2) = 25/9 / (17/18) = 50/17.
+        let (t, df) = welch(&[1.0, 2.0, 3.0], &[3.0, 5.0, 7.0]).unwrap();
+        assert!((t - 3.0 / (5.0f64 / 3.0).sqrt()).abs() < 1e-12, "{t}");
+        assert!((df - 50.0 / 17.0).abs() < 1e-12, "{df}");
+        assert_eq!(welch(&[1.0], &[1.0, 2.0]), None);
+        assert_eq!(welch(&[2.0, 2.0], &[3.0, 3.0]), Some((f64::INFINITY, 2.0)));
+        assert_eq!(welch(&[2.0, 2.0], &[2.0, 2.0]), Some((0.0, 2.0)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The quick bench end to end through the library API (about 25 s on the
+//! The quick bench end to end through the library API (about 60 s on the
 //! 2-CPU development machine; needs KVM).
 
 use pvlock::bench::{run_bench, BenchOptions, RATIO_PV_OVER_TICKET, RATIO_UNCONTENDED};
@@ -35,7 +35,7 @@ fn quick_bench_writes_its_results() {
     let body = std::fs::read(&json).unwrap();
     assert_eq!(body, std::fs::read(out.dir.join("bench.json")).unwrap());
     assert!(out.dir.starts_with(d.path().join("results/bench")));
-    for f in ["report.md", "runs.jsonl", "throughput_2host.svg", "guest_over_host.svg"] {
+    for f in ["report.md", "runs.jsonl", "throughput_2host.svg", "guest_over_host.svg", "readme-section.md"] {
         assert!(out.dir.join(f).is_file(), "{f} missing");
     }
     let svg = std::fs::read_to_string(out.dir.join("throughput_2host.svg")).unwrap();
@@ -62,5 +62,14 @@ fn quick_bench_writes_its_results() {
     positive(&v["ratios"][RATIO_UNCONTENDED]["value"], RATIO_UNCONTENDED);
     let ttd = &v["time_to_detect"][0];
     assert_eq!(ttd["repro"], "double-hash");
-    assert_eq!(v["goals"].as_array().unwrap().len(), 3);
+    // Kick -> wake (guest poll, VMM poll), overcommit, uncontended (two),
+    // bookkeeping, boot slope.
+    assert_eq!(v["goals"].as_array().unwrap().len(), 7);
+    for k in ["p50", "p99"] {
+        positive(&v["kick_wake_guest_poll_us"][k], &format!("kick_wake_guest_poll_us.{k}"));
+    }
+    assert_eq!(v["poll_cost"].as_array().unwrap().len(), 6, "2 vCPU counts x 3 poll modes");
+    assert_eq!(v["sweep"]["rows"].as_array().unwrap().len(), 3);
+    positive(&v["sweep"]["rows"][0]["boot_ms"]["mean"], "sweep boot_ms");
+    positive(&v["overhead"]["torture_over_loop"]["value"], "torture_over_loop");
 }

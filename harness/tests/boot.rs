@@ -110,7 +110,7 @@ fn a_wait_that_never_ends_is_a_hang_within_the_stall_timeout() {
     let t = std::time::Instant::now();
     let r = run(rc);
     assert_eq!(r.status, RunStatus::Hang, "{}", r.summary);
-    assert_eq!(r.failure.unwrap().kind(), "blocked-wait");
+    assert_eq!(r.failure.unwrap().kind(), pvlock_vmm::FailureKind::BlockedWait);
     assert!(t.elapsed().as_secs() < 10, "hang detection took {:?}", t.elapsed());
 }
 

@@ -176,6 +176,52 @@ fn stores_of_the_wrong_width_to_any_doorbell_are_abi_violations() {
     }
 }
 
+/// Real `KVM_EXIT_INTERNAL_ERROR`s: an MMIO access by an instruction KVM's
+/// emulator does not know (on this host PVM exits with suberror 1,
+/// emulation failure, even at CPL3). Each is a guest crash with a valid
+/// record: the exit named with the instruction bytes KVM fetched, and the
+/// registers as for a triple fault; exit code 1, no VMM crash.
+#[test]
+fn instructions_kvm_cannot_emulate_end_as_internal_errors_with_their_bytes() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    use pvlock_abi::{doorbell, MMIO_BASE, MMIO_SIZE};
+    let cases: [(&str, Vec<u8>, u64); 4] = [
+        ("popcnt rax, [rbx] (a load from a doorbell)", vec![0xf3, 0x48, 0x0f, 0xb8, 0x03], doorbell::PING),
+        ("movss [rbx], xmm0 (a store to a doorbell)", vec![0xf3, 0x0f, 0x11, 0x03], doorbell::CONSOLE),
+        // fldz; fstp qword [rbx]
+        ("an x87 store above the doorbells", vec![0xd9, 0xee, 0xdd, 0x1b], MMIO_BASE + MMIO_SIZE + 0x40),
+        ("popcnt into a kick doorbell", vec![0xf3, 0x48, 0x0f, 0xb8, 0x03], doorbell::kick_addr(0)),
+    ];
+    for (what, insn, addr) in cases {
+        let mut c = code::mov_ebx(addr as u32);
+        c.extend(code::mov_rax(0x1234_5678));
+        c.extend(&insn);
+        c.extend(code::loop_back(0));
+        let (status, rec, err) =
+            run_elf(d.path(), "workload = \"smoke\"\nvcpus = 1\nhost_cpus = 1\ntimeout_ms = 5000\n", &guest_image(&c));
+        assert_eq!(status, Some(1), "{what}: {err}");
+        let rec = rec.unwrap_or_else(|| panic!("{what}: no record: {err}"));
+        let _: pvlock::record::Record = serde_json::from_value(rec.clone()).unwrap();
+        assert_eq!(rec["status"], "guest-crash", "{what}: {}", rec["summary"]);
+        let f = &rec["failure"];
+        assert_eq!(f["kind"], "unexpected-exit", "{what}: {f}");
+        let exit = f["exit"].as_str().unwrap();
+        let hex: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
+        // The x87 case faults on its second instruction (fstp).
+        let at = if insn[0] == 0xd9 { hex[2..].join(" ") } else { hex.join(" ") };
+        assert!(exit.contains("suberror 1: emulation failure"), "{what}: {exit}");
+        assert!(exit.contains(&format!("instruction bytes at RIP: {at}")), "{what}: {exit}");
+        let image = pvlock_abi::GUEST_IMAGE_GPA;
+        let rip = f["rip"].as_u64().unwrap();
+        assert!(rip > image && rip < image + c.len() as u64 + 0x1000, "{what}: rip {rip:#x}");
+        assert_eq!(f["rax"].as_u64(), Some(0x1234_5678), "{what}: registers: {f}");
+        assert!(f["rsp"].as_u64().unwrap() > 0, "{what}: {f}");
+    }
+}
+
 #[test]
 fn bad_elf_headers_are_refused_with_the_reason() {
     if !pvlock::kvm_available_for_tests() {
@@ -375,6 +421,45 @@ fn small_address_space_limits_give_a_clean_error_never_an_abort() {
     assert_eq!(codes.values().last().unwrap(), &Some(0), "{codes:?}");
 }
 
+/// The address space of a run is its guest RAM, about 2 MiB per thread
+/// (vCPUs and helpers) and a fixed part (docs/LIMITS.md, "Memory"): no
+/// 64 MiB malloc arena per thread (a 4-vCPU run once had 414 MiB of
+/// VmSize for 64 MiB of guest RAM). Read from /proc while the run is on.
+#[test]
+fn a_runs_address_space_is_ram_plus_about_2_mib_per_vcpu() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    for vcpus in [4u64, 12] {
+        let cfg = write(
+            d.path(),
+            "m.toml",
+            &format!("workload = \"torture\"\nvcpus = {vcpus}\nhost_cpus = 1\nram_mib = 64\nduration_ms = 600\n"),
+        );
+        let mut child = pvlock().arg("run").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
+        let status = format!("/proc/{}/status", child.id());
+        let (mut peak_kib, mut threads) = (0u64, 0u64);
+        while child.try_wait().unwrap().is_none() {
+            if let Ok(t) = std::fs::read_to_string(&status) {
+                let field = |name: &str| {
+                    t.lines()
+                        .find(|l| l.starts_with(name))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                peak_kib = peak_kib.max(field("VmPeak:"));
+                threads = threads.max(field("Threads:"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(threads > vcpus, "the run was not seen running ({threads} threads)");
+        // Measured: 64 MiB + ~14 MiB + ~2.05 MiB per vCPU.
+        let bound = (64 + 32 + 3 * vcpus) * 1024;
+        assert!(peak_kib < bound, "{vcpus} vCPUs: VmPeak {peak_kib} KiB, more than {bound} KiB");
+    }
+}
+
 /// SIGTERM and SIGHUP stop like SIGINT: an aborted record, a partial
 /// report, exit code 1, and a summary that counts what finished.
 #[test]
@@ -439,6 +524,126 @@ fn compare_exits_1_when_a_run_is_not_ok() {
         write(d.path(), "g.toml", "name = \"g\"\nworkload = \"smoke\"\nvcpus = 2\nhost_cpus = 2\niterations = 100\n");
     let out = pvlock().arg("compare").arg(&cfg).arg("--out").arg(d.path().join("r")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+/// `[[expect]]`: failures a config expects (a known-buggy variant, a
+/// self-test) do not make the exit code 1; an expected failure that does
+/// not happen does, and so does a failure no rule names. `run` and
+/// `compare` alike; report.md and the summary say which runs were not as
+/// expected.
+#[test]
+fn expected_failures_count_as_expected_and_missing_ones_are_reported() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = "vcpus = 2\nhost_cpus = 2\niterations = 100\n[hypervisor]\nstall_timeout_ms = 100\n";
+    // (workloads, rules, exit code, runs not as expected)
+    let cases: &[(&str, &str, i32, usize)] = &[
+        // Every failure named, with its exact status.
+        (
+            r#"["smoke", "panic", "fault", "wait-forever"]"#,
+            "[[expect]]\nwhere = { workload = [\"panic\", \"fault\"] }\noutcome = \"guest-crash\"\n\
+             [[expect]]\nwhere = { workload = \"wait-forever\" }\noutcome = \"hang\"\n",
+            0,
+            0,
+        ),
+        // `failure` admits any failure status.
+        (r#"["panic", "wait-forever"]"#, "[[expect]]\noutcome = \"failure\"\n", 0, 0),
+        // The wrong status is not as expected.
+        (r#"["panic", "smoke"]"#, "[[expect]]\nwhere = { workload = \"panic\" }\noutcome = \"hang\"\n", 1, 1),
+        // An expected failure that does not happen.
+        (r#"["smoke", "panic"]"#, "[[expect]]\nwhere = { workload = \"smoke\" }\noutcome = \"failure\"\n", 1, 2),
+        // A failure no rule names, next to one that is expected.
+        (r#"["fault", "panic"]"#, "[[expect]]\nwhere = { workload = \"panic\" }\noutcome = \"failure\"\n", 1, 1),
+    ];
+    for (i, (workloads, rules, code, missed)) in cases.iter().enumerate() {
+        let name = format!("e{i}");
+        let cfg = write(
+            d.path(),
+            &format!("{name}.toml"),
+            &format!("name = \"{name}\"\nworkload = {workloads}\n{base}{rules}"),
+        );
+        let out = pvlock().arg("compare").arg(&cfg).arg("--out").arg(d.path().join("r")).output().unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(*code), "case {i}: {stdout}{}", text(&out.stderr));
+        assert!(stdout.contains(&format!("{missed} not as expected")), "case {i}: {stdout}");
+        let report = std::fs::read_to_string(d.path().join(format!("r/{name}/latest/report.md"))).unwrap();
+        let line = report.lines().find(|l| l.starts_with("- Expected outcomes:")).unwrap_or_else(|| panic!("{report}"));
+        if *missed == 0 {
+            assert!(line.contains("every run ended as expected"), "case {i}: {line}");
+        } else {
+            assert!(line.contains(&format!("NOT AS EXPECTED ({missed})")), "case {i}: {line}");
+        }
+        let jsonl = std::fs::read_to_string(d.path().join(format!("r/{name}/latest/runs.jsonl"))).unwrap();
+        let recs: Vec<pvlock::record::Record> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(recs.iter().filter(|r| !r.as_expected()).count(), *missed, "case {i}");
+        // `run` follows the same rule.
+        let out = pvlock().arg("run").arg(&cfg).output().unwrap();
+        assert_eq!(out.status.code(), Some(*code), "run, case {i}: {}", text(&out.stdout));
+    }
+}
+
+/// What can be checked before a run is: an experiment name that cannot
+/// name a directory, a kernel variant's missing tree or patch (from the
+/// config or the command line), a number TOML cannot hold. Exit 2 naming
+/// key (or flag) and line, and no result directory is made.
+#[test]
+fn names_kernel_inputs_and_syntax_errors_are_refused_before_any_run() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("r");
+    let smoke = "workload = \"smoke\"\nvcpus = 2\nhost_cpus = 1\niterations = 10\n";
+    let kernel = "workload = \"torture\"\nduration_ms = 10\n[lock]\nvariant = [\"pv-upstream\", \"kernel-pv\"]\n";
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (format!("name = \"..\"\n{smoke}"), vec![], "x.toml:1: `name`"),
+        (format!("name = \".\"\n{smoke}"), vec![], "x.toml:1: `name`"),
+        (format!("{smoke}name = \"a/b\"\n"), vec![], "x.toml:5: `name`"),
+        (format!("{smoke}name = \"/abs\"\n"), vec![], "x.toml:5: `name`"),
+        (format!("name = \".hidden\"\n{smoke}"), vec![], "x.toml:1: `name`"),
+        (format!("name = \"{}\"\n{smoke}", "n".repeat(300)), vec![], "x.toml:1: `name`"),
+        (kernel.to_string(), vec![], "`lock.kernel_tree`"),
+        (format!("{kernel}kernel_tree = \"/no/such/tree\"\n"), vec![], "x.toml:5: `lock.kernel_tree`"),
+        (kernel.to_string(), vec!["--kernel-tree", "/no/such/tree"], "command line: `--kernel-tree`"),
+        (
+            format!("{kernel}kernel_tree = \".\"\nkernel_patches = [\"/no/such.patch\"]\n"),
+            vec![],
+            "x.toml:6: `lock.kernel_patches`",
+        ),
+        (format!("{smoke}seed = 9223372036854775808\n"), vec![], "x.toml:5: `seed`"),
+        (format!("{smoke}[lock]\nspin_threshold = 1 2\n"), vec![], "x.toml:6: `lock.spin_threshold`"),
+    ];
+    for (body, flags, want) in cases {
+        let cfg = write(d.path(), "x.toml", &body);
+        let r = pvlock().arg("compare").arg(&cfg).args(&flags).arg("--out").arg(&out).output().unwrap();
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(want), "{body}: want {want}: {err}");
+        assert!(!out.exists(), "{body}: a result directory was made: {:?}", walk(&out));
+    }
+}
+
+/// Bad `[[expect]]` tables: exit 2 naming the key and the line.
+#[test]
+fn bad_expectations_name_key_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("where = { workload = \"panik\" }\noutcome = \"failure\"", "expect[0].where.workload", 4),
+        ("where = { \"lock.variantt\" = \"pv-v4.2\" }\noutcome = \"failure\"", "expect[0].where.lock.variantt", 4),
+        ("where = { vcpus = \"two\" }\noutcome = \"failure\"", "expect[0].where.vcpus", 4),
+        ("where = { vcpus = 3 }\noutcome = \"failure\"", "expect[0]", 3),
+        ("where = { workload = [] }\noutcome = \"failure\"", "expect[0].where.workload", 4),
+        ("outcome = \"crash\"", "expect[0].outcome", 4),
+        ("where = { workload = \"smoke\" }", "expect[0]", 3),
+        ("outcome = \"ok\"\nbogus = 1", "expect[0].bogus", 5),
+    ];
+    for (rule, key, line) in cases {
+        let cfg =
+            write(d.path(), "x.toml", &format!("workload = [\"smoke\", \"panic\"]\nvcpus = 2\n[[expect]]\n{rule}\n"));
+        let out = pvlock().arg("run").arg(&cfg).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{rule}: {err}");
+        assert!(err.contains(&format!("x.toml:{line}: `{key}`")), "{rule}: {err}");
+    }
 }
 
 // ------------------------------------------------------------- outputs --

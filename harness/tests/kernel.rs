@@ -8,7 +8,7 @@ use pvlock::kernel::{self, build, BuildOptions, Flavour, KernelError, KernelSpec
 use pvlock::record::Record;
 use pvlock::runner::{run_one, GUEST_ELF};
 use pvlock_abi::{Variant, Workload};
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{RunStatus, StopHandle};
 use std::path::{Path, PathBuf};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel");
@@ -72,7 +72,7 @@ fn both_trees_run_pv_and_native_under_torture_with_the_pv_paths_taken() {
         for (variant, vcpus) in [(Variant::KernelPv, 4), (Variant::KernelNative, 4), (Variant::KernelPv, 8)] {
             let r = run(&torture(variant, tree, vcpus, &[]));
             let what = format!("{variant} {vcpus} vCPUs, {}", tree.display());
-            assert_eq!(r.status, "ok", "{what}: {} {:?}", r.summary, r.checks);
+            assert_eq!(r.status, RunStatus::Ok, "{what}: {} {:?}", r.summary, r.checks);
             assert!(r.all_checks_passed(), "{what}: {:?}", r.checks);
             for c in ["mutual_exclusion", "lock_counts_match_acquisitions", "hash_table_empty"] {
                 assert!(r.checks.iter().any(|k| k.name == c && k.passed), "{what}: no passed {c} check");
@@ -116,17 +116,17 @@ fn fixture_patches_that_break_the_lock_are_caught() {
         // pv_unhash never finds the lock: the tree's own BUG(), reported
         // with the kernel's file:line.
         let r = run(&torture(Variant::KernelPv, tree, 4, &[fixture("unhash-misses.patch")]));
-        assert_eq!(r.status, "guest-crash", "{}: {}", tree.display(), r.summary);
+        assert_eq!(r.status, RunStatus::GuestCrash, "{}: {}", tree.display(), r.summary);
         assert!(r.summary.contains("BUG at kernel/locking/qspinlock_paravirt.h:"), "{}", r.summary);
         // pv_unhash leaves its entry behind: stale entries, a lost kick.
         let r = run(&torture(Variant::KernelPv, tree, 4, &[fixture("stale-hash-entry.patch")]));
-        assert_ne!(r.status, "ok", "{}: the stale-entry patch went unnoticed: {}", tree.display(), r.summary);
+        assert_ne!(r.status, RunStatus::Ok, "{}: the stale-entry patch went unnoticed: {}", tree.display(), r.summary);
         let text = format!("{} {:?}", r.diagnosis.hang_text.as_deref().unwrap_or(""), r.checks);
         assert!(text.contains("hash entries"), "{}: {text}", tree.display());
     }
     // The pending waiter takes the lock without waiting for its owner.
     let r = run(&torture(Variant::KernelNative, new, 4, &[fixture("pending-ignores-owner.patch")]));
-    assert_eq!(r.status, "guest-crash", "{}", r.summary);
+    assert_eq!(r.status, RunStatus::GuestCrash, "{}", r.summary);
     assert!(r.summary.contains("mutual exclusion violated"), "{}", r.summary);
     let k = r.kernel.as_ref().expect("kernel build recorded");
     assert_eq!(k.patches.len(), 1);

@@ -11,7 +11,7 @@ use pvlock::runner::{run_one, GUEST_ELF};
 use pvlock_abi::{Variant, Workload};
 use pvlock_vmm::config::{HoldAt, HoldRule, HoldUntil};
 use pvlock_vmm::sites::SiteRef;
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{RunStatus, StopHandle};
 use std::path::{Path, PathBuf};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel");
@@ -121,7 +121,7 @@ fn random_site_stalls_reach_the_named_sites_and_are_counted() {
     rc.preempt.site_prob = 0.2;
     rc.preempt.site_stall_us = 50;
     let r = run(&rc);
-    assert_eq!(r.status, "ok", "{} {:?}", r.summary, r.checks);
+    assert_eq!(r.status, RunStatus::Ok, "{} {:?}", r.summary, r.checks);
     assert!(r.all_checks_passed(), "{:?}", r.checks);
     let s = r.kernel_sites.as_ref().expect("the record says where the run stalled");
     assert!(!s.stalls.is_empty());
@@ -153,7 +153,7 @@ fn a_directed_hold_at_a_site_holds_there_and_names_its_line() {
     let at = HoldAt::Site(SiteRef::parse("pv_kick_node:cmpxchg:1").unwrap());
     rc.preempt.schedule.push(HoldRule { until: HoldUntil::Timeout, timeout_us: 3000, ..HoldRule::at_point(at) });
     let r = run(&rc);
-    assert_eq!(r.status, "ok", "{} {:?}", r.summary, r.checks);
+    assert_eq!(r.status, RunStatus::Ok, "{} {:?}", r.summary, r.checks);
     let h = r.diagnosis.holds.first().expect("the rule held once");
     let site = h.site.as_ref().expect("a site hold names its site");
     assert_eq!(site.function, "pv_kick_node");
@@ -193,11 +193,11 @@ fn the_r1_double_hash_is_caught_at_the_write_that_creates_it() {
     let mut clean = r1(&[]);
     clean.duration_ms = 1000;
     let r = run(&clean);
-    assert_eq!(r.status, "ok", "unpatched: {} {:?}", r.summary, r.checks);
+    assert_eq!(r.status, RunStatus::Ok, "unpatched: {} {:?}", r.summary, r.checks);
     assert!(r.kernel_sites.as_ref().is_some_and(|s| !s.stalls.is_empty()), "the stalls ran");
     let rc = r1(&[Path::new(FIXTURES).join("r1-double-hash.patch")]);
     let r = run(&rc);
-    assert_eq!(r.status, "guest-crash", "the R1 patch went unnoticed: {}", r.summary);
+    assert_eq!(r.status, RunStatus::GuestCrash, "the R1 patch went unnoticed: {}", r.summary);
     assert!(
         r.summary.contains("double hash") && r.summary.contains("kernel/locking/qspinlock_paravirt.h:217"),
         "{}",
@@ -231,13 +231,13 @@ fn the_r1_double_hash_is_caught_at_the_write_that_creates_it() {
         rc
     };
     let r = run(&directed(&[Path::new(FIXTURES).join("r1-double-hash.patch")]));
-    assert_eq!(r.status, "guest-crash", "directed: the R1 patch went unnoticed: {}", r.summary);
+    assert_eq!(r.status, RunStatus::GuestCrash, "directed: the R1 patch went unnoticed: {}", r.summary);
     assert!(r.summary.contains("double hash") && r.summary.contains("qspinlock_paravirt.h:217"), "{}", r.summary);
     assert!(r.diagnosis.holds.iter().any(|h| h.site.as_ref().is_some_and(|s| s.function == "pv_wait_node")));
     let mut clean = directed(&[]);
     clean.duration_ms = 1000;
     let r = run(&clean);
-    assert_eq!(r.status, "ok", "directed, unpatched: {} {:?}", r.summary, r.checks);
+    assert_eq!(r.status, RunStatus::Ok, "directed, unpatched: {} {:?}", r.summary, r.checks);
 }
 
 #[test]

@@ -67,3 +67,35 @@ fn mutex_torture_refuses_nesting_and_interrupts() {
     let e = rc.validate().expect_err("interrupts are refused");
     assert!(e.to_string().contains("torture.irq_prob"), "{e}");
 }
+
+/// The `mutex-recursive-handoff` reproducer (e274795ea7b7) on KVM,
+/// directed (every wait ends spuriously): v4.10 takes its own hand-off and
+/// the guest BUGs; v5.12 stays blocked until the fatal signal and the run is
+/// ok; upstream takes it again (results/findings/20261201-upstream-recursive-handoff.md).
+#[test]
+fn recursive_lock_reproducer_catches_v4_10_and_upstream_not_v5_12() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let repro = pvlock::repro::find("mutex-recursive-handoff").expect("in the catalog");
+    for (m, caught) in [(MutexVariant::V4_10, true), (MutexVariant::V5_12, false), (MutexVariant::Upstream, true)] {
+        let r = pvlock::repro::Repro { mutex: Some(m), ..repro };
+        let res = pvlock::repro::run_repro(
+            &r,
+            Variant::PvUpstream,
+            pvlock::repro::Mode::Directed,
+            1,
+            1,
+            300,
+            GUEST_ELF,
+            &StopHandle::new(),
+            |_| {},
+        )
+        .expect("runs");
+        let o = &res.runs[0];
+        assert_eq!(o.detected, caught, "{}: {:?} {}", m.name(), o.status, o.summary);
+        if !caught {
+            assert_eq!(o.status, RunStatus::Ok, "{}: {}", m.name(), o.summary);
+        }
+    }
+}

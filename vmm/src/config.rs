@@ -104,6 +104,15 @@ pub struct HypervisorConfig {
     /// Poll even when more vCPU threads are runnable than host CPUs (KVM
     /// would not).
     pub halt_poll_overcommitted: bool,
+    /// The guest spins this long on the wait byte and on its own "kicked"
+    /// flag before the exiting wait store (the cpuidle-haltpoll driver's
+    /// guest-side poll); a kick to a polling vCPU sets the flag instead of
+    /// storing to the kick doorbell. 0 = exit at once.
+    pub guest_poll_ns: u64,
+    /// Guest-poll even when more vCPUs than host CPUs (off by default, as
+    /// haltpoll is only enabled for dedicated CPUs: a polling vCPU burns the
+    /// CPU its lock holder may need).
+    pub guest_poll_overcommitted: bool,
     /// A wait blocked longer than this while the run is live is a hang.
     pub stall_timeout_ms: u64,
     /// Delay between a kick store and its delivery. Non-zero routes kicks
@@ -130,6 +139,8 @@ impl Default for HypervisorConfig {
             kick: KickContract::Remembered,
             halt_poll_us: 0,
             halt_poll_overcommitted: false,
+            guest_poll_ns: 0,
+            guest_poll_overcommitted: false,
             stall_timeout_ms: 1000,
             kick_delay_us: 0,
             spurious_wakeup_prob: 0.0,
@@ -140,9 +151,23 @@ impl Default for HypervisorConfig {
     }
 }
 
+/// Longest guest-side poll, ns (10 ms).
+pub const MAX_GUEST_POLL_NS: u64 = 10_000_000;
+
 impl HypervisorConfig {
+    /// The guest poll the guest is told to use: `guest_poll_ns`, or 0 when
+    /// vCPUs outnumber host CPUs and `guest_poll_overcommitted` is off.
+    pub fn effective_guest_poll_ns(&self, vcpus: u32, host_cpus: u32) -> u32 {
+        let overcommitted = host_cpus != 0 && vcpus > host_cpus;
+        if overcommitted && !self.guest_poll_overcommitted {
+            return 0;
+        }
+        self.guest_poll_ns.min(MAX_GUEST_POLL_NS) as u32
+    }
+
     pub fn validate(&self) -> Result<(), InvalidValue> {
         check_range("hypervisor.halt_poll_us", self.halt_poll_us, 0, 1_000_000)?;
+        check_range("hypervisor.guest_poll_ns", self.guest_poll_ns, 0, MAX_GUEST_POLL_NS)?;
         check_range("hypervisor.stall_timeout_ms", self.stall_timeout_ms, 1, 3_600_000)?;
         check_range("hypervisor.kick_delay_us", self.kick_delay_us, 0, MAX_STALL_US)?;
         check_float("hypervisor.spurious_wakeup_prob", self.spurious_wakeup_prob, 0.0, 1.0)?;
@@ -166,6 +191,12 @@ pub struct LockConfig {
     /// The mutex variant of `workload = "mutex-torture"`; its `wait_lock`
     /// is a spinlock of `variant`.
     pub mutex: MutexVariant,
+    /// Mutex torture only: task 0 locks mutex 0 a second time (incorrect
+    /// code, the case of e274795ea7b7) and must stay blocked until vCPU 1
+    /// kills it at the end of the run; the other tasks torture the other
+    /// mutexes. A recursive lock that returns is a guest BUG.
+    #[serde(skip_serializing_if = "is_false")]
+    pub mutex_recursive: bool,
     /// Kernel variants (`kernel-pv`, `kernel-native`): the kernel tree whose
     /// own `kernel/locking/qspinlock.c` the harness builds into the module
     /// the VMM loads (`Machine::run_with_module`). The kernel keys are left
@@ -208,6 +239,10 @@ fn is_true(v: &bool) -> bool {
     *v
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 /// The arch headers of a kernel build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -240,6 +275,7 @@ impl Default for LockConfig {
             hash_bits: 0,
             stop_on_double_hash: false,
             mutex: MutexVariant::Upstream,
+            mutex_recursive: false,
             kernel_tree: None,
             kernel_patches: Vec::new(),
             kernel_flavour: KernelFlavour::X86,
@@ -277,7 +313,8 @@ impl LockConfig {
             variant: self.variant as u32,
             spin_threshold: self.spin_threshold,
             hash_bits: self.hash_bits,
-            flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 },
+            flags: if self.stop_on_double_hash { pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH } else { 0 }
+                | if self.mutex_recursive { pvlock_abi::boot::LOCK_FLAG_MUTEX_RECURSIVE } else { 0 },
             mutex: self.mutex as u32,
             _pad: 0,
         }
@@ -452,6 +489,14 @@ impl MachineConfig {
                 ));
             }
             check_range("torture.locks", self.torture.locks, 1, MAX_MUTEXES as u32)?;
+            if self.lock.mutex_recursive && self.vcpus < 2 {
+                return Err(InvalidValue::new(
+                    "lock.mutex_recursive",
+                    "needs vcpus >= 2: vCPU 1 ends task 0's recursive lock with a fatal signal",
+                ));
+            }
+        } else if self.lock.mutex_recursive {
+            return Err(InvalidValue::new("lock.mutex_recursive", "only for workload = \"mutex-torture\""));
         }
         self.hypervisor.validate()?;
         self.preempt.validate(self.vcpus, self.torture.locks)?;

@@ -114,6 +114,39 @@ pub fn classify(run: Result<kvm_ioctls::VcpuExit<'_>, kvm_ioctls::Error>) -> Exi
     }
 }
 
+/// Says what a `KVM_EXIT_INTERNAL_ERROR` means, from its suberror and
+/// data words (`kvm_run.internal`). For an emulation failure that carries
+/// the instruction bytes (`KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES`
+/// in `data[0]`; size and bytes in `data[1..3]`, the layout of
+/// `kvm_run.emulation_failure`) the bytes are given: on this host an MMIO
+/// access (a doorbell, an address outside RAM) by an instruction KVM's
+/// emulator does not know (`popcnt`, `movss`, an x87 store...) ends here.
+pub fn describe_internal_error(suberror: u32, data: &[u64]) -> String {
+    let what = match suberror {
+        1 => {
+            "emulation failure: KVM's instruction emulator cannot perform this instruction \
+              (an MMIO access by an instruction other than a plain load or store?)"
+        }
+        2 => "simultaneous exceptions",
+        3 => "delivery event failure",
+        4 => "unexpected exit reason",
+        _ => "unknown suberror",
+    };
+    let mut rest = data;
+    let mut bytes = String::new();
+    if suberror == 1 && data.len() >= 3 && data[0] & 1 == 1 {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&data[1].to_le_bytes());
+        raw[8..].copy_from_slice(&data[2].to_le_bytes());
+        let n = (raw[0] as usize).min(15);
+        let hex: Vec<String> = raw[1..1 + n].iter().map(|b| format!("{b:02x}")).collect();
+        bytes = format!("; instruction bytes at RIP: {}", hex.join(" "));
+        rest = &data[3..];
+    }
+    let extra = if rest.is_empty() { String::new() } else { format!("; data {rest:x?}") };
+    format!("InternalError (suberror {suberror}: {what}{bytes}{extra})")
+}
+
 /// Decodes an MMIO write exit.
 pub fn decode_mmio_write(addr: u64, data: &[u8]) -> Result<GuestRequest, AbiViolation> {
     let value = match <[u8; 8]>::try_from(data) {
@@ -191,6 +224,18 @@ mod tests {
         assert_eq!(classify(Err(eintr)), ExitClass::Interrupted);
         let efault = kvm_ioctls::Error::new(libc::EFAULT);
         assert!(matches!(classify(Err(efault)), ExitClass::HostError(e) if e.starts_with("KVM_RUN")));
+    }
+
+    #[test]
+    fn internal_errors_name_the_instruction_bytes() {
+        // The words KVM gave for `popcnt rax, [rbx]` on an MMIO address.
+        let d = describe_internal_error(1, &[1, 0xfeeb_03b8_0f48_f30f, 0, 0x2000]);
+        assert!(d.contains("emulation failure") && d.contains("bytes at RIP: f3 48 0f b8 03 eb fe 00"), "{d}");
+        assert!(d.ends_with("data [2000])"), "{d}");
+        // Without the instruction-bytes flag, the words as they are.
+        let d = describe_internal_error(1, &[0, 7]);
+        assert!(!d.contains("bytes at RIP") && d.contains("data [0, 7]"), "{d}");
+        assert!(describe_internal_error(3, &[]).contains("delivery event failure"));
     }
 
     #[test]

@@ -37,5 +37,5 @@ pub use config::{
 pub use error::{MachineError, RunError};
 pub use machine::{host_cpus_available, Machine, StopHandle};
 pub use preempt::{HoldOutcome, HoldRelease};
-pub use report::{GuestFailure, RunReport, RunStatus, VcpuReport};
+pub use report::{FailureKind, GuestFailure, RunReport, RunStatus, VcpuReport};
 pub use watchdog::MissedWakeupClass;

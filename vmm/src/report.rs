@@ -143,11 +143,44 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
-/// Comparison with a JSON spelling, for code at the edges (plots keyed by
-/// status name); typed code compares with the variants.
-impl PartialEq<&str> for RunStatus {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+/// What kind of failure a [`GuestFailure`] is: its `kind` tag in JSON,
+/// without the details (for counting failures by kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    TripleFault,
+    Panic,
+    AbiViolation,
+    UnexpectedExit,
+    WorkloadFailed,
+    MissedWakeup,
+    BlockedWait,
+    Timeout,
+    Host,
+    Aborted,
+}
+
+impl FailureKind {
+    /// The `kind` tag of the JSON form.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TripleFault => "triple-fault",
+            Self::Panic => "panic",
+            Self::AbiViolation => "abi-violation",
+            Self::UnexpectedExit => "unexpected-exit",
+            Self::WorkloadFailed => "workload-failed",
+            Self::MissedWakeup => "missed-wakeup",
+            Self::BlockedWait => "blocked-wait",
+            Self::Timeout => "timeout",
+            Self::Host => "host",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -189,19 +222,19 @@ impl GuestFailure {
         }
     }
 
-    /// The `kind` tag of the JSON form.
-    pub const fn kind(&self) -> &'static str {
+    /// Its kind (the `kind` tag of the JSON form).
+    pub const fn kind(&self) -> FailureKind {
         match self {
-            Self::TripleFault { .. } => "triple-fault",
-            Self::Panic { .. } => "panic",
-            Self::AbiViolation { .. } => "abi-violation",
-            Self::UnexpectedExit { .. } => "unexpected-exit",
-            Self::WorkloadFailed { .. } => "workload-failed",
-            Self::MissedWakeup { .. } => "missed-wakeup",
-            Self::BlockedWait { .. } => "blocked-wait",
-            Self::Timeout { .. } => "timeout",
-            Self::Host { .. } => "host",
-            Self::Aborted { .. } => "aborted",
+            Self::TripleFault { .. } => FailureKind::TripleFault,
+            Self::Panic { .. } => FailureKind::Panic,
+            Self::AbiViolation { .. } => FailureKind::AbiViolation,
+            Self::UnexpectedExit { .. } => FailureKind::UnexpectedExit,
+            Self::WorkloadFailed { .. } => FailureKind::WorkloadFailed,
+            Self::MissedWakeup { .. } => FailureKind::MissedWakeup,
+            Self::BlockedWait { .. } => FailureKind::BlockedWait,
+            Self::Timeout { .. } => FailureKind::Timeout,
+            Self::Host { .. } => FailureKind::Host,
+            Self::Aborted { .. } => FailureKind::Aborted,
         }
     }
 
@@ -267,6 +300,12 @@ pub struct RunReport {
     pub wall_ms: f64,
     /// VM creation start to the first guest instruction (vCPU 0's entry TSC).
     pub boot_us: Option<f64>,
+    /// Of that, creating and setting up every vCPU (KVM_CREATE_VCPU, the
+    /// kvm_run mmap, CPUID, special and general registers), in order.
+    pub vcpu_setup_us: Option<f64>,
+    /// Of that, every vCPU's kick and control eventfds and its kick
+    /// doorbell's KVM_IOEVENTFD registration.
+    pub kick_setup_us: Option<f64>,
     pub tsc_khz: u64,
     pub per_vcpu: Vec<VcpuReport>,
     /// Console lines, prefixed with the vCPU.
@@ -334,7 +373,8 @@ mod tests {
         ];
         for f in failures {
             let v = serde_json::to_value(&f).unwrap();
-            assert_eq!(v["kind"], f.kind());
+            assert_eq!(v["kind"], f.kind().name());
+            assert_eq!(serde_json::to_value(f.kind()).unwrap(), f.kind().name());
             assert_eq!(serde_json::from_value::<GuestFailure>(v).unwrap(), f);
         }
         for s in RunStatus::ALL {

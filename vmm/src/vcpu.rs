@@ -1,10 +1,13 @@
 //! A vCPU thread: runs `KVM_RUN` in a loop and serves the guest's doorbells.
 //!
-//! The thread is a small state machine: `Running` (in or about to enter
-//! `KVM_RUN`), `Waiting` (serving a pv_wait on this thread), `Stalled`
-//! (deliberately preempted: not running guest code), `Finished`. The
-//! machine controls it through `Shared::stop`, its wait channel's control
-//! eventfd and the immediate-exit kick (see `signal.rs`).
+//! The thread is a state machine ([`State`]), one method per state, as
+//! Firecracker's vCPU is: `Running` (one `KVM_RUN` and the classification
+//! of its exit), `Waiting` (serving a pv_wait on this thread), `Held` (a
+//! directed hold at a race window), `Stalled` (deliberately preempted: not
+//! running guest code), `Finished`. Each method returns the next state or
+//! the [`GuestFailure`] that ends the thread. The machine controls it
+//! through `Shared::stop`, its wait channel's control eventfd and the
+//! immediate-exit kick (see `signal.rs`).
 
 use crate::exit::{ExitClass, GuestRequest};
 use crate::guest_mem::GuestRam;
@@ -121,10 +124,22 @@ impl Shared {
     }
 }
 
-/// What the exit handler decided.
-enum Next {
-    Continue,
-    Finish,
+/// Where a vCPU thread is. Each state has one method of [`VcpuThread`]
+/// that runs it and returns the next state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    /// In, or about to enter, `KVM_RUN` ([`VcpuThread::running`]).
+    Running,
+    /// Serving the guest's pv_wait on the byte at `gpa` while it holds
+    /// `expected` ([`VcpuThread::waiting`]).
+    Waiting { gpa: u64, expected: u8 },
+    /// Held at `window` by directed-hold rule `rule` of the preemption
+    /// schedule until the rule's condition ([`VcpuThread::held`]).
+    Held { rule: usize, window: pvlock_abi::Window },
+    /// Deliberately preempted for the duration ([`VcpuThread::stall`]).
+    Stalled(Duration),
+    /// The guest is done, or the machine stopped the run: the thread returns.
+    Finished,
 }
 
 pub struct VcpuThread {
@@ -140,7 +155,8 @@ impl VcpuThread {
     /// outlives every immediate-exit kick (dropped by the machine after join).
     pub fn run(mut self) -> VcpuFd {
         let cpu = self.cpu;
-        loop {
+        let mut state = State::Running;
+        while state != State::Finished {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -148,10 +164,9 @@ impl VcpuThread {
             // never run again and the run would time out as a guest "hang"
             // with this vCPU apparently running (how the VMM's own stall
             // bug looked). Report it as the host failure it is.
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
-            match step {
-                Ok(Ok(Next::Continue)) => {}
-                Ok(Ok(Next::Finish)) => break,
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.enter(state)));
+            match next {
+                Ok(Ok(next)) => state = next,
                 Ok(Err(f)) => {
                     let _ = self.tx.send(VcpuEvent::Failed(f));
                     break;
@@ -196,8 +211,22 @@ impl VcpuThread {
         }
     }
 
-    /// One KVM_RUN and the handling of its exit.
-    fn step(&mut self) -> Result<Next, GuestFailure> {
+    /// Runs `state`; returns the next one.
+    fn enter(&mut self, state: State) -> Result<State, GuestFailure> {
+        match state {
+            State::Running => self.running(),
+            State::Waiting { gpa, expected } => self.waiting(gpa, expected),
+            State::Held { rule, window } => Ok(self.held(rule, window)),
+            State::Stalled(d) => {
+                self.stall(d);
+                Ok(State::Running)
+            }
+            State::Finished => Ok(State::Finished),
+        }
+    }
+
+    /// `Running`: one KVM_RUN and the handling of its exit.
+    fn running(&mut self) -> Result<State, GuestFailure> {
         let cpu = self.cpu;
         // Classify into owned data first: VcpuExit borrows the fd.
         let class = crate::exit::classify(self.fd.run());
@@ -225,16 +254,8 @@ impl VcpuThread {
                 // SAFETY: after KVM_EXIT_INTERNAL_ERROR the kernel filled the
                 // `internal` member of the kvm_run union; it is plain integers.
                 let i = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
-                let what = match i.suberror {
-                    1 => "emulation failure",
-                    2 => "simultaneous exceptions",
-                    3 => "delivery event failure",
-                    4 => "unexpected exit reason",
-                    _ => "unknown suberror",
-                };
                 let n = (i.ndata as usize).min(i.data.len());
-                let name = format!("InternalError (suberror {}: {what}; data {:x?})", i.suberror, &i.data[..n]);
-                return Err(self.unexpected_exit(name));
+                return Err(self.unexpected_exit(crate::exit::describe_internal_error(i.suberror, &i.data[..n])));
             }
             ExitClass::Unexpected(name) => return Err(self.unexpected_exit(name)),
         };
@@ -242,19 +263,19 @@ impl VcpuThread {
     }
 
     /// KVM_RUN returned EINTR: the machine kicked us (stop, or a stall).
-    fn interrupted(&mut self) -> Next {
+    fn interrupted(&mut self) -> State {
         self.fd.set_kvm_immediate_exit(0);
         if self.shared.stop.load(Ordering::Acquire) {
-            return Next::Finish;
+            return State::Finished;
         }
-        let us = self.shared.preempt.stall_request_us[self.cpu as usize].swap(0, Ordering::AcqRel);
-        if us > 0 {
-            self.stall(Duration::from_micros(us));
+        match self.shared.preempt.stall_request_us[self.cpu as usize].swap(0, Ordering::AcqRel) {
+            0 => State::Running,
+            us => State::Stalled(Duration::from_micros(us)),
         }
-        Next::Continue
     }
 
-    fn serve(&mut self, req: GuestRequest) -> Result<Next, GuestFailure> {
+    /// A doorbell: served here, or the state that serves it.
+    fn serve(&mut self, req: GuestRequest) -> Result<State, GuestFailure> {
         let cpu = self.cpu;
         let sh = &self.shared;
         match req {
@@ -272,58 +293,16 @@ impl VcpuThread {
                     tracing::info!(target: "guest", "vcpu{cpu}: {line}");
                     con.push(format!("vcpu{cpu}: {line}"));
                 }
-                Ok(Next::Continue)
+                Ok(State::Running)
             }
             GuestRequest::Done { status } => {
                 let _ = self.tx.send(VcpuEvent::Done { cpu, status });
-                Ok(Next::Finish)
+                Ok(State::Finished)
             }
             GuestRequest::Panic { kind } => Err(self.guest_panic(kind)),
             GuestRequest::Wait { gpa, expected } => {
                 sh.ram.check_range(gpa, 1).map_err(|e| self.abi_violation(format!("pv_wait: {e}")))?;
-                let ch = &sh.channels[cpu as usize];
-                let cur_lock =
-                    sh.ram.read_u64(Shared::block_gpa(cpu) + offset_of!(VcpuBlock, cur_lock) as u64).unwrap_or(0);
-                ch.head_wait.store(cur_lock != 0 && gpa == cur_lock, Ordering::Relaxed);
-                loop {
-                    let end = ch.wait(
-                        &sh.cfg.hypervisor,
-                        sh.may_poll,
-                        expected,
-                        gpa,
-                        || sh.ram.read_u8(gpa).unwrap_or(0),
-                        sh.run_start,
-                        &mut self.rng,
-                    );
-                    return match end {
-                        WaitEnd::TimedOut if sh.cfg.hypervisor.rescue => {
-                            // --rescue: a wait the watchdog can prove lost is
-                            // recorded and woken; a merely long one (a slow
-                            // owner, a descheduled vCPU thread) is counted
-                            // and left waiting: the run timeout still bounds it.
-                            let report = crate::watchdog::explain(sh, cpu);
-                            ch.end_blocked();
-                            if !crate::watchdog::is_provably_lost(&report) {
-                                ch.counters.add(VmmCounter::LongWaits, 1);
-                                continue;
-                            }
-                            ch.counters.add(VmmCounter::Rescues, 1);
-                            sh.record_rescue(report);
-                            Ok(Next::Continue)
-                        }
-                        // Left marked blocked: the supervisor's dump of this
-                        // failure shows the wait (blocked_ms, wait_gpa).
-                        WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
-                            cpu,
-                            blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
-                            gpa,
-                            expected,
-                            current: sh.ram.read_u8(gpa).unwrap_or(0),
-                        }),
-                        WaitEnd::Control if sh.stop.load(Ordering::Acquire) => Ok(Next::Finish),
-                        _ => Ok(Next::Continue),
-                    };
-                }
+                Ok(State::Waiting { gpa, expected })
             }
             GuestRequest::Stall { window } => {
                 if window as usize >= pvlock_abi::NR_WINDOWS {
@@ -335,46 +314,105 @@ impl VcpuThread {
                 let precondition = |r: &crate::config::HoldRule| {
                     r.when != crate::config::HoldWhen::SuccessorRunning || sh.successor_running(cpu)
                 };
-                if let Some(i) = sh.preempt.claim_rule(rules, cpu, w, precondition) {
-                    // Directed interleaving: hold here until the rule's condition.
-                    sh.set_preempted(cpu, true);
-                    let (why, held) = crate::preempt::hold(
-                        &rules[i],
-                        cpu,
-                        &sh.preempt,
-                        |heads| sh.others_blocked(cpu, heads),
-                        || sh.stop.load(Ordering::Acquire),
-                    );
-                    sh.set_preempted(cpu, false);
-                    crate::preempt::account_stall(&sh.channels[cpu as usize].counters, held);
-                    sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
-                        rule: i,
-                        cpu,
-                        window: Some(w),
-                        site: None,
-                        released_by: why,
-                        held_us: held.as_micros() as u64,
-                    });
-                } else if sh.cfg.preempt.schedule.is_empty() {
-                    self.stall(Duration::from_micros(sh.cfg.preempt.window_stall_us));
+                if let Some(rule) = sh.preempt.claim_rule(rules, cpu, w, precondition) {
+                    return Ok(State::Held { rule, window: w });
                 }
-                Ok(Next::Continue)
+                if sh.cfg.preempt.schedule.is_empty() {
+                    return Ok(State::Stalled(Duration::from_micros(sh.cfg.preempt.window_stall_us)));
+                }
+                Ok(State::Running)
             }
-            GuestRequest::Site { index } => crate::sites::serve(self, index).map(|()| Next::Continue),
-            GuestRequest::Ping { .. } => Ok(Next::Continue),
+            GuestRequest::Site { index } => crate::sites::serve(self, index).map(|()| State::Running),
+            GuestRequest::Ping { .. } => Ok(State::Running),
             GuestRequest::KickNoSuchCpu { cpu: target } => match &sh.kick_timer {
                 // kick_delay_us > 0: kicks come through here, delivered late.
                 Some(timer) if target < sh.cfg.vcpus as u64 => {
                     let at = Instant::now() + Duration::from_micros(sh.cfg.hypervisor.kick_delay_us);
                     let _ = timer.lock().unwrap_or_else(|p| p.into_inner()).send((at, target as u32));
-                    Ok(Next::Continue)
+                    Ok(State::Running)
                 }
                 _ => Err(self.abi_violation(format!("pv_kick of vCPU {target}, which does not exist"))),
             },
         }
     }
 
-    /// Deliberate preemption: this vCPU runs no guest code for `d`, with its
+    /// `Waiting`: the guest's pv_wait, served on this thread until a kick,
+    /// a spurious wakeup, the stall timeout or the machine's stop.
+    fn waiting(&mut self, gpa: u64, expected: u8) -> Result<State, GuestFailure> {
+        let cpu = self.cpu;
+        let sh = &self.shared;
+        let ch = &sh.channels[cpu as usize];
+        let cur_lock = sh.ram.read_u64(Shared::block_gpa(cpu) + offset_of!(VcpuBlock, cur_lock) as u64).unwrap_or(0);
+        ch.head_wait.store(cur_lock != 0 && gpa == cur_lock, Ordering::Relaxed);
+        loop {
+            let end = ch.wait(
+                &sh.cfg.hypervisor,
+                sh.may_poll,
+                expected,
+                gpa,
+                || sh.ram.read_u8(gpa).unwrap_or(0),
+                sh.run_start,
+                &mut self.rng,
+            );
+            return match end {
+                WaitEnd::TimedOut if sh.cfg.hypervisor.rescue => {
+                    // --rescue: a wait the watchdog can prove lost is
+                    // recorded and woken; a merely long one (a slow
+                    // owner, a descheduled vCPU thread) is counted
+                    // and left waiting: the run timeout still bounds it.
+                    let report = crate::watchdog::explain(sh, cpu);
+                    ch.end_blocked();
+                    if !crate::watchdog::is_provably_lost(&report) {
+                        ch.counters.add(VmmCounter::LongWaits, 1);
+                        continue;
+                    }
+                    ch.counters.add(VmmCounter::Rescues, 1);
+                    sh.record_rescue(report);
+                    Ok(State::Running)
+                }
+                // Left marked blocked: the supervisor's dump of this
+                // failure shows the wait (blocked_ms, wait_gpa).
+                WaitEnd::TimedOut => Err(GuestFailure::BlockedWait {
+                    cpu,
+                    blocked_ms: sh.cfg.hypervisor.stall_timeout_ms,
+                    gpa,
+                    expected,
+                    current: sh.ram.read_u8(gpa).unwrap_or(0),
+                }),
+                WaitEnd::Control if sh.stop.load(Ordering::Acquire) => Ok(State::Finished),
+                _ => Ok(State::Running),
+            };
+        }
+    }
+
+    /// `Held`: a directed interleaving; this vCPU stays at `window` until
+    /// rule `rule`'s condition, its `preempted` flag set, and the outcome
+    /// is logged.
+    fn held(&self, rule: usize, window: pvlock_abi::Window) -> State {
+        let (cpu, sh) = (self.cpu, &self.shared);
+        let rules = &sh.cfg.preempt.schedule;
+        sh.set_preempted(cpu, true);
+        let (why, held) = crate::preempt::hold(
+            &rules[rule],
+            cpu,
+            &sh.preempt,
+            |heads| sh.others_blocked(cpu, heads),
+            || sh.stop.load(Ordering::Acquire),
+        );
+        sh.set_preempted(cpu, false);
+        crate::preempt::account_stall(&sh.channels[cpu as usize].counters, held);
+        sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
+            rule,
+            cpu,
+            window: Some(window),
+            site: None,
+            released_by: why,
+            held_us: held.as_micros() as u64,
+        });
+        State::Running
+    }
+
+    /// `Stalled`: deliberate preemption: this vCPU runs no guest code for `d`, with its
     /// `preempted` flag set so the guest's vcpu_is_preempted() sees it.
     pub(crate) fn stall(&self, d: Duration) {
         let sh = &self.shared;

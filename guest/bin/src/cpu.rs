@@ -4,9 +4,27 @@
 
 use crate::rt;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU32, Ordering};
 use pvlock_abi::doorbell::{self, PanicKind};
 use pvlock_abi::{GuestPhase, LockEvent, TraceEntry, TraceEvent, VcpuBlock, Window};
 use pvlock_guest_lib::{Platform, WaitOn};
+
+/// A vCPU's guest-poll state, one cache line each (the kicker writes its
+/// target's line; nothing else shares it).
+#[repr(align(64))]
+struct PollState(AtomicU32);
+
+/// Not polling: a kick must go through the kick doorbell.
+const POLL_IDLE: u32 = 0;
+/// Spinning in `pv_wait()`'s guest poll: a kick may set KICKED instead.
+const POLL_POLLING: u32 = 1;
+/// Kicked while polling; the poller consumes it.
+const POLL_KICKED: u32 = 2;
+
+#[allow(clippy::declare_interior_mutable_const)] // only the array initialiser
+const POLL_INIT: PollState = PollState(AtomicU32::new(POLL_IDLE));
+/// Per-vCPU guest-poll state, shared by all vCPUs (guest RAM).
+static POLL: [PollState; pvlock_abi::MAX_VCPUS] = [POLL_INIT; pvlock_abi::MAX_VCPUS];
 
 pub struct GuestCpu {
     cpu: u32,
@@ -21,6 +39,8 @@ pub struct GuestCpu {
     /// This vCPU's trace ring (null: tracing off) and `trace_len - 1`.
     trace_ring: *mut TraceEntry,
     trace_mask: u64,
+    /// Guest-side poll before the exiting wait, TSC cycles (0: off).
+    poll_cycles: u64,
 }
 
 impl GuestCpu {
@@ -46,6 +66,7 @@ impl GuestCpu {
                 core::ptr::null_mut()
             },
             trace_mask: boot.trace_len.wrapping_sub(1),
+            poll_cycles: rt::ns_to_cycles(boot.hypervisor.guest_poll_ns as u64),
         }
     }
 
@@ -87,12 +108,30 @@ impl Platform for GuestCpu {
     }
 
     fn pv_wait(&self, on: WaitOn<'_>, val: u8) {
+        if self.poll_cycles != 0 && self.guest_poll(on, val) {
+            return;
+        }
         // One exit: the VMM re-reads the byte (checked wait) and blocks this
         // vCPU until a kick, per the run's hypervisor contract.
         rt::ring(doorbell::WAIT, doorbell::wait_value(on.addr() as u64, val));
     }
 
     fn pv_kick(&self, cpu: u32) {
+        // A target in its guest poll takes the kick through its flag: no
+        // store, no eventfd (kernel/sched/core.c `set_nr_if_polling()`:
+        // a waker that sees TIF_POLLING_NRFLAG sets need_resched and sends
+        // no IPI). SeqCst pairs with the poller's store and swap in
+        // `guest_poll`: either this CAS sees POLLING and the poller's final
+        // swap sees KICKED, or the poller has left (IDLE) and the store
+        // below is remembered for its exiting wait.
+        if self.poll_cycles != 0 {
+            if let Some(st) = POLL.get(cpu as usize) {
+                if st.0.compare_exchange(POLL_POLLING, POLL_KICKED, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+                    self.event(LockEvent::KicksToPoller, 1);
+                    return;
+                }
+            }
+        }
         // An ioeventfd store: signals `cpu`'s eventfd in the kernel, no exit.
         rt::ring(doorbell::kick_addr(cpu), 1);
     }
@@ -198,6 +237,37 @@ impl Platform for GuestCpu {
 }
 
 impl GuestCpu {
+    /// The guest-side poll of `pv_wait()`: spin up to `poll_cycles` on the
+    /// watched byte and on this vCPU's kicked flag. True: the wait is over
+    /// (a kick arrived through the flag, or the byte changed; callers
+    /// re-check either way, as after any pv_wait()). False: the poll timed
+    /// out and the caller exits to the VMM; a kick that comes after the
+    /// final swap finds IDLE and goes through the kick doorbell, which the
+    /// VMM remembers for that exit.
+    #[inline(never)]
+    fn guest_poll(&self, on: WaitOn<'_>, val: u8) -> bool {
+        let st = &POLL[self.cpu as usize].0;
+        // SeqCst: pairs with the kicker's CAS (see pv_kick).
+        st.store(POLL_POLLING, Ordering::SeqCst);
+        let t0 = rt::rdtsc();
+        let mut now = t0;
+        let mut won = false;
+        while now.wrapping_sub(t0) < self.poll_cycles {
+            if st.load(Ordering::Acquire) == POLL_KICKED || on.load() != val {
+                won = true;
+                break;
+            }
+            core::hint::spin_loop();
+            now = rt::rdtsc();
+        }
+        // Leave the polling state; a kick that raced with the timeout is
+        // still ours.
+        won |= st.swap(POLL_IDLE, Ordering::SeqCst) == POLL_KICKED;
+        self.event(if won { LockEvent::GuestPollsWon } else { LockEvent::GuestPollsLost }, 1);
+        self.event(LockEvent::GuestPollCycles, rt::rdtsc().wrapping_sub(t0));
+        won
+    }
+
     #[cold]
     fn window_hit(&self, w: Window) {
         // SAFETY: as in `event`.

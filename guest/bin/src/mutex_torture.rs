@@ -61,6 +61,14 @@ pub fn run(me: &GuestCpu) -> u64 {
     } else {
         torture
     };
+    let recursive = boot.lock.flags & pvlock_abi::boot::LOCK_FLAG_MUTEX_RECURSIVE != 0;
+    if recursive && nr < 2 {
+        me.fail(PanicKind::Panic, format_args!("lock.mutex_recursive needs 2 vCPUs (vCPU 1 sends the fatal signal)"))
+    }
+    if recursive && me.id() == 0 {
+        return recursive_lock(me, &sys, &MUTEXES[0], boot.tsc_khz);
+    }
+    let torture = if recursive { torture.without_first_lock() } else { torture };
     let obs = GuestObserver(me);
     // SAFETY: this vCPU's own block; the Platform methods touch it field by
     // field through the raw pointer, never this field (as in torture.rs).
@@ -69,11 +77,40 @@ pub fn run(me: &GuestCpu) -> u64 {
     let b = me.block();
     b.acquisitions = r.acquisitions;
     b.max_wait_ns = r.max_wait_ns;
-    // timing[0..3] as the spinlock torture: lock increments (what the VMM
+    // The spinlock torture's timing view: lock increments (what the VMM
     // compares with the plain counters), no irq locks, no handlers.
-    b.timing[0] = r.acquisitions;
-    b.timing[1] = 0;
-    b.timing[2] = 0;
-    b.timing[3] = 0;
+    pvlock_abi::vcpu::TortureTiming { lock_acquisitions: r.acquisitions, ..Default::default() }.store(&mut b.timing);
+    if recursive && me.id() == 1 {
+        // The run is over: the fatal signal that ends task 0's (correctly)
+        // blocked recursive mutex_lock_killable().
+        sys.tasks().kill(me, 0);
+    }
+    doorbell::DONE_OK
+}
+
+/// Task 0 of `lock.mutex_recursive`: `mutex_lock(&a); mutex_lock(&a);` as
+/// in e274795ea7b7's description. The second lock must block until the
+/// fatal signal; a spurious wakeup (`hypervisor.spurious_wakeup_prob`)
+/// that lets it return 0 is the bug (v4.10's `owner == current` hand-off).
+fn recursive_lock(me: &GuestCpu, sys: &MutexSystem<'_, '_>, l: &MutexTortureLock, tsc_khz: u64) -> u64 {
+    // A 1 ms time slice: spinning on ourselves (the owner is on CPU) ends
+    // in need_resched() and a sleep, as the tick would end it.
+    TASKS[0].set_slice(tsc_khz);
+    sys.lock(me, &l.mutex);
+    if sys.lock_killable(me, &l.mutex).is_ok() {
+        me.fail(
+            PanicKind::Bug,
+            format_args!(
+                "recursive mutex_lock: task 0 locked mutex {:#x} it already held (a spurious wakeup took its own hand-off)",
+                l.mutex.addr()
+            ),
+        )
+    }
+    sys.unlock(me, &l.mutex);
+    let b = me.block();
+    b.acquisitions = 1;
+    // No critical section ran: the plain counter of mutex 0 was not
+    // bumped, so the count check expects no increments from this task.
+    pvlock_abi::vcpu::TortureTiming::default().store(&mut b.timing);
     doorbell::DONE_OK
 }

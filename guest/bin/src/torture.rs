@@ -59,6 +59,25 @@ pub(crate) fn lock_config(me: &GuestCpu, boot: &BootBlock) -> LockConfig {
     LockConfig { variant, spin_threshold: spin, hash_bits }
 }
 
+/// `lock-loop` / `empty-loop`: the torture's critical section and think
+/// time around the configured lock (or nothing) and nothing else; the
+/// iteration count is reported as acquisitions.
+pub fn run_loop(me: &GuestCpu, with_lock: bool) -> u64 {
+    let boot = rt::boot();
+    let cfg = lock_config(me, boot);
+    if matches!(cfg.variant, Variant::KernelPv | Variant::KernelNative) {
+        me.fail(PanicKind::Panic, format_args!("lock-loop runs the Rust variants only"))
+    }
+    let sys = LockSystem::new(cfg, &NODES[..boot.nr_vcpus as usize], &HASH[..1 << cfg.hash_bits]);
+    let start = rt::boot_field(&boot.start_tsc).load(Ordering::Acquire).max(rt::rdtsc());
+    let deadline = start + rt::ns_to_cycles(boot.duration_ms * 1_000_000);
+    let clock = pvlock_guest_lib::torture::Clock { tsc_khz: boot.tsc_khz };
+    let lock = with_lock.then_some((&sys, &LOCKS[0].raw));
+    let (n, _) = pvlock_guest_lib::torture::lock_loop(me, lock, clock, &boot.torture, deadline, rt::boot_field(&boot.stop_request));
+    me.block().acquisitions = n;
+    doorbell::DONE_OK
+}
+
 pub fn run(me: &GuestCpu) -> u64 {
     let boot = rt::boot();
     let nr = boot.nr_vcpus;

@@ -29,6 +29,8 @@ pub fn run(w: Workload, cpu: u32) -> u64 {
         Workload::SpinForever if cpu == 0 => spin_forever(),
         Workload::SpinForever => doorbell::DONE_OK,
         Workload::DoorbellFuzz => doorbell_fuzz(&me),
+        Workload::LockLoop => crate::torture::run_loop(&me, true),
+        Workload::EmptyLoop => crate::torture::run_loop(&me, false),
     }
 }
 

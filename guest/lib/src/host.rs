@@ -263,11 +263,11 @@ impl HostMachine {
         std::array::from_fn(|i| self.cpus[cpu as usize].events[i].load(Ordering::Relaxed))
     }
 
-    /// Lock events summed over the CPUs (`HashMaxProbe`: the maximum).
+    /// Lock events summed over the CPUs (maxima, `LockEvent::is_max`: the maximum).
     pub fn total_events(&self) -> [u64; NR_LOCK_EVENTS] {
         std::array::from_fn(|i| {
             let vals = self.cpus.iter().map(|c| c.events[i].load(Ordering::Relaxed));
-            if i == LockEvent::HashMaxProbe.index() {
+            if LockEvent::ALL[i].is_max() {
                 vals.max().unwrap_or(0)
             } else {
                 vals.sum()
@@ -598,6 +598,17 @@ impl HostRun {
         self.results.iter().map(|r| r.acquisitions).sum()
     }
 
+    /// Outermost acquisitions per second of the run's own clock: the sum
+    /// over CPUs divided by the longest CPU's elapsed time (each CPU times
+    /// its run with `cycles()`, as a vCPU does), not by a nominal duration.
+    pub fn acquisitions_per_sec(&self) -> f64 {
+        let ns = self.results.iter().map(|r| r.elapsed_ns).max().unwrap_or(0);
+        if ns == 0 {
+            return 0.0;
+        }
+        self.acquisitions() as f64 * 1e9 / ns as f64
+    }
+
     /// No violation, no panic, no hang and [`torture::verify`] clean.
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty() && self.panics.is_empty() && !self.hung && self.verify.is_ok()
@@ -649,7 +660,13 @@ pub fn run_torture(spec: &HostRunSpec) -> Result<HostRun, ParamError> {
     let torture = if spec.duration.is_zero() {
         torture
     } else {
-        torture.with_deadline(spec.duration.as_nanos() as u64 + machine.platform(0).cycles())
+        // The deadline is in `cycles()` units (TSC cycles on x86-64), not
+        // nanoseconds: a nanosecond deadline ended a run after duration /
+        // (TSC GHz) and made every host acq/s computed over the nominal
+        // duration that many times too small (the "host thread 2x slower
+        // than the guest" of issue 20).
+        let ns = spec.duration.as_nanos().min(u64::MAX as u128) as u64;
+        torture.with_deadline(torture.clock().ns_to_cycles(ns) + machine.platform(0).cycles())
     };
 
     type CpuOut = (TortureResult, Box<LatencyHistogram>, Vec<u64>);

@@ -11,7 +11,7 @@
 //!   offers no PV spinlocks: unfair, but immune to lock-*waiter* preemption.
 
 use crate::sync::atomic::Ordering;
-use crate::system::RawLock;
+use crate::system::{LockAlgorithm, LockSystem, RawLock};
 use crate::word;
 use crate::Platform;
 use pvlock_abi::GuestPhase;
@@ -73,4 +73,32 @@ pub(crate) fn tas_lock<P: Platform>(p: &P, lock: &RawLock) {
 /// `queued_spin_unlock()`: `smp_store_release(&lock->locked, 0)`.
 pub(crate) fn tas_unlock(lock: &RawLock) {
     word::store_locked(&lock.val, 0, Ordering::Release);
+}
+
+/// The ticket lock, as the variant table names it.
+pub(crate) struct Ticket;
+
+impl LockAlgorithm for Ticket {
+    #[inline]
+    fn lock<P: Platform>(&self, _sys: &LockSystem<'_>, p: &P, lock: &RawLock) {
+        ticket_lock(p, lock);
+    }
+    #[inline]
+    fn unlock<P: Platform>(&self, _sys: &LockSystem<'_>, _p: &P, lock: &RawLock) {
+        ticket_unlock(lock);
+    }
+}
+
+/// The test-and-set fallback, as the variant table names it.
+pub(crate) struct Tas;
+
+impl LockAlgorithm for Tas {
+    #[inline]
+    fn lock<P: Platform>(&self, _sys: &LockSystem<'_>, p: &P, lock: &RawLock) {
+        tas_lock(p, lock);
+    }
+    #[inline]
+    fn unlock<P: Platform>(&self, _sys: &LockSystem<'_>, _p: &P, lock: &RawLock) {
+        tas_unlock(lock);
+    }
 }

@@ -8,13 +8,9 @@
 
 use crate::hash::PvHash;
 use crate::node::NodeArray;
-use crate::pv::hashval::Hashval;
-use crate::pv::lineage::{Flavor, Lineage};
-use crate::pv::v4_2::V42;
-use crate::pv::v4_3::V43;
-use crate::qspinlock::{self, Cx, Native, PvHooks};
-use crate::simple;
+use crate::qspinlock::{self, Cx, PvHooks};
 use crate::sync::atomic::AtomicU32;
+use crate::variants;
 use crate::{ExternalLock, Platform};
 use pvlock_abi::{GuestPhase, TraceEvent, Variant};
 
@@ -139,22 +135,7 @@ impl<'a> LockSystem<'a> {
             p.trace(TraceEvent::Acquired, lock.addr(), 0, 0);
             return;
         }
-        match self.cfg.variant {
-            Variant::Ticket => simple::ticket_lock(p, lock),
-            Variant::Tas => simple::tas_lock(p, lock),
-            Variant::Qspinlock => self.q(p, &Native, lock),
-            Variant::PvV42 => self.q(p, &V42, lock),
-            Variant::PvV43 => self.q(p, &V43, lock),
-            Variant::PvV45 => self.q(p, &Lineage(Flavor::V45), lock),
-            Variant::PvV48 => self.q(p, &Lineage(Flavor::V48), lock),
-            Variant::PvRehash2016 => self.q(p, &Lineage(Flavor::Rehash2016), lock),
-            Variant::PvHashval2016 => self.q(p, &Hashval, lock),
-            Variant::PvUpstream => self.q(p, &Lineage(Flavor::Upstream), lock),
-            Variant::MutantNoStoreMb => self.q(p, &Lineage(Flavor::NoStoreMb), lock),
-            Variant::MutantSlowBeforeHash => self.q(p, &Lineage(Flavor::SlowBeforeHash), lock),
-            Variant::MutantHaltedHead => self.q(p, &Lineage(Flavor::HaltedHead), lock),
-            Variant::KernelPv | Variant::KernelNative => no_kernel_module(p),
-        }
+        variants::lock_as(self.cfg.variant, self, p, lock);
         p.set_phase(GuestPhase::Holding, lock.addr(), 0);
         p.trace(TraceEvent::Acquired, lock.addr(), 0, 0);
     }
@@ -168,29 +149,9 @@ impl<'a> LockSystem<'a> {
             p.set_phase(GuestPhase::Running, 0, 0);
             return;
         }
-        match self.cfg.variant {
-            Variant::Ticket => simple::ticket_unlock(lock),
-            Variant::Tas => simple::tas_unlock(lock),
-            Variant::Qspinlock => Native.unlock(&self.cx(p), lock),
-            Variant::PvV42 => V42.unlock(&self.cx(p), lock),
-            Variant::PvV43 => V43.unlock(&self.cx(p), lock),
-            Variant::PvV45 => Lineage(Flavor::V45).unlock(&self.cx(p), lock),
-            Variant::PvV48 => Lineage(Flavor::V48).unlock(&self.cx(p), lock),
-            Variant::PvRehash2016 => Lineage(Flavor::Rehash2016).unlock(&self.cx(p), lock),
-            Variant::PvHashval2016 => Hashval.unlock(&self.cx(p), lock),
-            Variant::PvUpstream => Lineage(Flavor::Upstream).unlock(&self.cx(p), lock),
-            Variant::MutantNoStoreMb => Lineage(Flavor::NoStoreMb).unlock(&self.cx(p), lock),
-            Variant::MutantSlowBeforeHash => Lineage(Flavor::SlowBeforeHash).unlock(&self.cx(p), lock),
-            Variant::MutantHaltedHead => Lineage(Flavor::HaltedHead).unlock(&self.cx(p), lock),
-            Variant::KernelPv | Variant::KernelNative => no_kernel_module(p),
-        }
+        variants::unlock_as(self.cfg.variant, self, p, lock);
         p.trace(TraceEvent::Released, lock.addr(), 0, 0);
         p.set_phase(GuestPhase::Running, 0, 0);
-    }
-
-    #[inline]
-    fn q<P: Platform, H: PvHooks>(&self, p: &P, h: &H, lock: &RawLock) {
-        qspinlock::lock(&self.cx(p), h, lock);
     }
 
     /// Hash entries in use (stale entries, at the end of a run).
@@ -209,8 +170,47 @@ impl<'a> LockSystem<'a> {
     }
 }
 
-/// A kernel variant's code is a kernel tree's, reached only through
-/// [`LockSystem::with_external`].
+/// A variant's lock and unlock code: what the variant table
+/// (`variants.rs`) names for each [`Variant`], and [`LockSystem`]
+/// dispatches to.
+pub(crate) trait LockAlgorithm {
+    /// `spin_lock()`, up to (not including) the phase and trace of the
+    /// acquisition, which [`LockSystem::lock`] records for every variant.
+    fn lock<P: Platform>(&self, sys: &LockSystem<'_>, p: &P, lock: &RawLock);
+    /// `spin_unlock()`, between the phase and trace [`LockSystem::unlock`]
+    /// records.
+    fn unlock<P: Platform>(&self, sys: &LockSystem<'_>, p: &P, lock: &RawLock);
+}
+
+/// A queued spinlock whose slow path has the hooks `H` (native or one of
+/// the PV variants).
+pub(crate) struct Queued<H>(pub(crate) H);
+
+impl<H: PvHooks> LockAlgorithm for Queued<H> {
+    #[inline]
+    fn lock<P: Platform>(&self, sys: &LockSystem<'_>, p: &P, lock: &RawLock) {
+        qspinlock::lock(&sys.cx(p), &self.0, lock);
+    }
+    #[inline]
+    fn unlock<P: Platform>(&self, sys: &LockSystem<'_>, p: &P, lock: &RawLock) {
+        self.0.unlock(&sys.cx(p), lock);
+    }
+}
+
+/// A kernel variant: its code is a kernel tree's, reached only through
+/// [`LockSystem::with_external`]; reaching it here is a BUG.
+pub(crate) struct KernelTree;
+
+impl LockAlgorithm for KernelTree {
+    fn lock<P: Platform>(&self, _sys: &LockSystem<'_>, p: &P, _lock: &RawLock) {
+        no_kernel_module(p)
+    }
+    fn unlock<P: Platform>(&self, _sys: &LockSystem<'_>, p: &P, _lock: &RawLock) {
+        no_kernel_module(p)
+    }
+}
+
+#[track_caller]
 fn no_kernel_module<P: Platform>(p: &P) -> ! {
     p.bug(format_args!("a kernel variant runs a kernel tree's code: build the LockSystem with_external()"))
 }

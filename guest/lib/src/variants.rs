@@ -1,6 +1,14 @@
-//! What each lock variant is, for `pvlock list variants` and reports:
-//! summary, source (commit or thread), the release it first shipped in and
-//! how that was checked, and the race windows its code calls.
+//! The guest's table of lock variants: for each [`Variant`] of the ABI
+//! registry, the code that runs it (its [`LockAlgorithm`], which
+//! [`crate::system::LockSystem`] dispatches to) and what it is, for `pvlock
+//! list variants` and reports: summary, source (commit or thread), the
+//! release it first shipped in and how that was checked, and the race
+//! windows its code calls.
+//!
+//! Adding a variant is one entry here (its implementation and metadata),
+//! one line in the ABI's `variant_registry!` and its module: the generated
+//! dispatch `match` is exhaustive, so the compiler names a registry line
+//! without an entry here.
 //!
 //! The windows listed are exactly the [`Window`]s the variant's lock and
 //! unlock code passes to [`crate::Platform::race_window`] (a unit test
@@ -8,6 +16,14 @@
 //! torture workload around every critical section, for every variant, so
 //! it is not listed here.
 
+use crate::pv::hashval::Hashval;
+use crate::pv::lineage::{Flavor, Lineage};
+use crate::pv::v4_2::V42;
+use crate::pv::v4_3::V43;
+use crate::qspinlock::Native;
+use crate::simple::{Tas, Ticket};
+use crate::system::{KernelTree, LockAlgorithm, LockSystem, Queued, RawLock};
+use crate::Platform;
 use pvlock_abi::{Variant, Window};
 
 /// Metadata of one variant.
@@ -36,10 +52,36 @@ const PV_ALL: &[Window] =
 const PV_HASHVAL: &[Window] =
     &[Handoff, KickNodeHash, HeadHashSlow, UnlockUnhash, UnlockKick, HeadTrylock, HashvalHeld, WaitNodeRecheck];
 
-/// Every variant, in [`Variant::ALL`] order.
-pub const VARIANTS: &[VariantInfo] = &[
-    VariantInfo {
-        variant: Variant::Ticket,
+/// Declares [`VARIANTS`] (every variant's metadata, in [`Variant::ALL`]
+/// order) and the dispatch from a [`Variant`] to its [`LockAlgorithm`]
+/// (`lock_as` / `unlock_as`, one exhaustive `match` each, statically
+/// dispatched as a hand-written `match` would be).
+macro_rules! variant_table {
+    ($($v:ident { lock: $imp:expr, $($field:ident: $val:expr),+ $(,)? },)*) => {
+        /// Every variant, in [`Variant::ALL`] order.
+        pub const VARIANTS: &[VariantInfo] = &[$(VariantInfo { variant: Variant::$v, $($field: $val),+ },)*];
+
+        /// `spin_lock()` with `v`'s code.
+        #[inline]
+        pub(crate) fn lock_as<P: Platform>(v: Variant, sys: &LockSystem<'_>, p: &P, lock: &RawLock) {
+            match v {
+                $(Variant::$v => LockAlgorithm::lock(&$imp, sys, p, lock),)*
+            }
+        }
+
+        /// `spin_unlock()` with `v`'s code.
+        #[inline]
+        pub(crate) fn unlock_as<P: Platform>(v: Variant, sys: &LockSystem<'_>, p: &P, lock: &RawLock) {
+            match v {
+                $(Variant::$v => LockAlgorithm::unlock(&$imp, sys, p, lock),)*
+            }
+        }
+    };
+}
+
+variant_table! {
+    Ticket {
+        lock: Ticket,
         summary: "FIFO ticket spinlock (x86's lock before qspinlock), no PV slow path",
         source: "314cdbefd1fd \"x86: FIFO ticket spinlocks\"",
         first_release: "v2.6.25 (x86 default until v4.2)",
@@ -47,8 +89,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "none (FIFO)",
         windows: &[],
     },
-    VariantInfo {
-        variant: Variant::Tas,
+    Tas {
+        lock: Tas,
         summary: "test-and-test-and-set fallback virt_spin_lock(): what a guest without PV spinlocks runs",
         source: "2aa79af64263 \"locking/qspinlock: Revert to test-and-set on hypervisors\"; arch/x86/include/asm/qspinlock.h",
         first_release: "v4.2",
@@ -56,8 +98,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "always (unfair)",
         windows: &[],
     },
-    VariantInfo {
-        variant: Variant::Qspinlock,
+    Qspinlock {
+        lock: Queued(Native),
         summary: "native queued spinlock: pending bit, then MCS queue (today's qspinlock.c)",
         source: "a33fda35e3a7 (v4.2) as restructured since; upstream kernel/locking/qspinlock.c",
         first_release: "v4.2",
@@ -65,8 +107,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "none (the slow path's trylock needs an all-zero word)",
         windows: &[],
     },
-    VariantInfo {
-        variant: Variant::PvV42,
+    PvV42 {
+        lock: Queued(V42),
         summary: "first PV qspinlock: owner kicks a halted successor, head hashes itself, unlock kicks a halted head",
         source: "a23db284fe0d + b92b8b35a2e3 + 93edc8bd7750 (the file just before 75d2270280686)",
         first_release: "v4.2",
@@ -76,8 +118,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "none",
         windows: PV_V42,
     },
-    VariantInfo {
-        variant: Variant::PvV43,
+    PvV43 {
+        lock: Queued(V43),
         summary: "vcpu_hashed: the owner hashes a halted successor instead of kicking it; kick only at unlock",
         source: "75d2270280686 \"locking/pvqspinlock: Only kick CPU at unlock time\" (posted 2015-07-11)",
         first_release: "v4.3",
@@ -88,8 +130,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "none",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::PvV45,
+    PvV45 {
+        lock: Queued(Lineage(Flavor::V45)),
         summary: "head sets pending, one steal at slow-path entry, wait-early; head writes vcpu_halted: double hash (R1)",
         source: "1c4941fd53af (limited stealing) + cd0272fab785 (wait early) + 45e898b73562 (stats): the v4.5 release",
         first_release: "v4.5",
@@ -98,8 +140,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::PvV48,
+    PvV48 {
+        lock: Queued(Lineage(Flavor::V48)),
         summary: "v4.7 + \"Fix double hash race\": the head writes vcpu_hashed before pv_wait",
         source: "229ce631574761870a2ac938845fadbd07f35caa (v4.8-rc2) on the v4.7 file: the v4.8 release",
         first_release: "v4.8",
@@ -108,8 +150,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::PvRehash2016,
+    PvRehash2016 {
+        lock: Queued(Lineage(Flavor::Rehash2016)),
         summary: "v4.8 + a kicked-then-stolen head re-hashes and sets _Q_SLOW_VAL before waiting again (R3)",
         source: "\"[PATCH v2 2/5] locking/pvqspinlock: Fix missed PV wakeup problem\" (July 2016); \
                  rule reconstructed on pv-v4.8's lock with the July 2016 tip counters, see pv/lineage.rs",
@@ -118,8 +160,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::PvHashval2016,
+    PvHashval2016 {
+        lock: Queued(Hashval),
         summary: "_Q_HASH_VAL=3 marks hashing in progress, _Q_SLOW_VAL=7, node/head x running/halted states",
         source: "Peter Zijlstra's reply (2016-07-15) in the \"Fix missed PV wakeup problem\" thread; \
                  base: the July 2016 tip file (v4.7 + 229ce6315747 + the v4.9 stats split); see pv/hashval.rs",
@@ -129,8 +171,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "one attempt at slow-path entry when locked and pending are clear",
         windows: PV_HASHVAL,
     },
-    VariantInfo {
-        variant: Variant::PvUpstream,
+    PvUpstream {
+        lock: Queued(Lineage(Flavor::Upstream)),
         summary: "today's PV qspinlock: hybrid unfair trylock, smp_mb__before_atomic + relaxed cmpxchg in pv_kick_node",
         source: "kernel/locking/qspinlock_paravirt.h (v6.x); 11752adb68a3 (hybrid), 89340d0935c9 (wait-early on state only)",
         first_release: "v6.x (hybrid trylock since 11752adb68a3, release not checked; the one-shot steal before it)",
@@ -138,8 +180,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "hybrid: newcomers keep trying while a queue exists and pending is clear",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::MutantNoStoreMb,
+    MutantNoStoreMb {
+        lock: Queued(Lineage(Flavor::NoStoreMb)),
         summary: "upstream without the full barrier between pv_wait_node's halted store and locked re-check (R5)",
         source: "mutant of pv-upstream",
         first_release: "- (self-test)",
@@ -147,8 +189,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "hybrid",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::MutantSlowBeforeHash,
+    MutantSlowBeforeHash {
+        lock: Queued(Lineage(Flavor::SlowBeforeHash)),
         summary: "upstream whose head sets _Q_SLOW_VAL before its hash insert (pv_unhash BUG)",
         source: "mutant of pv-upstream",
         first_release: "- (self-test)",
@@ -156,8 +198,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "hybrid",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::MutantHaltedHead,
+    MutantHaltedHead {
+        lock: Queued(Lineage(Flavor::HaltedHead)),
         summary: "upstream with v4.5's vcpu_halted head write (R1 in an otherwise upstream lock)",
         source: "mutant of pv-upstream",
         first_release: "- (self-test)",
@@ -165,8 +207,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "hybrid",
         windows: PV_ALL,
     },
-    VariantInfo {
-        variant: Variant::KernelPv,
+    KernelPv {
+        lock: KernelTree,
         summary: "a kernel tree's own __pv_queued_spin_lock_slowpath + __pv_queued_spin_unlock, compiled unmodified",
         source: "lock.kernel_tree (+ lock.kernel_patches): kernel/locking/qspinlock.c of that tree",
         first_release: "the tree's (its Makefile)",
@@ -174,8 +216,8 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "the tree's",
         windows: &[],
     },
-    VariantInfo {
-        variant: Variant::KernelNative,
+    KernelNative {
+        lock: KernelTree,
         summary: "a kernel tree's own native_queued_spin_lock_slowpath and native unlock, compiled unmodified",
         source: "lock.kernel_tree (+ lock.kernel_patches): kernel/locking/qspinlock.c of that tree",
         first_release: "the tree's (its Makefile)",
@@ -183,7 +225,7 @@ pub const VARIANTS: &[VariantInfo] = &[
         stealing: "the tree's",
         windows: &[],
     },
-];
+}
 
 /// The smallest `SPIN_THRESHOLD` at which `pv_wait_early()` can fire: the
 /// spin loop counts `loop` down from the threshold to 1 and looks at the

@@ -159,10 +159,11 @@ fn v4_10_recursive_lock_takes_its_own_handoff_and_v4_11_does_not() {
     for f in [MutexFlavor::V5_12, MutexFlavor::V5_13, MutexFlavor::V4_9] {
         assert_eq!(recursive_lock(f), Err(Interrupted), "{}: must stay blocked until killed", f.name());
     }
-    // Finding (docs/SLEEPING.md): today's __mutex_trylock_common() (v5.16+
-    // text) sets HANDOFF with a cmpxchg that keeps the owner, and reports
-    // success when that owner is current: the recursive lock "succeeds"
-    // again after a spurious wakeup, as in v4.10.
+    // Finding, confirmed (results/findings/20261201-upstream-recursive-handoff.md):
+    // since ad90880dc962 (v5.15) __mutex_trylock_common() sets HANDOFF with
+    // a cmpxchg that keeps the owner, and reports success when that owner
+    // is current: the recursive lock "succeeds" again after a spurious
+    // wakeup, as in v4.10.
     assert_eq!(recursive_lock(MutexFlavor::Upstream), Ok(()), "mutex-upstream: the v4.10 behaviour is back");
 }
 

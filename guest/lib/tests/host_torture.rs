@@ -241,3 +241,21 @@ fn tiny_spin_threshold_reaches_pv_wait() {
         },
     );
 }
+
+/// A run by duration lasts that duration (the deadline is converted to
+/// `cycles()` units, not taken as nanoseconds), and its acq/s is computed
+/// over the time it really ran.
+#[test]
+fn a_timed_run_lasts_its_duration() {
+    let mut t = params(1, 1);
+    t.max_acquisitions = 0;
+    let mut s = spec(Variant::Qspinlock, 1, 1 << 15, t);
+    s.duration = Duration::from_millis(60);
+    let r = run_torture(&s).unwrap();
+    assert!(r.is_clean(), "{}", summary(Variant::Qspinlock, &r));
+    let ran_ms = r.results[0].elapsed_ns as f64 / 1e6;
+    assert!(ran_ms >= 59.0, "the CPU ran {ran_ms:.1} ms of a 60 ms run");
+    assert!(r.elapsed >= Duration::from_millis(59), "wall {:?}", r.elapsed);
+    let aps = r.acquisitions_per_sec();
+    assert!((aps - r.acquisitions() as f64 / (ran_ms / 1e3)).abs() <= aps * 1e-9);
+}

@@ -82,10 +82,11 @@ fn simple_locks_acquire() {
 
 #[test]
 fn native_qspinlock_fast_pending_and_queue_acquire() {
-    // The native queue needs a third CPU (one pending, one queued), and a
-    // 3-CPU model costs minutes; the queue head's acquisition is the same
-    // code in pv-v4.2 / pv-v4.3 (their `pv_wait_head()` returns 0 and the
-    // native `*,*,0 -> *,*,1` path takes the lock), audited below.
+    // The native queue needs a third CPU (one pending, one queued): its
+    // queue head is audited in loom_native_queue_head.rs (3 CPUs, directed
+    // to the queue); the same code also runs in pv-v4.2 / pv-v4.3 (their
+    // `pv_wait_head()` returns 0 and the native `*,*,0 -> *,*,1` path takes
+    // the lock), audited below.
     check_spin(Variant::Qspinlock, 2, 1, 3, &[SpinPath::Fast, SpinPath::Pending]);
 }
 

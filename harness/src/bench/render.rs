@@ -2,9 +2,10 @@
 //! [`BenchResult`], drawn like `report/plots.rs` (plotters' SVG backend,
 //! text as `<text>` elements, no font files).
 
-use super::stats::{Ratio, Spread};
+use super::stats::Ratio;
 use super::{BenchResult, KickWake, ThroughputRow, RATIO_PV_OVER_TICKET, RATIO_PV_OVER_TICKET_STALLS};
 use crate::report::plots::variant_color;
+use crate::stats::Estimate;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 
@@ -15,24 +16,107 @@ pub fn files(r: &BenchResult) -> Vec<(String, String)> {
         out.push((format!("throughput_{h}host.svg"), throughput_svg(r, h)));
     }
     out.push(("guest_over_host.svg".into(), guest_host_svg(r)));
+    out.push(("readme-section.md".into(), readme_section(r)));
     out
 }
 
-fn opt(s: &Option<Spread>, prec: usize) -> String {
+/// The README's performance section: the goals and the headline figures
+/// of this one run (`scripts/publish-bench` pastes it between the README's
+/// bench markers, so README and committed results come from one run).
+pub fn readme_section(r: &BenchResult) -> String {
+    let mut s = String::new();
+    let load = |l: &Option<[f64; 3]>| l.map(|l| format!("{:.2}", l[0])).unwrap_or("?".into());
+    let _ = writeln!(
+        s,
+        "Figures of one `pvlock bench` run{} started {} on {} ({}, kernel {}; 1-minute load {} at start, {} at \
+         end{}), mean ± 95% half-width over repeats; its full report, raw samples and plots are in \
+         `results/bench/` (the directory of that start time).\n",
+        if r.plan.quick { " (--quick)" } else { "" },
+        r.started_at,
+        r.env.host_cpu_model,
+        r.env.kvm_flavour,
+        r.env.kernel,
+        load(&r.load_start),
+        load(&r.load_end),
+        if r.complete { "" } else { "; PARTIAL" }
+    );
+    s += "| goal | met | numbers |\n|---|---|---|\n";
+    for g in &r.goals {
+        let met = match g.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(s, "| {} | {met} | {} |", g.goal, g.detail);
+    }
+    s += "\n| figure | value |\n|---|---|\n";
+    let _ = writeln!(s, "| MMIO exit round trip | {} us |", opt(&r.mmio_exit_us, 2));
+    let _ = writeln!(s, "| kick store (ioeventfd) | {} us |", opt(&r.kick_store_us, 2));
+    for (label, k) in [
+        ("really blocks", &r.kick_wake_us),
+        ("VMM poll wins", &r.kick_wake_tuned_us),
+        ("guest poll wins", &r.kick_wake_guest_poll_us),
+    ] {
+        let v = k
+            .as_ref()
+            .map(|k| format!("p50 {} us, p99 {} us", k.p50_spread.show(2), k.p99_spread.show(1)))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "| kick -> wake, {label} | {v} |");
+    }
+    for row in r.poll_cost.iter().filter(|x| x.over_no_poll.is_some()) {
+        let _ = writeln!(
+            s,
+            "| throughput with the {} poll, {}x overcommit, over no poll | {} |",
+            row.mode.name(),
+            row.vcpus / row.host_cpus.max(1),
+            ratio_cell(&row.over_no_poll)
+        );
+    }
+    if let Some(u) = &r.uncontended {
+        let _ = writeln!(
+            s,
+            "| uncontended qspinlock, guest / host thread (ns per acquisition) | {} ({} ns / {} ns) |",
+            u.guest_over_host.show(3),
+            u.guest_ns.show(1),
+            u.host_ns.show(1)
+        );
+    }
+    if let Some(o) = &r.overhead {
+        let _ = writeln!(s, "| torture / dedicated loop (bookkeeping) | {} |", ratio_cell(&o.torture_over_loop));
+        let _ = writeln!(s, "| torture without / with the trace ring | {} |", ratio_cell(&o.no_trace_over_trace));
+    }
+    if let Some(sw) = &r.sweep {
+        let slope = |x: &Option<super::sweep::Slope>| x.map(|x| x.show(3)).unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "| boot time per vCPU | {} ms |", slope(&sw.boot_slope_ms));
+        let _ = writeln!(s, "| of it, vCPU setup per vCPU | {} ms |", slope(&sw.vcpu_setup_slope_ms));
+        let _ = writeln!(s, "| of it, kick eventfd registration per vCPU | {} ms |", slope(&sw.kick_setup_slope_ms));
+        let _ = writeln!(s, "| peak RSS per vCPU | {} MiB |", slope(&sw.rss_slope_mib));
+    }
+    for (k, v) in &r.ratios {
+        let _ = writeln!(s, "| `{k}` | {} |", v.show(3));
+    }
+    s
+}
+
+fn opt(s: &Option<Estimate>, prec: usize) -> String {
     s.map(|s| s.show(prec)).unwrap_or_else(|| "-".into())
 }
 
 fn kw_row(k: &Option<KickWake>, label: &str) -> String {
     match k {
         Some(k) => format!(
-            "| kick -> wake, {label} (halt_poll_us = {}) | p50 {} / p99 {} / max {} (max of runs {:.1}) | us | {} runs, {} round trips |\n",
+            "| kick -> wake, {label} (halt_poll_us = {}, guest_poll_ns = {}) | p50 {} / p99 {} / max {} (max of runs {:.1}) | us | {} runs, {} round trips; guest polls won {}, VMM polls won {}, blocked waits {} |\n",
             k.halt_poll_us,
+            k.guest_poll_ns,
             k.p50_spread.show(1),
             k.p99_spread.show(1),
             k.max_spread.show(1),
             k.max,
             k.p50_spread.n,
-            k.count
+            k.count,
+            k.guest_polls_won,
+            k.vmm_polls_won,
+            k.waits_blocked
         ),
         None => format!("| kick -> wake, {label} | - | us | not measured |\n"),
     }
@@ -90,15 +174,17 @@ pub fn markdown(r: &BenchResult) -> String {
         "| disabled race window | {} | ns per call | `race_window(Handoff)` off, minus an empty loop (4M calls) |",
         opt(&r.disabled_window_ns, 3)
     );
-    s += &kw_row(&r.kick_wake_us, "no poll");
-    s += &kw_row(&r.kick_wake_tuned_us, "tuned poll");
+    s += &kw_row(&r.kick_wake_us, "really blocks");
+    s += &kw_row(&r.kick_wake_tuned_us, "VMM poll wins");
+    s += &kw_row(&r.kick_wake_guest_poll_us, "guest poll wins");
     let _ = writeln!(
         s,
         "\nKick -> wake: 2 vCPUs on 2 host CPUs, {} round trips per run; the kicker waits 200 us after the \
          peer announces its wait, so the peer is really blocked: a halt poll only wins if it is longer than \
-         that, hence the tuned value {} us. Percentiles are the guest histogram's bucket lower bounds \
+         that, hence the tuned values ({} us in the VMM, {} ns in the guest). A guest poll that wins costs no exit and, \
+         as the kicker sees the target polling, no kick store either. Percentiles are the guest histogram's bucket lower bounds \
          (a quarter of a power of two: 4 us wide at 16 us, 16 us wide at 64 us).\n",
-        p.ping_pong_iterations, p.tuned_halt_poll_us
+        p.ping_pong_iterations, p.tuned_halt_poll_us, p.tuned_guest_poll_ns
     );
 
     let _ = writeln!(
@@ -140,6 +226,34 @@ pub fn markdown(r: &BenchResult) -> String {
          `{RATIO_PV_OVER_TICKET_STALLS}`: the same with random stalls; \
          `qspinlock_uncontended_guest_over_host`: ns per acquire+release (1 vCPU / 1 thread, cs = think = 0).\n"
     );
+    if !r.poll_cost.is_empty() {
+        let _ = writeln!(
+            s,
+            "### What polling costs\n\npv-upstream torture (cs {} ns, think {} ns) on {} host CPUs, polls of {} ns \
+             (guest) or {} us (VMM halt poll), both forced on under overcommit; ratio: acq/s over the no-poll runs \
+             of the same repeats.\n\n| vCPUs | overcommit | poll | acq/s | over no poll | polls won | ok |\n|---|---|---|---|---|---|---|",
+            p.cs_ns,
+            p.think_ns,
+            super::poll::POLL_COST_HOST_CPUS,
+            p.poll_cost_ns,
+            p.poll_cost_ns / 1000
+        );
+        for row in &r.poll_cost {
+            let _ = writeln!(
+                s,
+                "| {} | {}x | {} | {} | {} | {} | {}/{} |",
+                row.vcpus,
+                row.vcpus / row.host_cpus.max(1),
+                row.mode.name(),
+                opt(&row.acq_per_sec, 0),
+                ratio_cell(&row.over_no_poll),
+                row.won_fraction.map(|f| format!("{:.1}%", f * 100.0)).unwrap_or_else(|| "-".into()),
+                row.ok_runs,
+                row.runs
+            );
+        }
+        s += "\n";
+    }
     if let Some(u) = &r.uncontended {
         let _ = writeln!(
             s,
@@ -169,6 +283,68 @@ pub fn markdown(r: &BenchResult) -> String {
         );
     }
 
+    if let Some(o) = &r.overhead {
+        let _ = writeln!(
+            s,
+            "## Bookkeeping overhead\n\n{} on 1 vCPU / 1 host CPU, cs {} ns, think {} ns, {} ms per run; every kind \
+             runs once per repeat, back to back. The dedicated loops run the same critical section and think time \
+             with none of the torture's checks (owner marks, counters, latency timestamps, lock picks, phases).\n\n\
+             | loop | ns per acquisition | acq/s | over the dedicated loop |\n|---|---|---|---|",
+            o.variant, p.overhead_cs_ns, p.overhead_think_ns, p.overhead_ms
+        );
+        for row in &o.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                row.kind.name(),
+                opt(&row.ns_per_iter, 1),
+                opt(&row.acq_per_sec, 0),
+                ratio_cell(&row.over_lock_loop)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nTrace ring (default `trace_entries`) cost: torture without / with tracing = {}.\n",
+            ratio_cell(&o.no_trace_over_trace)
+        );
+    }
+    if let Some(sw) = &r.sweep {
+        let slope = |x: &Option<super::sweep::Slope>| x.map(|x| x.show(3)).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "## Cost growth with the vCPU count\n\npv-upstream torture on {} host CPUs, {} ms per run. Boot: VM \
+             creation to the first guest instruction; vCPU setup: the part of it spent creating and setting up the \
+             vCPUs one after the other. CPU: user + system time of the process per vCPU per second of run. \
+             Peak RSS: `VmHWM`, reset before each run.\n\n\
+             | vCPUs | boot ms | vCPU setup ms | kick setup ms | acq/s | CPU ms per vCPU-s | peak RSS MiB | ok |\n|---|---|---|---|---|---|---|---|",
+            super::sweep::SWEEP_HOST_CPUS,
+            p.sweep_ms
+        );
+        for row in &sw.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+                row.vcpus,
+                opt(&row.boot_ms, 2),
+                opt(&row.vcpu_setup_ms, 2),
+                opt(&row.kick_setup_ms, 2),
+                opt(&row.acq_per_sec, 0),
+                opt(&row.cpu_ms_per_vcpu_s, 0),
+                opt(&row.peak_rss_mib, 1),
+                row.ok_runs,
+                row.runs
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nSlopes (least squares over every ok run, 95% interval): boot {} ms per vCPU, vCPU setup {} ms per \
+             vCPU, kick setup {} ms per vCPU, peak RSS {} MiB per vCPU.\n",
+            slope(&sw.boot_slope_ms),
+            slope(&sw.vcpu_setup_slope_ms),
+            slope(&sw.kick_setup_slope_ms),
+            slope(&sw.rss_slope_mib)
+        );
+    }
     let _ = writeln!(
         s,
         "## 4. Time to detect (random mode, the reproducer's default variant)\n\n\

@@ -1,44 +1,12 @@
-//! The bench's statistics: a figure's spread over repeats, and the ratio of
-//! two means with a 95% interval (Fieller's theorem).
+//! The bench's statistics: the ratio of two means with a 95% interval
+//! (Fieller's theorem), and medians.
 //!
-//! Means and Student-t intervals come from [`crate::stats::mean_ci95`];
-//! percentiles of raw values from [`crate::stats::percentile`].
+//! A figure over its repeats is a [`crate::stats::Estimate`] (the report's
+//! type too); percentiles of raw values come from
+//! [`crate::stats::percentile`].
 
-use crate::stats::{mean_ci95, t95};
+use crate::stats::{sq_se, t95, welch_satterthwaite_df, Estimate};
 use serde::{Deserialize, Serialize};
-
-/// One figure over its repeats: mean with a 95% Student-t half-width, the
-/// range, and how many repeats went in. The unit is the field's.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Spread {
-    pub mean: f64,
-    /// Half-width of the 95% interval of the mean; `None` below 2 repeats.
-    pub ci95: Option<f64>,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
-}
-
-impl Spread {
-    /// `None` for no values.
-    pub fn of(xs: &[f64]) -> Option<Spread> {
-        if xs.is_empty() {
-            return None;
-        }
-        let (mean, ci95) = mean_ci95(xs);
-        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some(Spread { mean, ci95, min, max, n: xs.len() })
-    }
-
-    /// `12.3 ± 0.4` (or `12.3 (n=1)`), with `prec` decimals.
-    pub fn show(&self, prec: usize) -> String {
-        match self.ci95 {
-            Some(h) => format!("{:.p$} ± {:.p$}", self.mean, h, p = prec),
-            None => format!("{:.p$} (n={})", self.mean, self.n, p = prec),
-        }
-    }
-}
 
 /// The ratio of two means with its 95% interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -50,8 +18,8 @@ pub struct Ratio {
     /// than 2 values.
     pub ci95_lo: Option<f64>,
     pub ci95_hi: Option<f64>,
-    pub num: Spread,
-    pub den: Spread,
+    pub num: Estimate,
+    pub den: Estimate,
 }
 
 impl Ratio {
@@ -81,7 +49,7 @@ impl Ratio {
 /// `t` is Student's two-sided 95% quantile with Welch–Satterthwaite
 /// degrees of freedom for `va + r² vb` at the point estimate.
 pub fn ratio_of_means(num: &[f64], den: &[f64]) -> Option<Ratio> {
-    let (sn, sd) = (Spread::of(num)?, Spread::of(den)?);
+    let (sn, sd) = (Estimate::of(num)?, Estimate::of(den)?);
     let (a, b) = (sn.mean, sd.mean);
     if b == 0.0 {
         return None;
@@ -94,27 +62,14 @@ pub fn ratio_of_means(num: &[f64], den: &[f64]) -> Option<Ratio> {
     Some(Ratio { value: r, ci95_lo: lo, ci95_hi: hi, num: sn, den: sd })
 }
 
-/// Squared standard error of the mean, s² / n (`None` below 2 values).
-fn sq_se(xs: &[f64]) -> Option<f64> {
-    let n = xs.len();
-    if n < 2 {
-        return None;
-    }
-    let m = xs.iter().sum::<f64>() / n as f64;
-    let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64;
-    Some(var / n as f64)
-}
-
-/// Welch–Satterthwaite degrees of freedom of `va + r² vb`.
+/// Welch–Satterthwaite degrees of freedom of `va + r² vb`, floored (the
+/// conservative side) and kept in `1..=na + nb - 2`.
 fn welch_df(va: f64, vb: f64, r: f64, na: usize, nb: usize) -> usize {
-    let (x, y) = (va, r * r * vb);
-    let den = x * x / (na - 1) as f64 + y * y / (nb - 1) as f64;
-    if den <= 0.0 {
+    match welch_satterthwaite_df(va, na, r * r * vb, nb) {
+        Some(df) => (df.floor() as usize).clamp(1, na + nb - 2),
         // Both variances zero: the interval is a point whatever t is.
-        return na + nb - 2;
+        None => na + nb - 2,
     }
-    let df = (x + y).powi(2) / den;
-    (df.floor() as usize).clamp(1, na + nb - 2)
 }
 
 /// Fieller's 95% interval; see [`ratio_of_means`].
@@ -152,16 +107,6 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol * b.abs().max(1e-12)
-    }
-
-    #[test]
-    fn spread_of_repeats() {
-        let s = Spread::of(&[1.0, 2.0, 3.0]).unwrap();
-        assert_eq!((s.mean, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
-        assert!(close(s.ci95.unwrap(), 4.303 / 3f64.sqrt(), 1e-9));
-        assert_eq!(Spread::of(&[4.0]).unwrap().ci95, None);
-        assert_eq!(Spread::of(&[]), None);
-        assert_eq!(s.show(1), "2.0 ± 2.5");
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! - this module: the experiment: parse, command-line overrides (applied
 //!   before the matrix is expanded), validation of every run, repeats.
 
+pub mod expect;
 pub mod locate;
 pub mod matrix;
 pub mod schema;
 
+pub use expect::{ExpectRule, Expected};
 pub use locate::ConfigError;
 pub use pvlock_abi::seed::repeat_seed as derive_seed;
 pub use schema::{workload_names, RunConfig, MAX_REPEATS};
@@ -125,7 +127,8 @@ impl Experiment {
     pub fn parse_with(text: &str, file: &str, default_name: &str, overrides: &Overrides) -> Result<Self> {
         let doc = ImDocument::parse(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            ConfigError { file: file.into(), line, key: "(syntax)".into(), why: e.message().trim().to_string() }
+            let key = line.and_then(|l| key_on_text_line(text, l)).unwrap_or_else(|| "(syntax)".into());
+            ConfigError { file: file.into(), line, key, why: e.message().trim().to_string() }
         })?;
         let loc = Locator::new(file, text, &doc);
         let mut axes = matrix::axes(doc.as_table(), &loc)?;
@@ -161,6 +164,13 @@ impl Experiment {
             }
             let text = matrix::point_text(text, &axes, &idx);
             let mut rc: RunConfig = toml::from_str(&text).map_err(|e| type_error(&loc, &text, &e, &axes, &idx))?;
+            // A name given names the result directory: one path component
+            // (checked here, with its line, not only when `compare` makes
+            // the directory).
+            if let Some(why) = (!rc.name.is_empty()).then(|| crate::output::path_component_problem(&rc.name)).flatten()
+            {
+                return Err(loc.error("name", format!("{:?} cannot name a result directory: {why}", rc.name)).into());
+            }
             if rc.name.is_empty() {
                 rc.name = default_name.to_string();
             }
@@ -194,6 +204,7 @@ impl Experiment {
                 runs.push(one);
             }
         }
+        check_expectations(&runs, &loc)?;
         let name = runs.first().map(|r: &RunConfig| r.name.clone()).unwrap_or_else(|| default_name.into());
         Ok(Self { name, source: text.to_string(), runs, varying, notes, locator: loc, overrides: overrides.clone() })
     }
@@ -224,9 +235,21 @@ impl Experiment {
         Ok(())
     }
 
-    /// Checks what depends on this machine (before any run): `host_cpus`
-    /// within the CPUs this process may use.
+    /// Checks what depends on this machine (before any run): a kernel
+    /// variant's tree and patches exist, `host_cpus` within the CPUs this
+    /// process may use.
     pub fn check_host(&self, available: usize) -> Result<(), ConfigError> {
+        // A kernel variant's tree and patches (files of this machine).
+        for rc in &self.runs {
+            if let Err(e) = rc.check_kernel_inputs() {
+                return Err(match self.overrides.flag_of(&e.key) {
+                    Some((flag, _)) => {
+                        ConfigError { file: "command line".into(), line: None, key: flag.into(), why: e.why }
+                    }
+                    None => self.locator.error(e.key, e.why),
+                });
+            }
+        }
         let Some(rc) = self.runs.iter().max_by_key(|r| r.host_cpus) else { return Ok(()) };
         if rc.host_cpus as usize <= available {
             return Ok(());
@@ -240,6 +263,46 @@ impl Experiment {
             None => self.locator.error("host_cpus", why),
         })
     }
+}
+
+/// The dotted key a line of a config assigns (`seed = 9223372036854775808`
+/// under `[lock]` is `lock.seed`), for syntax errors: the document did not
+/// parse, so only the text can say.
+fn key_on_text_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    let (key, _) = here.split_once('=')?;
+    let key: String = key.trim().chars().filter(|c| *c != '"' && *c != '\'').collect();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return None;
+    }
+    let section = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")).or_else(|| l.strip_prefix('[')?.strip_suffix(']'))
+    });
+    Some(match section {
+        Some(s) => format!("{}.{key}", s.trim()),
+        None => key,
+    })
+}
+
+/// Every `[[expect]]` rule must select at least one run: a rule that
+/// selects none is a typo or a value the matrix lost, and would silently
+/// expect nothing.
+fn check_expectations(runs: &[RunConfig], loc: &Locator) -> Result<(), ConfigError> {
+    let Some(first) = runs.first().filter(|r| !r.expect.is_empty()) else { return Ok(()) };
+    let rules = first.expect_rules().map_err(|e| loc.error(e.key, e.why))?;
+    let configs: Vec<toml::Value> = runs.iter().filter_map(|r| toml::Value::try_from(r).ok()).collect();
+    for (i, rule) in rules.iter().enumerate() {
+        if !configs.iter().any(|c| expect::selects(&rule.keys, c)) {
+            let wanted: Vec<String> = first.expect[i].matches.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            return Err(loc.error(
+                format!("expect[{i}]"),
+                format!("selects no run of this experiment (where {})", wanted.join(", ")),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A parse or type error in one point's text, located in the file.

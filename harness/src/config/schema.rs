@@ -2,6 +2,7 @@
 //! own section types embedded as they are (`[lock]`, `[torture]`,
 //! `[hypervisor]`, `[preempt]`), and its lowering to a [`MachineConfig`].
 
+use super::expect::{ExpectRule, Expected, TypedRule};
 use pvlock_abi::Workload;
 use pvlock_vmm::{HypervisorConfig, InvalidValue, LockConfig, MachineConfig, PreemptConfig, TortureConfig};
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,10 @@ pub struct RunConfig {
     pub torture: TortureConfig,
     pub hypervisor: HypervisorConfig,
     pub preempt: PreemptConfig,
+    /// `[[expect]]`: which runs must fail (known-buggy variants, mutants,
+    /// fault models); see [`super::expect`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<ExpectRule>,
 }
 
 impl Default for RunConfig {
@@ -58,6 +63,7 @@ impl Default for RunConfig {
             torture: TortureConfig::default(),
             hypervisor: HypervisorConfig::default(),
             preempt: PreemptConfig::default(),
+            expect: Vec::new(),
         }
     }
 }
@@ -70,7 +76,46 @@ impl RunConfig {
     /// the file line).
     pub fn validate(&self) -> Result<(), InvalidValue> {
         pvlock_vmm::config::check_range("repeats", self.repeats, 1, MAX_REPEATS)?;
+        self.expect_rules()?;
         self.machine().validate()
+    }
+
+    /// A kernel variant's tree and patches exist (checked before any run,
+    /// with the host: not after a result directory was made).
+    pub fn check_kernel_inputs(&self) -> Result<(), InvalidValue> {
+        if crate::kernel::spec_of(self)?.is_none() {
+            return Ok(());
+        }
+        if let Some(t) = self.lock.kernel_tree.as_ref().filter(|t| !t.is_dir()) {
+            return Err(InvalidValue::new("lock.kernel_tree", format!("{}: no such directory", t.display())));
+        }
+        if let Some(p) = self.lock.kernel_patches.iter().find(|p| !p.is_file()) {
+            return Err(InvalidValue::new("lock.kernel_patches", format!("{}: no such file", p.display())));
+        }
+        Ok(())
+    }
+
+    /// The `[[expect]]` rules with their values typed (errors name the
+    /// rule's key).
+    pub fn expect_rules(&self) -> Result<Vec<TypedRule>, InvalidValue> {
+        self.expect
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Ok(TypedRule { keys: r.alternatives(i)?, outcome: r.outcome }))
+            .collect()
+    }
+
+    /// What this run must end as (`ok` unless an `[[expect]]` rule
+    /// selects it).
+    pub fn expected(&self) -> Expected {
+        if self.expect.is_empty() {
+            return Expected::Ok;
+        }
+        match (self.expect_rules(), toml::Value::try_from(self)) {
+            (Ok(rules), Ok(me)) => super::expect::expected_of(&rules, &me),
+            // Validated configs do not get here.
+            _ => Expected::Ok,
+        }
     }
 
     /// The VMM's view of this run.

@@ -1,14 +1,15 @@
 //! `summary.csv`: one row per group, the numbers of `report.md` in a
 //! stable column order. Missing values are empty cells.
 
-use super::summary::{Estimate, GroupSummary, HANG_KINDS, STATUSES};
+use super::summary::{GroupSummary, HANG_KINDS, STATUSES};
+use crate::stats::Estimate;
 
 /// The columns, in order. Appending is fine; reordering or renaming breaks
 /// readers.
 pub fn columns() -> Vec<String> {
     let mut c: Vec<String> =
         ["experiment", "variant", "vcpus", "host_cpus", "other_keys", "runs"].iter().map(|s| s.to_string()).collect();
-    c.extend(STATUSES.iter().map(|(s, _)| s.replace('-', "_")));
+    c.extend(STATUSES.iter().map(|(s, _)| s.as_str().replace('-', "_")));
     c.extend(
         [
             "acq_per_sec_n",
@@ -29,7 +30,7 @@ pub fn columns() -> Vec<String> {
         .iter()
         .map(|s| s.to_string()),
     );
-    c.extend(HANG_KINDS.iter().map(|k| format!("hang_{}", k.replace('-', "_"))));
+    c.extend(HANG_KINDS.iter().map(|k| format!("hang_{}", k.name().replace('-', "_"))));
     c.push("hang_other".into());
     c
 }
@@ -71,7 +72,7 @@ pub fn render(sums: &[GroupSummary]) -> String {
             s.key.other.clone(),
             s.runs.to_string(),
         ];
-        row.extend(STATUSES.iter().map(|(st, _)| s.count(st).to_string()));
+        row.extend(STATUSES.iter().map(|(st, _)| s.count(*st).to_string()));
         row.extend([
             s.acq_per_sec.map(|e| e.n).unwrap_or(0).to_string(),
             mean(&s.acq_per_sec, 1),
@@ -88,7 +89,7 @@ pub fn render(sums: &[GroupSummary]) -> String {
             s.double_hash.to_string(),
             s.rescues.to_string(),
         ]);
-        row.extend(HANG_KINDS.iter().map(|k| s.hang_kind(k).to_string()));
+        row.extend(HANG_KINDS.iter().map(|k| s.hang_kind(*k).to_string()));
         row.push(s.hang_other().to_string());
         let row: Vec<String> = row.iter().map(|c| field(c)).collect();
         out.push_str(&row.join(","));

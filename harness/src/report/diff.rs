@@ -16,30 +16,9 @@ use super::load::GroupKey;
 use super::markdown::num;
 use super::summary::{summarize_all, GroupSummary, STATUSES};
 use crate::record::Record;
-use crate::stats::t95;
+use crate::stats::{t95, welch};
+use pvlock_vmm::RunStatus;
 use std::fmt::Write;
-
-/// Welch's t statistic and Welch–Satterthwaite degrees of freedom for the
-/// difference of means `b - a`. `None` if either side has fewer than two
-/// values; `t` is infinite when both variances are zero and the means differ.
-pub fn welch(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    if a.len() < 2 || b.len() < 2 {
-        return None;
-    }
-    let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
-    let var = |x: &[f64], m: f64| x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64;
-    let (ma, mb) = (mean(a), mean(b));
-    let (sa, sb) = (var(a, ma) / na, var(b, mb) / nb);
-    let se2 = sa + sb;
-    if se2 == 0.0 {
-        let t = if mb == ma { 0.0 } else { f64::INFINITY.copysign(mb - ma) };
-        return Some((t, na + nb - 2.0));
-    }
-    let t = (mb - ma) / se2.sqrt();
-    let df = se2 * se2 / (sa * sa / (na - 1.0) + sb * sb / (nb - 1.0));
-    Some((t, df))
-}
 
 /// The verdict on one metric of one group.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,8 +69,8 @@ pub struct MetricDiff {
 pub struct GroupDiff {
     pub key: GroupKey,
     /// Runs per status, a then b, for statuses present on either side.
-    pub status_a: Vec<(String, usize)>,
-    pub status_b: Vec<(String, usize)>,
+    pub status_a: Vec<(RunStatus, usize)>,
+    pub status_b: Vec<(RunStatus, usize)>,
     /// The status mix changed (e.g. ok -> hang).
     pub status_changed: bool,
     pub metrics: Vec<MetricDiff>,
@@ -109,8 +88,9 @@ fn ok_values(records: &[Record], key: &GroupKey, f: fn(&Record) -> Option<f64>) 
     records.iter().filter(|r| r.status.is_ok() && &GroupKey::of(r) == key).filter_map(f).collect()
 }
 
-fn statuses(s: &GroupSummary) -> Vec<(String, usize)> {
-    s.status.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.clone(), *n)).collect()
+/// The statuses present, in report order.
+fn statuses(s: &GroupSummary) -> Vec<(RunStatus, usize)> {
+    STATUSES.iter().map(|(st, _)| (*st, s.count(*st))).filter(|(_, n)| *n > 0).collect()
 }
 
 /// Compares `b` against `a` (the baseline), group by group.
@@ -150,14 +130,11 @@ pub fn diff(a: &[Record], b: &[Record]) -> DiffReport {
     out
 }
 
-fn status_text(s: &[(String, usize)]) -> String {
+fn status_text(s: &[(RunStatus, usize)]) -> String {
     if s.is_empty() {
         return "none".into();
     }
-    // Report order, then any unknown status.
-    let mut v: Vec<&(String, usize)> = s.iter().collect();
-    v.sort_by_key(|(k, _)| STATUSES.iter().position(|(x, _)| x == k).unwrap_or(usize::MAX));
-    v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+    s.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn label(k: &GroupKey) -> String {

@@ -253,6 +253,7 @@ mod tests {
             name: "x".into(),
             run_key: "seed=1,vcpus=8,torture.locks=4".into(),
             status: pvlock_vmm::RunStatus::Ok,
+            expected: Default::default(),
             summary: String::new(),
             failure: None,
             started_at: String::new(),

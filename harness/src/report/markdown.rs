@@ -2,9 +2,10 @@
 //! paragraph generated only from the numbers in the tables.
 
 use super::load::{Loaded, SkippedLine};
-use super::summary::{Estimate, GroupSummary, STATUSES};
+use super::summary::{GroupSummary, STATUSES};
 use super::EnvInfo;
 use crate::record::Record;
+use crate::stats::Estimate;
 use pvlock_vmm::RunStatus;
 use std::fmt::Write;
 
@@ -65,7 +66,7 @@ fn outcomes_table(out: &mut String, sums: &[&GroupSummary]) {
         .map(|s| {
             let mut r = row_head(s);
             r.push(s.runs.to_string());
-            r.extend(STATUSES.iter().map(|(st, _)| s.count(st).to_string()));
+            r.extend(STATUSES.iter().map(|(st, _)| s.count(*st).to_string()));
             r.push(est(s.acq_per_sec.as_ref(), 0));
             r.push(num(s.p50_ns.map(|e| e.mean), 0));
             r.push(est(s.p99_ns.as_ref(), 0));
@@ -107,6 +108,38 @@ pub fn with_partial_note(report: &str, note: &str) -> String {
     }
 }
 
+/// How the runs met their `[[expect]]` rules, when any run has one: how
+/// many expected failures happened, and every run that did not end as
+/// expected (an expected failure that did not happen, or a failure that
+/// was not expected), by run key.
+pub fn expectations_text(records: &[Record]) -> Option<String> {
+    let expecting: Vec<&Record> = records.iter().filter(|r| !r.expected.is_ok()).collect();
+    if expecting.is_empty() {
+        return None;
+    }
+    let met = expecting.iter().filter(|r| r.as_expected()).count();
+    let missed: Vec<&Record> = records.iter().filter(|r| !r.as_expected()).collect();
+    let mut line = format!(
+        "{} of {} run{} expected to fail did",
+        met,
+        expecting.len(),
+        if expecting.len() == 1 { "" } else { "s" }
+    );
+    if missed.is_empty() {
+        line += "; every run ended as expected";
+    } else {
+        let list: Vec<String> = missed
+            .iter()
+            .map(|r| {
+                let key = if r.run_key.is_empty() { r.name.as_str() } else { r.run_key.as_str() };
+                format!("{key}: {} (expected {})", r.status.as_str(), r.expected.name())
+            })
+            .collect();
+        line += &format!("; NOT AS EXPECTED ({}): {}", missed.len(), list.join("; "));
+    }
+    Some(line)
+}
+
 /// Renders `report.md`.
 pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bool) -> String {
     let records = &loaded.records;
@@ -126,6 +159,9 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
     let _ = writeln!(out, "- Runs: {} ({state})", records.len());
     if !loaded.skipped.is_empty() {
         let _ = writeln!(out, "- Skipped: {}", skipped_text(&loaded.skipped));
+    }
+    if let Some(line) = expectations_text(records) {
+        let _ = writeln!(out, "- Expected outcomes: {line}");
     }
     if !env.command.is_empty() {
         let _ = writeln!(out, "- Produced by: `{}`", env.command);
@@ -205,7 +241,7 @@ pub fn render(loaded: &Loaded, sums: &[GroupSummary], env: &EnvInfo, partial: bo
             .map(|s| {
                 let mut r = row_head(s);
                 r.push(s.rescues.to_string());
-                r.push(s.count("hang").to_string());
+                r.push(s.count(RunStatus::Hang).to_string());
                 let k = s.hang_kinds_text();
                 r.push(if k.is_empty() { "–".into() } else { k });
                 r
@@ -317,10 +353,10 @@ pub fn what_differs(sums: &[&GroupSummary]) -> Vec<String> {
                 .map(|s| {
                     let bad: Vec<String> = STATUSES
                         .iter()
-                        .filter(|(st, _)| *st != "ok" && s.count(st) > 0)
+                        .filter(|(st, _)| !st.is_ok() && s.count(*st) > 0)
                         .map(|(st, _)| {
-                            let n = s.count(st);
-                            if *st == "hang" {
+                            let n = s.count(*st);
+                            if *st == RunStatus::Hang {
                                 format!("{n} {st} ({})", s.hang_kinds_text())
                             } else {
                                 format!("{n} {st}")

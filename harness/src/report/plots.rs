@@ -15,6 +15,7 @@
 use super::summary::{GroupSummary, STATUSES};
 use crate::record::Record;
 use plotters::prelude::*;
+use pvlock_vmm::RunStatus;
 
 /// File names under `plots/`, in the order [`render`] returns them
 /// (`outcomes.svg` only when some run was not ok).
@@ -46,13 +47,13 @@ pub fn variant_color_hex(i: usize) -> String {
     format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
 }
 
-fn status_color(status: &str) -> RGBColor {
+fn status_color(status: RunStatus) -> RGBColor {
     match status {
-        "ok" => RGBColor(0x2c, 0xa0, 0x2c),
-        "hang" => RGBColor(0xff, 0x7f, 0x0e),
-        "guest-crash" => RGBColor(0xd6, 0x27, 0x28),
-        "failed" => RGBColor(0x94, 0x67, 0xbd),
-        _ => RGBColor(0x7f, 0x7f, 0x7f),
+        RunStatus::Ok => RGBColor(0x2c, 0xa0, 0x2c),
+        RunStatus::Hang => RGBColor(0xff, 0x7f, 0x0e),
+        RunStatus::GuestCrash => RGBColor(0xd6, 0x27, 0x28),
+        RunStatus::Failed => RGBColor(0x94, 0x67, 0xbd),
+        RunStatus::Aborted => RGBColor(0x7f, 0x7f, 0x7f),
     }
 }
 
@@ -281,7 +282,7 @@ fn variant_index(variants: &[String], v: &str) -> usize {
 
 /// Whether any group had a run that was not ok.
 pub fn anything_failed(sums: &[GroupSummary]) -> bool {
-    sums.iter().any(|s| s.count("ok") < s.runs)
+    sums.iter().any(|s| s.not_ok() > 0)
 }
 
 /// Renders every plot: (file name, SVG). The outcome plot only when some
@@ -415,7 +416,7 @@ pub fn throughput(sums: &[GroupSummary], variants: &[String]) -> String {
 /// Per-vCPU (p50, p99) latencies, ns, of the ok runs among `records`.
 fn per_vcpu_latencies<'a>(records: impl Iterator<Item = &'a Record>) -> (Vec<f64>, Vec<f64>) {
     let (mut p50, mut p99) = (Vec::new(), Vec::new());
-    for r in records.filter(|r| r.status == "ok") {
+    for r in records.filter(|r| r.status.is_ok()) {
         for v in r.per_vcpu.iter().filter(|v| v.latency_ns.count > 0) {
             p50.push(v.latency_ns.p50 as f64);
             p99.push(v.latency_ns.p99 as f64);
@@ -623,8 +624,8 @@ pub fn outcomes(sums: &[GroupSummary]) -> String {
     }
     let legend: Vec<(String, RGBColor, Mark)> = STATUSES
         .iter()
-        .filter(|(st, _)| sums.iter().any(|s| s.count(st) > 0))
-        .map(|(st, t)| (t.to_string(), status_color(st), Mark::Box))
+        .filter(|(st, _)| sums.iter().any(|s| s.count(*st) > 0))
+        .map(|(st, t)| (t.to_string(), status_color(*st), Mark::Box))
         .collect();
     svg(size, title, |root| {
         let (plot, side) = root.split_horizontally(size.0 - LEGEND_WIDTH);
@@ -648,10 +649,10 @@ pub fn outcomes(sums: &[GroupSummary]) -> String {
             .draw()?;
         let mut base = vec![0usize; sums.len()];
         for (st, _) in STATUSES {
-            let c = status_color(st);
+            let c = status_color(*st);
             let mut rects = Vec::new();
             for (i, s) in sums.iter().enumerate() {
-                let k = s.count(st);
+                let k = s.count(*st);
                 if k == 0 {
                     continue;
                 }

@@ -10,8 +10,8 @@
 //! sleeps / wakeups / hand-offs per acquisition, hand-off to pickup in us.
 
 use super::plots::{svg, variant_color};
-use super::summary::Estimate;
 use crate::record::Record;
+use crate::stats::Estimate;
 use plotters::prelude::*;
 use pvlock_abi::Workload;
 use std::collections::BTreeMap;
@@ -62,7 +62,7 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
     groups
         .into_iter()
         .map(|((mutex, wait_lock, vcpus, host_cpus), rs)| {
-            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status == "ok").collect();
+            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
             let per =
                 |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
             // Cycles -> ms, per second of run per vCPU.

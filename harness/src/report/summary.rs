@@ -10,57 +10,31 @@
 
 use super::load::{Group, GroupKey};
 use crate::record::Record;
-use crate::stats::mean_ci95;
-use pvlock_vmm::RunStatus;
+use crate::stats::Estimate;
+use pvlock_abi::{LockEvent, VmmCounter};
+use pvlock_vmm::{FailureKind, GuestFailure, RunStatus};
 use std::collections::BTreeMap;
 
 /// Statuses in report order, with their column titles.
-pub const STATUSES: &[(&str, &str)] = &[
-    ("ok", "ok"),
-    ("hang", "hang"),
-    ("guest-crash", "guest-crash (BUG)"),
-    ("failed", "failed (violation)"),
-    ("aborted", "aborted"),
+pub const STATUSES: &[(RunStatus, &str)] = &[
+    (RunStatus::Ok, "ok"),
+    (RunStatus::Hang, "hang"),
+    (RunStatus::GuestCrash, "guest-crash (BUG)"),
+    (RunStatus::Failed, "failed (violation)"),
+    (RunStatus::Aborted, "aborted"),
 ];
 
-/// Hang kinds (the `kind` of a hang record's `failure`) given their own
-/// CSV column; any other kind is counted in `hang_other`.
-pub const HANG_KINDS: &[&str] = &["blocked-wait", "timeout"];
-
-/// Mean and 95% half-width over repeats.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    /// Number of values.
-    pub n: usize,
-    pub mean: f64,
-    /// `None` for fewer than two values.
-    pub ci95: Option<f64>,
-}
-
-impl Estimate {
-    pub fn of(xs: &[f64]) -> Option<Self> {
-        if xs.is_empty() {
-            return None;
-        }
-        let (mean, ci95) = mean_ci95(xs);
-        Some(Self { n: xs.len(), mean, ci95 })
-    }
-
-    /// Whether two 95% intervals overlap (`None` if either has none).
-    pub fn overlaps(&self, other: &Estimate) -> Option<bool> {
-        let (a, b) = (self.ci95?, other.ci95?);
-        Some(self.mean - a <= other.mean + b && other.mean - b <= self.mean + a)
-    }
-}
+/// Hang kinds (the kind of a hang record's `failure`) given their own CSV
+/// column; any other kind is counted in `hang_other`.
+pub const HANG_KINDS: &[FailureKind] = &[FailureKind::BlockedWait, FailureKind::Timeout];
 
 /// Everything the report says about one group.
 #[derive(Debug, Clone)]
 pub struct GroupSummary {
     pub key: GroupKey,
     pub runs: usize,
-    /// Runs per status, for every status in [`STATUSES`] (and any other
-    /// status found).
-    pub status: BTreeMap<String, usize>,
+    /// Runs per status, for every status in [`STATUSES`].
+    pub status: BTreeMap<RunStatus, usize>,
     /// Acquisitions per second over ok runs.
     pub acq_per_sec: Option<Estimate>,
     /// Run-level p50 acquisition latency, ns, over ok runs.
@@ -79,32 +53,36 @@ pub struct GroupSummary {
     pub rescues: u64,
     /// Mean of `hash.hops_per_insert` over runs with inserts.
     pub hops_per_insert: Option<Estimate>,
-    /// Hang records by `failure.kind` ("unknown" when absent).
-    pub hang_kinds: BTreeMap<String, usize>,
+    /// Hang records by the kind of their failure (`None`: a hang record
+    /// without one, "unknown" in the report).
+    pub hang_kinds: BTreeMap<Option<FailureKind>, usize>,
 }
 
 impl GroupSummary {
-    pub fn count(&self, status: &str) -> usize {
-        self.status.get(status).copied().unwrap_or(0)
+    pub fn count(&self, status: RunStatus) -> usize {
+        self.status.get(&status).copied().unwrap_or(0)
     }
 
     /// Runs whose status is not ok.
     pub fn not_ok(&self) -> usize {
-        self.runs - self.count("ok")
+        self.runs - self.count(RunStatus::Ok)
     }
 
-    pub fn hang_kind(&self, kind: &str) -> usize {
-        self.hang_kinds.get(kind).copied().unwrap_or(0)
+    pub fn hang_kind(&self, kind: FailureKind) -> usize {
+        self.hang_kinds.get(&Some(kind)).copied().unwrap_or(0)
     }
 
     /// Hangs whose kind has no column of its own.
     pub fn hang_other(&self) -> usize {
-        self.hang_kinds.iter().filter(|(k, _)| !HANG_KINDS.contains(&k.as_str())).map(|(_, n)| n).sum()
+        self.hang_kinds.iter().filter(|(k, _)| !k.is_some_and(|k| HANG_KINDS.contains(&k))).map(|(_, n)| n).sum()
     }
 
-    /// `blocked-wait 3, timeout 1`, or empty.
+    /// `blocked-wait 3, timeout 1`, or empty; by name.
     pub fn hang_kinds_text(&self) -> String {
-        self.hang_kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+        let mut kinds: Vec<(&str, usize)> =
+            self.hang_kinds.iter().map(|(k, n)| (k.map_or("unknown", FailureKind::name), *n)).collect();
+        kinds.sort();
+        kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
     }
 
     /// Row label: the variant, then the setting.
@@ -113,25 +91,23 @@ impl GroupSummary {
     }
 }
 
-/// Sum of `pv_kick_unlock` and `pv_kick_wake`.
-pub fn kicks(r: &Record) -> u64 {
-    let ev = |k: &str| r.lock_events.get(k).copied().unwrap_or(0);
-    ev("pv_kick_unlock") + ev("pv_kick_wake")
+/// A lock event's count in a record (0 when absent).
+fn event(r: &Record, e: LockEvent) -> u64 {
+    r.lock_events.get(e.name()).copied().unwrap_or(0)
 }
 
-/// The `kind` of a record's failure object, if any.
-pub fn failure_kind(r: &Record) -> Option<String> {
-    r.failure.as_ref().map(|f| f.kind().to_string())
+/// Sum of `pv_kick_unlock` and `pv_kick_wake`.
+pub fn kicks(r: &Record) -> u64 {
+    event(r, LockEvent::PvKickUnlock) + event(r, LockEvent::PvKickWake)
 }
 
 pub fn summarize(g: &Group<'_>) -> GroupSummary {
-    let mut status: BTreeMap<String, usize> = STATUSES.iter().map(|(s, _)| (s.to_string(), 0)).collect();
+    let mut status: BTreeMap<RunStatus, usize> = STATUSES.iter().map(|(s, _)| (*s, 0)).collect();
     let mut hang_kinds = BTreeMap::new();
     for r in &g.records {
-        *status.entry(r.status.as_str().to_string()).or_insert(0) += 1;
+        *status.entry(r.status).or_insert(0) += 1;
         if r.status == RunStatus::Hang {
-            let kind = failure_kind(r).unwrap_or_else(|| "unknown".into());
-            *hang_kinds.entry(kind).or_insert(0) += 1;
+            *hang_kinds.entry(r.failure.as_ref().map(GuestFailure::kind)).or_insert(0) += 1;
         }
     }
     let ok: Vec<&Record> = g.records.iter().copied().filter(|r| r.status.is_ok()).collect();
@@ -139,7 +115,6 @@ pub fn summarize(g: &Group<'_>) -> GroupSummary {
         Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
     };
     let sum = |f: &dyn Fn(&Record) -> u64| -> u64 { g.records.iter().map(|r| f(r)).sum() };
-    let ev = |r: &Record, k: &str| r.lock_events.get(k).copied().unwrap_or(0);
     GroupSummary {
         key: g.key.clone(),
         runs: g.records.len(),
@@ -148,11 +123,11 @@ pub fn summarize(g: &Group<'_>) -> GroupSummary {
         p50_ns: over(&|r| (r.latency_ns.count > 0).then_some(r.latency_ns.p50 as f64)),
         p99_ns: over(&|r| (r.latency_ns.count > 0).then_some(r.latency_ns.p99 as f64)),
         kicks_per_1000: over(&|r| (r.acquisitions > 0).then(|| kicks(r) as f64 * 1000.0 / r.acquisitions as f64)),
-        spurious_wakeups: sum(&|r| ev(r, "pv_spurious_wakeup")),
-        kicked_but_stolen: sum(&|r| ev(r, "kicked_but_stolen")),
+        spurious_wakeups: sum(&|r| event(r, LockEvent::PvSpuriousWakeup)),
+        kicked_but_stolen: sum(&|r| event(r, LockEvent::KickedButStolen)),
         stale_entries: sum(&|r| r.hash.stale_entries),
         double_hash: sum(&|r| r.hash.double_hash),
-        rescues: sum(&|r| r.vmm.get("rescues").copied().unwrap_or(0)),
+        rescues: sum(&|r| r.vmm.get(VmmCounter::Rescues.name()).copied().unwrap_or(0)),
         hops_per_insert: Estimate::of(
             &g.records.iter().filter(|r| r.hash.inserts > 0).map(|r| r.hash.hops_per_insert).collect::<Vec<_>>(),
         ),

@@ -8,9 +8,9 @@
 //! | `mutex-v2.6.28` | before 0d66bf6d3514 (v2.6.29, adaptive spinning) | `count` 1/0/-1 | none | none |
 //! | `mutex-v4.9` | v4.9 | `count` + plain `owner` | OSQ + owner spinning, `owner->on_cpu` only | none |
 //! | `mutex-v4.10` | v4.10: 3ca0ff571b09 (owner word), 9d659ae14b54 (HANDOFF), b341afb325eb (waiter spins), 05ffc9517 / 5aff60a186 (`vcpu_is_preempted()`) | `owner` = task \| flags | + `vcpu_is_preempted()` | `owner == current` |
-//! | `mutex-v5.12` | v4.11..v5.12: e274795ea7b7 (`MUTEX_FLAG_PICKUP`) | as v4.10 | as v4.10 | PICKUP; HANDOFF set only when becoming first |
-//! | `mutex-v5.13` | v5.13..v5.15: 048661a1f963 ("locking/mutex: Fix HANDOFF condition") | as v4.10 | as v4.10 | PICKUP; HANDOFF re-requested on every wakeup as first |
-//! | `mutex-upstream` | v5.16+ (checked against v6.17's text): HANDOFF requested inside the trylock's cmpxchg (`__mutex_trylock_or_handoff()`) | as v4.10 | as v4.10 | PICKUP; HANDOFF only on an owned mutex |
+//! | `mutex-v5.12` | v4.11..v5.14: e274795ea7b7 (`MUTEX_FLAG_PICKUP`) | as v4.10 | as v4.10 | PICKUP; HANDOFF set only when becoming first |
+//! | `mutex-v5.13` | no mainline release (tip between 048661a1f963 "locking/mutex: Fix HANDOFF condition" and ad90880dc962, both merged for v5.15; stable 5.10.64 / 5.14.3 took the first alone) | as v4.10 | as v4.10 | PICKUP; HANDOFF re-requested on every wakeup as first |
+//! | `mutex-upstream` | v5.15+ (checked against v6.17's text): HANDOFF requested inside the trylock's cmpxchg (ad90880dc962, `__mutex_trylock_or_handoff()`) | as v4.10 | as v4.10 | PICKUP; HANDOFF only on an owned mutex |
 //!
 //! Commit ids are as the kernel history names them; where this file could
 //! only check a release's text (not the id) the module docs say so
@@ -407,6 +407,10 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
             return Ok(AcquirePath::TrylockWaitLock);
         }
         self.add_waiter(p, m);
+        // As in lock_owner(): wakeups as first waiter that did not get the
+        // mutex (the counting mutex has no hand-off to request at all).
+        let mut no_handoff = 0u64;
+        let mut woke = false;
         loop {
             // xchg to -1 so that the unlock takes its slow path and wakes
             // the other waiters; acquire pairs with the unlock's store of 1.
@@ -414,6 +418,9 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
             let try_it = self.flavor == MutexFlavor::V2_6_28 || m.count.load(Ordering::Relaxed) >= 0;
             if try_it && m.count.swap(-1, Ordering::Acquire) == 1 {
                 break;
+            }
+            if woke && self.waiter_is_first(p, m) {
+                no_handoff += 1;
             }
             if killable && self.tasks.fatal_signal_pending(p) {
                 self.tasks.set_current_state_plain(p, TASK_RUNNING);
@@ -426,7 +433,11 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
             self.tasks.set_current_state_plain(p, TASK_UNINTERRUPTIBLE);
             self.spin.unlock(p, &m.wait_lock);
             self.tasks.schedule(p);
+            woke = true;
             self.spin.lock(p, &m.wait_lock);
+        }
+        if no_handoff != 0 {
+            p.event_max(LockEvent::MutexFirstWakeNoHandoffMax, no_handoff);
         }
         self.tasks.set_current_state_plain(p, TASK_RUNNING);
         self.remove_waiter(p, m);
@@ -692,6 +703,10 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
         }
         self.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
         let mut first = false;
+        // Wakeups as first waiter that left no hand-off request standing
+        // (LockEvent::MutexFirstWakeNoHandoffMax): an observation of the
+        // owner word, the same for every flavor.
+        let mut no_handoff = 0u64;
         let path = loop {
             // Holding wait_lock we are serialised against the unlock's
             // hand-off: pick it up before looking at signals.
@@ -717,8 +732,7 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                 MutexFlavor::V4_10 => {
                     if !first && self.waiter_is_first(p, m) {
                         first = true;
-                        m.owner.fetch_or(FLAG_HANDOFF, Ordering::Relaxed);
-                        p.race_window(Window::MutexHandoffSet);
+                        self.set_handoff_flag(p, m);
                     }
                     // "Here we order against unlock; we must either see it
                     // change state back to RUNNING ... or see its unlock".
@@ -734,16 +748,14 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                         if !first {
                             first = self.waiter_is_first(p, m);
                             if first {
-                                m.owner.fetch_or(FLAG_HANDOFF, Ordering::Relaxed);
-                                p.race_window(Window::MutexHandoffSet);
+                                self.set_handoff_flag(p, m);
                             }
                         }
                     } else {
                         // 048661a1f963: on every wakeup as first.
                         first = self.waiter_is_first(p, m);
                         if first {
-                            m.owner.fetch_or(FLAG_HANDOFF, Ordering::Relaxed);
-                            p.race_window(Window::MutexHandoffSet);
+                            self.set_handoff_flag(p, m);
                         }
                     }
                     self.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
@@ -772,8 +784,19 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                 self.spin.lock(p, &m.wait_lock);
                 break path;
             }
+            if first {
+                // Relaxed: a reading for the statistics, not a decision.
+                let w = m.owner.load(Ordering::Relaxed);
+                let task = w & !FLAGS;
+                if task != 0 && task != curr && w & (FLAG_HANDOFF | FLAG_PICKUP) == 0 {
+                    no_handoff += 1;
+                }
+            }
             self.spin.lock(p, &m.wait_lock);
         };
+        if no_handoff != 0 {
+            p.event_max(LockEvent::MutexFirstWakeNoHandoffMax, no_handoff);
+        }
         // acquired:
         self.tasks.set_current_state_plain(p, TASK_RUNNING);
         self.remove_waiter(p, m);
@@ -784,6 +807,17 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
         self.spin.unlock(p, &m.wait_lock);
         p.event(LockEvent::MutexSlowpath, 1);
         Ok(if path == AcquirePath::HandoffPickup { path } else { AcquirePath::WaitLoop })
+    }
+
+    /// `__mutex_set_flag(lock, MUTEX_FLAG_HANDOFF)` (v4.10..v5.15): a
+    /// relaxed `atomic_long_or()`. Set on a mutex that is unlocked at that
+    /// moment, the flag can be taken away by a stealer's trylock before our
+    /// own: that is the `mutex-handoff-set` race window (only then).
+    fn set_handoff_flag<P: Platform>(&self, p: &P, m: &Mutex) {
+        let old = m.owner.fetch_or(FLAG_HANDOFF, Ordering::Relaxed);
+        if old & !FLAGS == 0 {
+            p.race_window(Window::MutexHandoffSet);
+        }
     }
 
     /// `__mutex_handoff(lock, task)`: release cmpxchg; pairs with the

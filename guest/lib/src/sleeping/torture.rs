@@ -103,6 +103,9 @@ pub struct MutexTorture<'s, 'a> {
     clock: Clock,
     stop: &'s AtomicU64,
     deadline: Option<u64>,
+    /// Mutexes `first_lock..nr_locks` are tortured (1 with a recursive
+    /// locker holding mutex 0, `lock.mutex_recursive`).
+    first_lock: usize,
 }
 
 impl<'s, 'a> MutexTorture<'s, 'a> {
@@ -127,7 +130,22 @@ impl<'s, 'a> MutexTorture<'s, 'a> {
         if tsc_khz == 0 {
             return Err(MutexParamError::ZeroClock);
         }
-        Ok(Self { sys, locks, params, clock: Clock { tsc_khz }, stop, deadline: None })
+        Ok(Self { sys, locks, params, clock: Clock { tsc_khz }, stop, deadline: None, first_lock: 0 })
+    }
+
+    /// Leave mutex 0 alone (another task holds it for the whole run); with
+    /// one mutex the task only waits for the deadline.
+    pub fn without_first_lock(mut self) -> Self {
+        self.first_lock = 1;
+        self
+    }
+
+    pub fn sys(&self) -> &'s MutexSystem<'s, 'a> {
+        self.sys
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     pub fn with_deadline(mut self, deadline: u64) -> Self {
@@ -138,7 +156,8 @@ impl<'s, 'a> MutexTorture<'s, 'a> {
     /// This CPU's task runs the torture loop.
     pub fn run<P: Platform>(&self, p: &P, obs: &dyn Observer, latency: &mut LatencyHistogram) -> MutexTortureResult {
         let cpu = p.cpu();
-        let n = self.params.nr_locks as u64;
+        let first = self.first_lock as u64;
+        let n = (self.params.nr_locks as u64).saturating_sub(first);
         let cs = self.clock.ns_to_cycles(self.params.cs_ns as u64);
         let think = self.clock.ns_to_cycles(self.params.think_ns as u64);
         let mut r = MutexTortureResult { cpu, ..Default::default() };
@@ -157,7 +176,11 @@ impl<'s, 'a> MutexTorture<'s, 'a> {
                 r.stop = StopReason::Deadline;
                 break;
             }
-            let i = if n == 1 { 0 } else { (p.random() % n) as usize };
+            if n == 0 {
+                p.cpu_relax();
+                continue;
+            }
+            let i = (first + if n == 1 { 0 } else { p.random() % n }) as usize;
             let l = &self.locks[i];
             let t0 = p.cycles();
             self.sys.lock(p, &l.mutex);
