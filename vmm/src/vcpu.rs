@@ -191,7 +191,7 @@ impl VcpuThread {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
-    fn abi_violation(&self, detail: String) -> GuestFailure {
+    pub(crate) fn abi_violation(&self, detail: String) -> GuestFailure {
         GuestFailure::AbiViolation { cpu: self.cpu, rip: self.rip(), detail }
     }
 
@@ -322,6 +322,7 @@ impl VcpuThread {
                 }
                 Ok(State::Running)
             }
+            GuestRequest::Site { index } => crate::sites::serve(self, index).map(|()| State::Running),
             GuestRequest::Ping { .. } => Ok(State::Running),
             GuestRequest::KickNoSuchCpu { cpu: target } => match &sh.kick_timer {
                 // kick_delay_us > 0: kicks come through here, delivered late.
@@ -403,7 +404,8 @@ impl VcpuThread {
         sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
             rule,
             cpu,
-            window,
+            window: Some(window),
+            site: None,
             released_by: why,
             held_us: held.as_micros() as u64,
         });
@@ -412,7 +414,7 @@ impl VcpuThread {
 
     /// `Stalled`: deliberate preemption: this vCPU runs no guest code for `d`, with its
     /// `preempted` flag set so the guest's vcpu_is_preempted() sees it.
-    fn stall(&self, d: Duration) {
+    pub(crate) fn stall(&self, d: Duration) {
         let sh = &self.shared;
         let ch = &sh.channels[self.cpu as usize];
         sh.set_preempted(self.cpu, true);

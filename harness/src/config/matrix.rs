@@ -9,7 +9,8 @@ use std::ops::Range;
 use toml_edit::{Item, Table, Value};
 
 /// Keys whose value is a list by nature: an axis only as a list of lists.
-pub const LIST_KEYS: &[&str] = &["preempt.windows", "preempt.schedule", "lock.kernel_patches", "expect"];
+pub const LIST_KEYS: &[&str] =
+    &["preempt.windows", "preempt.sites", "preempt.schedule", "lock.kernel_patches", "expect"];
 
 /// Most matrix points one config may have (the runs are points x repeats).
 pub const MAX_POINTS: u64 = 10_000;

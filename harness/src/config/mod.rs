@@ -209,6 +209,32 @@ impl Experiment {
         Ok(Self { name, source: text.to_string(), runs, varying, notes, locator: loc, overrides: overrides.clone() })
     }
 
+    /// Checks every run's site patterns (`preempt.sites`, schedule rules
+    /// `site:...`) against the sites of its kernel build (built here, or
+    /// taken from the cache): an unknown function, file or line is an error
+    /// at the key's line, naming close matches. Runs that name no site
+    /// build nothing here.
+    pub fn check_kernel_sites(&self) -> Result<()> {
+        for rc in &self.runs {
+            let p = &rc.preempt;
+            let uses_sites = !p.sites.is_empty()
+                || p.schedule.iter().any(|r| {
+                    matches!(r.at, pvlock_vmm::HoldAt::Site(_)) || matches!(r.until, pvlock_vmm::HoldUntil::Site(_))
+                });
+            if !uses_sites {
+                continue;
+            }
+            let located = |e: pvlock_vmm::InvalidValue| self.locator.error(e.key, e.why);
+            let Some(spec) = crate::kernel::spec_of(rc).map_err(located)? else {
+                crate::kernel::sites::refuse_without_kernel(p).map_err(located)?;
+                continue;
+            };
+            let build = crate::kernel::module_for(&spec)?;
+            crate::kernel::sites::plan_for(&build, &mut p.clone()).map_err(located)?;
+        }
+        Ok(())
+    }
+
     /// Checks what depends on this machine (before any run): a kernel
     /// variant's tree and patches exist, `host_cpus` within the CPUs this
     /// process may use.
