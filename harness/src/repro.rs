@@ -2,6 +2,14 @@
 //! that provokes it by random preemption at its window, a directed schedule
 //! that forces its interleaving, and the evidence that shows it happened.
 //! Races and windows: `../shared/PV-LOCK-BACKGROUND.md`, "Where the races live".
+//!
+//! Every reproducer also has a kernel-code form ([`kernel_form`]): the same
+//! race provoked in a kernel tree's own `qspinlock_paravirt.h`
+//! (`--variant kernel-pv --kernel-tree T`), where the Rust variants' named
+//! windows do not exist, and the bug patch (`configs/kernel-bugs/`) that
+//! puts the race back into a today's tree. An unpatched tree is the
+//! negative control; the tree with the reproducer's bug patch must be
+//! caught.
 
 use crate::config::RunConfig;
 use crate::record::Record;
@@ -12,6 +20,7 @@ use pvlock_vmm::{
     GuestFailure, HoldRule, HoldUntil, HoldWhen, KickContract, MissedWakeupClass, RunStatus, StopHandle, WaitContract,
 };
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 /// How a reproducer provokes its race.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -95,7 +104,15 @@ fn double_hash(r: &Record) -> Option<String> {
     if matches!(r.failure, Some(GuestFailure::MissedWakeup { class: MissedWakeupClass::StaleEntry, .. })) {
         return failure_text(r);
     }
-    None
+    // Kernel code counts no inserts of its own: the second entry shows as
+    // an entry left behind once its lock was unlocked (the VMM reads the
+    // tree's table at the end of the run).
+    stale_entries_left(r)
+}
+
+fn stale_entries_left(r: &Record) -> Option<String> {
+    let c = r.checks.iter().find(|c| c.name == "hash_table_empty" && !c.passed)?;
+    Some(format!("hash table not empty at the end: {}", c.detail))
 }
 
 fn double_hash_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
@@ -260,7 +277,212 @@ pub fn catalog() -> Vec<Repro> {
         Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug },
         Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug },
         Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash },
+        Repro { name: "kick-hash-forgotten", race: "R1", default_variant: Variant::KernelPv, what: "a queue head that ignores that pv_kick_node() already hashed it hashes the lock again (kernel code only: configs/kernel-bugs/head-forgets-kick-hash.patch)", build: kick_hash_forgotten_run, evidence: double_hash },
     ]
+}
+
+/// How a reproducer runs on a kernel tree's own code. The kernel's code
+/// has none of the Rust variants' named windows: its random form preempts
+/// it where it can be preempted, its directed form (when it has one) holds
+/// a vCPU by the kernel's own source position.
+#[derive(Clone, Copy)]
+pub struct KernelForm {
+    /// The bug patch under `configs/kernel-bugs/` that puts this race back
+    /// into a today's `qspinlock_paravirt.h` (6.1 and 6.12 apply it);
+    /// `None`: the race belongs to a historical or proposed variant that
+    /// today's code does not have, and kernel trees are its negative control.
+    pub bug_patch: Option<&'static str>,
+    /// Turns the reproducer's Rust-variant config (already built for `mode`)
+    /// into its kernel form; `Err` says why the mode has no kernel form.
+    pub adapt: fn(rc: &mut RunConfig, mode: Mode) -> Result<(), String>,
+}
+
+/// The kernel form of each reproducer that has one, by name. A table apart
+/// from [`catalog`] so that reproducers of other locks (the sleeping locks)
+/// are added there without one.
+pub fn kernel_form(name: &str) -> Option<KernelForm> {
+    let form = |bug_patch, adapt| Some(KernelForm { bug_patch, adapt });
+    match name {
+        "double-hash" | "halted-head" => form(Some("halted-head.patch"), kernel_double_hash),
+        "kick-hash-forgotten" => form(Some("head-forgets-kick-hash.patch"), kernel_kick_hash_forgotten),
+        "slow-before-hash" => form(Some("slow-before-hash.patch"), kernel_slow_before_hash),
+        "no-store-mb" => form(Some("wait-node-no-mb.patch"), kernel_no_store_mb),
+        // R2's hang needs only the unchecked wait contract and a steal,
+        // both of which today's code has: it is the negative control of
+        // a real fault model (see the reproducer's text).
+        "stolen-wakeup" => form(None, kernel_stolen_wakeup),
+        "rehash-double" => form(None, kernel_rehash),
+        "hashval-stall" => form(None, kernel_hashval),
+        "lost-kick" => form(None, kernel_lost_kick),
+        _ => None,
+    }
+}
+
+/// Where the bug patches live, relative to the project root.
+pub const KERNEL_BUGS_DIR: &str = "configs/kernel-bugs";
+
+/// The kernel code has no named windows: what the Rust form asked of them
+/// is replaced by the kernel form's preemption.
+fn strip_windows(rc: &mut RunConfig) {
+    rc.preempt.windows.clear();
+    rc.preempt.window_prob = 0.0;
+    rc.preempt.schedule.clear();
+}
+
+/// Random preemption of kernel code: stalls at random instants of every
+/// vCPU (the VMM's Poisson process), 4 vCPUs on 2 host CPUs.
+fn kernel_random_stalls(rc: &mut RunConfig, mean_interval_us: u64, stall_us: u64) {
+    rc.preempt.random_mean_interval_us = mean_interval_us;
+    rc.preempt.random_stall_us = stall_us;
+}
+
+fn no_directed_form(mode: Mode, why: &str) -> Result<(), String> {
+    match mode {
+        Mode::Random => Ok(()),
+        Mode::Directed => Err(format!("no directed form on kernel code: {why}")),
+    }
+}
+
+const NEEDS_SITES: &str = "its interleaving is forced at a source position of the kernel code, \
+                           which needs preemption sites in the kernel build";
+
+fn kernel_double_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    // The new owner must stall between its MCS hand-off and pv_kick_node()'s
+    // cmpxchg for longer than the successor's whole head spin: long stalls,
+    // often, and a short spin.
+    rc.lock.spin_threshold = 64;
+    kernel_random_stalls(rc, 500, 2000);
+    Ok(())
+}
+
+fn kick_hash_forgotten_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    // The waiter that pv_kick_node() hashed must run as head before the
+    // owner's unlock kicks it: it woke spuriously, or its checked wait saw
+    // the state change. Spurious wakeups make that common.
+    rc.hypervisor.spurious_wakeup_prob = 0.2;
+    if mode == Mode::Random {
+        rc.preempt.random_mean_interval_us = 500;
+        rc.preempt.random_stall_us = 2000;
+    }
+    rc
+}
+
+fn kernel_kick_hash_forgotten(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    rc.lock.spin_threshold = 64;
+    Ok(())
+}
+
+fn kernel_slow_before_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    // The head between its xchg of _Q_SLOW_VAL and pv_hash() while the
+    // owner unlocks: any stall of the head there will do. A short spin
+    // makes heads give up and hash often.
+    rc.lock.spin_threshold = 64;
+    kernel_random_stalls(rc, 500, 2000);
+    Ok(())
+}
+
+fn kernel_no_store_mb(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    // Only the hardware's store buffer reorders the waiter's store and
+    // load; a VM exit drains it, so no stall can widen the window.
+    no_directed_form(
+        mode,
+        "x86 store buffering cannot be forced from the VMM (every stall is an exit, which drains the store buffer)",
+    )?;
+    kernel_random_stalls(rc, 2000, 300);
+    Ok(())
+}
+
+fn kernel_stolen_wakeup(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 1000, 500);
+    Ok(())
+}
+
+fn kernel_rehash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 500, 2000);
+    Ok(())
+}
+
+fn kernel_hashval(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 1000, 2000);
+    Ok(())
+}
+
+fn kernel_lost_kick(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 2000, 500);
+    Ok(())
+}
+
+/// A kernel tree (and patches) to run a reproducer's kernel form on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelTarget {
+    pub tree: PathBuf,
+    /// Applied in order to a private copy of the tree's files.
+    pub patches: Vec<PathBuf>,
+}
+
+/// What a reproducer runs against: a lock variant, and for a kernel
+/// variant the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub variant: Variant,
+    pub kernel: Option<KernelTarget>,
+}
+
+impl Target {
+    pub fn variant(variant: Variant) -> Self {
+        Self { variant, kernel: None }
+    }
+}
+
+/// The config of one seed of `repro` on `target`: the Rust form for our
+/// variants, the kernel form for a kernel tree.
+pub fn config_for(repro: &Repro, target: &Target, mode: Mode, seed: u64, budget_ms: u64) -> Result<RunConfig> {
+    let mut rc = (repro.build)(target.variant, mode, seed, budget_ms);
+    rc.name = format!("repro-{}", repro.name);
+    if target.variant.is_kernel() {
+        let Some(k) = &target.kernel else {
+            bail!("reproducer `{}` on `{}`: name the kernel tree (--kernel-tree)", repro.name, target.variant)
+        };
+        if target.variant != Variant::KernelPv {
+            bail!("reproducer `{}`: its races are in the PV slow path; run it on kernel-pv", repro.name);
+        }
+        let Some(form) = kernel_form(repro.name) else {
+            bail!("reproducer `{}` has no kernel-code form (it is not a race of qspinlock_paravirt.h)", repro.name)
+        };
+        (form.adapt)(&mut rc, mode).map_err(|why| anyhow::anyhow!("reproducer `{}`: {why}", repro.name))?;
+        rc.lock.kernel_tree = Some(k.tree.clone());
+        rc.lock.kernel_patches = k.patches.clone();
+    } else if target.kernel.is_some() {
+        bail!("--kernel-tree applies to the kernel variants only, not `{}`", target.variant);
+    }
+    Ok(rc)
+}
+
+/// The bug patch of `repro`'s kernel form, as a path under `root` (the
+/// project directory), checked to exist.
+pub fn bug_patch_path(root: &Path, repro: &Repro) -> Result<Option<PathBuf>> {
+    let Some(name) = kernel_form(repro.name).and_then(|f| f.bug_patch) else { return Ok(None) };
+    let p = root.join(KERNEL_BUGS_DIR).join(name);
+    if !p.is_file() {
+        bail!("reproducer `{}`: its bug patch {} is missing", repro.name, p.display());
+    }
+    Ok(Some(p))
 }
 
 /// One seed's outcome.
@@ -283,7 +505,17 @@ pub struct SeedOutcome {
 pub struct ReproResult {
     pub repro: String,
     pub variant: Variant,
+    /// The outcome matrix's column: the variant's name, or for a kernel
+    /// build the tree's release and patches (`kernel-pv 6.12.117 x86
+    /// +halted-head.patch`).
+    pub column: String,
     pub mode: Mode,
+    /// The per-seed budget, ms.
+    pub budget_ms: u64,
+    /// Kernel variants: the build that ran (tree version, patches with
+    /// their sha256, compiler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::kernel::KernelBuildInfo>,
     pub runs: Vec<SeedOutcome>,
 }
 
@@ -340,23 +572,47 @@ pub fn run_repro_traced(
     elf: &[u8],
     stop: &StopHandle,
     trace_to: Option<&std::path::Path>,
+    progress: impl FnMut(&SeedOutcome),
+) -> Result<ReproResult> {
+    let target = Target::variant(variant);
+    run_repro_on(repro, &target, mode, seeds, seed_base, budget_ms, elf, stop, trace_to, progress)
+}
+
+/// Runs `repro` against `target` (a variant, or a kernel tree with
+/// patches) for `seeds` seeds; see [`run_repro_traced`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_repro_on(
+    repro: &Repro,
+    target: &Target,
+    mode: Mode,
+    seeds: u64,
+    seed_base: u64,
+    budget_ms: u64,
+    elf: &[u8],
+    stop: &StopHandle,
+    trace_to: Option<&std::path::Path>,
     mut progress: impl FnMut(&SeedOutcome),
 ) -> Result<ReproResult> {
     let mut runs = Vec::new();
     let mut traced_detection = false;
+    let mut column = target.variant.name().to_string();
+    let mut kernel = None;
     for i in 0..seeds {
         if stop.is_stopped() {
             break;
         }
         let seed = seed_base + i;
-        let mut rc = (repro.build)(variant, mode, seed, budget_ms);
-        rc.name = format!("repro-{}", repro.name);
+        let mut rc = config_for(repro, target, mode, seed, budget_ms)?;
         if trace_to.is_some() {
             rc.enable_trace_export();
         }
         rc.validate().map_err(|e| anyhow::anyhow!("reproducer config {e}"))?;
         let (rec, report) = run_one_with_report(&rc, &format!("seed={seed}"), elf, stop)?;
         let evidence = (repro.evidence)(&rec);
+        if kernel.is_none() && rec.kernel.is_some() {
+            column = rec.variant_label();
+            kernel = rec.kernel.clone();
+        }
         if let Some(path) = trace_to.filter(|_| !traced_detection) {
             crate::trace_export::write_run(path, &rec, &report)?;
             traced_detection = evidence.is_some();
@@ -373,36 +629,105 @@ pub fn run_repro_traced(
         progress(&out);
         runs.push(out);
     }
-    Ok(ReproResult { repro: repro.name.into(), variant, mode, runs })
+    Ok(ReproResult { repro: repro.name.into(), variant: target.variant, column, mode, budget_ms, kernel, runs })
 }
 
 /// The `--all` outcome matrix: reproducers down, variants across; each
 /// cell "detected/seeds (median s)".
 pub fn matrix_markdown(results: &[ReproResult]) -> String {
-    let mut variants: Vec<Variant> = Vec::new();
+    let mut columns: Vec<&str> = Vec::new();
     let mut repros: Vec<&str> = Vec::new();
     for r in results {
-        if !variants.contains(&r.variant) {
-            variants.push(r.variant);
+        if !columns.contains(&r.column.as_str()) {
+            columns.push(&r.column);
         }
         if !repros.contains(&r.repro.as_str()) {
             repros.push(&r.repro);
         }
     }
-    let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
-    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(variants.len()));
+    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", columns.join(" | "), "---|".repeat(columns.len()));
     for rp in &repros {
         s += &format!("| {rp} |");
-        for v in &variants {
+        for c in &columns {
             let cell = results
                 .iter()
-                .find(|r| r.repro == *rp && r.variant == *v)
+                .find(|r| r.repro == *rp && r.column == *c)
                 .map(|r| {
                     let t = r.median_time_to_detect_s().map(|t| format!(" ({t:.1} s)")).unwrap_or_default();
                     format!(" {}/{}{} |", r.detected(), r.runs.len(), t)
                 })
                 .unwrap_or_else(|| " |".into());
             s += &cell;
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// A result directory of `pvlock repro --out`: `results.json` (every
+/// [`ReproResult`], seeds and evidence), `matrix.md` (the outcome matrix and
+/// what it ran on) and `env.json`, rewritten atomically after each
+/// reproducer, so that an aborted run leaves a valid record of what
+/// finished; `partial` is there until the last one is in.
+pub struct ResultDir {
+    pub dir: PathBuf,
+}
+
+impl ResultDir {
+    /// A new directory under `out` named by the time (never an existing one).
+    pub fn create(out: &Path) -> Result<Self> {
+        let stem = crate::record::now_utc().replace(['-', ':'], "");
+        let (dir, name) = crate::output::create_unique_dir(out, &stem)?;
+        crate::output::write_atomic(&dir.join("partial"), b"the reproducers have not finished\n")?;
+        let env = crate::report::EnvInfo::collect();
+        crate::output::write_atomic(&dir.join("env.json"), &serde_json::to_vec_pretty(&env)?)?;
+        crate::output::set_latest(out, &name)?;
+        Ok(Self { dir })
+    }
+
+    /// Writes what has finished so far; `done` removes the `partial` mark.
+    pub fn write(&self, command: &str, results: &[ReproResult], done: bool) -> Result<()> {
+        crate::output::write_atomic(&self.dir.join("results.json"), &serde_json::to_vec_pretty(results)?)?;
+        crate::output::write_atomic(&self.dir.join("matrix.md"), matrix_document(command, results).as_bytes())?;
+        if done {
+            match std::fs::remove_file(self.dir.join("partial")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome matrix with what it ran: the command, mode and budget, and
+/// for each kernel column the tree's release and each patch's sha256.
+pub fn matrix_document(command: &str, results: &[ReproResult]) -> String {
+    let mut s = format!("# pvlock repro outcome matrix\n\n    {command}\n\n");
+    s += "Each cell: seeds with the race's evidence / seeds run (median time to detect). ";
+    s += "Counted evidence is read at the end of a seed's budget; hangs and BUGs end the seed at once.\n";
+    let mut modes: Vec<String> =
+        results.iter().map(|r| format!("{:?} {:.1} s", r.mode, r.budget_ms as f64 / 1e3)).collect();
+    modes.dedup();
+    s += &format!("Mode and per-seed budget: {}.\n", modes.join(", "));
+    s += &matrix_markdown(results);
+    let mut seen = Vec::new();
+    for r in results {
+        let Some(k) = &r.kernel else { continue };
+        if seen.contains(&r.column) {
+            continue;
+        }
+        seen.push(r.column.clone());
+        s += &format!(
+            "\n`{}`: Linux {} ({} flavour), {}; build {}",
+            r.column,
+            k.version,
+            k.flavour.name(),
+            k.compiler,
+            k.key
+        );
+        for [path, sha] in &k.patches {
+            let file = Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            s += &format!("; patch {file} sha256 {sha}");
         }
         s += "\n";
     }
