@@ -188,6 +188,20 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         }
         _ => {}
     }
+    if rc.lock.variant.is_kernel() {
+        // A kernel WARN does not stop the run; it fails the verdict here.
+        let warned: Vec<String> = r
+            .console
+            .iter()
+            .filter_map(|l| crate::record::KernelWarning::parse(l))
+            .map(|w| format!("vCPU {} at {}:{}: {}", w.cpu, w.file, w.line, w.message))
+            .collect();
+        checks.push(Check::new(
+            "no_kernel_warnings",
+            warned.is_empty(),
+            if warned.is_empty() { "no kernel WARN()".to_string() } else { warned.join("; ") },
+        ));
+    }
     let mut status = r.status;
     if status.is_ok() && checks.iter().any(|c| !c.passed) {
         status = RunStatus::Failed;
@@ -332,6 +346,7 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         vcpus_text: None,
         race_diagram: crate::race_diagram::for_report(r).map(|d| d.render()),
         dropped: r.dropped,
+        kernel_warnings: r.console.iter().filter_map(|l| crate::record::KernelWarning::parse(l)).collect(),
     };
     if r.status != RunStatus::Ok {
         attach_dumps(&mut d, r);
