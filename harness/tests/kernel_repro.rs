@@ -152,6 +152,38 @@ fn a_kernel_warn_is_a_warning_record_and_the_run_goes_on() {
 }
 
 #[test]
+fn a_dump_names_the_kernel_function_and_line_the_vcpu_was_at() {
+    let Some(trees) = kernel::ci_trees_for_tests() else { return };
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    // pv_unhash() never finds the lock: the unlocking vCPU BUG()s inside
+    // the tree's code, and its dump is symbolized from the module's DWARF.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel/unhash-misses.patch");
+    let mut rc = RunConfig {
+        name: "symbolize".into(),
+        workload: Workload::Torture,
+        vcpus: 4,
+        host_cpus: 2,
+        duration_ms: 2_000,
+        timeout_ms: 30_000,
+        ..Default::default()
+    };
+    rc.lock.variant = Variant::KernelPv;
+    rc.lock.kernel_tree = Some(tree_612(&trees));
+    rc.lock.kernel_patches = vec![fixture];
+    rc.lock.spin_threshold = 64;
+    rc.torture.locks = 1;
+    rc.preempt.random_mean_interval_us = 500;
+    rc.preempt.random_stall_us = 2000;
+    let r = run_one(&rc, "", GUEST_ELF, &StopHandle::new()).unwrap();
+    assert_eq!(r.status, "guest-crash", "{}", r.summary);
+    let text = r.diagnosis.vcpus_text.as_deref().unwrap_or("");
+    assert!(text.contains("at pv_unhash (kernel/locking/qspinlock_paravirt.h:"), "{text}");
+    assert!(text.contains("__pv_queued_spin_unlock_slowpath (kernel/locking/qspinlock_paravirt.h:"), "{text}");
+}
+
+#[test]
 fn repro_cli_writes_the_outcome_with_release_and_patch_sha256() {
     let Some(trees) = kernel::ci_trees_for_tests() else { return };
     if !pvlock::kvm_available_for_tests() {

@@ -14,6 +14,14 @@ static STANDINS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/kernel_s
 const CFLAGS: &[&str] = &[
     "-std=gnu11",
     "-O2",
+    // DWARF for the VMM's vCPU dumps: an address in the tree's code is
+    // shown as its kernel function and file:line (the image's loaded
+    // segments are the same with or without it).
+    "-g",
+    // Frame pointers, so that the dump's frame walk goes on through the
+    // tree's functions to the guest code that called them (one push and
+    // one move per non-leaf function, as a CONFIG_FRAME_POINTER kernel).
+    "-fno-omit-frame-pointer",
     "-ffreestanding",
     "-fno-builtin",
     "-nostdinc",
@@ -232,6 +240,9 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
     cmd.args(CFLAGS).args(knob_flags(spec));
     // __FILE__ becomes the tree-relative path: BUG/WARN name kernel/locking/...
     cmd.arg(format!("-fmacro-prefix-map={}/=", src.display()));
+    // And so do the DWARF line tables (stand-ins under guest/kernel/).
+    cmd.arg(format!("-fdebug-prefix-map={}/=", src.display()));
+    cmd.arg(format!("-fdebug-prefix-map={}/=guest/kernel/", standins.display()));
     cmd.arg("-I").arg(standins.join("include"));
     match spec.flavour {
         Flavour::X86 => cmd.arg("-I").arg(src.join("arch/x86/include")),
