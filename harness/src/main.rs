@@ -551,7 +551,7 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
             }
             jobs.extend(kernel(a.kernel_patches.clone()).into_iter().map(|t| (r, t, false)));
             // The reproducer's own bug patch, unless the user brought patches.
-            if let (true, Some(bug)) = (a.kernel_patches.is_empty(), bug_patch(&r)?) {
+            if let (true, Some(bug)) = (a.kernel_patches.is_empty(), pvlock::repro::bug_patch(&r)?) {
                 jobs.extend(kernel(vec![bug]).into_iter().map(|t| (r, t, true)));
             }
         }
@@ -652,17 +652,6 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     // A detection is what a reproducer is for: its runs count as expected
     // either way; only a stop makes the exit code 1.
     Ok(exit_code(0, stop.is_stopped()))
-}
-
-/// The bug patch of `r`'s kernel form: `configs/kernel-bugs/` under the
-/// working directory (a checkout of pvlock), else under the source tree
-/// this binary was built from.
-fn bug_patch(r: &pvlock::repro::Repro) -> Result<Option<PathBuf>> {
-    let cwd = std::path::Path::new(".");
-    if cwd.join(pvlock::repro::KERNEL_BUGS_DIR).is_dir() {
-        return pvlock::repro::bug_patch_path(cwd, r);
-    }
-    pvlock::repro::bug_patch_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), r)
 }
 
 fn list(what: &str) -> Result<()> {

@@ -474,6 +474,17 @@ pub fn config_for(repro: &Repro, target: &Target, mode: Mode, seed: u64, budget_
     Ok(rc)
 }
 
+/// The bug patch of `repro`'s kernel form: `configs/kernel-bugs/` under
+/// the working directory (a checkout of pvlock), else under the source
+/// tree this binary was built from.
+pub fn bug_patch(repro: &Repro) -> Result<Option<PathBuf>> {
+    let cwd = Path::new(".");
+    if cwd.join(KERNEL_BUGS_DIR).is_dir() {
+        return bug_patch_path(cwd, repro);
+    }
+    bug_patch_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), repro)
+}
+
 /// The bug patch of `repro`'s kernel form, as a path under `root` (the
 /// project directory), checked to exist.
 pub fn bug_patch_path(root: &Path, repro: &Repro) -> Result<Option<PathBuf>> {
