@@ -24,6 +24,9 @@ pub const WAIT: u64 = MMIO_BASE + 0x18;
 pub const STALL: u64 = MMIO_BASE + 0x20;
 /// Progress ping: value = anything; used to measure the exit round trip.
 pub const PING: u64 = MMIO_BASE + 0x28;
+/// A kernel build's site chose to exit (`pvlock_abi::sites`): value = the
+/// site's index in the module's site table. The VMM stalls or holds it.
+pub const SITE: u64 = MMIO_BASE + 0x100;
 /// Kicks: vCPU `n`'s eventfd is at `KICK_BASE + 8 * n`.
 pub const KICK_BASE: u64 = MMIO_BASE + 0x1000;
 

@@ -20,7 +20,7 @@ pub const KMOD_LIMIT: u64 = KMOD_GPA + KMOD_MAX_BYTES;
 /// `PVLOCK_KMOD_MAGIC`: "PVLKMOD1".
 pub const KMOD_MAGIC: u64 = u64::from_le_bytes(*b"PVLKMOD1");
 /// `PVLOCK_KMOD_VERSION`.
-pub const KMOD_VERSION: u32 = 1;
+pub const KMOD_VERSION: u32 = 2;
 
 /// A kernel `WARN()` does not end the run: the guest prints one console
 /// line `"{KERNEL_WARNING_PREFIX}cpu=N at FILE:LINE: MESSAGE"` and returns
@@ -91,6 +91,24 @@ pub struct KmodDescriptor {
     /// 1: built with arch/x86's qspinlock headers; 0: asm-generic only.
     pub flavour_x86: u8,
     pub reserved: u8,
+    /// The site table: `[sites_start, sites_end)` of
+    /// [`crate::sites::KernelSite`]s, `site_size` bytes each.
+    pub sites_start: u64,
+    pub sites_end: u64,
+    /// Address of the module's [`crate::sites::SiteParams`].
+    pub site_params: u64,
+    pub site_size: u32,
+    pub reserved2: u32,
+}
+
+impl KmodDescriptor {
+    /// Number of sites in the table.
+    pub fn nr_sites(&self) -> u64 {
+        if self.site_size == 0 || self.sites_end < self.sites_start {
+            return 0;
+        }
+        (self.sites_end - self.sites_start) / self.site_size as u64
+    }
 }
 
 /// `struct pvlock_ksvc`: function pointers (guest C ABI).
@@ -104,6 +122,9 @@ pub struct KmodServices {
     pub bug: extern "C" fn(file: *const u8, line: u32, msg: *const u8) -> !,
     pub warn: extern "C" fn(file: *const u8, line: u32, msg: *const u8),
     pub sched_clock_ns: extern "C" fn() -> u64,
+    /// An enabled site was reached: the address it touches, the value it
+    /// writes (0 for reads and fences).
+    pub site: extern "C" fn(site: *mut crate::sites::KernelSite, addr: u64, val: u64),
 }
 
 /// `int init(...)` of [`KmodDescriptor::init`]: 0 or a negative reason.
@@ -122,7 +143,7 @@ pub fn init_error(code: i32) -> &'static str {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<KmodDescriptor>() == 176);
-const _: () = assert!(core::mem::size_of::<KmodServices>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<KmodDescriptor>() == 208);
+const _: () = assert!(core::mem::size_of::<KmodServices>() == 8 * 8);
 const _: () = assert!(KMOD_GPA >= crate::GUEST_IMAGE_GPA + 0x20_0000);
 const _: () = assert!(KMOD_LIMIT <= crate::MIN_RAM_BYTES / 2);

@@ -22,6 +22,7 @@ pub mod layout;
 pub mod lockword;
 pub mod names;
 pub mod seed;
+pub mod sites;
 pub mod vcpu;
 
 pub use boot::{BootBlock, HashEntry, HypervisorParams, LockParams, TortureParams, WindowParams};

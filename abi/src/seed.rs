@@ -22,6 +22,10 @@ pub enum Stream {
     VmmVcpu(u32),
     /// The VMM's preemptor (random and holder stall times and lengths).
     Preemptor,
+    /// vCPU `n`'s choices at the sites of a kernel build (`preempt.sites`):
+    /// a stream of its own, so enabling sites leaves every other choice of
+    /// the run as it was.
+    KernelSites(u32),
 }
 
 impl Stream {
@@ -31,6 +35,7 @@ impl Stream {
             Stream::LockCpu(n) => 1 << 32 | n as u64,
             Stream::VmmVcpu(n) => 2 << 32 | n as u64,
             Stream::Preemptor => 3 << 32,
+            Stream::KernelSites(n) => 4 << 32 | n as u64,
         }
     }
 }
@@ -70,10 +75,16 @@ mod tests {
 
     #[test]
     fn streams_are_distinct_deterministic_and_nonzero() {
-        let streams =
-            [Stream::LockCpu(0), Stream::LockCpu(1), Stream::VmmVcpu(0), Stream::VmmVcpu(1), Stream::Preemptor];
+        let streams = [
+            Stream::LockCpu(0),
+            Stream::LockCpu(1),
+            Stream::VmmVcpu(0),
+            Stream::VmmVcpu(1),
+            Stream::Preemptor,
+            Stream::KernelSites(0),
+        ];
         for seed in [0u64, 1, 9, u64::MAX] {
-            let s: [u64; 5] = core::array::from_fn(|i| stream_seed(seed, streams[i]));
+            let s: [u64; 6] = core::array::from_fn(|i| stream_seed(seed, streams[i]));
             for i in 0..s.len() {
                 assert_ne!(s[i], 0);
                 assert_eq!(s[i], stream_seed(seed, streams[i]), "deterministic");

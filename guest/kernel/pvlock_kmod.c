@@ -24,6 +24,10 @@ unsigned long pvlock_ram_top;
 unsigned int pvlock_stack_shift;
 unsigned int pvlock_nr_cpus;
 u64 pvlock_kernel_warnings;
+struct pvlock_site_params pvlock_site_params;
+
+/* The site table, from module.ld. */
+extern struct pvlock_site __pvlock_sites_start[], __pvlock_sites_end[];
 
 unsigned long __per_cpu_offset[CONFIG_NR_CPUS];
 
@@ -169,8 +173,16 @@ const struct pvlock_kmod pvlock_kmod_descriptor = {
 	.q_slow_val = _Q_SLOW_VAL,
 	.q_pending_bits = _Q_PENDING_BITS,
 	.flavour_x86 = PVLOCK_FLAVOUR_X86,
+	.sites_start = (u64)(unsigned long)__pvlock_sites_start,
+	.sites_end = (u64)(unsigned long)__pvlock_sites_end,
+	.site_params = (u64)(unsigned long)&pvlock_site_params,
+	.site_size = sizeof(struct pvlock_site),
 };
 
+_Static_assert(sizeof(struct pvlock_site) == 24, "struct pvlock_site does not match pvlock_abi::sites");
+_Static_assert(sizeof(struct pvlock_site_params) == 8 + 4 * PVLOCK_SITE_MAX_CPUS, "struct pvlock_site_params does not match pvlock_abi::sites");
+_Static_assert(CONFIG_NR_CPUS <= PVLOCK_SITE_MAX_CPUS, "CONFIG_NR_CPUS above the site state's vCPUs");
+
 /* pvlock_abi::kmod checks the same sizes on the Rust side. */
-_Static_assert(sizeof(struct pvlock_kmod) == 176, "struct pvlock_kmod does not match pvlock_abi::kmod");
-_Static_assert(sizeof(struct pvlock_ksvc) == 7 * 8, "struct pvlock_ksvc does not match pvlock_abi::kmod");
+_Static_assert(sizeof(struct pvlock_kmod) == 208, "struct pvlock_kmod does not match pvlock_abi::kmod");
+_Static_assert(sizeof(struct pvlock_ksvc) == 8 * 8, "struct pvlock_ksvc does not match pvlock_abi::kmod");

@@ -22,10 +22,15 @@ struct Cli {
 enum Cmd {
     /// Run every run of a config (a matrix runs point by point) and print a summary.
     Run(RunArgs),
-    /// List variants, race windows or workloads.
+    /// List variants, race windows, workloads, repros, or a kernel build's sites.
     List {
-        /// `variants`, `windows` or `workloads`.
+        /// `variants`, `windows`, `workloads`, `repros` or `sites` (needs --kernel-tree).
         what: String,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Kernel flavour of the build whose sites are listed (`x86`, `generic`).
+        #[arg(long, default_value = "x86")]
+        kernel_flavour: String,
     },
     /// Provoke a known race (`pvlock list repros`) over several seeds and report detection.
     Repro(ReproArgs),
@@ -232,7 +237,11 @@ fn run() -> Result<i32> {
     match cli.cmd {
         None => default_job(),
         Some(Cmd::Run(args)) => cmd_run(args),
-        Some(Cmd::List { what }) => {
+        Some(Cmd::List { what, kernel, kernel_flavour }) if what == "sites" => {
+            list_sites(&kernel, &kernel_flavour)?;
+            Ok(0)
+        }
+        Some(Cmd::List { what, .. }) => {
             list(&what)?;
             Ok(0)
         }
@@ -654,6 +663,33 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     Ok(exit_code(0, stop.is_stopped()))
 }
 
+/// `pvlock list sites --kernel-tree T [--kernel-patch P]...`: builds (or
+/// finds in the cache) the tree's module and prints its sites.
+fn list_sites(k: &KernelArgs, flavour: &str) -> Result<()> {
+    let Some(tree) = &k.kernel_tree else {
+        bail!("`list sites` lists a kernel build's sites: name the tree (--kernel-tree)")
+    };
+    pvlock::kernel::set_rebuild(k.rebuild);
+    let flavour = match flavour {
+        "x86" => pvlock::kernel::Flavour::X86,
+        "generic" => pvlock::kernel::Flavour::Generic,
+        other => bail!("--kernel-flavour `{other}` is not `x86` or `generic`"),
+    };
+    let lock = pvlock_vmm::LockConfig::default();
+    let spec = pvlock::kernel::KernelSpec {
+        tree: tree.clone(),
+        patches: k.kernel_patches.clone(),
+        flavour,
+        nr_cpus: lock.kernel_nr_cpus(),
+        lock_event_counts: lock.kernel_lock_events,
+        spin_threshold: lock.spin_threshold,
+        sites: true,
+    };
+    let b = pvlock::kernel::module_for(&spec)?;
+    print!("{}", pvlock::kernel::sites::render_listing(&b));
+    Ok(())
+}
+
 fn list(what: &str) -> Result<()> {
     match what {
         "repros" => {
@@ -709,7 +745,7 @@ fn list(what: &str) -> Result<()> {
             }
         }
         "workloads" => println!("{}", pvlock::config::workload_names()),
-        other => bail!("unknown list `{other}` (variants, windows, workloads, repros)"),
+        other => bail!("unknown list `{other}` (variants, windows, workloads, repros, sites)"),
     }
     Ok(())
 }

@@ -255,6 +255,10 @@ pub struct Record {
     /// with their sha256, compiler, the layout it reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<crate::kernel::KernelBuildInfo>,
+    /// Kernel variants: the sites the run stalled at and how often, and
+    /// the last site each vCPU passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_sites: Option<crate::kernel::sites::SiteStats>,
 }
 
 impl Record {

@@ -39,6 +39,11 @@ pub fn run_one_with_report(
         // The VMM reads the tree's locks, nodes and hash entries through
         // the layout its build reported.
         machine.lock_layout = Some(k.lock_layout()?);
+        // The run's sites: patterns and site rules resolved against the
+        // build's table (an unknown name is an error naming the key).
+        machine.sites = crate::kernel::sites::plan_for(k, &mut machine.preempt)?;
+    } else {
+        crate::kernel::sites::refuse_without_kernel(&machine.preempt)?;
     }
     let started_at = now_utc();
     let mut report = Machine::run_with_module(&machine, elf, kernel.as_ref().map(|k| k.image.as_slice()), stop)?;
@@ -46,6 +51,9 @@ pub fn run_one_with_report(
         symbolize_module_frames(&mut report.vcpu_dumps, &k.image);
     }
     let mut rec = make_record(rc, run_key, started_at, &report);
+    if let Some(k) = &kernel {
+        crate::kernel::sites::annotate(k, &report, &mut rec);
+    }
     rec.kernel = kernel.as_ref().map(|k| k.info.clone());
     if rec.status != RunStatus::Ok && report.status == RunStatus::Ok {
         // Not OK by the harness's checks only: the VMM did not symbolize.
@@ -286,6 +294,7 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
         console: r.console.clone(),
         config: rc.clone(),
         kernel: None,
+        kernel_sites: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn spec(tree: &Path, patches: &[PathBuf]) -> KernelSpec {
         nr_cpus: 64,
         lock_event_counts: true,
         spin_threshold: 1 << 15,
+        sites: true,
     }
 }
 

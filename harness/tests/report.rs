@@ -171,6 +171,7 @@ fn fixture_record(variant: &str, vcpus: u32, rep: u32) -> Record {
         console: vec![],
         config,
         kernel: None,
+        kernel_sites: None,
     }
 }
 

@@ -185,6 +185,19 @@ pub struct LockConfig {
     /// `CONFIG_LOCK_EVENT_COUNTS`: the kernel's own event counters.
     #[serde(skip_serializing_if = "is_true")]
     pub kernel_lock_events: bool,
+    /// Kernel builds: compile every shared-memory operation as a site
+    /// (`pvlock list sites`); false builds the tree without them (the
+    /// bench's baseline for what disabled sites cost).
+    #[serde(skip_serializing_if = "is_true")]
+    pub kernel_sites: bool,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_default_site_stall(v: &u64) -> bool {
+    *v == PreemptConfig::default().site_stall_us
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -232,6 +245,7 @@ impl Default for LockConfig {
             kernel_flavour: KernelFlavour::X86,
             kernel_nr_cpus: 0,
             kernel_lock_events: true,
+            kernel_sites: true,
         }
     }
 }
@@ -349,6 +363,10 @@ pub struct MachineConfig {
     /// guest ([`LockLayout::for_variant`]). A guest built from a kernel tree
     /// supplies the descriptor read from that tree.
     pub lock_layout: Option<LockLayout>,
+    /// A kernel build's site plan (flags per site, stall probability and
+    /// length), resolved by the harness from `preempt.sites` and the
+    /// schedule's `site:` rules; None: no kernel module, or sites untouched.
+    pub sites: Option<crate::sites::SitePlan>,
 }
 
 impl Default for MachineConfig {
@@ -368,6 +386,7 @@ impl Default for MachineConfig {
             preempt: PreemptConfig::default(),
             trace_len: DEFAULT_TRACE_LEN,
             lock_layout: None,
+            sites: None,
         }
     }
 }
@@ -470,10 +489,12 @@ pub struct RandomStalls {
 
 /// What releases a vCPU held at a window by a schedule rule. In configs:
 /// `blocked`, `head-blocked`, `timeout` or `window:NAME`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum HoldUntil {
     /// Another vCPU reaches this window.
     Window(Window),
+    /// Another vCPU reaches one of these sites of a kernel build.
+    Site(crate::sites::SiteRef),
     /// Another vCPU blocks in a pv_wait.
     Blocked,
     /// Another vCPU blocks in a pv_wait on its own lock's word (a queue
@@ -486,9 +507,10 @@ pub enum HoldUntil {
 
 impl HoldUntil {
     /// The config spelling.
-    pub fn name(self) -> String {
+    pub fn name(&self) -> String {
         match self {
             HoldUntil::Window(w) => format!("window:{}", w.name()),
+            HoldUntil::Site(s) => format!("site:{}", s.spec),
             HoldUntil::Blocked => "blocked".into(),
             HoldUntil::HeadBlocked => "head-blocked".into(),
             HoldUntil::Timeout => "timeout".into(),
@@ -500,7 +522,55 @@ impl HoldUntil {
             "blocked" => HoldUntil::Blocked,
             "head-blocked" => HoldUntil::HeadBlocked,
             "timeout" => HoldUntil::Timeout,
+            s if s.starts_with("site:") => HoldUntil::Site(crate::sites::SiteRef::parse(&s[5..]).ok()?),
             w => HoldUntil::Window(Window::from_name(w.strip_prefix("window:")?)?),
+        })
+    }
+}
+
+/// Where a schedule rule holds: a race window of the Rust variants
+/// (`handoff`, ...) or a site of a kernel build (`site:FUNCTION[:OP[:N]]`,
+/// `site:FILE:LINE`). In configs: the window's name or `site:...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldAt {
+    Window(Window),
+    Site(crate::sites::SiteRef),
+}
+
+impl HoldAt {
+    pub fn name(&self) -> String {
+        match self {
+            HoldAt::Window(w) => w.name().to_string(),
+            HoldAt::Site(s) => format!("site:{}", s.spec),
+        }
+    }
+
+    /// The window, for a window rule.
+    pub fn window(&self) -> Option<Window> {
+        match self {
+            HoldAt::Window(w) => Some(*w),
+            HoldAt::Site(_) => None,
+        }
+    }
+}
+
+impl Serialize for HoldAt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for HoldAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(spec) = s.strip_prefix("site:") {
+            return crate::sites::SiteRef::parse(spec).map(HoldAt::Site).map_err(serde::de::Error::custom);
+        }
+        Window::from_name(&s).map(HoldAt::Window).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a race window ({}) or `site:FUNCTION[:OP[:N]]` / `site:FILE:LINE`",
+                Window::NAMES.join(", ")
+            ))
         })
     }
 }
@@ -516,7 +586,8 @@ impl<'de> Deserialize<'de> for HoldUntil {
         let s = String::deserialize(d)?;
         HoldUntil::from_name(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "`{s}` is not `blocked`, `head-blocked`, `timeout` or `window:NAME` (NAME one of: {})",
+                "`{s}` is not `blocked`, `head-blocked`, `timeout`, `window:NAME` (NAME one of: {}) \
+                 or `site:FUNCTION[:OP[:N]]` / `site:FILE:LINE`",
                 Window::NAMES.join(", ")
             ))
         })
@@ -538,10 +609,10 @@ pub enum HoldWhen {
 
 /// `[[preempt.schedule]]`: "hold a vCPU at window `at` until `until`, or
 /// `timeout_us`": a directed interleaving.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRule {
-    pub at: Window,
+    pub at: HoldAt,
     #[serde(default)]
     pub until: HoldUntil,
     #[serde(default = "HoldRule::default_timeout_us")]
@@ -565,6 +636,10 @@ impl HoldRule {
     }
     /// A rule at `at` with the config defaults for everything else.
     pub fn at(at: Window) -> Self {
+        Self::at_point(HoldAt::Window(at))
+    }
+    /// A rule at a window or a site with the config defaults.
+    pub fn at_point(at: HoldAt) -> Self {
         Self {
             at,
             until: HoldUntil::Timeout,
@@ -606,6 +681,20 @@ pub struct PreemptConfig {
     pub holder_stall_us: u64,
     /// Directed interleavings: hold rules.
     pub schedule: Vec<HoldRule>,
+    /// Kernel builds: sites at which the guest may stall (patterns:
+    /// `FUNCTION`, `FILE[:LINE]` with `*`, `*:OP`; `pvlock list sites`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+    /// Probability of stalling at a selected site.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub site_prob: f64,
+    /// Stall length at a site the guest chose to stall at (no rule), us.
+    #[serde(skip_serializing_if = "is_default_site_stall")]
+    pub site_stall_us: u64,
+    /// Kernel builds: record the last site each vCPU passed (failure
+    /// reports name its file:line). Costs a call per site passed.
+    #[serde(skip_serializing_if = "is_true")]
+    pub site_track: bool,
 }
 
 impl Default for PreemptConfig {
@@ -621,6 +710,10 @@ impl Default for PreemptConfig {
             holder_lock: 0,
             holder_stall_us: 500,
             schedule: Vec::new(),
+            sites: Vec::new(),
+            site_prob: 0.0,
+            site_stall_us: 200,
+            site_track: true,
         }
     }
 }
@@ -629,6 +722,8 @@ impl PreemptConfig {
     pub fn validate(&self, vcpus: u32, locks: u32) -> Result<(), InvalidValue> {
         check_float("preempt.window_prob", self.window_prob, 0.0, 1.0)?;
         check_range("preempt.window_stall_us", self.window_stall_us, 0, MAX_STALL_US)?;
+        check_float("preempt.site_prob", self.site_prob, 0.0, 1.0)?;
+        check_range("preempt.site_stall_us", self.site_stall_us, 0, MAX_STALL_US)?;
         check_range("preempt.random_mean_interval_us", self.random_mean_interval_us, 0, MAX_INTERVAL_US)?;
         if self.random_mean_interval_us > 0 {
             check_range("preempt.random_stall_us", self.random_stall_us, 1, MAX_STALL_US)?;
@@ -677,7 +772,9 @@ impl PreemptConfig {
     pub fn window_params(&self) -> WindowParams {
         let mut mask = self.windows.iter().fold(0, |m, w| m | w.bit());
         for r in &self.schedule {
-            mask |= r.at.bit();
+            if let HoldAt::Window(w) = r.at {
+                mask |= w.bit();
+            }
             if let HoldUntil::Window(w) = r.until {
                 mask |= w.bit();
             }

@@ -23,6 +23,10 @@ pub enum GuestRequest {
     Stall {
         window: u64,
     },
+    /// A kernel build's site chose to exit (its index in the site table).
+    Site {
+        index: u64,
+    },
     Ping {
         value: u64,
     },
@@ -129,6 +133,7 @@ pub fn decode_mmio_write(addr: u64, data: &[u8]) -> Result<GuestRequest, AbiViol
         }
         doorbell::STALL => GuestRequest::Stall { window: value },
         doorbell::PING => GuestRequest::Ping { value },
+        doorbell::SITE => GuestRequest::Site { index: value },
         a if (doorbell::KICK_BASE..pvlock_abi::MMIO_BASE + pvlock_abi::MMIO_SIZE).contains(&a)
             && (a - doorbell::KICK_BASE).is_multiple_of(8) =>
         {
@@ -155,6 +160,7 @@ mod tests {
         );
         assert_eq!(decode_mmio_write(doorbell::DONE, &v(0)), Ok(GuestRequest::Done { status: 0 }));
         assert_eq!(decode_mmio_write(doorbell::STALL, &v(4)), Ok(GuestRequest::Stall { window: 4 }));
+        assert_eq!(decode_mmio_write(doorbell::SITE, &v(17)), Ok(GuestRequest::Site { index: 17 }));
         assert_eq!(decode_mmio_write(doorbell::kick_addr(63), &v(1)), Ok(GuestRequest::KickNoSuchCpu { cpu: 63 }));
     }
 

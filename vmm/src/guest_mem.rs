@@ -65,6 +65,10 @@ unsafe impl Pod for HashEntry {}
 unsafe impl Pod for pvlock_abi::TraceEntry {}
 // SAFETY: as above.
 unsafe impl Pod for pvlock_abi::AssertRecord {}
+// SAFETY: repr(C), integers only.
+unsafe impl Pod for pvlock_abi::kmod::KmodDescriptor {}
+// SAFETY: repr(C), integers only.
+unsafe impl Pod for pvlock_abi::sites::KernelSite {}
 
 /// Guest RAM: one slot at guest address 0.
 pub struct GuestRam {
@@ -148,6 +152,11 @@ impl GuestRam {
     pub fn read_u64(&self, gpa: u64) -> Result<u64, OutOfRam> {
         self.check_range(gpa, 8)?;
         self.mem.read_obj(GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 8, ram: self.size })
+    }
+
+    pub fn write_u8(&self, gpa: u64, v: u8) -> Result<(), OutOfRam> {
+        self.check_range(gpa, 1)?;
+        self.mem.write_obj(v, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 1, ram: self.size })
     }
 
     pub fn write_u32(&self, gpa: u64, v: u32) -> Result<(), OutOfRam> {

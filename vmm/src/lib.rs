@@ -20,6 +20,7 @@ pub mod preempt;
 pub mod regs;
 pub mod report;
 pub mod signal;
+pub mod sites;
 pub mod supervise;
 pub mod symbolize;
 pub mod trace;
@@ -30,7 +31,7 @@ pub mod watchdog;
 mod watchdog_tests;
 
 pub use config::{
-    HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KernelFlavour, KickContract,
+    HoldAt, HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KernelFlavour, KickContract,
     LockConfig, MachineConfig, PreemptConfig, RandomStalls, StallDist, TortureConfig, WaitContract,
 };
 pub use error::{MachineError, RunError};

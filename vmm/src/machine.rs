@@ -187,6 +187,10 @@ impl Machine {
         let image_end = match kmod {
             Some(image) => {
                 load_module(&ram, image)?;
+                if let Some(plan) = &cfg.sites {
+                    crate::sites::apply(&ram, plan)
+                        .map_err(|e| MachineError::LoadElf(format!("kernel-lock module sites: {e}")))?;
+                }
                 image_end.max(pvlock_abi::kmod::KMOD_LIMIT)
             }
             None => image_end,
@@ -249,7 +253,11 @@ impl Machine {
             exits: (0..cfg.vcpus).map(|_| AtomicU64::new(0)).collect(),
             console: Mutex::new(Default::default()),
             may_poll: runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted,
-            preempt: PreemptState::new(cfg.vcpus as usize, cfg.preempt.schedule.len()),
+            preempt: PreemptState::with_sites(
+                cfg.vcpus as usize,
+                cfg.preempt.schedule.len(),
+                cfg.sites.as_ref().map_or(0, |p| p.flags.len()),
+            ),
             kick_timer: delayed_kicks.then(|| Mutex::new(timer_tx)),
             layout: cfg.layout(),
             rescued: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::RESCUE_REPORTS)),
@@ -575,6 +583,9 @@ fn collect(
         vcpu_dumps: Vec::new(),
         traces: Vec::new(),
         stalls_skipped: sh.preempt.skipped.load(Ordering::Relaxed),
+        site_stalls: sh.preempt.site_stalls.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
+        site_arrivals: sh.preempt.site_arrivals.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
+        last_sites: if sh.cfg.sites.is_some() { crate::sites::last_sites(&sh.ram, sh.cfg.vcpus) } else { Vec::new() },
         hash_occupancy: sh
             .hash_occupancy
             .lock()

@@ -6,7 +6,7 @@
 //! lasts the VMM sets the vCPU's `preempted` flag in guest memory
 //! (steal-time style) for the guest's `vcpu_is_preempted()`.
 
-use crate::config::{HoldRule, HoldUntil, StallDist};
+use crate::config::{HoldAt, HoldRule, HoldUntil, StallDist};
 use pvlock_abi::{VmmCounter, NR_WINDOWS};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -60,13 +60,37 @@ pub enum HoldRelease {
     Stop,
 }
 
+/// Where an exit asking for a stall came from: a race window of the Rust
+/// variants or a site (its index in the build's site table) of a kernel build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallPoint {
+    Window(pvlock_abi::Window),
+    Site(u32),
+}
+
+impl HoldAt {
+    /// Whether a rule at `self` applies to an exit at `p`.
+    pub fn matches(&self, p: StallPoint) -> bool {
+        match (self, p) {
+            (HoldAt::Window(w), StallPoint::Window(x)) => *w == x,
+            (HoldAt::Site(s), StallPoint::Site(i)) => s.sites.contains(&i),
+            _ => false,
+        }
+    }
+}
+
 /// How a directed hold ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HoldOutcome {
     /// Index of the rule in the schedule.
     pub rule: usize,
     pub cpu: u32,
-    pub window: pvlock_abi::Window,
+    /// The window held at (absent for a site hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<pvlock_abi::Window>,
+    /// The kernel-build site held at, with its file:line and source text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<crate::sites::SiteLabel>,
     pub released_by: HoldRelease,
     pub held_us: u64,
 }
@@ -79,6 +103,10 @@ pub struct PreemptState {
     pub stalled: Vec<AtomicU32>,
     /// Times each window was reported by any vCPU (STALL exits).
     pub window_arrivals: [AtomicU64; NR_WINDOWS],
+    /// Per site of a kernel build: exits there (SITE doorbells).
+    pub site_arrivals: Vec<AtomicU64>,
+    /// Per site: stalls the VMM performed there (random mode).
+    pub site_stalls: Vec<AtomicU64>,
     /// Holds performed per rule.
     pub rule_used: Vec<AtomicU32>,
     /// Directed holds and how they ended (bounded: a rule with `count = 0`
@@ -91,10 +119,17 @@ pub struct PreemptState {
 
 impl PreemptState {
     pub fn new(vcpus: usize, rules: usize) -> Self {
+        Self::with_sites(vcpus, rules, 0)
+    }
+
+    /// As [`PreemptState::new`], with counters for `sites` kernel sites.
+    pub fn with_sites(vcpus: usize, rules: usize, sites: usize) -> Self {
         Self {
             stall_request_us: (0..vcpus).map(|_| AtomicU64::new(0)).collect(),
             stalled: (0..vcpus).map(|_| AtomicU32::new(0)).collect(),
             window_arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
+            site_arrivals: (0..sites).map(|_| AtomicU64::new(0)).collect(),
+            site_stalls: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             rule_used: (0..rules).map(|_| AtomicU32::new(0)).collect(),
             holds: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::HOLDS)),
             skipped: AtomicU64::new(0),
@@ -105,17 +140,18 @@ impl PreemptState {
         self.stalled.iter().any(|s| s.load(Ordering::Acquire) != 0)
     }
 
-    /// The first rule that applies to `cpu` at `window` and still has holds
-    /// left; claims one hold.
+    /// The first rule that applies to `cpu` at `at` (a window, or a
+    /// kernel site) and still has holds left; claims one hold.
     pub fn claim_rule(
         &self,
         rules: &[HoldRule],
         cpu: u32,
-        window: pvlock_abi::Window,
+        at: impl Into<StallPoint>,
         precondition: impl Fn(&HoldRule) -> bool,
     ) -> Option<usize> {
+        let at = at.into();
         for (i, r) in rules.iter().enumerate() {
-            if r.at != window || r.cpu.is_some_and(|c| c != cpu) || !precondition(r) {
+            if !r.at.matches(at) || r.cpu.is_some_and(|c| c != cpu) || !precondition(r) {
                 continue;
             }
             let used = &self.rule_used[i];
@@ -133,6 +169,12 @@ impl PreemptState {
     }
 }
 
+impl From<pvlock_abi::Window> for StallPoint {
+    fn from(w: pvlock_abi::Window) -> Self {
+        StallPoint::Window(w)
+    }
+}
+
 /// Blocks the calling vCPU thread per `rule`; `others_blocked` returns the
 /// number of blocking waits other vCPUs have begun so far, `stop` the run's
 /// stop flag.
@@ -146,14 +188,22 @@ pub fn hold(
     let t0 = Instant::now();
     let timeout = Duration::from_micros(rule.timeout_us);
     let arrivals0: Vec<u64> = st.window_arrivals.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    let site_arrivals = |sites: &[u32]| -> u64 {
+        sites.iter().filter_map(|&i| st.site_arrivals.get(i as usize)).map(|a| a.load(Ordering::Acquire)).sum()
+    };
+    let sites0 = match &rule.until {
+        HoldUntil::Site(s) => site_arrivals(&s.sites),
+        _ => 0,
+    };
     let heads = rule.until == HoldUntil::HeadBlocked;
     let blocked0 = others_blocked(heads);
     loop {
         if stop() {
             return (HoldRelease::Stop, t0.elapsed());
         }
-        let met = match rule.until {
-            HoldUntil::Window(w) => st.window_arrivals[w as usize].load(Ordering::Acquire) > arrivals0[w as usize],
+        let met = match &rule.until {
+            HoldUntil::Window(w) => st.window_arrivals[*w as usize].load(Ordering::Acquire) > arrivals0[*w as usize],
+            HoldUntil::Site(s) => site_arrivals(&s.sites) > sites0,
             HoldUntil::Blocked | HoldUntil::HeadBlocked => others_blocked(heads) > blocked0,
             HoldUntil::Timeout => false,
         };
@@ -207,6 +257,39 @@ mod tests {
 
     fn rule(at: Window, cpu: Option<u32>, until: HoldUntil, count: u32) -> HoldRule {
         HoldRule { cpu, until, timeout_us: 20_000, count, ..HoldRule::at(at) }
+    }
+
+    fn site_rule(sites: Vec<u32>, until: HoldUntil) -> HoldRule {
+        let at = HoldAt::Site(crate::sites::SiteRef { spec: "f".into(), sites });
+        HoldRule { until, timeout_us: 20_000, count: 1, ..HoldRule::at_point(at) }
+    }
+
+    #[test]
+    fn site_rules_match_their_resolved_sites_only() {
+        let rules = [site_rule(vec![3, 5], HoldUntil::Timeout), rule(Window::Handoff, None, HoldUntil::Timeout, 0)];
+        let st = PreemptState::with_sites(2, rules.len(), 8);
+        let any = |_: &HoldRule| true;
+        assert_eq!(st.claim_rule(&rules, 0, StallPoint::Site(4), any), None);
+        assert_eq!(st.claim_rule(&rules, 0, StallPoint::Site(5), any), Some(0));
+        assert_eq!(st.claim_rule(&rules, 0, StallPoint::Site(3), any), None, "count 1 used up");
+        assert_eq!(st.claim_rule(&rules, 0, Window::Handoff, any), Some(1), "a window rule is not a site rule");
+    }
+
+    #[test]
+    fn a_hold_until_a_site_ends_when_another_vcpu_arrives_there() {
+        let until = HoldUntil::Site(crate::sites::SiteRef { spec: "g".into(), sites: vec![2] });
+        let r = site_rule(vec![1], until);
+        let st = PreemptState::with_sites(2, 1, 4);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(2));
+                st.site_arrivals[3].fetch_add(1, Ordering::SeqCst);
+                st.site_arrivals[2].fetch_add(1, Ordering::SeqCst);
+            });
+            let (why, d) = hold(&r, 0, &st, |_| 0, || false);
+            assert_eq!(why, HoldRelease::Condition);
+            assert!(d < Duration::from_millis(20));
+        });
     }
 
     #[test]

@@ -295,6 +295,15 @@ pub struct RunReport {
     pub dropped: Dropped,
     /// Random / holder stall requests skipped (vCPU blocked or stalled).
     pub stalls_skipped: u64,
+    /// Kernel builds: per site of the build's table, stalls performed there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_stalls: Vec<u64>,
+    /// Kernel builds: per site, exits there (stalls, holds, `until` arrivals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_arrivals: Vec<u64>,
+    /// Kernel builds: per vCPU, the last tracked site it passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_sites: Vec<Option<u32>>,
     /// (entries in use, samples) of the PV hash table over the run.
     pub hash_occupancy: Vec<(u64, u64)>,
     /// Every vCPU at the end (registers, backtrace, phase, lock, trace

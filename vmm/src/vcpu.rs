@@ -176,7 +176,7 @@ impl VcpuThread {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
-    fn abi_violation(&self, detail: String) -> GuestFailure {
+    pub(crate) fn abi_violation(&self, detail: String) -> GuestFailure {
         GuestFailure::AbiViolation { cpu: self.cpu, rip: self.rip(), detail }
     }
 
@@ -350,7 +350,8 @@ impl VcpuThread {
                     sh.preempt.holds.lock().unwrap_or_else(|p| p.into_inner()).push(crate::preempt::HoldOutcome {
                         rule: i,
                         cpu,
-                        window: w,
+                        window: Some(w),
+                        site: None,
                         released_by: why,
                         held_us: held.as_micros() as u64,
                     });
@@ -359,6 +360,7 @@ impl VcpuThread {
                 }
                 Ok(Next::Continue)
             }
+            GuestRequest::Site { index } => crate::sites::serve(self, index).map(|()| Next::Continue),
             GuestRequest::Ping { .. } => Ok(Next::Continue),
             GuestRequest::KickNoSuchCpu { cpu: target } => match &sh.kick_timer {
                 // kick_delay_us > 0: kicks come through here, delivered late.
@@ -374,7 +376,7 @@ impl VcpuThread {
 
     /// Deliberate preemption: this vCPU runs no guest code for `d`, with its
     /// `preempted` flag set so the guest's vcpu_is_preempted() sees it.
-    fn stall(&self, d: Duration) {
+    pub(crate) fn stall(&self, d: Duration) {
         let sh = &self.shared;
         let ch = &sh.channels[self.cpu as usize];
         sh.set_preempted(self.cpu, true);

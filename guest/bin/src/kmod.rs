@@ -12,12 +12,13 @@
 //! the interrupt's platform and the interrupted one is back afterwards).
 
 use crate::rt;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
-use pvlock_abi::doorbell::PanicKind;
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use pvlock_abi::doorbell::{self, PanicKind};
 use pvlock_abi::kmod::{
     self, KmodDescriptor, KmodInit, KmodServices, KmodSlowpath, KmodUnlock, KERNEL_WARNINGS_PRINTED, KERNEL_WARNING_PREFIX,
     KMOD_GPA, KMOD_MAGIC, KMOD_VERSION,
 };
+use pvlock_abi::sites::{KernelSite, SiteOp, SiteParams, SITE_EXIT, SITE_HASH, SITE_STALL, SITE_TRACK};
 use pvlock_abi::{GuestPhase, LockEvent, VcpuBlock, MAX_VCPUS, STACK_SIZE};
 use pvlock_guest_lib::{ExternalLock, Platform, RawLock, WaitOn};
 
@@ -60,6 +61,7 @@ static SERVICES: KmodServices = KmodServices {
     bug: svc_bug,
     warn: svc_warn,
     sched_clock_ns: svc_sched_clock_ns,
+    site: svc_site,
 };
 
 impl KernelLock {
@@ -67,6 +69,7 @@ impl KernelLock {
     /// for that. Fails the run (panic record) when no usable module is there.
     pub fn bind(cpu: u32, path: KernelPath) -> Self {
         let d = descriptor();
+        seed_sites(cpu);
         if cpu == 0 {
             let boot = rt::boot();
             if d.magic != KMOD_MAGIC || d.version != KMOD_VERSION || d.size as usize != size_of::<KmodDescriptor>() {
@@ -302,4 +305,130 @@ extern "C" fn svc_warn(file: *const u8, line: u32, msg: *const u8) {
 
 extern "C" fn svc_sched_clock_ns() -> u64 {
     rt::cycles_to_ns(rt::rdtsc())
+}
+
+/// Per vCPU: the state of its site stream (`Stream::KernelSites`), seeded
+/// by `bind`.
+static SITE_RNG: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+/// Per vCPU: hash-table slots probed (lock-slot cmpxchgs) since its last
+/// insert, for `hash_max_probe`.
+static HASH_PROBES: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+
+/// Seeds this vCPU's site stream from the run seed.
+fn seed_sites(cpu: u32) {
+    let seed = pvlock_abi::seed::stream_seed(rt::boot().seed, pvlock_abi::seed::Stream::KernelSites(cpu));
+    SITE_RNG[cpu as usize].store(seed, Ordering::Relaxed);
+}
+
+/// Adds `n` to lock event `ev` of vCPU `cpu` (its own block).
+fn count(cpu: u32, ev: LockEvent, n: u64) {
+    // SAFETY: the calling vCPU's own block, one field as a raw place (the
+    // torture loop may hold a reference to another field of it).
+    unsafe { (*rt::vcpu_block(cpu)).events[ev.index()] += n };
+}
+
+/// An enabled site of the kernel code was reached (`pvlock_abi::sites`):
+/// the kernel passes the site's descriptor, the address the operation
+/// touches and the value it writes. Only this vCPU's state is touched, and
+/// no platform is needed: a site may also be passed outside a lock call.
+extern "C" fn svc_site(site: *mut KernelSite, addr: u64, val: u64) {
+    let d = descriptor();
+    let cpu = rt::current_cpu();
+    // SAFETY: the module passes the address of one of its site
+    // descriptors (inside [sites_start, sites_end)); the flags byte is
+    // written by the VMM before the run only.
+    let s = unsafe { core::ptr::read_volatile(site) };
+    let index = (site as u64).wrapping_sub(d.sites_start) / d.site_size.max(1) as u64;
+    let params = d.site_params as *mut SiteParams;
+    if s.flags & SITE_TRACK != 0 {
+        // SAFETY: the module's site state; only vCPU `cpu` writes its slot,
+        // the VMM reads it (a volatile aligned u32 store cannot tear).
+        unsafe { core::ptr::write_volatile(&mut (*params).last_site[cpu as usize], index as u32 + 1) };
+    }
+    if s.flags & SITE_HASH != 0 {
+        hash_site(d, cpu, &s, addr, val);
+    }
+    let exit = s.flags & SITE_EXIT != 0 || {
+        if s.flags & SITE_STALL == 0 {
+            false
+        } else {
+            let slot = &SITE_RNG[cpu as usize];
+            let x = pvlock_abi::seed::next_draw(slot.load(Ordering::Relaxed));
+            slot.store(x, Ordering::Relaxed);
+            // SAFETY: as above; `prob` is written by the VMM before the run.
+            let prob = unsafe { core::ptr::read_volatile(&(*params).prob) } as u64;
+            (x >> 32) < prob
+        }
+    };
+    if exit {
+        // One exit: the VMM stalls here (random) or applies a schedule rule.
+        rt::ring(doorbell::SITE, index);
+    }
+}
+
+/// A write at a [`SITE_HASH`] site: if it touches the tree's PV hash table,
+/// count inserts, removes and probes, and catch a second entry for a lock
+/// at the write that would create it (the Rust variants' double_hash).
+fn hash_site(d: &KmodDescriptor, cpu: u32, s: &KernelSite, addr: u64, val: u64) {
+    // SAFETY: init has set both variables (STATE is 1 before any lock call).
+    let (table, bits) = unsafe { (*(d.hash_table_var as *const u64), *(d.hash_bits_var as *const u32)) };
+    let (size, n) = (d.hash_entry_size as u64, 1u64 << bits);
+    if table == 0 || size == 0 || addr < table || addr >= table + n * size {
+        return;
+    }
+    let slot = (addr - table) % size;
+    let op = SiteOp::from_u8(s.op);
+    if slot == d.hash_entry_lock_off as u64 {
+        if val == 0 {
+            // pv_unhash() (or the head's own unhash): WRITE_ONCE(lock, NULL).
+            if op.is_some_and(SiteOp::writes) {
+                count(cpu, LockEvent::HashRemoves, 1);
+            }
+            return;
+        }
+        if op != Some(SiteOp::Cmpxchg) {
+            return;
+        }
+        // pv_hash() claims a slot for lock `val`: one probe; a second
+        // entry for `val` anywhere in the table is a double hash.
+        HASH_PROBES[cpu as usize].fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let e = table + i * size;
+            if e == addr - slot {
+                continue;
+            }
+            // SAFETY: an entry of the module's table (checked range), read
+            // while others may write it: one aligned u64 load.
+            let holder = unsafe { core::ptr::read_volatile((e + d.hash_entry_lock_off as u64) as *const u64) };
+            if holder == val {
+                count(cpu, LockEvent::DoubleHash, 1);
+                if rt::boot().lock.flags & pvlock_abi::boot::LOCK_FLAG_STOP_ON_DOUBLE_HASH != 0 {
+                    collect_events(cpu, rt::vcpu_block(cpu));
+                    // SAFETY: the descriptor's strings are __FILE__ and __func__.
+                    let (file, func) = unsafe { (c_str(s.file as *const u8), c_str(s.func as *const u8)) };
+                    rt::report_failure(
+                        cpu,
+                        PanicKind::Bug,
+                        file,
+                        s.line,
+                        format_args!(
+                            "double hash: {func}() at {file}:{} writes a second hash entry for lock {val:#x} \
+                             (entry {e:#x} already holds it; stop_on_double_hash)",
+                            s.line
+                        ),
+                    );
+                }
+                return;
+            }
+        }
+    } else if slot == d.hash_entry_node_off as u64 && val != 0 && op.is_some_and(SiteOp::writes) {
+        // pv_hash() publishes the node of the slot it claimed: one insert.
+        count(cpu, LockEvent::HashInserts, 1);
+        let probes = HASH_PROBES[cpu as usize].swap(0, Ordering::Relaxed);
+        // SAFETY: this vCPU's block, one field.
+        unsafe {
+            let m = &mut (*rt::vcpu_block(cpu)).events[LockEvent::HashMaxProbe.index()];
+            *m = (*m).max(probes);
+        }
+    }
 }

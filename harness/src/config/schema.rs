@@ -90,6 +90,7 @@ impl RunConfig {
             preempt: self.preempt.clone(),
             trace_len: self.trace_entries,
             lock_layout: None,
+            sites: None,
         }
     }
 

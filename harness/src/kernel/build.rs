@@ -104,6 +104,11 @@ pub struct DescriptorSummary {
 pub struct KernelBuild {
     pub image: Vec<u8>,
     pub info: KernelBuildInfo,
+    /// Every site of the image (empty when built without sites).
+    pub sites: super::sites::SiteTable,
+    /// The files compiled, as patched (tree-relative path -> text): the
+    /// source lines `pvlock list sites` and hold records show.
+    pub sources: std::collections::BTreeMap<String, String>,
     /// Served from the cache (nothing compiled).
     pub cached: bool,
 }
@@ -159,6 +164,9 @@ fn knob_flags(spec: &KernelSpec) -> Vec<String> {
     if spec.flavour == Flavour::X86 {
         f.push("-DPVLOCK_FLAVOUR_X86=1".into());
     }
+    if !spec.sites {
+        f.push("-DPVLOCK_NO_SITES".into());
+    }
     f
 }
 
@@ -213,7 +221,9 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
         if let (Ok(image), Ok(text)) = (std::fs::read(&image_path), std::fs::read_to_string(&info_path)) {
             if let Ok(info) = serde_json::from_str::<KernelBuildInfo>(&text) {
                 check_image(&image)?;
-                return Ok(KernelBuild { image, info, cached: true });
+                let sites = super::sites::SiteTable::from_image(&image)?;
+                let sources = read_sources(&dir.join("source"), &files);
+                return Ok(KernelBuild { image, info, sites, sources, cached: true });
             }
         }
     }
@@ -269,6 +279,8 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
     }
     let image = std::fs::read(&elf).map_err(|e| io("reading", &elf, e))?;
     let d = check_image(&image)?;
+    let sites = super::sites::SiteTable::from_image(&image)?;
+    let sources = read_sources(&src, &files);
     let info = KernelBuildInfo {
         tree: tree.root.display().to_string(),
         version: tree.version.clone(),
@@ -298,11 +310,20 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
     write_file(&staged.join("module.elf"), &image)?;
     let json = serde_json::to_string_pretty(&info).map_err(|e| KernelError::Io(e.to_string()))?;
     write_file(&staged.join("build.json"), json.as_bytes())?;
+    for (rel, text) in &sources {
+        write_file(&staged.join("source").join(rel), text.as_bytes())?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     // A concurrent build of the same key may have won the rename: its
     // result is the same bytes.
     let _ = std::fs::rename(&staged, &dir);
-    Ok(KernelBuild { image, info, cached: false })
+    Ok(KernelBuild { image, info, sites, sources, cached: false })
+}
+
+/// The build's source files (as patched) under `root`; a file that cannot
+/// be read is left out (its sites are listed without their text).
+fn read_sources(root: &Path, files: &[&str]) -> std::collections::BTreeMap<String, String> {
+    files.iter().filter_map(|f| std::fs::read_to_string(root.join(f)).ok().map(|t| (f.to_string(), t))).collect()
 }
 
 fn write_file(p: &Path, bytes: &[u8]) -> Result<(), KernelError> {

@@ -6,9 +6,11 @@
 //! - [`tree`]: is it a kernel tree, which release and layout, which files.
 //! - [`patch`]: the user's diffs, applied to a private copy.
 //! - [`build`]: compile, link, check the image; cached by content hash.
+//! - [`sites`]: the build's site table, site patterns, the run's site plan.
 
 pub mod build;
 pub mod patch;
+pub mod sites;
 pub mod tree;
 
 pub use build::{build, BuildOptions, KernelBuild, KernelBuildInfo};
@@ -33,6 +35,8 @@ pub struct KernelSpec {
     /// `SPIN_THRESHOLD` (x86's `asm/spinlock.h` has 1 << 15). Below 256
     /// the tree's wait-early check, made every 256 spins, never runs.
     pub spin_threshold: u32,
+    /// Sites compiled in (`lock.kernel_sites`).
+    pub sites: bool,
 }
 
 /// Why a kernel build could not be made. Each names the thing at fault.
@@ -79,6 +83,7 @@ pub fn spec_of(rc: &crate::config::RunConfig) -> Result<Option<KernelSpec>, pvlo
         nr_cpus: lock.kernel_nr_cpus(),
         lock_event_counts: lock.kernel_lock_events,
         spin_threshold: lock.spin_threshold,
+        sites: lock.kernel_sites,
     }))
 }
 

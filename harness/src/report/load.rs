@@ -276,6 +276,7 @@ mod tests {
             console: vec![],
             config: Default::default(),
             kernel: None,
+            kernel_sites: None,
         };
         let k1 = GroupKey::of(&a);
         assert_eq!(k1.other, "torture.locks=4");

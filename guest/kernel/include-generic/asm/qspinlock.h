@@ -14,15 +14,19 @@ extern void __pv_init_lock_hash(void);
 extern void __pv_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val);
 extern void __pv_queued_spin_unlock(struct qspinlock *lock);
 
-static __always_inline void pv_wait(u8 *ptr, u8 val)
-{
-	pvlock_svc.pv_wait(ptr, val);
-}
-
-static __always_inline void pv_kick(int cpu)
-{
-	pvlock_svc.pv_kick(cpu);
-}
+/* Macros, not functions, so that each call is a site with the caller's
+ * file:line (pvlock/sites.h). */
+#define pv_wait(ptr, val) do {						\
+	u8 *__pvl_wp = (ptr);						\
+	u8 __pvl_wv = (val);						\
+	PVLOCK_SITE(PVL_OP_PV_WAIT, 1, __pvl_wp, __pvl_wv);		\
+	pvlock_svc.pv_wait(__pvl_wp, __pvl_wv);				\
+} while (0)
+#define pv_kick(cpu) do {						\
+	int __pvl_kc = (cpu);						\
+	PVLOCK_SITE(PVL_OP_PV_KICK, 0, 0, __pvl_kc);			\
+	pvlock_svc.pv_kick(__pvl_kc);					\
+} while (0)
 
 #define vcpu_is_preempted vcpu_is_preempted
 static __always_inline bool vcpu_is_preempted(long cpu)

@@ -88,33 +88,67 @@ typedef _Bool bool;
 #define CC_SET(c) "\n\t/* output condition code " #c "*/\n"
 #define CC_OUT(c) "=@cc" #c
 
+/* Every shared-memory operation below is a site (pvlock/sites.h): a
+ * static descriptor with the caller's file:line and function, and a check
+ * of its flags byte before the operation. The operation itself is
+ * unchanged (the ordering column of docs/KERNEL-BUILDS.md). */
+#include <pvlock/sites.h>
+
+/* Raw single accesses, for the stand-ins' own use inside one site. */
+#define __pvl_read_raw(p) (*(const volatile __typeof__(*(p)) *)(p))
+
 /* READ_ONCE / WRITE_ONCE: one volatile access each, as the kernel's. */
-#define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
-#define WRITE_ONCE(x, val) do { *(volatile __typeof__(x) *)&(x) = (val); } while (0)
+#define READ_ONCE(x) ({							\
+	const volatile __typeof__(x) *__pvl_ra = &(x);			\
+	PVLOCK_SITE(PVL_OP_READ_ONCE, sizeof(x), __pvl_ra, 0);		\
+	*__pvl_ra;							\
+})
+#define WRITE_ONCE(x, val) do {						\
+	volatile __typeof__(x) *__pvl_wa = &(x);			\
+	__typeof__(x) __pvl_wv = (val);					\
+	PVLOCK_SITE(PVL_OP_WRITE_ONCE, sizeof(x), __pvl_wa, __pvl_wv);	\
+	*__pvl_wa = __pvl_wv;						\
+} while (0)
 
 /* --------------------------------------------------------- barriers -- */
-#define smp_mb() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-#define smp_rmb() barrier()
-#define smp_wmb() barrier()
-#define smp_mb__before_atomic() barrier()
-#define smp_mb__after_atomic() barrier()
+#define smp_mb() ({ PVLOCK_SITE_FENCE(PVL_OP_MB); __atomic_thread_fence(__ATOMIC_SEQ_CST); })
+#define smp_rmb() ({ PVLOCK_SITE_FENCE(PVL_OP_RMB); barrier(); })
+#define smp_wmb() ({ PVLOCK_SITE_FENCE(PVL_OP_WMB); barrier(); })
+#define smp_mb__before_atomic() ({ PVLOCK_SITE_FENCE(PVL_OP_MB_BEFORE_ATOMIC); barrier(); })
+#define smp_mb__after_atomic() ({ PVLOCK_SITE_FENCE(PVL_OP_MB_AFTER_ATOMIC); barrier(); })
 #define smp_acquire__after_ctrl_dep() smp_rmb()
-#define smp_store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define smp_load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define smp_store_release(p, v) do {					\
+	__typeof__(p) __pvl_sp = (p);					\
+	__typeof__(*__pvl_sp) __pvl_sv = (v);				\
+	PVLOCK_SITE_PTR(PVL_OP_STORE_RELEASE, __pvl_sp, __pvl_sv);	\
+	__atomic_store_n(__pvl_sp, __pvl_sv, __ATOMIC_RELEASE);		\
+} while (0)
+#define smp_load_acquire(p) ({						\
+	__typeof__(p) __pvl_lp = (p);					\
+	PVLOCK_SITE_PTR(PVL_OP_LOAD_ACQUIRE, __pvl_lp, 0);		\
+	__atomic_load_n(__pvl_lp, __ATOMIC_ACQUIRE);			\
+})
 /* x86: xchg, a full barrier. */
-#define smp_store_mb(var, value) do { (void)__atomic_exchange_n(&(var), (value), __ATOMIC_SEQ_CST); } while (0)
+#define smp_store_mb(var, value) do {					\
+	__typeof__(&(var)) __pvl_mp = &(var);				\
+	__typeof__(var) __pvl_mv = (value);				\
+	PVLOCK_SITE_PTR(PVL_OP_STORE_MB, __pvl_mp, __pvl_mv);		\
+	(void)__atomic_exchange_n(__pvl_mp, __pvl_mv, __ATOMIC_SEQ_CST);	\
+} while (0)
 
 /* One spin-wait iteration: pause, and a point where the pvlock guest may
  * run a simulated interrupt handler (the slow path runs with interrupts
  * enabled in the kernel, so a handler may arrive at any of these). */
 static inline void cpu_relax(void);
 
-/* asm-generic's spin loops: re-read until the condition holds. */
+/* asm-generic's spin loops: re-read until the condition holds; each read
+ * is the loop's site (a stall there is a preemption of the spinner). */
 #define smp_cond_load_relaxed(ptr, cond_expr) ({			\
 	__typeof__(ptr) __PTR = (ptr);					\
 	__typeof__(*__PTR) VAL;						\
 	for (;;) {							\
-		VAL = READ_ONCE(*__PTR);				\
+		PVLOCK_SITE_PTR(PVL_OP_COND_LOAD, __PTR, 0);		\
+		VAL = __pvl_read_raw(__PTR);				\
 		if (cond_expr)						\
 			break;						\
 		cpu_relax();						\
@@ -125,6 +159,7 @@ static inline void cpu_relax(void);
 	__typeof__(ptr) __PTR = (ptr);					\
 	__typeof__(*__PTR) VAL;						\
 	for (;;) {							\
+		PVLOCK_SITE_PTR(PVL_OP_COND_LOAD, __PTR, 0);		\
 		VAL = __atomic_load_n(__PTR, __ATOMIC_ACQUIRE);		\
 		if (cond_expr)						\
 			break;						\
@@ -137,8 +172,11 @@ static inline void cpu_relax(void);
 /* Value-returning RMWs without a suffix are fully ordered; _acquire,
  * _release, _relaxed are what they say; a failed cmpxchg orders nothing. */
 #define __pvl_cmpxchg(ptr, old, new, mo) ({				\
-	__typeof__(*(ptr)) __o = (old);					\
-	(void)__atomic_compare_exchange_n((ptr), &__o, (new), 0, (mo),	\
+	__typeof__(ptr) __pvl_cp = (ptr);				\
+	__typeof__(*__pvl_cp) __o = (old);				\
+	__typeof__(*__pvl_cp) __pvl_cn = (new);				\
+	PVLOCK_SITE_PTR(PVL_OP_CMPXCHG, __pvl_cp, __pvl_cn);		\
+	(void)__atomic_compare_exchange_n(__pvl_cp, &__o, __pvl_cn, 0, (mo), \
 					  __ATOMIC_RELAXED);		\
 	__o;								\
 })
@@ -146,35 +184,61 @@ static inline void cpu_relax(void);
 #define cmpxchg_acquire(p, o, n) __pvl_cmpxchg(p, o, n, __ATOMIC_ACQUIRE)
 #define cmpxchg_release(p, o, n) __pvl_cmpxchg(p, o, n, __ATOMIC_RELEASE)
 #define cmpxchg_relaxed(p, o, n) __pvl_cmpxchg(p, o, n, __ATOMIC_RELAXED)
-#define __pvl_try_cmpxchg(ptr, oldp, new, mo)				\
-	__atomic_compare_exchange_n((ptr), (oldp), (new), 0, (mo), __ATOMIC_RELAXED)
+#define __pvl_try_cmpxchg(ptr, oldp, new, mo) ({			\
+	__typeof__(ptr) __pvl_tp = (ptr);				\
+	__typeof__(*__pvl_tp) __pvl_tn = (new);				\
+	PVLOCK_SITE_PTR(PVL_OP_CMPXCHG, __pvl_tp, __pvl_tn);		\
+	__atomic_compare_exchange_n(__pvl_tp, (oldp), __pvl_tn, 0, (mo), __ATOMIC_RELAXED); \
+})
 #define try_cmpxchg(p, o, n) __pvl_try_cmpxchg(p, o, n, __ATOMIC_SEQ_CST)
 #define try_cmpxchg_acquire(p, o, n) __pvl_try_cmpxchg(p, o, n, __ATOMIC_ACQUIRE)
 #define try_cmpxchg_release(p, o, n) __pvl_try_cmpxchg(p, o, n, __ATOMIC_RELEASE)
 #define try_cmpxchg_relaxed(p, o, n) __pvl_try_cmpxchg(p, o, n, __ATOMIC_RELAXED)
-#define xchg(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
-#define xchg_acquire(p, v) __atomic_exchange_n((p), (v), __ATOMIC_ACQUIRE)
-#define xchg_release(p, v) __atomic_exchange_n((p), (v), __ATOMIC_RELEASE)
-#define xchg_relaxed(p, v) __atomic_exchange_n((p), (v), __ATOMIC_RELAXED)
+#define __pvl_xchg(ptr, v, mo) ({					\
+	__typeof__(ptr) __pvl_xp = (ptr);				\
+	__typeof__(*__pvl_xp) __pvl_xv = (v);				\
+	PVLOCK_SITE_PTR(PVL_OP_XCHG, __pvl_xp, __pvl_xv);		\
+	__atomic_exchange_n(__pvl_xp, __pvl_xv, (mo));			\
+})
+#define xchg(p, v) __pvl_xchg(p, v, __ATOMIC_SEQ_CST)
+#define xchg_acquire(p, v) __pvl_xchg(p, v, __ATOMIC_ACQUIRE)
+#define xchg_release(p, v) __pvl_xchg(p, v, __ATOMIC_RELEASE)
+#define xchg_relaxed(p, v) __pvl_xchg(p, v, __ATOMIC_RELAXED)
 
 /* ----------------------------------------------------------- atomic_t -- */
 typedef struct { int counter; } atomic_t;
 #define ATOMIC_INIT(i) { (i) }
-#define atomic_read(v) READ_ONCE((v)->counter)
+#define atomic_read(v) ({						\
+	const volatile int *__pvl_ar = &(v)->counter;			\
+	PVLOCK_SITE(PVL_OP_ATOMIC_READ, 4, __pvl_ar, 0);		\
+	*__pvl_ar;							\
+})
 #define atomic_read_acquire(v) smp_load_acquire(&(v)->counter)
-#define atomic_set(v, i) WRITE_ONCE((v)->counter, (i))
+#define atomic_set(v, i) do {						\
+	volatile int *__pvl_as = &(v)->counter;				\
+	int __pvl_asv = (i);						\
+	PVLOCK_SITE(PVL_OP_ATOMIC_SET, 4, __pvl_as, __pvl_asv);		\
+	*__pvl_as = __pvl_asv;						\
+} while (0)
 #define atomic_set_release(v, i) smp_store_release(&(v)->counter, (i))
+/* One read-modify-write of v->counter with `op` (a __atomic_fetch_*). */
+#define __pvl_atomic_rmw(fetch, i, v, mo) ({				\
+	int *__pvl_rp = &(v)->counter;					\
+	int __pvl_ri = (i);						\
+	PVLOCK_SITE(PVL_OP_ATOMIC_RMW, 4, __pvl_rp, __pvl_ri);		\
+	fetch(__pvl_rp, __pvl_ri, (mo));				\
+})
 /* Void RMWs order nothing. */
-#define atomic_add(i, v) ((void)__atomic_fetch_add(&(v)->counter, (i), __ATOMIC_RELAXED))
-#define atomic_sub(i, v) ((void)__atomic_fetch_sub(&(v)->counter, (i), __ATOMIC_RELAXED))
-#define atomic_or(i, v) ((void)__atomic_fetch_or(&(v)->counter, (i), __ATOMIC_RELAXED))
-#define atomic_and(i, v) ((void)__atomic_fetch_and(&(v)->counter, (i), __ATOMIC_RELAXED))
-#define atomic_andnot(i, v) ((void)__atomic_fetch_and(&(v)->counter, ~(int)(i), __ATOMIC_RELAXED))
-#define atomic_fetch_or(i, v) __atomic_fetch_or(&(v)->counter, (i), __ATOMIC_SEQ_CST)
-#define atomic_fetch_or_acquire(i, v) __atomic_fetch_or(&(v)->counter, (i), __ATOMIC_ACQUIRE)
-#define atomic_fetch_or_relaxed(i, v) __atomic_fetch_or(&(v)->counter, (i), __ATOMIC_RELAXED)
-#define atomic_fetch_add(i, v) __atomic_fetch_add(&(v)->counter, (i), __ATOMIC_SEQ_CST)
-#define atomic_fetch_add_acquire(i, v) __atomic_fetch_add(&(v)->counter, (i), __ATOMIC_ACQUIRE)
+#define atomic_add(i, v) ((void)__pvl_atomic_rmw(__atomic_fetch_add, (i), v, __ATOMIC_RELAXED))
+#define atomic_sub(i, v) ((void)__pvl_atomic_rmw(__atomic_fetch_sub, (i), v, __ATOMIC_RELAXED))
+#define atomic_or(i, v) ((void)__pvl_atomic_rmw(__atomic_fetch_or, (i), v, __ATOMIC_RELAXED))
+#define atomic_and(i, v) ((void)__pvl_atomic_rmw(__atomic_fetch_and, (i), v, __ATOMIC_RELAXED))
+#define atomic_andnot(i, v) ((void)__pvl_atomic_rmw(__atomic_fetch_and, ~(int)(i), v, __ATOMIC_RELAXED))
+#define atomic_fetch_or(i, v) __pvl_atomic_rmw(__atomic_fetch_or, (i), v, __ATOMIC_SEQ_CST)
+#define atomic_fetch_or_acquire(i, v) __pvl_atomic_rmw(__atomic_fetch_or, (i), v, __ATOMIC_ACQUIRE)
+#define atomic_fetch_or_relaxed(i, v) __pvl_atomic_rmw(__atomic_fetch_or, (i), v, __ATOMIC_RELAXED)
+#define atomic_fetch_add(i, v) __pvl_atomic_rmw(__atomic_fetch_add, (i), v, __ATOMIC_SEQ_CST)
+#define atomic_fetch_add_acquire(i, v) __pvl_atomic_rmw(__atomic_fetch_add, (i), v, __ATOMIC_ACQUIRE)
 #define atomic_xchg(v, i) xchg(&(v)->counter, (i))
 #define atomic_xchg_relaxed(v, i) xchg_relaxed(&(v)->counter, (i))
 #define atomic_cmpxchg(v, o, n) cmpxchg(&(v)->counter, (o), (n))
@@ -316,8 +380,9 @@ struct static_key_false { struct static_key key; };
 #define DECLARE_STATIC_KEY_FALSE(name) extern struct static_key_false name
 #define DEFINE_STATIC_KEY_TRUE(name) struct static_key_true name = { { 1 } }
 #define DEFINE_STATIC_KEY_FALSE(name) struct static_key_false name = { { 0 } }
-#define static_branch_likely(x) likely(READ_ONCE((x)->key.enabled))
-#define static_branch_unlikely(x) unlikely(READ_ONCE((x)->key.enabled))
-#define static_key_enabled(x) READ_ONCE((x)->key.enabled)
+/* Not sites: the kernel patches code for these, it reads no shared memory. */
+#define static_branch_likely(x) likely(__pvl_read_raw(&(x)->key.enabled))
+#define static_branch_unlikely(x) unlikely(__pvl_read_raw(&(x)->key.enabled))
+#define static_key_enabled(x) __pvl_read_raw(&(x)->key.enabled)
 
 #endif /* PVLOCK_KERNEL_H */

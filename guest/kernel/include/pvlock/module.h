@@ -11,10 +11,11 @@
 
 /* "PVLKMOD1" */
 #define PVLOCK_KMOD_MAGIC 0x31444f4d4b4c5650ULL
-#define PVLOCK_KMOD_VERSION 1
+#define PVLOCK_KMOD_VERSION 2
 
 /* Entry points the guest calls (guest C ABI). */
 struct qspinlock;
+struct pvlock_site;
 
 /* What the guest provides; every call is made on the calling vCPU. */
 struct pvlock_ksvc {
@@ -32,6 +33,19 @@ struct pvlock_ksvc {
 	void (*warn)(const char *file, u32 line, const char *msg);
 	/* A nanosecond clock (the TSC). */
 	u64 (*sched_clock_ns)(void);
+	/* An enabled site was reached (pvlock/sites.h): `addr` is the address
+	 * it touches, `val` the value it writes (0 for reads and fences). */
+	void (*site)(struct pvlock_site *site, unsigned long addr, u64 val);
+};
+
+/* Site run state in the module's memory (pvlock_abi::sites::SiteParams):
+ * `prob` is written by the VMM before the run, `last_site` by the guest
+ * (per vCPU: 1 + the index of the last tracked site it passed, 0: none). */
+#define PVLOCK_SITE_MAX_CPUS 64
+struct pvlock_site_params {
+	u32 prob;			/* stall probability, scaled to 2^32 */
+	u32 nr_sites;
+	u32 last_site[PVLOCK_SITE_MAX_CPUS];
 };
 
 struct pvlock_kmod {
@@ -75,6 +89,12 @@ struct pvlock_kmod {
 	u8 q_pending_bits;
 	u8 flavour_x86;			/* 1: arch/x86 headers, 0: asm-generic only */
 	u8 reserved;
+	/* The site table (section pvlock_sites) and its run state. */
+	u64 sites_start;
+	u64 sites_end;
+	u64 site_params;		/* &pvlock_site_params */
+	u32 site_size;			/* sizeof(struct pvlock_site) */
+	u32 reserved2;
 };
 
 extern struct pvlock_ksvc pvlock_svc;

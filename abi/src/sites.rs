@@ -1,0 +1,162 @@
+//! Sites in kernel code: every shared-memory operation a kernel build
+//! performs through pvlock's stand-in headers carries a static
+//! [`KernelSite`] in the module's `pvlock_sites` section (file:line,
+//! function, operation, size). Mirrors `guest/kernel/include/pvlock/sites.h`
+//! and `struct pvlock_site_params` of `module.h`; see
+//! `docs/KERNEL-BUILDS.md` ("Sites").
+//!
+//! Before a run the VMM writes each site's [`KernelSite::flags`]; when the
+//! kernel code reaches a site with non-zero flags it calls the guest's site
+//! service with the address it touches and the value it writes, and the
+//! guest acts on the flags: [`SITE_TRACK`] records the site as this vCPU's
+//! last, [`SITE_HASH`] feeds the hash-table bookkeeping, [`SITE_EXIT`]
+//! always exits to the VMM (a directed schedule's rule may hold there), and
+//! [`SITE_STALL`] exits with [`SiteParams::prob`] drawn from the vCPU's
+//! seeded stream ([`crate::seed::Stream::KernelSites`]).
+
+/// Stall here with probability [`SiteParams::prob`] (random mode).
+pub const SITE_STALL: u8 = 1;
+/// Always exit here: the VMM decides (directed schedule: hold or go on).
+pub const SITE_EXIT: u8 = 2;
+/// A write that may create or remove a PV hash entry: checked by the guest
+/// against the module's hash table (double hash, counts).
+pub const SITE_HASH: u8 = 4;
+/// Record this site as the vCPU's last (failure reports name it).
+pub const SITE_TRACK: u8 = 8;
+
+/// `struct pvlock_site`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelSite {
+    pub flags: u8,
+    /// A [`SiteOp`] as u8.
+    pub op: u8,
+    /// Bytes the operation touches (0: a fence or a call).
+    pub size: u8,
+    pub reserved: u8,
+    pub line: u32,
+    /// `const char *`: the tree-relative `__FILE__`.
+    pub file: u64,
+    /// `const char *`: `__func__`.
+    pub func: u64,
+}
+
+/// Offset of [`KernelSite::flags`] (what the VMM writes).
+pub const SITE_FLAGS_OFFSET: u64 = 0;
+
+/// Largest number of vCPUs [`SiteParams`] tracks (`PVLOCK_SITE_MAX_CPUS`).
+pub const SITE_MAX_CPUS: usize = 64;
+
+/// `struct pvlock_site_params`, in the module's memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteParams {
+    /// Stall probability at a [`SITE_STALL`] site, scaled to 2^32.
+    pub prob: u32,
+    /// Number of sites (written by the VMM, checked by the guest).
+    pub nr_sites: u32,
+    /// Per vCPU: 1 + index of the last [`SITE_TRACK`] site passed, 0: none.
+    pub last_site: [u32; SITE_MAX_CPUS],
+}
+
+impl Default for SiteParams {
+    fn default() -> Self {
+        Self { prob: 0, nr_sites: 0, last_site: [0; SITE_MAX_CPUS] }
+    }
+}
+
+macro_rules! site_ops {
+    ($($(#[$m:meta])* $v:ident = $n:literal, $name:literal;)*) => {
+        /// The operation a site performs (`PVL_OP_*`).
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum SiteOp {
+            $($(#[$m])* $v = $n,)*
+        }
+
+        impl SiteOp {
+            pub const ALL: &'static [SiteOp] = &[$(SiteOp::$v,)*];
+            /// The name used in site patterns and listings.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(SiteOp::$v => $name,)*
+                }
+            }
+            pub fn from_u8(v: u8) -> Option<Self> {
+                match v {
+                    $($n => Some(SiteOp::$v),)*
+                    _ => None,
+                }
+            }
+            pub fn from_name(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|o| o.name() == s)
+            }
+        }
+    };
+}
+
+site_ops! {
+    /// `READ_ONCE()`.
+    ReadOnce = 0, "read_once";
+    /// `WRITE_ONCE()`.
+    WriteOnce = 1, "write_once";
+    /// `smp_load_acquire()`, `atomic_read_acquire()`.
+    LoadAcquire = 2, "load_acquire";
+    /// `smp_store_release()`, `atomic_set_release()`.
+    StoreRelease = 3, "store_release";
+    /// `cmpxchg*()`, `try_cmpxchg*()`, `atomic_(try_)cmpxchg*()`.
+    Cmpxchg = 4, "cmpxchg";
+    /// `xchg*()`, `atomic_xchg*()`.
+    Xchg = 5, "xchg";
+    /// `atomic_add/sub/or/and/andnot()`, `atomic_fetch_*()`.
+    AtomicRmw = 6, "atomic_rmw";
+    /// `atomic_read()`.
+    AtomicRead = 7, "atomic_read";
+    /// `atomic_set()`.
+    AtomicSet = 8, "atomic_set";
+    /// `smp_mb()`.
+    Mb = 9, "mb";
+    /// `smp_rmb()` (also `smp_acquire__after_ctrl_dep()`).
+    Rmb = 10, "rmb";
+    /// `smp_wmb()`.
+    Wmb = 11, "wmb";
+    /// `smp_mb__before_atomic()`.
+    MbBeforeAtomic = 12, "mb_before_atomic";
+    /// `smp_mb__after_atomic()`.
+    MbAfterAtomic = 13, "mb_after_atomic";
+    /// `smp_store_mb()`.
+    StoreMb = 14, "store_mb";
+    /// One read of `smp_cond_load_*()` / `atomic_cond_read_*()`.
+    CondLoad = 15, "cond_load";
+    /// `pv_wait()`.
+    PvWait = 16, "pv_wait";
+    /// `pv_kick()`.
+    PvKick = 17, "pv_kick";
+}
+
+impl SiteOp {
+    /// Whether the operation stores (a [`SITE_HASH`] candidate when it
+    /// stores a pointer).
+    pub const fn writes(self) -> bool {
+        matches!(self, SiteOp::WriteOnce | SiteOp::StoreRelease | SiteOp::Cmpxchg | SiteOp::Xchg | SiteOp::StoreMb)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<KernelSite>() == 24);
+const _: () = assert!(core::mem::size_of::<SiteParams>() == 8 + 4 * SITE_MAX_CPUS);
+const _: () = assert!(SITE_MAX_CPUS >= crate::MAX_VCPUS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_names_round_trip() {
+        for (i, op) in SiteOp::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i, "ops are numbered in order");
+            assert_eq!(SiteOp::from_name(op.name()), Some(*op));
+            assert_eq!(SiteOp::from_u8(*op as u8), Some(*op));
+        }
+        assert_eq!(SiteOp::from_u8(SiteOp::ALL.len() as u8), None);
+    }
+}
