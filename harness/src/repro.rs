@@ -16,6 +16,8 @@ use crate::record::Record;
 use crate::runner::run_one_with_report;
 use anyhow::{bail, Result};
 use pvlock_abi::{LockEvent, Variant, Window, Workload};
+use pvlock_vmm::config::HoldAt;
+use pvlock_vmm::sites::SiteRef;
 use pvlock_vmm::{
     GuestFailure, HoldRule, HoldUntil, HoldWhen, KickContract, MissedWakeupClass, RunStatus, StopHandle, WaitContract,
 };
@@ -336,6 +338,24 @@ fn kernel_random_stalls(rc: &mut RunConfig, mean_interval_us: u64, stall_us: u64
     rc.preempt.random_stall_us = stall_us;
 }
 
+/// Random stalls at the kernel code's sites that match `patterns`
+/// (`pvlock list sites`): the kernel form of a window.
+fn kernel_site_stalls(rc: &mut RunConfig, patterns: &[&str], prob: f64, stall_us: u64) {
+    rc.preempt.sites = patterns.iter().map(|p| p.to_string()).collect();
+    rc.preempt.site_prob = prob;
+    rc.preempt.site_stall_us = stall_us;
+}
+
+/// A schedule rule held at kernel site `at` (`FUNCTION[:OP[:N]]`).
+fn hold_site(at: &str, until: HoldUntil, timeout_us: u64) -> Result<HoldRule, String> {
+    let at = HoldAt::Site(SiteRef::parse(at)?);
+    Ok(HoldRule { until, timeout_us, count: 0, ..HoldRule::at_point(at) })
+}
+
+fn until_site(at: &str) -> Result<HoldUntil, String> {
+    Ok(HoldUntil::Site(SiteRef::parse(at)?))
+}
+
 fn no_directed_form(mode: Mode, why: &str) -> Result<(), String> {
     match mode {
         Mode::Random => Ok(()),
@@ -348,17 +368,32 @@ const NEEDS_SITES: &str = "its interleaving is forced at a source position of th
 
 fn kernel_double_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
-    no_directed_form(mode, NEEDS_SITES)?;
-    // The new owner must stall between its MCS hand-off and pv_kick_node()'s
-    // cmpxchg for longer than the successor's whole head spin: long stalls,
-    // often, and a short spin.
-    rc.lock.spin_threshold = 64;
-    kernel_random_stalls(rc, 500, 2000);
+    // R1's window in the kernel's code: the new owner after its MCS
+    // hand-off (qspinlock.c) and before pv_kick_node()'s cmpxchg
+    // halted -> hashed; the site stalls before the cmpxchg.
+    const AT: &str = "pv_kick_node:cmpxchg";
+    match mode {
+        // Stalled longer than the successor's whole head spin, which a
+        // short spin makes short.
+        Mode::Random => {
+            rc.lock.spin_threshold = 64;
+            kernel_site_stalls(rc, &[AT], 0.05, 3000);
+        }
+        // Hold the owner there until a queue head blocks (the successor
+        // became head, hashed itself and waits), then let it go on.
+        Mode::Directed => {
+            rc.lock.spin_threshold = 1 << 15;
+            let mut rule = hold_site(AT, HoldUntil::HeadBlocked, 20_000)?;
+            rule.when = HoldWhen::SuccessorRunning;
+            rc.preempt.schedule = vec![rule];
+        }
+    }
     Ok(())
 }
 
 fn kick_hash_forgotten_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = base(variant, seed, budget_ms);
+    rc.lock.stop_on_double_hash = true;
     // The waiter that pv_kick_node() hashed must run as head before the
     // owner's unlock kicks it: it woke spuriously, or its checked wait saw
     // the state change. Spurious wakeups make that common.
@@ -372,19 +407,36 @@ fn kick_hash_forgotten_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u
 
 fn kernel_kick_hash_forgotten(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
-    no_directed_form(mode, NEEDS_SITES)?;
     rc.lock.spin_threshold = 64;
+    match mode {
+        // The owner stalled right after pv_kick_node() hashed its halted
+        // successor (at its _Q_SLOW_VAL write), so that the successor, woken
+        // spuriously or never blocked, runs as head before the unlock.
+        Mode::Random => kernel_site_stalls(rc, &["pv_kick_node:write_once"], 0.2, 2000),
+        // Hold the owner there until the successor, as head, reaches its
+        // own hash insert (pv_hash's cmpxchg of an empty slot).
+        Mode::Directed => {
+            rc.preempt.schedule = vec![hold_site("pv_kick_node:write_once", until_site("pv_hash:cmpxchg")?, 20_000)?]
+        }
+    }
     Ok(())
 }
 
 fn kernel_slow_before_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
-    no_directed_form(mode, NEEDS_SITES)?;
-    // The head between its xchg of _Q_SLOW_VAL and pv_hash() while the
-    // owner unlocks: any stall of the head there will do. A short spin
-    // makes heads give up and hash often.
+    // A short spin makes heads give up and hash often.
     rc.lock.spin_threshold = 64;
-    kernel_random_stalls(rc, 500, 2000);
+    match mode {
+        // A hasher stalled at pv_hash()'s insert: with the bug patch the
+        // head has published _Q_SLOW_VAL already, and the owner's unlock
+        // finds no entry.
+        Mode::Random => kernel_site_stalls(rc, &["pv_hash:cmpxchg"], 0.2, 1000),
+        // Hold the hasher until an unlock takes the slow path.
+        Mode::Directed => {
+            rc.preempt.schedule =
+                vec![hold_site("pv_hash:cmpxchg", until_site("__pv_queued_spin_unlock_slowpath:rmb")?, 5_000)?]
+        }
+    }
     Ok(())
 }
 

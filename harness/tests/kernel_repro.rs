@@ -62,6 +62,7 @@ fn every_bug_patch_applies_to_both_trees_and_names_its_history() {
                 nr_cpus: 64,
                 lock_event_counts: true,
                 spin_threshold: 256,
+                sites: true,
             };
             kernel::build(&spec, &opts).unwrap_or_else(|e| panic!("{} on {}: {e}", p.display(), tree.display()));
         }
@@ -97,6 +98,25 @@ fn slow_before_hash_patch_is_caught_and_the_tree_without_it_is_clean() {
         assert_eq!(res.detected(), 0, "{}: {:?}", tree.display(), lines(&res));
         assert!(res.runs.iter().all(|o| o.status == "ok"), "{:?}", lines(&res));
     }
+}
+
+#[test]
+fn r1_bug_patch_is_caught_directed_at_the_first_try_and_not_without_it() {
+    let Some(trees) = kernel::ci_trees_for_tests() else { return };
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let tree = tree_612(&trees);
+    // The owner is held at pv_kick_node()'s cmpxchg until the successor,
+    // head now, has hashed itself and blocked: the halted head write lets
+    // the owner's cmpxchg succeed and hash the lock a second time.
+    let res = outcome("double-hash", &on(&tree, &[bug_patch("halted-head.patch")]), Mode::Directed, 1, 5_000);
+    assert_eq!(res.detected(), 1, "{:?}", lines(&res));
+    let s = &res.runs[0].summary;
+    assert!(s.contains("double hash") && s.contains("kernel/locking/qspinlock_paravirt.h:"), "{s}");
+    // The same schedule on the tree as shipped: nothing.
+    let res = outcome("double-hash", &on(&tree, &[]), Mode::Directed, 1, 1_500);
+    assert_eq!(res.detected(), 0, "{:?}", lines(&res));
 }
 
 #[test]

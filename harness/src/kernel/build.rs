@@ -219,7 +219,12 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
     let info_path = dir.join("build.json");
     if !opts.rebuild {
         if let (Ok(image), Ok(text)) = (std::fs::read(&image_path), std::fs::read_to_string(&info_path)) {
-            if let Ok(info) = serde_json::from_str::<KernelBuildInfo>(&text) {
+            if let Ok(mut info) = serde_json::from_str::<KernelBuildInfo>(&text) {
+                // The same content may come from another path: the record
+                // names this build's tree and patch paths, not those of the
+                // build that filled the cache.
+                info.tree = tree.root.display().to_string();
+                info.patches = patches.clone();
                 check_image(&image)?;
                 let sites = super::sites::SiteTable::from_image(&image)?;
                 let sources = read_sources(&dir.join("source"), &files);
