@@ -22,6 +22,15 @@ pub const KMOD_MAGIC: u64 = u64::from_le_bytes(*b"PVLKMOD1");
 /// `PVLOCK_KMOD_VERSION`.
 pub const KMOD_VERSION: u32 = 2;
 
+/// A kernel `WARN()` does not end the run: the guest prints one console
+/// line `"{KERNEL_WARNING_PREFIX}cpu=N at FILE:LINE: MESSAGE"` and returns
+/// to the kernel code, as the kernel does; the harness turns those lines
+/// into the record's `kernel_warnings`.
+pub const KERNEL_WARNING_PREFIX: &str = "kernel WARNING ";
+/// Warnings printed per vCPU; the rest are counted in one last line
+/// (a WARN in a hot loop must not flood the console).
+pub const KERNEL_WARNINGS_PRINTED: u32 = 8;
+
 /// `struct pvlock_kmod`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

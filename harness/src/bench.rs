@@ -27,6 +27,7 @@
 pub mod detect;
 pub mod host;
 pub mod kernel;
+pub mod kernel_detect;
 pub mod overhead;
 pub mod poll;
 pub mod render;
@@ -483,6 +484,11 @@ pub fn run_bench(opts: &BenchOptions, elf: &[u8], stop: &StopHandle) -> Result<B
             eprintln!("[{:>3}/{} {:>5.1} s] {line}", i + 1, jobs.len(), t0.elapsed().as_secs_f64());
         }
         write(&samples, &not_ok, false)?;
+    }
+    if let (Some(tree), false) = (&opts.kernel_tree, stop.is_stopped()) {
+        let rows = kernel_detect::measure(&plan, tree, elf, stop, |l| eprintln!("{l}"))?;
+        write_atomic(&dir.join("kernel_detect.json"), &serde_json::to_vec_pretty(&rows)?)?;
+        write_atomic(&dir.join("kernel_detect.md"), kernel_detect::markdown(&rows).as_bytes())?;
     }
     let aborted = stop.is_stopped();
     let result = write(&samples, &not_ok, !aborted)?;

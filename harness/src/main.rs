@@ -109,6 +109,26 @@ struct ReproArgs {
     /// of the first seed that detected the race (the last seed if none did).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Kernel tree whose own qspinlock code the reproducer's kernel form
+    /// runs on (variant kernel-pv); repeat for several trees. With --all:
+    /// adds each tree's columns (unpatched, and with each reproducer's own
+    /// bug patch from configs/kernel-bugs/) to the outcome matrix.
+    #[arg(long = "kernel-tree")]
+    kernel_trees: Vec<PathBuf>,
+    /// A unified diff (-p1) applied to a private copy of each tree's files;
+    /// repeat for several, applied in order.
+    #[arg(long = "kernel-patch")]
+    kernel_patches: Vec<PathBuf>,
+    /// With --all and --kernel-tree: only the kernel columns.
+    #[arg(long)]
+    kernel_only: bool,
+    /// Rebuild kernel modules even when the build cache has them.
+    #[arg(long)]
+    rebuild: bool,
+    /// Write the outcome (results.json, matrix.md, env.json) into a new
+    /// directory under this one, named by the time (e.g. results/repro-kernel).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -520,7 +540,7 @@ fn indent(text: &str) -> String {
 }
 
 fn cmd_repro(a: ReproArgs) -> Result<i32> {
-    use pvlock::repro::{catalog, find, run_repro_traced, Mode};
+    use pvlock::repro::{catalog, find, run_repro_on, KernelTarget, Mode, Repro, Target};
     let mode = match a.mode.as_str() {
         "random" => Mode::Random,
         "directed" => Mode::Directed,
@@ -531,26 +551,53 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     if !(a.budget_s.is_finite() && (0.1..=3600.0).contains(&a.budget_s)) {
         bail!("--budget-s {}: must be a number of seconds in 0.1..=3600", a.budget_s);
     }
+    if !a.kernel_patches.is_empty() && a.kernel_trees.is_empty() {
+        bail!("--kernel-patch needs --kernel-tree (the tree the patch applies to)");
+    }
+    if a.kernel_only && (a.kernel_trees.is_empty() || !a.all) {
+        bail!("--kernel-only goes with --all and --kernel-tree");
+    }
+    pvlock::kernel::set_rebuild(a.rebuild);
     let budget_ms = (a.budget_s * 1e3).round() as u64;
     let json = a.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
-    let stop = stop_on_signals("finished seeds are kept");
-    let mut results = Vec::new();
-    let jobs: Vec<(pvlock::repro::Repro, Variant)> = if a.all {
+    let kernel = |patches: Vec<PathBuf>| {
+        a.kernel_trees
+            .iter()
+            .map(move |t| Target {
+                variant: Variant::KernelPv,
+                kernel: Some(KernelTarget { tree: t.clone(), patches: patches.clone() }),
+            })
+            .collect::<Vec<_>>()
+    };
+    // (reproducer, target, whether the target carries the reproducer's own bug patch)
+    let mut jobs: Vec<(Repro, Target, bool)> = Vec::new();
+    if a.all {
+        if a.variant.is_some() {
+            bail!("--all runs every variant; --variant goes with one reproducer");
+        }
         let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_kernel()).collect();
         let mutexes: Vec<MutexVariant> = MutexVariant::ALL.iter().copied().filter(|m| !m.is_mutant()).collect();
-        catalog()
-            .into_iter()
-            .flat_map(|r| -> Vec<(pvlock::repro::Repro, Variant)> {
-                match r.mutex {
-                    // A mutex reproducer: every mutex variant on its own wait_lock.
-                    Some(_) => mutexes
-                        .iter()
-                        .map(|m| (pvlock::repro::Repro { mutex: Some(*m), ..r }, r.default_variant))
-                        .collect(),
-                    None => pv.iter().map(|v| (r, *v)).collect(),
+        for r in catalog() {
+            if r.mutex.is_some() {
+                // A mutex reproducer: every mutex variant on its own wait_lock.
+                if !a.kernel_only {
+                    let wait_lock = Target::variant(r.default_variant);
+                    jobs.extend(mutexes.iter().map(|m| (Repro { mutex: Some(*m), ..r }, wait_lock.clone(), false)));
                 }
-            })
-            .collect()
+                continue;
+            }
+            if !a.kernel_only && !r.default_variant.is_kernel() {
+                jobs.extend(pv.iter().map(|v| (r, Target::variant(*v), false)));
+            }
+            if pvlock::repro::kernel_form(r.name).is_none() {
+                continue;
+            }
+            jobs.extend(kernel(a.kernel_patches.clone()).into_iter().map(|t| (r, t, false)));
+            // The reproducer's own bug patch, unless the user brought patches.
+            if let (true, Some(bug)) = (a.kernel_patches.is_empty(), pvlock::repro::bug_patch(&r)?) {
+                jobs.extend(kernel(vec![bug]).into_iter().map(|t| (r, t, true)));
+            }
+        }
     } else {
         let Some(name) = &a.name else { bail!("name a reproducer (`pvlock list repros`) or use --all") };
         let mut r = find(name)?;
@@ -560,17 +607,49 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
             }
             r.mutex = Some(m);
         }
-        let v = a.variant.unwrap_or(r.default_variant);
-        vec![(r, v)]
-    };
-    for (r, v) in &jobs {
-        let on = match r.mutex {
-            Some(m) => format!("{m} (wait_lock {v})"),
-            None => v.to_string(),
+        let variant = match (a.variant, a.kernel_trees.is_empty()) {
+            (Some(v), _) => v,
+            (None, false) => Variant::KernelPv,
+            (None, true) => r.default_variant,
         };
-        eprintln!("repro {} on {on} ({:?}): {} seeds x {:.1} s budget", r.name, mode, a.seeds, a.budget_s);
+        if variant.is_kernel() {
+            if a.kernel_trees.is_empty() {
+                bail!("reproducer `{}` on `{variant}`: name the kernel tree (--kernel-tree)", r.name);
+            }
+            jobs.extend(kernel(a.kernel_patches.clone()).into_iter().map(|t| (r, Target { variant, ..t }, false)));
+        } else {
+            if !a.kernel_trees.is_empty() {
+                bail!("--kernel-tree applies to the kernel variants only, not `{variant}`");
+            }
+            jobs.push((r, Target::variant(variant), false));
+        }
+    }
+    // Every config is checked before the first seed runs.
+    for (r, t, _) in &jobs {
+        pvlock::repro::config_for(r, t, mode, a.seed_base, budget_ms)?
+            .validate()
+            .map_err(|e| anyhow::anyhow!("reproducer config {e}"))?;
+    }
+    let out = a.out.as_deref().map(pvlock::repro::ResultDir::create).transpose()?;
+    let command = std::iter::once("pvlock".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    let stop = stop_on_signals("finished seeds are kept");
+    let mut results = Vec::new();
+    for (r, t, own_bug) in &jobs {
+        let on = match &t.kernel {
+            Some(k) => format!(
+                "{} {}{}",
+                t.variant,
+                k.tree.display(),
+                k.patches.iter().map(|p| format!(" +{}", p.display())).collect::<String>()
+            ),
+            None => match r.mutex {
+                Some(m) => format!("{m} (wait_lock {})", t.variant),
+                None => t.variant.to_string(),
+            },
+        };
+        eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, on, mode, a.seeds, a.budget_s);
         let trace = a.trace.as_deref();
-        let res = run_repro_traced(r, *v, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
+        let mut res = run_repro_on(r, t, mode, a.seeds, a.seed_base, budget_ms, GUEST_ELF, &stop, trace, |o| {
             eprintln!(
                 "  seed {}: {}{}",
                 o.seed,
@@ -584,6 +663,12 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
                 eprint!("{}", indent(d));
             }
         })?;
+        if *own_bug {
+            // One column for "the tree with the row's own bug patch": the
+            // patch (and its sha256) is in the record and in matrix.md.
+            let plain = res.kernel.as_ref().map(|k| format!("{} {} {}", t.variant, k.version, k.flavour.name()));
+            res.column = format!("{} +its bug patch", plain.unwrap_or_else(|| t.variant.to_string()));
+        }
         println!(
             "{} on {on} ({:?}): detected in {} of {} seeds{}",
             res.repro,
@@ -593,9 +678,19 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
             res.median_time_to_detect_s().map(|t| format!(", median time to detect {t:.2} s")).unwrap_or_default()
         );
         results.push(res);
+        if let Some(o) = &out {
+            o.write(&command, &results, false)?;
+        }
+        if stop.is_stopped() {
+            break;
+        }
     }
     if a.all {
         print!("{}", pvlock::repro::matrix_markdown(&results));
+    }
+    if let Some(o) = &out {
+        o.write(&command, &results, !stop.is_stopped())?;
+        eprintln!("outcome written to {}", o.dir.display());
     }
     if let Some(dest) = &json {
         let body = if results.len() == 1 {
@@ -648,6 +743,14 @@ fn list(what: &str) -> Result<()> {
                     None => r.default_variant.to_string(),
                 };
                 println!("{:<24} {:<13} {:<30} {}", r.name, r.race, on, r.what);
+                if let Some(k) = pvlock::repro::kernel_form(r.name) {
+                    let bug = k.bug_patch.map(|b| format!("bug patch {}/{b}", pvlock::repro::KERNEL_BUGS_DIR));
+                    println!(
+                        "{:<24} kernel-pv form; {}",
+                        "",
+                        bug.unwrap_or_else(|| "no bug patch (today's code has not this race)".into())
+                    );
+                }
             }
         }
         "variants" => {

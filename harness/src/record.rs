@@ -99,6 +99,43 @@ pub struct Diagnosis {
     /// lines and bytes, hold outcomes, rescue dumps); absent when nothing.
     #[serde(default, skip_serializing_if = "pvlock_vmm::report::Dropped::is_empty")]
     pub dropped: pvlock_vmm::report::Dropped,
+    /// Kernel builds: every `WARN()` the tree's code hit, with the kernel's
+    /// file:line. A WARN does not end the run (the kernel carries on after
+    /// its splat); the `no_kernel_warnings` check fails on any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_warnings: Vec<KernelWarning>,
+}
+
+/// One kernel `WARN()` (the guest's console line, parsed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelWarning {
+    pub cpu: u32,
+    /// Tree-relative, as the kernel prints it.
+    pub file: String,
+    pub line: u32,
+    pub message: String,
+}
+
+impl KernelWarning {
+    /// Parses `"{KERNEL_WARNING_PREFIX}cpu=N at FILE:LINE: MESSAGE"`, as
+    /// the VMM's console keeps it (after its `vcpuN: ` prefix).
+    pub fn parse(console_line: &str) -> Option<Self> {
+        let line = match console_line.split_once(": ") {
+            Some((v, rest)) if v.starts_with("vcpu") => rest,
+            _ => console_line,
+        };
+        let rest = line.strip_prefix(pvlock_abi::kmod::KERNEL_WARNING_PREFIX)?;
+        let rest = rest.strip_prefix("cpu=")?;
+        let (cpu, rest) = rest.split_once(" at ")?;
+        let (at, message) = rest.split_once(": ")?;
+        let (file, line) = at.rsplit_once(':')?;
+        Some(Self {
+            cpu: cpu.parse().ok()?,
+            file: file.to_string(),
+            line: line.parse().ok()?,
+            message: message.trim_end().to_string(),
+        })
+    }
 }
 
 /// Lock parameters as run.
@@ -293,5 +330,22 @@ mod tests {
         assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_timestamp(1_795_462_201), "2026-11-23T19:30:01Z");
+    }
+}
+
+#[cfg(test)]
+mod kernel_warning_tests {
+    use super::KernelWarning;
+
+    #[test]
+    fn parses_the_guest_warning_line_and_nothing_else() {
+        let w = KernelWarning::parse(
+            "vcpu3: kernel WARNING cpu=3 at kernel/locking/qspinlock_paravirt.h:500: pvqspinlock: lock 0x%lx has corrupted value 0x%x!",
+        )
+        .unwrap();
+        assert_eq!((w.cpu, w.file.as_str(), w.line), (3, "kernel/locking/qspinlock_paravirt.h", 500));
+        assert!(w.message.starts_with("pvqspinlock: lock"));
+        assert_eq!(KernelWarning::parse("guest: hello"), None);
+        assert_eq!(KernelWarning::parse("kernel WARNING cpu=x at a.h:1: m"), None);
     }
 }

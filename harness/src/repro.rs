@@ -2,16 +2,27 @@
 //! that provokes it by random preemption at its window, a directed schedule
 //! that forces its interleaving, and the evidence that shows it happened.
 //! Races and windows: `../shared/PV-LOCK-BACKGROUND.md`, "Where the races live".
+//!
+//! Every reproducer also has a kernel-code form ([`kernel_form`]): the same
+//! race provoked in a kernel tree's own `qspinlock_paravirt.h`
+//! (`--variant kernel-pv --kernel-tree T`), where the Rust variants' named
+//! windows do not exist, and the bug patch (`configs/kernel-bugs/`) that
+//! puts the race back into a today's tree. An unpatched tree is the
+//! negative control; the tree with the reproducer's bug patch must be
+//! caught.
 
 use crate::config::RunConfig;
 use crate::record::Record;
 use crate::runner::run_one_with_report;
 use anyhow::{bail, Result};
 use pvlock_abi::{LockEvent, MutexVariant, PageWakeVariant, Variant, Window, Workload};
+use pvlock_vmm::config::HoldAt;
+use pvlock_vmm::sites::SiteRef;
 use pvlock_vmm::{
     GuestFailure, HoldRule, HoldUntil, HoldWhen, KickContract, MissedWakeupClass, RunStatus, StopHandle, WaitContract,
 };
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 /// How a reproducer provokes its race.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -99,7 +110,15 @@ fn double_hash(r: &Record) -> Option<String> {
     if matches!(r.failure, Some(GuestFailure::MissedWakeup { class: MissedWakeupClass::StaleEntry, .. })) {
         return failure_text(r);
     }
-    None
+    // Kernel code counts no inserts of its own: the second entry shows as
+    // an entry left behind once its lock was unlocked (the VMM reads the
+    // tree's table at the end of the run).
+    stale_entries_left(r)
+}
+
+fn stale_entries_left(r: &Record) -> Option<String> {
+    let c = r.checks.iter().find(|c| c.name == "hash_table_empty" && !c.passed)?;
+    Some(format!("hash table not empty at the end: {}", c.detail))
 }
 
 fn double_hash_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
@@ -429,7 +448,276 @@ pub fn catalog() -> Vec<Repro> {
         Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash, mutex: None },
         Repro { name: "mutex-recursive-handoff", race: "e274795ea7b7", default_variant: Variant::PvUpstream, what: "mutex: a task locks a mutex it holds and blocks; a spurious wakeup makes it first, it requests a hand-off and takes it from itself (v4.10; ad90880dc962 brought it back upstream, results/findings)", build: recursive_run, evidence: recursive_taken, mutex: Some(MutexVariant::V4_10) },
         Repro { name: "mutex-handoff-lost", race: "048661a1f963", default_variant: Variant::PvUpstream, what: "mutex: HANDOFF set on an unlocked mutex is cleared by a stealer and, before the fix, never requested again: the first waiter wakes again and again with no hand-off standing", build: handoff_lost_run, evidence: handoff_lost, mutex: Some(MutexVariant::V5_12) },
+        Repro { name: "kick-hash-forgotten", race: "R1", default_variant: Variant::KernelPv, what: "a queue head that ignores that pv_kick_node() already hashed it hashes the lock again (kernel code only: configs/kernel-bugs/head-forgets-kick-hash.patch)", build: kick_hash_forgotten_run, evidence: double_hash, mutex: None },
     ]
+}
+
+/// How a reproducer runs on a kernel tree's own code. The kernel's code
+/// has none of the Rust variants' named windows: its random form preempts
+/// it where it can be preempted, its directed form (when it has one) holds
+/// a vCPU by the kernel's own source position.
+#[derive(Clone, Copy)]
+pub struct KernelForm {
+    /// The bug patch under `configs/kernel-bugs/` that puts this race back
+    /// into a today's `qspinlock_paravirt.h` (6.1 and 6.12 apply it);
+    /// `None`: the race belongs to a historical or proposed variant that
+    /// today's code does not have, and kernel trees are its negative control.
+    pub bug_patch: Option<&'static str>,
+    /// Turns the reproducer's Rust-variant config (already built for `mode`)
+    /// into its kernel form; `Err` says why the mode has no kernel form.
+    pub adapt: fn(rc: &mut RunConfig, mode: Mode) -> Result<(), String>,
+}
+
+/// The kernel form of each reproducer that has one, by name. A table apart
+/// from [`catalog`] so that reproducers of other locks (the sleeping locks)
+/// are added there without one.
+pub fn kernel_form(name: &str) -> Option<KernelForm> {
+    let form = |bug_patch, adapt| Some(KernelForm { bug_patch, adapt });
+    match name {
+        "double-hash" | "halted-head" => form(Some("halted-head.patch"), kernel_double_hash),
+        "kick-hash-forgotten" => form(Some("head-forgets-kick-hash.patch"), kernel_kick_hash_forgotten),
+        "slow-before-hash" => form(Some("slow-before-hash.patch"), kernel_slow_before_hash),
+        "no-store-mb" => form(Some("wait-node-no-mb.patch"), kernel_no_store_mb),
+        // R2's hang needs only the unchecked wait contract and a steal,
+        // both of which today's code has: it is the negative control of
+        // a real fault model (see the reproducer's text).
+        "stolen-wakeup" => form(None, kernel_stolen_wakeup),
+        "rehash-double" => form(None, kernel_rehash),
+        "hashval-stall" => form(None, kernel_hashval),
+        "lost-kick" => form(None, kernel_lost_kick),
+        _ => None,
+    }
+}
+
+/// Where the bug patches live, relative to the project root.
+pub const KERNEL_BUGS_DIR: &str = "configs/kernel-bugs";
+
+/// The kernel code has no named windows: what the Rust form asked of them
+/// is replaced by the kernel form's preemption.
+fn strip_windows(rc: &mut RunConfig) {
+    rc.preempt.windows.clear();
+    rc.preempt.window_prob = 0.0;
+    rc.preempt.schedule.clear();
+}
+
+/// Random preemption of kernel code: stalls at random instants of every
+/// vCPU (the VMM's Poisson process), 4 vCPUs on 2 host CPUs.
+fn kernel_random_stalls(rc: &mut RunConfig, mean_interval_us: u64, stall_us: u64) {
+    rc.preempt.random_mean_interval_us = mean_interval_us;
+    rc.preempt.random_stall_us = stall_us;
+}
+
+/// Random stalls at the kernel code's sites that match `patterns`
+/// (`pvlock list sites`): the kernel form of a window.
+fn kernel_site_stalls(rc: &mut RunConfig, patterns: &[&str], prob: f64, stall_us: u64) {
+    rc.preempt.sites = patterns.iter().map(|p| p.to_string()).collect();
+    rc.preempt.site_prob = prob;
+    rc.preempt.site_stall_us = stall_us;
+}
+
+/// A schedule rule held at kernel site `at` (`FUNCTION[:OP[:N]]`).
+fn hold_site(at: &str, until: HoldUntil, timeout_us: u64) -> Result<HoldRule, String> {
+    let at = HoldAt::Site(SiteRef::parse(at)?);
+    Ok(HoldRule { until, timeout_us, count: 0, ..HoldRule::at_point(at) })
+}
+
+fn until_site(at: &str) -> Result<HoldUntil, String> {
+    Ok(HoldUntil::Site(SiteRef::parse(at)?))
+}
+
+fn no_directed_form(mode: Mode, why: &str) -> Result<(), String> {
+    match mode {
+        Mode::Random => Ok(()),
+        Mode::Directed => Err(format!("no directed form on kernel code: {why}")),
+    }
+}
+
+const NEEDS_SITES: &str = "its interleaving is forced at a source position of the kernel code, \
+                           which needs preemption sites in the kernel build";
+
+fn kernel_double_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    // R1's window in the kernel's code: the new owner after its MCS
+    // hand-off (qspinlock.c) and before pv_kick_node()'s cmpxchg
+    // halted -> hashed; the site stalls before the cmpxchg.
+    const AT: &str = "pv_kick_node:cmpxchg";
+    match mode {
+        // Stalled longer than the successor's whole head spin, which a
+        // short spin makes short.
+        Mode::Random => {
+            rc.lock.spin_threshold = 64;
+            kernel_site_stalls(rc, &[AT], 0.05, 3000);
+        }
+        // Hold the owner there until a queue head blocks (the successor
+        // became head, hashed itself and waits), then let it go on.
+        Mode::Directed => {
+            rc.lock.spin_threshold = 1 << 15;
+            let mut rule = hold_site(AT, HoldUntil::HeadBlocked, 20_000)?;
+            rule.when = HoldWhen::SuccessorRunning;
+            rc.preempt.schedule = vec![rule];
+        }
+    }
+    Ok(())
+}
+
+fn kick_hash_forgotten_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
+    let mut rc = base(variant, seed, budget_ms);
+    rc.lock.stop_on_double_hash = true;
+    // The waiter that pv_kick_node() hashed must run as head before the
+    // owner's unlock kicks it: it woke spuriously, or its checked wait saw
+    // the state change. Spurious wakeups make that common.
+    rc.hypervisor.spurious_wakeup_prob = 0.2;
+    if mode == Mode::Random {
+        rc.preempt.random_mean_interval_us = 500;
+        rc.preempt.random_stall_us = 2000;
+    }
+    rc
+}
+
+fn kernel_kick_hash_forgotten(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    rc.lock.spin_threshold = 64;
+    match mode {
+        // The owner stalled right after pv_kick_node() hashed its halted
+        // successor (at its _Q_SLOW_VAL write), so that the successor, woken
+        // spuriously or never blocked, runs as head before the unlock.
+        Mode::Random => kernel_site_stalls(rc, &["pv_kick_node:write_once"], 0.2, 2000),
+        // Hold the owner there until the successor, as head, reaches its
+        // own hash insert (pv_hash's cmpxchg of an empty slot).
+        Mode::Directed => {
+            rc.preempt.schedule = vec![hold_site("pv_kick_node:write_once", until_site("pv_hash:cmpxchg")?, 20_000)?]
+        }
+    }
+    Ok(())
+}
+
+fn kernel_slow_before_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    // A short spin makes heads give up and hash often.
+    rc.lock.spin_threshold = 64;
+    match mode {
+        // A hasher stalled at pv_hash()'s insert: with the bug patch the
+        // head has published _Q_SLOW_VAL already, and the owner's unlock
+        // finds no entry.
+        Mode::Random => kernel_site_stalls(rc, &["pv_hash:cmpxchg"], 0.2, 1000),
+        // Hold the hasher until an unlock takes the slow path.
+        Mode::Directed => {
+            rc.preempt.schedule =
+                vec![hold_site("pv_hash:cmpxchg", until_site("__pv_queued_spin_unlock_slowpath:rmb")?, 5_000)?]
+        }
+    }
+    Ok(())
+}
+
+fn kernel_no_store_mb(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    // Only the hardware's store buffer reorders the waiter's store and
+    // load; a VM exit drains it, so no stall can widen the window.
+    no_directed_form(
+        mode,
+        "x86 store buffering cannot be forced from the VMM (every stall is an exit, which drains the store buffer)",
+    )?;
+    kernel_random_stalls(rc, 2000, 300);
+    Ok(())
+}
+
+fn kernel_stolen_wakeup(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 1000, 500);
+    Ok(())
+}
+
+fn kernel_rehash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 500, 2000);
+    Ok(())
+}
+
+fn kernel_hashval(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 1000, 2000);
+    Ok(())
+}
+
+fn kernel_lost_kick(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
+    strip_windows(rc);
+    no_directed_form(mode, NEEDS_SITES)?;
+    kernel_random_stalls(rc, 2000, 500);
+    Ok(())
+}
+
+/// A kernel tree (and patches) to run a reproducer's kernel form on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelTarget {
+    pub tree: PathBuf,
+    /// Applied in order to a private copy of the tree's files.
+    pub patches: Vec<PathBuf>,
+}
+
+/// What a reproducer runs against: a lock variant, and for a kernel
+/// variant the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub variant: Variant,
+    pub kernel: Option<KernelTarget>,
+}
+
+impl Target {
+    pub fn variant(variant: Variant) -> Self {
+        Self { variant, kernel: None }
+    }
+}
+
+/// The config of one seed of `repro` on `target`: the Rust form for our
+/// variants, the kernel form for a kernel tree.
+pub fn config_for(repro: &Repro, target: &Target, mode: Mode, seed: u64, budget_ms: u64) -> Result<RunConfig> {
+    let mut rc = (repro.build)(target.variant, mode, seed, budget_ms);
+    rc.name = format!("repro-{}", repro.name);
+    if let Some(m) = repro.mutex {
+        rc.lock.mutex = m;
+    }
+    if target.variant.is_kernel() {
+        let Some(k) = &target.kernel else {
+            bail!("reproducer `{}` on `{}`: name the kernel tree (--kernel-tree)", repro.name, target.variant)
+        };
+        if target.variant != Variant::KernelPv {
+            bail!("reproducer `{}`: its races are in the PV slow path; run it on kernel-pv", repro.name);
+        }
+        let Some(form) = kernel_form(repro.name) else {
+            bail!("reproducer `{}` has no kernel-code form (it is not a race of qspinlock_paravirt.h)", repro.name)
+        };
+        (form.adapt)(&mut rc, mode).map_err(|why| anyhow::anyhow!("reproducer `{}`: {why}", repro.name))?;
+        rc.lock.kernel_tree = Some(k.tree.clone());
+        rc.lock.kernel_patches = k.patches.clone();
+    } else if target.kernel.is_some() {
+        bail!("--kernel-tree applies to the kernel variants only, not `{}`", target.variant);
+    }
+    Ok(rc)
+}
+
+/// The bug patch of `repro`'s kernel form: `configs/kernel-bugs/` under
+/// the working directory (a checkout of pvlock), else under the source
+/// tree this binary was built from.
+pub fn bug_patch(repro: &Repro) -> Result<Option<PathBuf>> {
+    let cwd = Path::new(".");
+    if cwd.join(KERNEL_BUGS_DIR).is_dir() {
+        return bug_patch_path(cwd, repro);
+    }
+    bug_patch_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), repro)
+}
+
+/// The bug patch of `repro`'s kernel form, as a path under `root` (the
+/// project directory), checked to exist.
+pub fn bug_patch_path(root: &Path, repro: &Repro) -> Result<Option<PathBuf>> {
+    let Some(name) = kernel_form(repro.name).and_then(|f| f.bug_patch) else { return Ok(None) };
+    let p = root.join(KERNEL_BUGS_DIR).join(name);
+    if !p.is_file() {
+        bail!("reproducer `{}`: its bug patch {} is missing", repro.name, p.display());
+    }
+    Ok(Some(p))
 }
 
 /// One seed's outcome.
@@ -456,7 +744,17 @@ pub struct ReproResult {
     /// its `wait_lock`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mutex: Option<MutexVariant>,
+    /// The outcome matrix's column: the variant's name, or for a kernel
+    /// build the tree's release and patches (`kernel-pv 6.12.117 x86
+    /// +halted-head.patch`).
+    pub column: String,
     pub mode: Mode,
+    /// The per-seed budget, ms.
+    pub budget_ms: u64,
+    /// Kernel variants: the build that ran (tree version, patches with
+    /// their sha256, compiler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::kernel::KernelBuildInfo>,
     pub runs: Vec<SeedOutcome>,
 }
 
@@ -513,26 +811,51 @@ pub fn run_repro_traced(
     elf: &[u8],
     stop: &StopHandle,
     trace_to: Option<&std::path::Path>,
+    progress: impl FnMut(&SeedOutcome),
+) -> Result<ReproResult> {
+    let target = Target::variant(variant);
+    run_repro_on(repro, &target, mode, seeds, seed_base, budget_ms, elf, stop, trace_to, progress)
+}
+
+/// Runs `repro` against `target` (a variant, or a kernel tree with
+/// patches) for `seeds` seeds; see [`run_repro_traced`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_repro_on(
+    repro: &Repro,
+    target: &Target,
+    mode: Mode,
+    seeds: u64,
+    seed_base: u64,
+    budget_ms: u64,
+    elf: &[u8],
+    stop: &StopHandle,
+    trace_to: Option<&std::path::Path>,
     mut progress: impl FnMut(&SeedOutcome),
 ) -> Result<ReproResult> {
     let mut runs = Vec::new();
     let mut traced_detection = false;
+    // A mutex reproducer's column is its mutex variant on its wait_lock.
+    let mut column = match repro.mutex {
+        Some(m) => format!("{} on {}", m.name(), target.variant.name()),
+        None => target.variant.name().to_string(),
+    };
+    let mut kernel = None;
     for i in 0..seeds {
         if stop.is_stopped() {
             break;
         }
         let seed = seed_base + i;
-        let mut rc = (repro.build)(variant, mode, seed, budget_ms);
-        rc.name = format!("repro-{}", repro.name);
-        if let Some(m) = repro.mutex {
-            rc.lock.mutex = m;
-        }
+        let mut rc = config_for(repro, target, mode, seed, budget_ms)?;
         if trace_to.is_some() {
             rc.enable_trace_export();
         }
         rc.validate().map_err(|e| anyhow::anyhow!("reproducer config {e}"))?;
         let (rec, report) = run_one_with_report(&rc, &format!("seed={seed}"), elf, stop)?;
         let evidence = (repro.evidence)(&rec);
+        if kernel.is_none() && rec.kernel.is_some() {
+            column = rec.variant_label();
+            kernel = rec.kernel.clone();
+        }
         if let Some(path) = trace_to.filter(|_| !traced_detection) {
             crate::trace_export::write_run(path, &rec, &report)?;
             traced_detection = evidence.is_some();
@@ -549,44 +872,105 @@ pub fn run_repro_traced(
         progress(&out);
         runs.push(out);
     }
-    Ok(ReproResult { repro: repro.name.into(), variant, mutex: repro.mutex, mode, runs })
+    Ok(ReproResult { repro: repro.name.into(), variant: target.variant, mutex: repro.mutex, column, mode, budget_ms, kernel, runs })
 }
 
 /// The `--all` outcome matrix: reproducers down, variants across; each
 /// cell "detected/seeds (median s)".
 pub fn matrix_markdown(results: &[ReproResult]) -> String {
-    // A column per spinlock variant, and per mutex variant (on its
-    // wait_lock) for the sleeping-lock reproducers.
-    let mut variants: Vec<(Variant, Option<MutexVariant>)> = Vec::new();
+    let mut columns: Vec<&str> = Vec::new();
     let mut repros: Vec<&str> = Vec::new();
     for r in results {
-        if !variants.contains(&(r.variant, r.mutex)) {
-            variants.push((r.variant, r.mutex));
+        if !columns.contains(&r.column.as_str()) {
+            columns.push(&r.column);
         }
         if !repros.contains(&r.repro.as_str()) {
             repros.push(&r.repro);
         }
     }
-    let names: Vec<String> = variants
-        .iter()
-        .map(|(v, m)| match m {
-            Some(m) => format!("{} on {}", m.name(), v.name()),
-            None => v.name().to_string(),
-        })
-        .collect();
-    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", names.join(" | "), "---|".repeat(variants.len()));
+    let mut s = format!("\n| reproducer | {} |\n|---|{}\n", columns.join(" | "), "---|".repeat(columns.len()));
     for rp in &repros {
         s += &format!("| {rp} |");
-        for v in &variants {
+        for c in &columns {
             let cell = results
                 .iter()
-                .find(|r| r.repro == *rp && (r.variant, r.mutex) == *v)
+                .find(|r| r.repro == *rp && r.column == *c)
                 .map(|r| {
                     let t = r.median_time_to_detect_s().map(|t| format!(" ({t:.1} s)")).unwrap_or_default();
                     format!(" {}/{}{} |", r.detected(), r.runs.len(), t)
                 })
                 .unwrap_or_else(|| " |".into());
             s += &cell;
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// A result directory of `pvlock repro --out`: `results.json` (every
+/// [`ReproResult`], seeds and evidence), `matrix.md` (the outcome matrix and
+/// what it ran on) and `env.json`, rewritten atomically after each
+/// reproducer, so that an aborted run leaves a valid record of what
+/// finished; `partial` is there until the last one is in.
+pub struct ResultDir {
+    pub dir: PathBuf,
+}
+
+impl ResultDir {
+    /// A new directory under `out` named by the time (never an existing one).
+    pub fn create(out: &Path) -> Result<Self> {
+        let stem = crate::record::now_utc().replace(['-', ':'], "");
+        let (dir, name) = crate::output::create_unique_dir(out, &stem)?;
+        crate::output::write_atomic(&dir.join("partial"), b"the reproducers have not finished\n")?;
+        let env = crate::report::EnvInfo::collect();
+        crate::output::write_atomic(&dir.join("env.json"), &serde_json::to_vec_pretty(&env)?)?;
+        crate::output::set_latest(out, &name)?;
+        Ok(Self { dir })
+    }
+
+    /// Writes what has finished so far; `done` removes the `partial` mark.
+    pub fn write(&self, command: &str, results: &[ReproResult], done: bool) -> Result<()> {
+        crate::output::write_atomic(&self.dir.join("results.json"), &serde_json::to_vec_pretty(results)?)?;
+        crate::output::write_atomic(&self.dir.join("matrix.md"), matrix_document(command, results).as_bytes())?;
+        if done {
+            match std::fs::remove_file(self.dir.join("partial")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome matrix with what it ran: the command, mode and budget, and
+/// for each kernel column the tree's release and each patch's sha256.
+pub fn matrix_document(command: &str, results: &[ReproResult]) -> String {
+    let mut s = format!("# pvlock repro outcome matrix\n\n    {command}\n\n");
+    s += "Each cell: seeds with the race's evidence / seeds run (median time to detect). ";
+    s += "Counted evidence is read at the end of a seed's budget; hangs and BUGs end the seed at once.\n";
+    let mut modes: Vec<String> =
+        results.iter().map(|r| format!("{:?} {:.1} s", r.mode, r.budget_ms as f64 / 1e3)).collect();
+    modes.dedup();
+    s += &format!("Mode and per-seed budget: {}.\n", modes.join(", "));
+    s += &matrix_markdown(results);
+    let mut seen = Vec::new();
+    for r in results {
+        let Some(k) = &r.kernel else { continue };
+        if seen.contains(&r.column) {
+            continue;
+        }
+        seen.push(r.column.clone());
+        s += &format!(
+            "\n`{}`: Linux {} ({} flavour), {}; build {}",
+            r.column,
+            k.version,
+            k.flavour.name(),
+            k.compiler,
+            k.key
+        );
+        for [path, sha] in &k.patches {
+            let file = Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            s += &format!("; patch {file} sha256 {sha}");
         }
         s += "\n";
     }

@@ -48,17 +48,43 @@ pub fn run_one_with_report(
     }
     let started_at = now_utc();
     let mut report = Machine::run_with_module(&machine, elf, kernel.as_ref().map(|k| k.image.as_slice()), stop)?;
+    if let (Some(k), true) = (&kernel, report.status != RunStatus::Ok) {
+        symbolize_module_frames(&mut report.vcpu_dumps, &k.image);
+    }
     let mut rec = make_record(rc, run_key, started_at, &report);
     if let Some(k) = &kernel {
         crate::kernel::sites::annotate(k, &report, &mut rec);
     }
-    rec.kernel = kernel.map(|k| k.info.clone());
+    rec.kernel = kernel.as_ref().map(|k| k.info.clone());
     if rec.status != RunStatus::Ok && report.status == RunStatus::Ok {
         // Not OK by the harness's checks only: the VMM did not symbolize.
         pvlock_vmm::machine::symbolize_dumps(&mut report.vcpu_dumps, elf);
+        if let Some(k) = &kernel {
+            symbolize_module_frames(&mut report.vcpu_dumps, &k.image);
+        }
         attach_dumps(&mut rec.diagnosis, &report);
     }
     Ok((rec, report))
+}
+
+/// The frames of `dumps` inside the kernel-lock module's window, looked up
+/// in the module's own DWARF (the guest's knows nothing of them): the
+/// tree's function and kernel file:line. The location is then the first
+/// frame outside the guest runtime's helpers, now possibly kernel code.
+fn symbolize_module_frames(dumps: &mut [pvlock_vmm::vcpu_dump::VcpuDump], module_elf: &[u8]) {
+    use pvlock_abi::kmod::{KMOD_GPA, KMOD_LIMIT};
+    let sym = match pvlock_vmm::symbolize::Symbolizer::cached_module(module_elf) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("cannot symbolize the kernel module's frames: {e}"),
+    };
+    for d in dumps {
+        for (i, f) in d.backtrace.iter_mut().enumerate() {
+            if (KMOD_GPA..KMOD_LIMIT).contains(&f.pc) {
+                f.source = sym.frames(if i == 0 { f.pc } else { f.pc.saturating_sub(1) });
+            }
+        }
+        d.location = d.backtrace.iter().flat_map(|f| f.source.iter()).find(|s| !s.is_helper()).cloned();
+    }
 }
 
 /// The vCPU dumps of a record that did not end OK.
@@ -200,6 +226,20 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             ));
         }
         _ => {}
+    }
+    if rc.lock.variant.is_kernel() {
+        // A kernel WARN does not stop the run; it fails the verdict here.
+        let warned: Vec<String> = r
+            .console
+            .iter()
+            .filter_map(|l| crate::record::KernelWarning::parse(l))
+            .map(|w| format!("vCPU {} at {}:{}: {}", w.cpu, w.file, w.line, w.message))
+            .collect();
+        checks.push(Check::new(
+            "no_kernel_warnings",
+            warned.is_empty(),
+            if warned.is_empty() { "no kernel WARN()".to_string() } else { warned.join("; ") },
+        ));
     }
     let mut status = r.status;
     if status.is_ok() && checks.iter().any(|c| !c.passed) {
@@ -398,6 +438,7 @@ fn diagnosis(r: &RunReport) -> crate::record::Diagnosis {
         vcpus_text: None,
         race_diagram: crate::race_diagram::for_report(r).map(|d| d.render()),
         dropped: r.dropped,
+        kernel_warnings: r.console.iter().filter_map(|l| crate::record::KernelWarning::parse(l)).collect(),
     };
     if r.status != RunStatus::Ok {
         attach_dumps(&mut d, r);

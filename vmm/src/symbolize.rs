@@ -38,6 +38,10 @@ impl SourceFrame {
     /// lock algorithm or workload stopped.
     pub fn is_helper(&self) -> bool {
         self.file.starts_with("library/")
+            // A kernel build's stand-in headers (pv_wait, BUG plumbing):
+            // the tree's own caller is the place.
+            || self.file.starts_with("guest/kernel/")
+            || self.file.ends_with("guest/bin/src/kmod.rs")
             || self.function.contains(" as pvlock_guest_lib::platform::Platform>::")
             || self.file.ends_with("guest/bin/src/rt.rs")
             || self.file.ends_with("guest/bin/src/cpu.rs")
@@ -93,6 +97,21 @@ impl Symbolizer {
         }
         let s = Arc::new(Self::new(elf)?);
         *c = Some((key.0, key.1, s.clone()));
+        Ok(s)
+    }
+
+    /// As [`Self::cached`], for a kernel-lock module's ELF: its own slot,
+    /// so that symbolizing a module's frames does not evict the guest's.
+    pub fn cached_module(elf: &[u8]) -> Result<Arc<Self>, String> {
+        static CACHE: Mutex<Option<(Vec<u8>, Arc<Symbolizer>)>> = Mutex::new(None);
+        let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((bytes, s)) = c.as_ref() {
+            if bytes.as_slice() == elf {
+                return Ok(s.clone());
+            }
+        }
+        let s = Arc::new(Self::new(elf)?);
+        *c = Some((elf.to_vec(), s.clone()));
         Ok(s)
     }
 

@@ -14,6 +14,14 @@ static STANDINS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/kernel_s
 const CFLAGS: &[&str] = &[
     "-std=gnu11",
     "-O2",
+    // DWARF for the VMM's vCPU dumps: an address in the tree's code is
+    // shown as its kernel function and file:line (the image's loaded
+    // segments are the same with or without it).
+    "-g",
+    // Frame pointers, so that the dump's frame walk goes on through the
+    // tree's functions to the guest code that called them (one push and
+    // one move per non-leaf function, as a CONFIG_FRAME_POINTER kernel).
+    "-fno-omit-frame-pointer",
     "-ffreestanding",
     "-fno-builtin",
     "-nostdinc",
@@ -211,7 +219,12 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
     let info_path = dir.join("build.json");
     if !opts.rebuild {
         if let (Ok(image), Ok(text)) = (std::fs::read(&image_path), std::fs::read_to_string(&info_path)) {
-            if let Ok(info) = serde_json::from_str::<KernelBuildInfo>(&text) {
+            if let Ok(mut info) = serde_json::from_str::<KernelBuildInfo>(&text) {
+                // The same content may come from another path: the record
+                // names this build's tree and patch paths, not those of the
+                // build that filled the cache.
+                info.tree = tree.root.display().to_string();
+                info.patches = patches.clone();
                 check_image(&image)?;
                 let sites = super::sites::SiteTable::from_image(&image)?;
                 let sources = read_sources(&dir.join("source"), &files);
@@ -242,6 +255,9 @@ pub fn build(spec: &KernelSpec, opts: &BuildOptions) -> Result<KernelBuild, Kern
     cmd.args(CFLAGS).args(knob_flags(spec));
     // __FILE__ becomes the tree-relative path: BUG/WARN name kernel/locking/...
     cmd.arg(format!("-fmacro-prefix-map={}/=", src.display()));
+    // And so do the DWARF line tables (stand-ins under guest/kernel/).
+    cmd.arg(format!("-fdebug-prefix-map={}/=", src.display()));
+    cmd.arg(format!("-fdebug-prefix-map={}/=guest/kernel/", standins.display()));
     cmd.arg("-I").arg(standins.join("include"));
     match spec.flavour {
         Flavour::X86 => cmd.arg("-I").arg(src.join("arch/x86/include")),
