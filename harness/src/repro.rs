@@ -872,7 +872,16 @@ pub fn run_repro_on(
         progress(&out);
         runs.push(out);
     }
-    Ok(ReproResult { repro: repro.name.into(), variant: target.variant, mutex: repro.mutex, column, mode, budget_ms, kernel, runs })
+    Ok(ReproResult {
+        repro: repro.name.into(),
+        variant: target.variant,
+        mutex: repro.mutex,
+        column,
+        mode,
+        budget_ms,
+        kernel,
+        runs,
+    })
 }
 
 /// The `--all` outcome matrix: reproducers down, variants across; each

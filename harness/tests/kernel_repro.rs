@@ -9,7 +9,7 @@ use pvlock::kernel;
 use pvlock::repro::{find, run_repro_on, KernelTarget, Mode, Target};
 use pvlock::runner::{run_one, GUEST_ELF};
 use pvlock_abi::{Variant, Workload};
-use pvlock_vmm::StopHandle;
+use pvlock_vmm::{RunStatus, StopHandle};
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -96,7 +96,7 @@ fn slow_before_hash_patch_is_caught_and_the_tree_without_it_is_clean() {
     for tree in &trees {
         let res = outcome("slow-before-hash", &on(tree, &[]), Mode::Random, 2, 1_000);
         assert_eq!(res.detected(), 0, "{}: {:?}", tree.display(), lines(&res));
-        assert!(res.runs.iter().all(|o| o.status == "ok"), "{:?}", lines(&res));
+        assert!(res.runs.iter().all(|o| o.status == RunStatus::Ok), "{:?}", lines(&res));
     }
 }
 
@@ -128,7 +128,7 @@ fn the_double_hash_kernel_form_is_clean_on_unpatched_trees() {
     for tree in &trees {
         let res = outcome("double-hash", &on(tree, &[]), Mode::Random, 2, 1_000);
         assert_eq!(res.detected(), 0, "{}: {:?}", tree.display(), lines(&res));
-        assert!(res.runs.iter().all(|o| o.status == "ok"), "{:?}", lines(&res));
+        assert!(res.runs.iter().all(|o| o.status == RunStatus::Ok), "{:?}", lines(&res));
     }
 }
 
@@ -165,7 +165,7 @@ fn a_kernel_warn_is_a_warning_record_and_the_run_goes_on() {
     assert!(w[0].message.contains("fixture: the queue head waits again"), "{:?}", w[0]);
     // The run went on to its end: every vCPU finished and the other
     // checks ran and passed; only the warning check fails the verdict.
-    assert_eq!(r.status, "failed", "{}", r.summary);
+    assert_eq!(r.status, RunStatus::Failed, "{}", r.summary);
     for c in &r.checks {
         assert_eq!(c.passed, c.name != "no_kernel_warnings", "{c:?}");
     }
@@ -197,7 +197,7 @@ fn a_dump_names_the_kernel_function_and_line_the_vcpu_was_at() {
     rc.preempt.random_mean_interval_us = 500;
     rc.preempt.random_stall_us = 2000;
     let r = run_one(&rc, "", GUEST_ELF, &StopHandle::new()).unwrap();
-    assert_eq!(r.status, "guest-crash", "{}", r.summary);
+    assert_eq!(r.status, RunStatus::GuestCrash, "{}", r.summary);
     let text = r.diagnosis.vcpus_text.as_deref().unwrap_or("");
     assert!(text.contains("at pv_unhash (kernel/locking/qspinlock_paravirt.h:"), "{text}");
     assert!(text.contains("__pv_queued_spin_unlock_slowpath (kernel/locking/qspinlock_paravirt.h:"), "{text}");

@@ -44,7 +44,12 @@ fn the_rfc_wakes_an_exited_task_at_the_first_directed_try() {
     // overloaded host an earlier hold can run out first: the run, not the
     // hold, is the "first try").
     let h = r.diagnosis.holds.last().expect("a hold");
-    assert_eq!((h.window, h.released_by), (Some(Window::PageWakeBetween), HoldRelease::Condition), "{:?}", r.diagnosis.holds);
+    assert_eq!(
+        (h.window, h.released_by),
+        (Some(Window::PageWakeBetween), HoldRelease::Condition),
+        "{:?}",
+        r.diagnosis.holds
+    );
     assert!(r.summary.contains(&format!("vCPU {cpu}")) && r.summary.contains(&format!("vCPU {owner}'s task")));
 }
 
