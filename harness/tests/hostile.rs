@@ -472,7 +472,7 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
         let cfg = write(
             d.path(),
             "sig.toml",
-            "name = \"sig\"\nworkload = \"torture\"\nvcpus = 2\nhost_cpus = 2\nduration_ms = 400\nrepeats = 20\n",
+            "name = \"sig\"\nworkload = \"torture\"\nvcpus = 2\nhost_cpus = 2\nduration_ms = 1000\nrepeats = 20\n",
         );
         let out_dir = d.path().join("results");
         let child = pvlock()
@@ -490,8 +490,11 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
             assert!(Instant::now() < deadline, "no run finished");
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Into the next run (400 ms of guest time), so that one is aborted.
-        std::thread::sleep(Duration::from_millis(150));
+        // Into the next run (1000 ms of guest time), so that one is
+        // aborted: 300 ms leaves the harness time to start it even on a
+        // loaded machine (150 ms into 400 ms runs once signalled between
+        // two runs there, and no run was aborted).
+        std::thread::sleep(Duration::from_millis(300));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
