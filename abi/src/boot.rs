@@ -138,6 +138,11 @@ pub struct BootBlock {
     pub nodes_gpa: u64,
     /// Bytes of one node (`nodes_gpa + (cpu * 4 + idx) * node_stride`).
     pub node_stride: u64,
+
+    // ---- written by the VMM before start (ABI 4), read-only for the guest ----
+    /// How the guest chooses stalls at kernel-build sites (PCT, the
+    /// preemption bound); all zero: uniform random, unbounded.
+    pub site_schedule: crate::sites::SiteSchedule,
 }
 
 /// One PV hash table slot: `struct pv_hash_entry { lock; node; }`.
