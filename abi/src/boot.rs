@@ -149,6 +149,11 @@ pub struct BootBlock {
     /// [`POLL_POLLING`] while the guest's or the VMM's poll of that vCPU
     /// runs, [`POLL_KICKED`] once a kicker took that way.
     pub poll_state_gpa: u64,
+
+    // ---- written by the VMM before start (ABI 4), read-only for the guest ----
+    /// How the guest chooses stalls at kernel-build sites (PCT, the
+    /// preemption bound); all zero: uniform random, unbounded.
+    pub site_schedule: crate::sites::SiteSchedule,
 }
 
 /// Bytes between two vCPUs' poll states (a cache line each).

@@ -26,6 +26,10 @@ pub enum Stream {
     /// a stream of its own, so enabling sites leaves every other choice of
     /// the run as it was.
     KernelSites(u32),
+    /// The PCT change points of a run (`preempt.site_mode = "pct"`): one
+    /// stream for the whole run, read by every vCPU as a pure function
+    /// (`sites::pct_change_point`), so all agree on the points.
+    SitePct,
 }
 
 impl Stream {
@@ -36,6 +40,7 @@ impl Stream {
             Stream::VmmVcpu(n) => 2 << 32 | n as u64,
             Stream::Preemptor => 3 << 32,
             Stream::KernelSites(n) => 4 << 32 | n as u64,
+            Stream::SitePct => 5 << 32,
         }
     }
 }
@@ -82,9 +87,10 @@ mod tests {
             Stream::VmmVcpu(1),
             Stream::Preemptor,
             Stream::KernelSites(0),
+            Stream::SitePct,
         ];
         for seed in [0u64, 1, 9, u64::MAX] {
-            let s: [u64; 6] = core::array::from_fn(|i| stream_seed(seed, streams[i]));
+            let s: [u64; 7] = core::array::from_fn(|i| stream_seed(seed, streams[i]));
             for i in 0..s.len() {
                 assert_ne!(s[i], 0);
                 assert_eq!(s[i], stream_seed(seed, streams[i]), "deterministic");

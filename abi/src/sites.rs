@@ -65,6 +65,63 @@ impl Default for SiteParams {
     }
 }
 
+/// How the guest chooses stalls at [`SITE_STALL`] sites
+/// (`preempt.site_mode`), in the boot block's [`SiteSchedule::mode`].
+pub const SITE_MODE_RANDOM: u32 = 0;
+/// PCT change points (`preempt.site_mode = "pct"`): see [`pct_change_point`].
+pub const SITE_MODE_PCT: u32 = 1;
+/// Largest `preempt.pct_depth`.
+pub const PCT_MAX_DEPTH: u32 = 8;
+
+/// Stall choice at sites beyond [`SiteParams::prob`]: written by the VMM
+/// into the boot block (`BootBlock::site_schedule`), read by the guest's
+/// site service. All zero: today's uniform random choice, unbounded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteSchedule {
+    /// [`SITE_MODE_RANDOM`] or [`SITE_MODE_PCT`].
+    pub mode: u32,
+    /// PCT: the bug depth d; each trial has d - 1 change points.
+    pub pct_depth: u32,
+    /// k: site executions of one vCPU per trial (the guest numbers its
+    /// own executions of stall-enabled sites 1, 2, ...; execution s is step
+    /// `(s - 1) % k + 1` of trial `(s - 1) / k`). 0: one trial, the run.
+    /// Random mode uses it only to group stalls for the interleaving count.
+    pub steps: u64,
+    /// The preemption bound: at most this many site stalls per run, over
+    /// all vCPUs (0: unbounded). Directed holds are not counted.
+    pub max_stalls: u64,
+}
+
+/// The doorbell value of a stall-or-hold exit at site `index` taken in
+/// trial `trial` (the VMM groups stalls by trial): the index in the low
+/// 32 bits, the trial in the high 32 (wrapping).
+pub const fn site_exit_value(index: u32, trial: u64) -> u64 {
+    index as u64 | (trial << 32)
+}
+
+/// The site index and the trial of a [`site_exit_value`].
+pub const fn site_exit_decode(value: u64) -> (u32, u32) {
+    (value as u32, (value >> 32) as u32)
+}
+
+/// PCT change point `i` (0 <= i < depth - 1) of trial `trial`: the vCPU
+/// (of `nr_vcpus`) and the step (1..=`steps`) at which it stalls. A pure
+/// function of the run's [`crate::seed::Stream::SitePct`] seed, so every
+/// vCPU computes the same points without sharing state, and the harness
+/// can say afterwards which points a seed chose. The vCPU and the step are
+/// uniform and independent (multiply-shift of two 32-bit halves of one
+/// splitmix64 draw; bias below 2^-32 * max(n, k)).
+pub const fn pct_change_point(pct_seed: u64, trial: u64, i: u32, nr_vcpus: u32, steps: u64) -> (u32, u64) {
+    let x = crate::seed::splitmix64(
+        pct_seed ^ crate::seed::splitmix64(trial.wrapping_mul(PCT_MAX_DEPTH as u64) + i as u64),
+    );
+    let cpu = ((x >> 32) * nr_vcpus as u64) >> 32;
+    let k = if steps == 0 || steps > u32::MAX as u64 { u32::MAX as u64 } else { steps };
+    let step = 1 + (((x & 0xffff_ffff) * k) >> 32);
+    (cpu as u32, step)
+}
+
 macro_rules! site_ops {
     ($($(#[$m:meta])* $v:ident = $n:literal, $name:literal;)*) => {
         /// The operation a site performs (`PVL_OP_*`).
@@ -143,6 +200,7 @@ impl SiteOp {
 }
 
 const _: () = assert!(core::mem::size_of::<KernelSite>() == 24);
+const _: () = assert!(core::mem::size_of::<SiteSchedule>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteParams>() == 8 + 4 * SITE_MAX_CPUS);
 const _: () = assert!(SITE_MAX_CPUS >= crate::MAX_VCPUS);
 
@@ -158,5 +216,33 @@ mod tests {
             assert_eq!(SiteOp::from_u8(*op as u8), Some(*op));
         }
         assert_eq!(SiteOp::from_u8(SiteOp::ALL.len() as u8), None);
+    }
+
+    #[test]
+    fn exit_values_round_trip() {
+        assert_eq!(site_exit_decode(site_exit_value(17, 0)), (17, 0));
+        assert_eq!(site_exit_decode(site_exit_value(u32::MAX, 5)), (u32::MAX, 5));
+        assert_eq!(site_exit_value(17, 0), 17, "trial 0 is the plain index");
+    }
+
+    #[test]
+    fn pct_change_points_are_in_range_deterministic_and_spread() {
+        let (n, k) = (4u32, 50u64);
+        let mut cpus = [0u32; 4];
+        let mut steps = [0u32; 50];
+        for trial in 0..2000u64 {
+            for i in 0..3 {
+                let (c, s) = pct_change_point(99, trial, i, n, k);
+                assert!(c < n && (1..=k).contains(&s), "trial {trial} point {i}: ({c}, {s})");
+                assert_eq!((c, s), pct_change_point(99, trial, i, n, k));
+                cpus[c as usize] += 1;
+                steps[s as usize - 1] += 1;
+            }
+        }
+        // 6000 draws: each vCPU ~1500, each step ~120; far from the edges
+        // of a uniform draw (counts, no timing).
+        assert!(cpus.iter().all(|&c| (1300..1700).contains(&c)), "{cpus:?}");
+        assert!(steps.iter().all(|&c| (60..190).contains(&c)), "{steps:?}");
+        assert_ne!(pct_change_point(99, 0, 0, n, k), pct_change_point(98, 0, 0, n, k));
     }
 }

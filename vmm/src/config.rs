@@ -540,6 +540,21 @@ impl MachineConfig {
     }
 }
 
+/// How the guest chooses stalls at the sites of a kernel build
+/// (`preempt.site_mode`; docs/KERNEL-BUILDS.md, "PCT").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteMode {
+    /// Each execution of a selected site stalls with `site_prob`.
+    #[default]
+    Random,
+    /// Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010),
+    /// adapted to vCPUs that run in parallel: `pct_depth - 1` change points
+    /// per trial of `pct_steps` site executions per vCPU, each a (vCPU,
+    /// step) drawn uniformly from the run's seed; `site_prob` is unused.
+    Pct,
+}
+
 /// Distribution of injected stall lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -768,6 +783,36 @@ pub struct PreemptConfig {
     /// reports name its file:line). Costs a call per site passed.
     #[serde(skip_serializing_if = "is_true")]
     pub site_track: bool,
+    /// How the guest chooses stalls at selected sites.
+    #[serde(skip_serializing_if = "SiteMode::is_default")]
+    pub site_mode: SiteMode,
+    /// PCT: the bug depth d (d - 1 change points per trial), 1..=8.
+    #[serde(skip_serializing_if = "is_default_pct_depth")]
+    pub pct_depth: u32,
+    /// k: executions of selected sites per vCPU in one trial (PCT: the
+    /// change points' step range 1..=k; random mode: only the grouping of
+    /// stalls into trials for the interleaving count). 0: the run is one
+    /// trial (random mode only).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub pct_steps: u64,
+    /// The preemption bound: at most this many site stalls per run, over
+    /// all vCPUs (0: unbounded).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub max_stalls: u64,
+}
+
+impl SiteMode {
+    fn is_default(&self) -> bool {
+        *self == SiteMode::default()
+    }
+}
+
+fn is_default_pct_depth(v: &u32) -> bool {
+    *v == PreemptConfig::default().pct_depth
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Default for PreemptConfig {
@@ -787,6 +832,10 @@ impl Default for PreemptConfig {
             site_prob: 0.0,
             site_stall_us: 200,
             site_track: true,
+            site_mode: SiteMode::Random,
+            pct_depth: 3,
+            pct_steps: 0,
+            max_stalls: 0,
         }
     }
 }
@@ -797,6 +846,7 @@ impl PreemptConfig {
         check_range("preempt.window_stall_us", self.window_stall_us, 0, MAX_STALL_US)?;
         check_float("preempt.site_prob", self.site_prob, 0.0, 1.0)?;
         check_range("preempt.site_stall_us", self.site_stall_us, 0, MAX_STALL_US)?;
+        self.validate_site_schedule()?;
         check_range("preempt.random_mean_interval_us", self.random_mean_interval_us, 0, MAX_INTERVAL_US)?;
         if self.random_mean_interval_us > 0 {
             check_range("preempt.random_stall_us", self.random_stall_us, 1, MAX_STALL_US)?;
@@ -819,6 +869,44 @@ impl PreemptConfig {
             }
         }
         Ok(())
+    }
+
+    /// The PCT and preemption-bound keys (`site_mode`, `pct_depth`,
+    /// `pct_steps`, `max_stalls`).
+    fn validate_site_schedule(&self) -> Result<(), InvalidValue> {
+        check_range("preempt.pct_depth", self.pct_depth, 1, pvlock_abi::sites::PCT_MAX_DEPTH)?;
+        check_range("preempt.pct_steps", self.pct_steps, 0, u32::MAX as u64)?;
+        if self.site_mode == SiteMode::Pct {
+            if self.pct_steps == 0 {
+                let why = "site_mode = \"pct\" draws its change points from steps 1..=k: set k \
+                           (executions of the selected sites per vCPU per trial, e.g. 1000)";
+                return Err(InvalidValue::new("preempt.pct_steps", why));
+            }
+            if self.sites.is_empty() {
+                let why = "site_mode = \"pct\" stalls at sites: select some with preempt.sites";
+                return Err(InvalidValue::new("preempt.site_mode", why));
+            }
+            if self.site_prob != 0.0 {
+                let why = "site_mode = \"pct\" chooses its stalls by change points, not by probability: \
+                           leave site_prob out (or use site_mode = \"random\")";
+                return Err(InvalidValue::new("preempt.site_prob", why));
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest's site schedule (boot block).
+    pub fn site_schedule(&self) -> pvlock_abi::sites::SiteSchedule {
+        use pvlock_abi::sites::{SiteSchedule, SITE_MODE_PCT, SITE_MODE_RANDOM};
+        SiteSchedule {
+            mode: match self.site_mode {
+                SiteMode::Random => SITE_MODE_RANDOM,
+                SiteMode::Pct => SITE_MODE_PCT,
+            },
+            pct_depth: self.pct_depth,
+            steps: self.pct_steps,
+            max_stalls: self.max_stalls,
+        }
     }
 
     /// Random stalls, if on.

@@ -32,7 +32,7 @@ mod watchdog_tests;
 
 pub use config::{
     HoldAt, HoldRule, HoldUntil, HoldWhen, HolderStalls, HypervisorConfig, InvalidValue, KernelFlavour, KickContract,
-    LockConfig, MachineConfig, PreemptConfig, RandomStalls, StallDist, TortureConfig, WaitContract,
+    LockConfig, MachineConfig, PreemptConfig, RandomStalls, SiteMode, StallDist, TortureConfig, WaitContract,
 };
 pub use error::{MachineError, RunError};
 pub use machine::{host_cpus_available, Machine, StopHandle};

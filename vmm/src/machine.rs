@@ -249,6 +249,7 @@ impl Machine {
             iterations: cfg.iterations,
             trace_gpa: trace_rings.gpa,
             trace_len: trace_rings.len,
+            site_schedule: cfg.preempt.site_schedule(),
             ..Default::default()
         };
         ram.write_pod(BOOT_BLOCK_GPA, &boot).map_err(|e| MachineError::Memory(e.to_string()))?;
@@ -632,6 +633,7 @@ fn collect(
         stalls_skipped: sh.preempt.skipped.load(Ordering::Relaxed),
         site_stalls: sh.preempt.site_stalls.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
         site_arrivals: sh.preempt.site_arrivals.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
+        site_schedule: sh.preempt.site_trials.lock().unwrap_or_else(|p| p.into_inner()).report(),
         last_sites: if sh.cfg.sites.is_some() { crate::sites::last_sites(&sh.ram, sh.cfg.vcpus) } else { Vec::new() },
         hash_occupancy: sh
             .hash_occupancy

@@ -107,6 +107,8 @@ pub struct PreemptState {
     pub site_arrivals: Vec<AtomicU64>,
     /// Per site: stalls the VMM performed there (random mode).
     pub site_stalls: Vec<AtomicU64>,
+    /// The site stalls by trial (PCT, the interleaving count).
+    pub site_trials: Mutex<crate::sites::TrialLog>,
     /// Holds performed per rule.
     pub rule_used: Vec<AtomicU32>,
     /// Directed holds and how they ended (bounded: a rule with `count = 0`
@@ -130,6 +132,7 @@ impl PreemptState {
             window_arrivals: std::array::from_fn(|_| AtomicU64::new(0)),
             site_arrivals: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             site_stalls: (0..sites).map(|_| AtomicU64::new(0)).collect(),
+            site_trials: Mutex::new(crate::sites::TrialLog::default()),
             rule_used: (0..rules).map(|_| AtomicU32::new(0)).collect(),
             holds: Mutex::new(crate::report::BoundedLog::new(crate::report::limits::HOLDS)),
             skipped: AtomicU64::new(0),

@@ -383,6 +383,10 @@ pub struct RunReport {
     /// Kernel builds: per site of the build's table, stalls performed there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_stalls: Vec<u64>,
+    /// Kernel builds: the site stalls grouped by trial (which vCPU stalled
+    /// where, the distinct stall signatures); absent without site stalls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_schedule: Option<crate::sites::ScheduleReport>,
     /// Kernel builds: per site, exits there (stalls, holds, `until` arrivals).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_arrivals: Vec<u64>,

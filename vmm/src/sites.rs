@@ -13,6 +13,7 @@ use crate::guest_mem::GuestRam;
 use pvlock_abi::kmod::{KmodDescriptor, KMOD_GPA};
 use pvlock_abi::sites::{SiteParams, SITE_FLAGS_OFFSET, SITE_MAX_CPUS};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::mem::offset_of;
 
 /// A site named in a schedule rule (`site:SPEC`), with the sites of the
@@ -138,10 +139,12 @@ impl std::fmt::Display for SiteLabel {
 /// that applies holds it (directed mode); with no schedule it stalls
 /// `preempt.site_stall_us` (random mode); a site that exits only because a
 /// rule's `until` names it goes on at once.
-pub fn serve(t: &crate::vcpu::VcpuThread, index: u64) -> Result<(), crate::report::GuestFailure> {
+pub fn serve(t: &crate::vcpu::VcpuThread, value: u64) -> Result<(), crate::report::GuestFailure> {
     use std::sync::atomic::Ordering;
     let sh = &t.shared;
     let cpu = t.cpu;
+    let (index, trial) = pvlock_abi::sites::site_exit_decode(value);
+    let index = index as u64;
     let Some(arrivals) = sh.preempt.site_arrivals.get(index as usize) else {
         return Err(t.abi_violation(format!("exit at unknown kernel site {index}")));
     };
@@ -171,8 +174,112 @@ pub fn serve(t: &crate::vcpu::VcpuThread, index: u64) -> Result<(), crate::repor
         });
     } else if rules.is_empty() {
         sh.preempt.site_stalls[index as usize].fetch_add(1, Ordering::Relaxed);
+        sh.preempt.site_trials.lock().unwrap_or_else(|p| p.into_inner()).record(trial, cpu, index as u32);
         let us = sh.cfg.sites.as_ref().map_or(sh.cfg.preempt.site_stall_us, |p| p.stall_us);
         t.stall(std::time::Duration::from_micros(us));
     }
     Ok(())
+}
+
+/// Trials whose stall signatures a run keeps (one map entry each); beyond
+/// it the report says `truncated` and counts stalls only.
+pub const TRIALS_LOGGED: usize = 1 << 16;
+/// Stalls listed one by one in a report (the first of the run).
+pub const STALLS_LISTED: usize = 32;
+
+/// The site stalls of a run grouped by the trial the guest took them in
+/// (`pvlock_abi::sites::SiteSchedule`): a trial's signature is the
+/// multiset of (vCPU, site) it stalled at, kept as a commutative hash (the
+/// sum of splitmix64 of each pair), so the order in which the VMM serves
+/// the stalls of one trial does not change it.
+#[derive(Debug, Default)]
+pub struct TrialLog {
+    by_trial: BTreeMap<u32, u64>,
+    first: Vec<ChosenStall>,
+    stalls: u64,
+    truncated: bool,
+}
+
+impl TrialLog {
+    /// A stall of vCPU `cpu` at site `site` in trial `trial`.
+    pub fn record(&mut self, trial: u32, cpu: u32, site: u32) {
+        self.stalls += 1;
+        if self.first.len() < STALLS_LISTED {
+            self.first.push(ChosenStall { trial, cpu, site });
+        }
+        let h = pvlock_abi::seed::splitmix64((cpu as u64) << 32 | site as u64);
+        if let Some(sig) = self.by_trial.get_mut(&trial) {
+            *sig = sig.wrapping_add(h);
+        } else if self.by_trial.len() < TRIALS_LOGGED {
+            self.by_trial.insert(trial, h);
+        } else {
+            self.truncated = true;
+        }
+    }
+
+    /// The report, `None` without stalls.
+    pub fn report(&self) -> Option<ScheduleReport> {
+        if self.stalls == 0 {
+            return None;
+        }
+        let mut distinct: Vec<u64> = self.by_trial.values().copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        Some(ScheduleReport {
+            stalls: self.stalls,
+            trials: self.by_trial.len() as u64,
+            signatures: distinct,
+            first: self.first.clone(),
+            truncated: self.truncated,
+        })
+    }
+}
+
+/// One stall the guest chose: which vCPU, at which site, in which trial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChosenStall {
+    pub trial: u32,
+    pub cpu: u32,
+    pub site: u32,
+}
+
+/// What a run's site stalls were (`RunReport::site_schedule`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleReport {
+    /// Site stalls served.
+    pub stalls: u64,
+    /// Trials with at least one stall (those logged).
+    pub trials: u64,
+    /// The distinct stall signatures of those trials, sorted (a set: the
+    /// union over seeds counts distinct interleavings across runs).
+    pub signatures: Vec<u64>,
+    /// The first [`STALLS_LISTED`] stalls, in the order served.
+    pub first: Vec<ChosenStall>,
+    /// More than [`TRIALS_LOGGED`] trials had stalls: later ones are counted
+    /// in `stalls` only.
+    pub truncated: bool,
+}
+
+#[cfg(test)]
+mod trial_tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_signature_is_its_multiset_of_stalls() {
+        let mut log = TrialLog::default();
+        assert_eq!(log.report(), None, "no stalls, no report");
+        // Trials 0 and 2 stall the same (vCPU, site) pairs in another
+        // order; trial 1 differs by one vCPU.
+        log.record(0, 1, 7);
+        log.record(0, 2, 9);
+        log.record(1, 1, 7);
+        log.record(1, 3, 9);
+        log.record(2, 2, 9);
+        log.record(2, 1, 7);
+        let r = log.report().unwrap();
+        assert_eq!((r.stalls, r.trials), (6, 3));
+        assert_eq!(r.signatures.len(), 2, "{r:?}");
+        assert_eq!(r.first[0], ChosenStall { trial: 0, cpu: 1, site: 7 });
+        assert!(!r.truncated);
+    }
 }

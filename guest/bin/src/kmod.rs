@@ -348,22 +348,54 @@ extern "C" fn svc_site(site: *mut KernelSite, addr: u64, val: u64) {
     if s.flags & SITE_HASH != 0 {
         hash_site(d, cpu, &s, addr, val);
     }
-    let exit = s.flags & SITE_EXIT != 0 || {
-        if s.flags & SITE_STALL == 0 {
-            false
-        } else {
-            let slot = &SITE_RNG[cpu as usize];
-            let x = pvlock_abi::seed::next_draw(slot.load(Ordering::Relaxed));
-            slot.store(x, Ordering::Relaxed);
-            // SAFETY: as above; `prob` is written by the VMM before the run.
-            let prob = unsafe { core::ptr::read_volatile(&(*params).prob) } as u64;
-            (x >> 32) < prob
-        }
+    let (stall, trial) = if s.flags & SITE_STALL != 0 {
+        // SAFETY: as above; `prob` is written by the VMM before the run.
+        let prob = unsafe { core::ptr::read_volatile(&(*params).prob) };
+        choose_stall(cpu, prob)
+    } else {
+        (false, 0)
     };
-    if exit {
-        // One exit: the VMM stalls here (random) or applies a schedule rule.
-        rt::ring(doorbell::SITE, index);
+    if s.flags & SITE_EXIT != 0 || stall {
+        // One exit: the VMM stalls here (random, PCT) or applies a
+        // schedule rule; the trial groups the stalls in its record.
+        rt::ring(doorbell::SITE, pvlock_abi::sites::site_exit_value(index as u32, trial));
     }
+}
+
+/// Per vCPU: its executions of stall-enabled sites so far (the PCT step
+/// count; only this vCPU touches its slot: no shared line, no fence).
+static SITE_STEPS: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+/// Site stalls chosen so far by all vCPUs (`preempt.max_stalls`).
+static SITE_STALLS_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this execution of a stall-enabled site stalls, and its trial
+/// (`pvlock_abi::sites::SiteSchedule`): uniform random with `prob`, or at
+/// a PCT change point; either way within the run's preemption bound.
+fn choose_stall(cpu: u32, prob: u32) -> (bool, u64) {
+    let sched = &rt::boot().site_schedule;
+    let steps = &SITE_STEPS[cpu as usize];
+    let s = steps.load(Ordering::Relaxed);
+    steps.store(s + 1, Ordering::Relaxed);
+    let (trial, step) = match sched.steps {
+        0 => (0, s + 1),
+        k => (s / k, s % k + 1),
+    };
+    let chosen = if sched.mode == pvlock_abi::sites::SITE_MODE_PCT {
+        let seed = pvlock_abi::seed::stream_seed(rt::boot().seed, pvlock_abi::seed::Stream::SitePct);
+        let n = rt::boot().nr_vcpus;
+        (0..sched.pct_depth.saturating_sub(1))
+            .any(|i| pvlock_abi::sites::pct_change_point(seed, trial, i, n, sched.steps) == (cpu, step))
+    } else {
+        let slot = &SITE_RNG[cpu as usize];
+        let x = pvlock_abi::seed::next_draw(slot.load(Ordering::Relaxed));
+        slot.store(x, Ordering::Relaxed);
+        (x >> 32) < prob as u64
+    };
+    // The bound is checked only when a stall was chosen: the locked add
+    // (a full fence on x86) sits next to an exit, which serialises anyway,
+    // so it hides no store buffering that the run would otherwise show.
+    let within_bound = || sched.max_stalls == 0 || SITE_STALLS_TAKEN.fetch_add(1, Ordering::Relaxed) < sched.max_stalls;
+    (chosen && within_bound(), trial)
 }
 
 /// A write at a [`SITE_HASH`] site: if it touches the tree's PV hash table,

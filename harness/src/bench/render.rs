@@ -356,20 +356,7 @@ pub fn markdown(r: &BenchResult) -> String {
     }
 
     if let Some(k) = &r.kernel {
-        let _ = writeln!(
-            s,
-            "Kernel build (`--kernel-tree`, Linux {}) beside pv-upstream, in this run:\n\n\
-             | figure | kernel-pv | pv-upstream | kernel-pv / pv-upstream |\n|---|---|---|---|\n\
-             | uncontended ns per acquisition (1 vCPU, cs = think = 0) | {} | {} | {} |\n\
-             | contended acq/s, 8 vCPUs / 2 host CPUs (4x overcommit; ratio paired by repeat) | {} | {} | {} |\n",
-            k.version,
-            k.uncontended_kernel_ns.show(1),
-            k.uncontended_rust_ns.show(1),
-            k.uncontended_ratio.show(3),
-            k.contended_kernel_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
-            k.contended_rust_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
-            k.contended_ratio.map(|x| x.show(2)).unwrap_or_else(|| "-".into()),
-        );
+        s += &super::kernel::markdown(k);
     }
 
     if let Some(o) = &r.overhead {

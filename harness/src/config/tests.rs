@@ -216,3 +216,22 @@ fn records_round_trip_their_config() {
     let back: RunConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, e.runs[0]);
 }
+
+#[test]
+fn pct_and_preemption_bound_keys_are_checked_at_their_lines() {
+    let base = "[lock]\nvariant = \"kernel-pv\"\nkernel_tree = \"t\"\n[preempt]\nsites = [\"pv_kick_node\"]\n";
+    let ok = parse(&format!("{base}site_mode = \"pct\"\npct_depth = 4\npct_steps = 500\nmax_stalls = 9\n")).unwrap();
+    let p = &ok.runs[0].preempt;
+    assert_eq!((p.site_mode, p.pct_depth, p.pct_steps, p.max_stalls), (pvlock_vmm::SiteMode::Pct, 4, 500, 9));
+    let s = p.site_schedule();
+    assert_eq!((s.mode, s.pct_depth, s.steps, s.max_stalls), (pvlock_abi::sites::SITE_MODE_PCT, 4, 500, 9));
+    fails_at(&format!("{base}site_mode = \"pct\"\npct_depth = 9\npct_steps = 5\n"), "preempt.pct_depth", 7);
+    fails_at(&format!("{base}site_mode = \"pct\"\n"), "preempt.pct_steps", 4);
+    fails_at(&format!("{base}site_mode = \"pct\"\npct_steps = 5\nsite_prob = 0.5\n"), "preempt.site_prob", 8);
+    fails_at(&format!("{base}site_mode = \"fifo\"\n"), "preempt.site_mode", 6);
+    let e = fails_at("[preempt]\nsite_mode = \"pct\"\npct_steps = 5\n", "preempt.site_mode", 2);
+    assert!(e.contains("preempt.sites"), "{e}");
+    // Defaults leave records as they were: no new keys serialized.
+    let d = toml::to_string(&pvlock_vmm::PreemptConfig::default()).unwrap();
+    assert!(!d.contains("site_mode") && !d.contains("pct_") && !d.contains("max_stalls"), "{d}");
+}

@@ -416,6 +416,13 @@ pub struct SiteStats {
     /// Per vCPU, the last site it passed (only with `preempt.site_track`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub last: BTreeMap<u32, String>,
+    /// The stalls by trial (`preempt.site_mode`, `pct_steps`): counts and
+    /// the distinct stall signatures (site indices as in `stalls`' table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<pvlock_vmm::sites::ScheduleReport>,
+    /// The first stalls the guest chose, labelled: `trial T vCPU C: SITE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chosen: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -440,7 +447,12 @@ impl SiteStats {
             .enumerate()
             .filter_map(|(c, s)| s.and_then(|i| table.sites.get(i as usize)).map(|s| (c as u32, s.label())))
             .collect();
-        let s = Self { stalls, last };
+        let schedule = r.site_schedule.clone();
+        let chosen = schedule.iter().flat_map(|sc| &sc.first).map(|c| {
+            let site = table.sites.get(c.site as usize).map_or_else(|| format!("site {}", c.site), |s| s.label());
+            format!("trial {} vCPU {}: {site}", c.trial, c.cpu)
+        });
+        let s = Self { stalls, last, schedule: schedule.clone(), chosen: chosen.collect() };
         (s != Self::default()).then_some(s)
     }
 }
