@@ -47,6 +47,11 @@ pub const SITE_FLAGS_OFFSET: u64 = 0;
 /// Largest number of vCPUs [`SiteParams`] tracks (`PVLOCK_SITE_MAX_CPUS`).
 pub const SITE_MAX_CPUS: usize = 64;
 
+/// Largest PV hash table a module has storage for
+/// (`PVLOCK_HASH_MAX_ENTRIES`): [`SiteParams::hash_node_site`] has one
+/// slot per entry.
+pub const SITE_HASH_MAX_ENTRIES: usize = 4096;
+
 /// `struct pvlock_site_params`, in the module's memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +62,46 @@ pub struct SiteParams {
     pub nr_sites: u32,
     /// Per vCPU: 1 + index of the last [`SITE_TRACK`] site passed, 0: none.
     pub last_site: [u32; SITE_MAX_CPUS],
+    /// Per PV hash entry: the last [`SITE_HASH`] site that touched the
+    /// entry's node field (pv_hash() writing it, pv_unhash() reading it),
+    /// as a [`NodeSite`]; 0: none. Written by the guest, read by the VMM
+    /// when it explains a stale entry: the unlock that read an entry and
+    /// left it in the table is named by its kernel file:line.
+    pub hash_node_site: [u32; SITE_HASH_MAX_ENTRIES],
 }
 
 impl Default for SiteParams {
     fn default() -> Self {
-        Self { prob: 0, nr_sites: 0, last_site: [0; SITE_MAX_CPUS] }
+        Self { prob: 0, nr_sites: 0, last_site: [0; SITE_MAX_CPUS], hash_node_site: [0; SITE_HASH_MAX_ENTRIES] }
+    }
+}
+
+/// One [`SiteParams::hash_node_site`] slot: the vCPU and the site index,
+/// packed into a u32 (`cpu << 24 | (index + 1)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeSite {
+    pub cpu: u32,
+    pub site: u32,
+}
+
+impl NodeSite {
+    /// Site indices a slot can hold (24 bits, less the 0 of "none").
+    pub const MAX_SITES: u32 = (1 << 24) - 1;
+
+    /// The slot value; None when the site or vCPU does not fit.
+    pub const fn pack(self) -> Option<u32> {
+        if self.site >= Self::MAX_SITES || self.cpu > 0xff {
+            return None;
+        }
+        Some(self.cpu << 24 | (self.site + 1))
+    }
+
+    /// A slot value back; None for an empty slot.
+    pub const fn unpack(v: u32) -> Option<Self> {
+        match v & 0xff_ffff {
+            0 => None,
+            s => Some(Self { cpu: v >> 24, site: s - 1 }),
+        }
     }
 }
 
@@ -197,16 +237,32 @@ impl SiteOp {
     pub const fn writes(self) -> bool {
         matches!(self, SiteOp::WriteOnce | SiteOp::StoreRelease | SiteOp::Cmpxchg | SiteOp::Xchg | SiteOp::StoreMb)
     }
+
+    /// Whether the operation is a plain load (a [`SITE_HASH`] candidate
+    /// when it loads a pointer: pv_unhash() reading an entry's node).
+    pub const fn loads(self) -> bool {
+        matches!(self, SiteOp::ReadOnce | SiteOp::LoadAcquire)
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<KernelSite>() == 24);
 const _: () = assert!(core::mem::size_of::<SiteSchedule>() == 24);
-const _: () = assert!(core::mem::size_of::<SiteParams>() == 8 + 4 * SITE_MAX_CPUS);
+const _: () = assert!(core::mem::size_of::<SiteParams>() == 8 + 4 * SITE_MAX_CPUS + 4 * SITE_HASH_MAX_ENTRIES);
 const _: () = assert!(SITE_MAX_CPUS >= crate::MAX_VCPUS);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_sites_pack_and_unpack() {
+        for ns in [NodeSite { cpu: 0, site: 0 }, NodeSite { cpu: 63, site: 59 }, NodeSite { cpu: 255, site: 1 << 20 }] {
+            assert_eq!(NodeSite::unpack(ns.pack().unwrap()), Some(ns));
+        }
+        assert_eq!(NodeSite::unpack(0), None);
+        assert_eq!(NodeSite { cpu: 256, site: 0 }.pack(), None);
+        assert_eq!(NodeSite { cpu: 0, site: NodeSite::MAX_SITES }.pack(), None);
+    }
 
     #[test]
     fn op_names_round_trip() {

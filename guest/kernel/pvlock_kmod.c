@@ -55,7 +55,6 @@ static const char *const pvlock_lockevent_names[] = {
 
 /* Storage for alloc_large_system_hash(): __pv_init_lock_hash() asks for
  * max(4 * nr_cpus rounded to a cache line, one page) entries. */
-#define PVLOCK_HASH_MAX_ENTRIES 4096
 static struct pv_hash_entry pvlock_hash_storage[PVLOCK_HASH_MAX_ENTRIES] __aligned(PAGE_SIZE);
 
 void *alloc_large_system_hash(const char *tablename, unsigned long bucketsize,
@@ -180,7 +179,7 @@ const struct pvlock_kmod pvlock_kmod_descriptor = {
 };
 
 _Static_assert(sizeof(struct pvlock_site) == 24, "struct pvlock_site does not match pvlock_abi::sites");
-_Static_assert(sizeof(struct pvlock_site_params) == 8 + 4 * PVLOCK_SITE_MAX_CPUS, "struct pvlock_site_params does not match pvlock_abi::sites");
+_Static_assert(sizeof(struct pvlock_site_params) == 8 + 4 * PVLOCK_SITE_MAX_CPUS + 4 * PVLOCK_HASH_MAX_ENTRIES, "struct pvlock_site_params does not match pvlock_abi::sites");
 _Static_assert(CONFIG_NR_CPUS <= PVLOCK_SITE_MAX_CPUS, "CONFIG_NR_CPUS above the site state's vCPUs");
 
 /* pvlock_abi::kmod checks the same sizes on the Rust side. */

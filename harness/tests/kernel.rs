@@ -119,15 +119,39 @@ fn fixture_patches_that_break_the_lock_are_caught() {
         assert_eq!(r.status, RunStatus::GuestCrash, "{}: {}", tree.display(), r.summary);
         assert!(r.summary.contains("BUG at kernel/locking/qspinlock_paravirt.h:"), "{}", r.summary);
         // pv_unhash leaves its entry behind: stale entries, a lost kick.
+        // The hang names the unlock that left it by the kernel's
+        // file:line: pv_unhash()'s READ_ONCE(he->node), the last access to
+        // the stale entry's node.
         let r = run(&torture(Variant::KernelPv, tree, 4, &[fixture("stale-hash-entry.patch")]));
-        assert_ne!(r.status, RunStatus::Ok, "{}: the stale-entry patch went unnoticed: {}", tree.display(), r.summary);
-        let text = format!("{} {:?}", r.diagnosis.hang_text.as_deref().unwrap_or(""), r.checks);
+        assert_eq!(
+            r.status,
+            RunStatus::Hang,
+            "{}: the stale-entry patch went unnoticed: {}",
+            tree.display(),
+            r.summary
+        );
+        let text = r.diagnosis.hang_text.as_deref().unwrap_or("");
         assert!(text.contains("hash entries"), "{}: {text}", tree.display());
+        assert!(
+            text.contains("last read by vCPU")
+                && text.contains("at pv_unhash() kernel/locking/qspinlock_paravirt.h:")
+                && text.contains("which left the entry in the table"),
+            "{}: the stale entry's unlock is not named: {text}",
+            tree.display()
+        );
     }
-    // The pending waiter takes the lock without waiting for its owner.
+    // The pending waiter takes the lock without waiting for its owner: the
+    // violation names where each owner took it, the second one at the
+    // patched pending path (clear_pending_set_locked()).
     let r = run(&torture(Variant::KernelNative, new, 4, &[fixture("pending-ignores-owner.patch")]));
     assert_eq!(r.status, RunStatus::GuestCrash, "{}", r.summary);
     assert!(r.summary.contains("mutual exclusion violated"), "{}", r.summary);
+    assert!(
+        r.summary.contains("where each took it:")
+            && r.summary.contains("at clear_pending_set_locked() kernel/locking/qspinlock.c:"),
+        "the second owner's kernel file:line is not named: {}",
+        r.summary
+    );
     let k = r.kernel.as_ref().expect("kernel build recorded");
     assert_eq!(k.patches.len(), 1);
     assert_eq!(k.patches[0][1].len(), 64, "sha256 of the patch");

@@ -11,7 +11,7 @@
 
 use crate::guest_mem::GuestRam;
 use pvlock_abi::kmod::{KmodDescriptor, KMOD_GPA};
-use pvlock_abi::sites::{SiteParams, SITE_FLAGS_OFFSET, SITE_MAX_CPUS};
+use pvlock_abi::sites::{NodeSite, SiteParams, SITE_FLAGS_OFFSET, SITE_HASH_MAX_ENTRIES, SITE_MAX_CPUS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::mem::offset_of;
@@ -86,6 +86,35 @@ pub fn last_sites(ram: &GuestRam, vcpus: u32) -> Vec<Option<u32>> {
             ram.read_u32(gpa).ok().and_then(|v| v.checked_sub(1)).filter(|&i| (i as u64) < d.nr_sites())
         })
         .collect()
+}
+
+/// Who last touched the node of PV hash entry `entry` (the guest's
+/// `SiteParams::hash_node_site`): the vCPU and the site, labelled. None
+/// without a module, or when no tracked site touched it.
+pub fn hash_node_site(ram: &GuestRam, entry: u64) -> Option<(u32, SiteLabel)> {
+    let d = descriptor(ram)?;
+    if d.site_params == 0 || entry >= SITE_HASH_MAX_ENTRIES as u64 {
+        return None;
+    }
+    let gpa = d.site_params + offset_of!(SiteParams, hash_node_site) as u64 + 4 * entry;
+    let ns = NodeSite::unpack(ram.read_u32(gpa).ok()?)?;
+    Some((ns.cpu, label(ram, ns.site)?))
+}
+
+/// What the last access to a stale entry's node says, for a hang report:
+/// a read is an unlock's pv_unhash() that took the node and left the
+/// entry; a write is the pv_hash() that made it.
+pub fn describe_hash_node_site(ram: &GuestRam, entry: u64) -> Option<String> {
+    let (cpu, l) = hash_node_site(ram, entry)?;
+    let reads = pvlock_abi::sites::SiteOp::from_name(&l.op).is_some_and(pvlock_abi::sites::SiteOp::loads);
+    Some(if reads {
+        format!(
+            "entry {entry:#x}: its node last read by vCPU {cpu} at {}() {}:{}, which left the entry in the table",
+            l.function, l.file, l.line
+        )
+    } else {
+        format!("entry {entry:#x}: hashed by vCPU {cpu} at {}() {}:{}, not looked up since", l.function, l.file, l.line)
+    })
 }
 
 /// A site's label as the module's descriptor has it (file, line, function):

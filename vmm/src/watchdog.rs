@@ -102,6 +102,11 @@ pub struct LockState {
     pub owner_field: u32,
     /// Hash entries for this lock: (slot, node, node's cpu).
     pub hash_entries: Vec<(u64, u64, Option<u32>)>,
+    /// With more than one entry, on a kernel build: who last touched each
+    /// entry's node, with the kernel's file:line (the unlock that read a
+    /// stale entry and left it names the bug's site).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entry_sites: Vec<String>,
 }
 
 /// The report of one detected hang / missed wakeup.
@@ -151,12 +156,17 @@ pub const MAX_HASH_ENTRIES: u64 = 1 << 16;
 fn lock_state(sh: &Shared, addr: u64) -> Option<LockState> {
     let w = sh.layout.word;
     let word = sh.ram.read_u32(addr + sh.layout.torture_lock.word).ok()?;
-    let hash_entries = hash_entries_in_use(sh)
+    let hash_entries: Vec<(u64, u64, Option<u32>)> = hash_entries_in_use(sh)
         .into_iter()
         .filter(|(_, e)| e.lock == addr)
         .map(|(i, e)| (i, e.node, node_cpu(sh, e.node)))
         .collect();
     let tail = w.tail(word);
+    let entry_sites = if sh.cfg.sites.is_some() && hash_entries.len() > 1 {
+        hash_entries.iter().filter_map(|(slot, _, _)| crate::sites::describe_hash_node_site(&sh.ram, *slot)).collect()
+    } else {
+        Vec::new()
+    };
     Some(LockState {
         addr,
         word,
@@ -166,6 +176,7 @@ fn lock_state(sh: &Shared, addr: u64) -> Option<LockState> {
         tail_idx: tail.map(|t| t.idx).unwrap_or(0),
         owner_field: sh.ram.read_u32(addr + sh.layout.torture_lock.owner).unwrap_or(0),
         hash_entries,
+        entry_sites,
     })
 }
 
@@ -214,10 +225,12 @@ pub fn explain(sh: &Shared, cpu: u32) -> HangReport {
             // names is in this vCPU's per-CPU node array.
             let mine: Vec<_> = l.hash_entries.iter().filter(|e| e.2 == Some(cpu)).collect();
             if l.hash_entries.len() > 1 {
-                (
-                    MissedWakeupClass::StaleEntry,
-                    format!("{} hash entries for lock {:#x}: {:x?}", l.hash_entries.len(), l.addr, l.hash_entries),
-                )
+                let mut detail =
+                    format!("{} hash entries for lock {:#x}: {:x?}", l.hash_entries.len(), l.addr, l.hash_entries);
+                for who in &l.entry_sites {
+                    detail += &format!("; {who}");
+                }
+                (MissedWakeupClass::StaleEntry, detail)
             } else if l.locked != slow {
                 (MissedWakeupClass::WaiterNotHashed, format!("head waits on lock {:#x} whose locked byte is {} (not _Q_SLOW_VAL {slow}): no unlock will look in the hash table", l.addr, l.locked))
             } else if l.hash_entries.is_empty() {
@@ -318,6 +331,9 @@ impl HangReport {
                 "  busy lock {:#x}: word {:#010x} = locked {} pending {} tail cpu {:?} idx {}; owner field {}; hash entries {:x?}\n",
                 l.addr, l.word, l.locked, l.pending as u8, l.tail_cpu, l.tail_idx, l.owner_field, l.hash_entries
             );
+            for who in &l.entry_sites {
+                s += &format!("    {who}\n");
+            }
         }
         if let Some(l) = &self.lock {
             s += &format!(

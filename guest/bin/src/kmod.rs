@@ -11,14 +11,16 @@
 //! the previous one, so a simulated interrupt's nested lock is served by
 //! the interrupt's platform and the interrupted one is back afterwards).
 
-use crate::rt;
+use crate::{held_locks, rt};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use pvlock_abi::doorbell::{self, PanicKind};
 use pvlock_abi::kmod::{
     self, KmodDescriptor, KmodInit, KmodServices, KmodSlowpath, KmodUnlock, KERNEL_WARNINGS_PRINTED, KERNEL_WARNING_PREFIX,
     KMOD_GPA, KMOD_MAGIC, KMOD_VERSION,
 };
-use pvlock_abi::sites::{KernelSite, SiteOp, SiteParams, SITE_EXIT, SITE_HASH, SITE_STALL, SITE_TRACK};
+use pvlock_abi::sites::{
+    KernelSite, NodeSite, SiteOp, SiteParams, SITE_EXIT, SITE_HASH, SITE_HASH_MAX_ENTRIES, SITE_STALL, SITE_TRACK,
+};
 use pvlock_abi::{GuestPhase, LockEvent, VcpuBlock, MAX_VCPUS, STACK_SIZE};
 use pvlock_guest_lib::{ExternalLock, Platform, RawLock, WaitOn};
 
@@ -166,10 +168,12 @@ fn current() -> &'static dyn Platform {
 impl ExternalLock for KernelLock {
     fn lock(&self, p: &dyn Platform, lock: &RawLock) {
         // The fast path is ours, as in queued_spin_lock(): 0 -> locked.
+        let (cpu, addr) = (p.cpu(), lock.addr() as u64);
         let val = match lock.val.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => return,
+            Ok(_) => return held_locks::begin(cpu, addr, true),
             Err(v) => v,
         };
+        held_locks::begin(cpu, addr, false);
         // What the VMM's watchdog reads while we wait: the lock and the
         // node the slow path is about to take (qnodes[count] of this CPU).
         p.set_phase(GuestPhase::Spinning, lock.addr(), self.next_node(p.cpu()));
@@ -178,6 +182,7 @@ impl ExternalLock for KernelLock {
     }
 
     fn unlock(&self, p: &dyn Platform, lock: &RawLock) {
+        held_locks::end(p.cpu(), lock.addr() as u64);
         let ptr = lock as *const RawLock as *mut u32;
         with_platform(p, || (self.unlock)(ptr));
     }
@@ -231,6 +236,24 @@ pub fn collect_events(cpu: u32, block: *mut VcpuBlock) {
             // SAFETY: this vCPU's own block, field-wise.
             unsafe { (*block).events[ev.index()] += count };
         }
+    }
+}
+
+/// Site `index` of the bound module: (function, file, line), for reports.
+pub(crate) fn site_location(index: u32) -> Option<(&'static str, &'static str, u32)> {
+    if STATE.load(Ordering::Acquire) != 1 {
+        return None;
+    }
+    let d = descriptor();
+    let site = d.sites_start + index as u64 * d.site_size as u64;
+    if d.site_size == 0 || site + d.site_size as u64 > d.sites_end {
+        return None;
+    }
+    // SAFETY: a descriptor inside the module's site table (checked range);
+    // its strings are __func__ and __FILE__.
+    unsafe {
+        let s = core::ptr::read_volatile(site as *const KernelSite);
+        Some((c_str(s.func as *const u8), c_str(s.file as *const u8), s.line))
     }
 }
 
@@ -344,9 +367,12 @@ extern "C" fn svc_site(site: *mut KernelSite, addr: u64, val: u64) {
         // SAFETY: the module's site state; only vCPU `cpu` writes its slot,
         // the VMM reads it (a volatile aligned u32 store cannot tear).
         unsafe { core::ptr::write_volatile(&mut (*params).last_site[cpu as usize], index as u32 + 1) };
+        if SiteOp::from_u8(s.op).is_some_and(SiteOp::writes) {
+            held_locks::note_write(cpu, index as u32, addr, val, d.q_locked_val);
+        }
     }
     if s.flags & SITE_HASH != 0 {
-        hash_site(d, cpu, &s, addr, val);
+        hash_site(d, cpu, index as u32, &s, addr, val);
     }
     let (stall, trial) = if s.flags & SITE_STALL != 0 {
         // SAFETY: as above; `prob` is written by the VMM before the run.
@@ -398,10 +424,13 @@ fn choose_stall(cpu: u32, prob: u32) -> (bool, u64) {
     (chosen && within_bound(), trial)
 }
 
-/// A write at a [`SITE_HASH`] site: if it touches the tree's PV hash table,
-/// count inserts, removes and probes, and catch a second entry for a lock
-/// at the write that would create it (the Rust variants' double_hash).
-fn hash_site(d: &KmodDescriptor, cpu: u32, s: &KernelSite, addr: u64, val: u64) {
+/// A pointer-sized access at a [`SITE_HASH`] site: if it touches the
+/// tree's PV hash table, remember who last touched each entry's node
+/// (`SiteParams::hash_node_site`: a stale entry's report names the unlock
+/// that read it and left it), count inserts, removes and probes, and catch
+/// a second entry for a lock at the write that would create it (the Rust
+/// variants' double_hash).
+fn hash_site(d: &KmodDescriptor, cpu: u32, index: u32, s: &KernelSite, addr: u64, val: u64) {
     // SAFETY: init has set both variables (STATE is 1 before any lock call).
     let (table, bits) = unsafe { (*(d.hash_table_var as *const u64), *(d.hash_bits_var as *const u32)) };
     let (size, n) = (d.hash_entry_size as u64, 1u64 << bits);
@@ -410,6 +439,19 @@ fn hash_site(d: &KmodDescriptor, cpu: u32, s: &KernelSite, addr: u64, val: u64) 
     }
     let slot = (addr - table) % size;
     let op = SiteOp::from_u8(s.op);
+    if slot == d.hash_entry_node_off as u64
+        && (op.is_some_and(SiteOp::loads) || (val != 0 && op.is_some_and(SiteOp::writes)))
+    {
+        let entry = ((addr - table) / size) as usize;
+        if let (true, Some(v)) = (entry < SITE_HASH_MAX_ENTRIES, NodeSite { cpu, site: index }.pack()) {
+            // SAFETY: the module's site state, one aligned u32 of it (entry
+            // is in range); the VMM reads it after the run.
+            unsafe { core::ptr::write_volatile(&mut (*(d.site_params as *mut SiteParams)).hash_node_site[entry], v) };
+        }
+    }
+    if op.is_some_and(SiteOp::loads) {
+        return;
+    }
     if slot == d.hash_entry_lock_off as u64 {
         if val == 0 {
             // pv_unhash() (or the head's own unhash): WRITE_ONCE(lock, NULL).

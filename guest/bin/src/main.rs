@@ -6,6 +6,7 @@
 #![no_main]
 
 pub mod cpu;
+mod held_locks;
 mod kmod;
 mod mem;
 mod mutex_torture;

@@ -24,8 +24,10 @@ struct GuestObserver<'a>(&'a GuestCpu);
 
 impl Observer for GuestObserver<'_> {
     fn violation(&self, v: &Violation) {
-        // Two owners at once: stop the VM now, with both CPUs in the message.
-        self.0.fail(PanicKind::MutualExclusion, format_args!("{v}"))
+        // Two owners at once: stop the VM now, with both CPUs in the message
+        // and, on a kernel build, the kernel file:line where each took it.
+        let owners = crate::held_locks::Owners { lock: LOCKS[v.lock].raw.addr() as u64, cpus: [Some(v.cpu), v.other] };
+        self.0.fail(PanicKind::MutualExclusion, format_args!("{v}{owners}"))
     }
     // Field-wise through the raw pointer: the run holds `&mut` to the
     // block's latency histogram while it calls these.

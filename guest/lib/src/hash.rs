@@ -66,11 +66,25 @@ pub enum HashFn {
 }
 
 impl HashFn {
-    /// The `hash_ptr()` of `v`'s source tree.
+    /// The `hash_ptr()` of `v`'s source tree. No default arm: a new
+    /// variant says which hash its tree has.
     pub fn for_variant(v: Variant) -> Self {
         match v {
             Variant::PvV42 | Variant::PvV43 | Variant::PvV45 => HashFn::GoldenRatioPrime64,
-            _ => HashFn::GoldenRatio64,
+            // v4.8 and the 2016 proposals on top of v4.7/v4.8 trees.
+            Variant::PvV48 | Variant::PvRehash2016 | Variant::PvHashval2016 => HashFn::GoldenRatio64,
+            // Today's tree, and the mutants of it.
+            Variant::PvUpstream
+            | Variant::MutantNoStoreMb
+            | Variant::MutantSlowBeforeHash
+            | Variant::MutantHaltedHead => HashFn::GoldenRatio64,
+            // No PV hash table of ours: the native locks never hash, and a
+            // kernel build hashes in the tree's own code (its hash.h). The
+            // table a LockSystem is given is still sized and keyed as
+            // today's, so the value is today's.
+            Variant::Ticket | Variant::Tas | Variant::Qspinlock | Variant::KernelPv | Variant::KernelNative => {
+                HashFn::GoldenRatio64
+            }
         }
     }
 

@@ -13,29 +13,62 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a window's stall lasts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StallUntil {
+    /// A fixed time.
+    Elapsed(Duration),
+    /// Until CPU `cpu` has entered a queue head's wait (`pv_wait` on a
+    /// lock's locked byte), or `timeout` (then [`Shared::stall_timed_out`]).
+    HeadWaits { cpu: u32, timeout: Duration },
+}
+
 /// State shared by the CPUs of one test.
 pub(crate) struct Shared {
     kicked: Vec<AtomicBool>,
+    /// Per CPU: waits it entered as a queue head (on a locked byte).
+    head_waits: Vec<AtomicU64>,
     /// Bit `w` set: window `w` was reached.
     pub(crate) windows_hit: AtomicU32,
-    /// One stall: (window, cpu, duration); taken by the first hit.
-    stall: std::sync::Mutex<Option<(Window, u32, Duration)>>,
+    /// One stall: (window, cpu, how long); taken by the first hit.
+    stall: std::sync::Mutex<Option<(Window, u32, StallUntil)>>,
+    /// A [`StallUntil::HeadWaits`] stall ended by its timeout.
+    pub(crate) stall_timed_out: AtomicBool,
     /// Longest a pv_wait() spins before returning spuriously.
     pub(crate) wait_bound: Duration,
+    /// The run seed: CPU `n` draws `pvlock_abi::seed`'s `LockCpu(n)`
+    /// stream of it, as the guest's vCPU and the host platform's thread do.
+    seed: u64,
 }
 
 impl Shared {
     pub(crate) fn new(nr_cpus: usize) -> Arc<Self> {
+        Self::with_seed(nr_cpus, 1)
+    }
+
+    pub(crate) fn with_seed(nr_cpus: usize, seed: u64) -> Arc<Self> {
         Arc::new(Self {
             kicked: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
+            head_waits: (0..nr_cpus).map(|_| AtomicU64::new(0)).collect(),
             windows_hit: AtomicU32::new(0),
             stall: std::sync::Mutex::new(None),
+            stall_timed_out: AtomicBool::new(false),
             wait_bound: Duration::from_millis(2),
+            seed,
         })
     }
 
     pub(crate) fn stall_once(&self, w: Window, cpu: u32, d: Duration) {
-        *self.stall.lock().unwrap() = Some((w, cpu, d));
+        self.stall_once_until(w, cpu, StallUntil::Elapsed(d));
+    }
+
+    pub(crate) fn stall_once_until(&self, w: Window, cpu: u32, until: StallUntil) {
+        *self.stall.lock().unwrap() = Some((w, cpu, until));
+    }
+
+    /// Waits CPU `cpu` has entered as a queue head.
+    pub(crate) fn head_waits(&self, cpu: u32) -> u64 {
+        self.head_waits[cpu as usize].load(Ordering::Acquire)
     }
 }
 
@@ -64,14 +97,12 @@ impl<'a> TestPlatform<'a> {
     }
 
     pub(crate) fn with(shared: Arc<Shared>, cpu: u32, irq: Option<Irq<'a>>) -> Self {
+        let seed = shared.seed;
         Self {
             cpu,
             shared,
             events: core::array::from_fn(|_| AtomicU64::new(0)),
-            // Its own fixed stream, not `pvlock_abi::seed`: here the draws
-            // decide the test's own yields (cpu_relax), and the directed
-            // tests' sleep-timed interleavings were tuned with this stream.
-            rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ ((cpu as u64 + 1) << 32)),
+            rng: Cell::new(pvlock_abi::seed::stream_seed(seed, pvlock_abi::seed::Stream::LockCpu(cpu))),
             depth: Cell::new(0),
             irq,
             epoch: Instant::now(),
@@ -95,6 +126,9 @@ impl Platform for TestPlatform<'_> {
         self.shared.kicked.len() as u32
     }
     fn pv_wait(&self, on: WaitOn<'_>, val: u8) {
+        if matches!(on, WaitOn::LockedByte(_)) {
+            self.shared.head_waits[self.cpu as usize].fetch_add(1, Ordering::AcqRel);
+        }
         let me = &self.shared.kicked[self.cpu as usize];
         let start = Instant::now();
         while on.load() == val && !me.load(Ordering::Acquire) && start.elapsed() < self.shared.wait_bound {
@@ -112,13 +146,9 @@ impl Platform for TestPlatform<'_> {
         self.epoch.elapsed().as_nanos() as u64 + 1
     }
     fn random(&self) -> u64 {
-        // xorshift64* (see `new`).
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
+        let x = pvlock_abi::seed::next_draw(self.rng.get());
         self.rng.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        x
     }
     fn cpu_relax(&self) {
         std::hint::spin_loop();
@@ -138,9 +168,23 @@ impl Platform for TestPlatform<'_> {
                 _ => None,
             }
         };
-        if let Some(d) = stall {
-            self.event(LockEvent::WindowStalls, 1);
-            std::thread::sleep(d);
+        match stall {
+            None => {}
+            Some(StallUntil::Elapsed(d)) => {
+                self.event(LockEvent::WindowStalls, 1);
+                std::thread::sleep(d);
+            }
+            Some(StallUntil::HeadWaits { cpu, timeout }) => {
+                self.event(LockEvent::WindowStalls, 1);
+                let (t0, n0) = (Instant::now(), self.shared.head_waits(cpu));
+                while self.shared.head_waits(cpu) == n0 {
+                    if t0.elapsed() >= timeout {
+                        self.shared.stall_timed_out.store(true, Ordering::Release);
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
         }
     }
     fn maybe_interrupt(&self) {

@@ -217,9 +217,11 @@ impl SiteTable {
             .iter()
             .map(|s| {
                 let mut f = if p.site_track { SITE_TRACK } else { 0 };
-                // A pointer-sized store may create or remove a hash entry:
-                // the guest checks those against the tree's table.
-                if s.op.0.writes() && s.size == 8 {
+                // A pointer-sized store may create or remove a hash entry,
+                // a pointer-sized load may look one up: the guest checks
+                // those against the tree's table (and remembers who last
+                // touched each entry's node, for a stale entry's report).
+                if (s.op.0.writes() || s.op.0.loads()) && s.size == 8 {
                     f |= SITE_HASH;
                 }
                 f

@@ -40,12 +40,17 @@ struct pvlock_ksvc {
 
 /* Site run state in the module's memory (pvlock_abi::sites::SiteParams):
  * `prob` is written by the VMM before the run, `last_site` by the guest
- * (per vCPU: 1 + the index of the last tracked site it passed, 0: none). */
+ * (per vCPU: 1 + the index of the last tracked site it passed, 0: none),
+ * and `hash_node_site` by the guest (per PV hash entry: the vCPU and site
+ * that last wrote or read the entry's node, cpu << 24 | (index + 1)). */
 #define PVLOCK_SITE_MAX_CPUS 64
+/* Storage for alloc_large_system_hash(), in entries (pvlock_kmod.c). */
+#define PVLOCK_HASH_MAX_ENTRIES 4096
 struct pvlock_site_params {
 	u32 prob;			/* stall probability, scaled to 2^32 */
 	u32 nr_sites;
 	u32 last_site[PVLOCK_SITE_MAX_CPUS];
+	u32 hash_node_site[PVLOCK_HASH_MAX_ENTRIES];
 };
 
 struct pvlock_kmod {
