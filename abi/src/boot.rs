@@ -21,6 +21,9 @@ pub struct LockParams {
     pub mutex: u32,
     /// [`crate::PageWakeVariant`] id of the page-wake workload (0: none).
     pub page_wake: u32,
+    /// Mutex torture: each task's time slice, ns (0: none). A task that
+    /// spins longer than this in one `mutex_lock()` sees `need_resched()`.
+    pub mutex_slice_ns: u32,
 }
 
 /// Stop the run with a BUG report at the first `pv_hash()` insert for a

@@ -108,12 +108,21 @@ counters! {
         /// Acquisitions through the wait list (slow path, after queueing).
         MutexSlowpath = "mutex_slowpath",
         /// Ours, a maximum over one `mutex_lock()`: wakeups as the first
-        /// waiter after which the waiter went on waiting with no hand-off
-        /// request standing (the mutex owned by another task, neither
-        /// HANDOFF nor PICKUP set). Bounded (about 1) where the first waiter
-        /// re-requests HANDOFF on each wakeup; grows without bound where a
-        /// lost request is never renewed (before 048661a1f963).
+        /// waiter after which no hand-off request stood for it (owner word
+        /// read after the wakeup's HANDOFF decision: the mutex not ours,
+        /// neither HANDOFF nor PICKUP set), not counting a wakeup whose own
+        /// request landed on an unlocked mutex (that loss is
+        /// `mutex_handoff_request_stolen`). Zero where the first waiter
+        /// re-requests HANDOFF on each wakeup (048661a1f963 and later) or
+        /// a stealer keeps the flag (v4.10); >= 1 once a lost request is
+        /// not renewed (v4.11..048661a1f963). The counting mutexes have no
+        /// hand-off: there, wakeups as first waiter that did not get it.
         MutexFirstWakeNoHandoffMax = "mutex_first_wake_no_handoff_max",
+        /// Ours: wakeups as the first waiter whose HANDOFF request, set by
+        /// `__mutex_set_flag()` on a mutex unlocked at that moment, was
+        /// gone when its own trylock failed: a stealer's trylock cleared it
+        /// (the window ad90880dc962 closed; v4.11..v5.14 and v5.13's tip).
+        MutexHandoffRequestStolen = "mutex_handoff_request_stolen",
         /// rtmutex acquisitions through `try_to_take_rt_mutex()` (slow path).
         RtMutexSlowpath = "rtmutex_slowpath",
         /// Ours: guest-side polls before the exiting wait (`hypervisor.

@@ -182,6 +182,14 @@ named! {
         /// A page waiter's task has returned from its wait and exited (its
         /// stack frame and task poisoned): a marker for `until` rules.
         PageTaskExit = 12, "page-task-exit";
+        /// A task has just taken an unlocked mutex whose owner word carried
+        /// the first waiter's `MUTEX_FLAG_HANDOFF` request (it is not that
+        /// waiter): the steal of 048661a1f963 / ad90880dc962. Raised after
+        /// the taking cmpxchg, before the critical section.
+        MutexHandoffStolen = 13, "mutex-handoff-stolen";
+        /// The mutex's first waiter is about to `schedule()` in the wait
+        /// loop: a marker for `until` rules.
+        MutexFirstSleeps = 14, "mutex-first-sleeps";
     }
 }
 

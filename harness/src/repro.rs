@@ -377,21 +377,32 @@ fn recursive_taken(r: &Record) -> Option<String> {
     (r.status == RunStatus::GuestCrash && r.summary.contains("recursive mutex_lock")).then(|| r.summary.clone())
 }
 
-/// A first waiter that went on waiting this many times, in one
-/// `mutex_lock()`, with no hand-off request standing did not renew its
-/// request: where HANDOFF is requested again on each wakeup (048661a1f963)
-/// the count is 1 per lost request (the wakeup on which the steal happened),
-/// and the directed mode loses it once.
-const HANDOFF_LOST_WAKEUPS: u64 = 2;
-
-/// 048661a1f963: 4 tasks on one mutex, 50 us critical sections; the holder
-/// is stalled often (300 us every 300 us), so waiters, the first one
-/// included, stop spinning on it and sleep, and each unlock wakes the first
-/// waiter while the others race it for the mutex. The
-/// window: the first waiter has just set HANDOFF on an unlocked mutex.
-/// Directed: held there (once) until another task is in the critical
-/// section (its trylock took the mutex and cleared HANDOFF). Random: seeded
-/// stalls at the window.
+/// 048661a1f963 ("locking/mutex: Fix HANDOFF condition", v5.15; stable
+/// 5.10.64 / 5.14.3): from e274795ea7b7 (v4.11) a stealer's trylock clears
+/// a HANDOFF request set on an unlocked mutex, and the first waiter asked
+/// only when it *became* first: once lost, never renewed. The evidence is a
+/// first waiter's wakeup after which no request stood for it
+/// (`mutex_first_wake_no_handoff_max` >= 1): the owner word read after the
+/// wakeup's HANDOFF decision carries neither HANDOFF nor PICKUP, and this
+/// wakeup's own request did not land on an unlocked mutex. A request that
+/// did land there and was stolen is the other race, the one ad90880dc962
+/// closed (`mutex_handoff_request_stolen`): mutex-v5.13 (048661a1f963
+/// without ad90880dc962) re-requests on the next wakeup, so it shows that
+/// count and never this one; the evidence names both.
+///
+/// 4 tasks on one mutex, 50 us critical sections; the holder is stalled
+/// often (300 us every 300 us), so waiters stop spinning on it and sleep.
+/// Directed, three holds, each until a step of another vCPU:
+/// 1. the first waiter W, having set HANDOFF on an unlocked mutex, until a
+///    stealer S has taken the mutex (`mutex-handoff-stolen`);
+/// 2. S, right after its steal, until W is about to sleep
+///    (`mutex-first-sleeps`): S's vCPU is preempted meanwhile, so W's
+///    trylock fails and its spin on S stops at `vcpu_is_preempted()`;
+/// 3. none: S runs its critical section, unlocks without hand-off and
+///    wakes W. W's next wakeup is the one that does (v5.13) or does not
+///    (v5.12) ask again.
+///
+/// Random: seeded stalls at both steal windows.
 fn handoff_lost_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> RunConfig {
     let mut rc = mutex_base(variant, seed, budget_ms);
     rc.vcpus = 6;
@@ -401,17 +412,21 @@ fn handoff_lost_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u64) -> 
     rc.preempt.holder_interval_us = 300;
     rc.preempt.holder_lock = 0;
     rc.preempt.holder_stall_us = 300;
+    // The starvation itself keeps the waiters behind the first one asleep
+    // for longer than the 500 ms stall timeout (seen on v5.12: waits up to
+    // 0.7 s): a wait the watchdog cannot prove lost is counted, not a hang.
+    rc.hypervisor.rescue = true;
     match mode {
         Mode::Random => {
-            rc.preempt.windows = vec![Window::MutexHandoffSet];
+            rc.preempt.windows = vec![Window::MutexHandoffSet, Window::MutexHandoffStolen];
             rc.preempt.window_prob = 0.5;
             rc.preempt.window_stall_us = 1000;
         }
         Mode::Directed => {
-            rc.preempt.schedule = vec![HoldRule {
-                count: 1,
-                ..hold(Window::MutexHandoffSet, HoldUntil::Window(Window::CriticalSection), 20_000)
-            }]
+            rc.preempt.schedule = vec![
+                hold(Window::MutexHandoffSet, HoldUntil::Window(Window::MutexHandoffStolen), 20_000),
+                hold(Window::MutexHandoffStolen, HoldUntil::Window(Window::MutexFirstSleeps), 20_000),
+            ]
         }
     }
     rc
@@ -424,9 +439,11 @@ fn handoff_lost(r: &Record) -> Option<String> {
         .map(|v| v.lock_events.get(LockEvent::MutexFirstWakeNoHandoffMax.name()).copied().unwrap_or(0))
         .max()
         .unwrap_or(0);
-    (n >= HANDOFF_LOST_WAKEUPS).then(|| {
+    (n >= 1).then(|| {
         format!(
-            "a first waiter woke {n} times in one mutex_lock() with no hand-off requested; longest wait {} ns",
+            "a first waiter woke {n} times in one mutex_lock() with no hand-off request standing for it \
+             (its own request not stolen on those wakeups; requests stolen in the run: {}); longest wait {} ns",
+            ev(r, LockEvent::MutexHandoffRequestStolen),
             r.max_wait_ns
         )
     })

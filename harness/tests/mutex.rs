@@ -66,6 +66,54 @@ fn mutex_torture_refuses_nesting_and_interrupts() {
     rc.torture.irq_prob = 0.01;
     let e = rc.validate().expect_err("interrupts are refused");
     assert!(e.to_string().contains("torture.irq_prob"), "{e}");
+    // A task time slice is a mutex-torture setting, within 0..=1 s.
+    let mut rc = mutex_torture(MutexVariant::Upstream, Variant::PvUpstream);
+    rc.lock.mutex_slice_us = 2_000_000;
+    let e = rc.validate().expect_err("a 2 s slice is refused");
+    assert!(e.to_string().contains("lock.mutex_slice_us"), "{e}");
+    rc.lock.mutex_slice_us = 100;
+    rc.validate().expect("a 100 us slice is fine");
+    rc.workload = Workload::Torture;
+    let e = rc.validate().expect_err("a slice on the spinlock torture is refused");
+    assert!(e.to_string().contains("lock.mutex_slice_us"), "{e}");
+}
+
+/// With a task time slice (`lock.mutex_slice_us`) spinners that outlast it
+/// sleep: a v4.9 task, which without one never sleeps in this model (its
+/// owner never leaves the CPU), goes to the wait list and is woken.
+#[test]
+fn a_time_slice_makes_v4_9_spinners_sleep() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let mut rc = mutex_torture(MutexVariant::V4_9, Variant::PvUpstream);
+    rc.torture.locks = 1;
+    rc.lock.mutex_slice_us = 100;
+    let r = run(&rc);
+    assert_eq!(r.status, RunStatus::Ok, "{} {:?}", r.summary, r.checks);
+    assert!(r.all_checks_passed(), "{:?}", r.checks);
+    let ev = |n: &str| r.lock_events.get(n).copied().unwrap_or(0);
+    assert!(ev("mutex_sleep") > 0 && ev("mutex_wake") > 0, "{:?}", r.lock_events);
+}
+
+/// One directed seed of the mutex reproducer `name` on mutex variant `m`
+/// (wait_lock pv-upstream).
+fn directed_once(name: &str, m: MutexVariant, budget_ms: u64) -> pvlock::repro::SeedOutcome {
+    let repro = pvlock::repro::find(name).expect("in the catalog");
+    let r = pvlock::repro::Repro { mutex: Some(m), ..repro };
+    let mut res = pvlock::repro::run_repro(
+        &r,
+        Variant::PvUpstream,
+        pvlock::repro::Mode::Directed,
+        1,
+        1,
+        budget_ms,
+        GUEST_ELF,
+        &StopHandle::new(),
+        |_| {},
+    )
+    .expect("runs");
+    res.runs.remove(0)
 }
 
 /// The `mutex-recursive-handoff` reproducer (e274795ea7b7) on KVM,
@@ -77,25 +125,30 @@ fn recursive_lock_reproducer_catches_v4_10_and_upstream_not_v5_12() {
     if !pvlock::kvm_available_for_tests() {
         return;
     }
-    let repro = pvlock::repro::find("mutex-recursive-handoff").expect("in the catalog");
     for (m, caught) in [(MutexVariant::V4_10, true), (MutexVariant::V5_12, false), (MutexVariant::Upstream, true)] {
-        let r = pvlock::repro::Repro { mutex: Some(m), ..repro };
-        let res = pvlock::repro::run_repro(
-            &r,
-            Variant::PvUpstream,
-            pvlock::repro::Mode::Directed,
-            1,
-            1,
-            300,
-            GUEST_ELF,
-            &StopHandle::new(),
-            |_| {},
-        )
-        .expect("runs");
-        let o = &res.runs[0];
+        let o = directed_once("mutex-recursive-handoff", m, 300);
         assert_eq!(o.detected, caught, "{}: {:?} {}", m.name(), o.status, o.summary);
         if !caught {
             assert_eq!(o.status, RunStatus::Ok, "{}: {}", m.name(), o.summary);
         }
+    }
+}
+
+/// The `mutex-handoff-lost` reproducer (048661a1f963) on KVM, directed (the
+/// first waiter held after setting HANDOFF on an unlocked mutex until a
+/// stealer takes it, the stealer held until the waiter sleeps): v5.12
+/// wakes with no request standing; v5.13 (048661a1f963 alone) loses the
+/// request to the steal too but asks again, so only its stolen-request
+/// count shows; upstream (ad90880dc962) never sets HANDOFF on an unlocked
+/// mutex. Outcomes, not timings: the holds end on the other vCPU's steps.
+#[test]
+fn handoff_lost_reproducer_catches_v5_12_not_v5_13_or_upstream() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    for (m, caught) in [(MutexVariant::V5_12, true), (MutexVariant::V5_13, false), (MutexVariant::Upstream, false)] {
+        let o = directed_once("mutex-handoff-lost", m, 500);
+        assert_eq!(o.detected, caught, "{}: {:?} {} {:?}", m.name(), o.status, o.summary, o.evidence);
+        assert_eq!(o.status, RunStatus::Ok, "{}: {}", m.name(), o.summary);
     }
 }

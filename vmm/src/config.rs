@@ -210,6 +210,13 @@ pub struct LockConfig {
     /// mutexes. A recursive lock that returns is a guest BUG.
     #[serde(skip_serializing_if = "is_false")]
     pub mutex_recursive: bool,
+    /// Mutex torture only: each task's time slice, us (0: none, the
+    /// default). A task that spins longer than this in one `mutex_lock()`
+    /// sees `need_resched()`, as if the tick had found another task
+    /// runnable on its CPU: its optimistic spin ends and it sleeps on the
+    /// wait list (the waiters whose starvation MUTEX_FLAG_HANDOFF bounds).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub mutex_slice_us: u32,
     /// The page wait / wake path of `workload = "page-wake"`; its wait
     /// queues' locks are spinlocks of `variant`.
     pub page_wake: PageWakeVariant,
@@ -292,6 +299,7 @@ impl Default for LockConfig {
             stop_on_double_hash: false,
             mutex: MutexVariant::Upstream,
             mutex_recursive: false,
+            mutex_slice_us: 0,
             page_wake: PageWakeVariant::Upstream,
             kernel_tree: None,
             kernel_patches: Vec::new(),
@@ -306,6 +314,7 @@ impl Default for LockConfig {
 impl LockConfig {
     pub fn validate(&self) -> Result<(), InvalidValue> {
         check_range("lock.spin_threshold", self.spin_threshold, 1, 1 << 24)?;
+        check_range("lock.mutex_slice_us", self.mutex_slice_us, 0, 1_000_000)?;
         if self.hash_bits != 0 {
             check_range("lock.hash_bits", self.hash_bits, 2, 12)?;
         }
@@ -334,6 +343,7 @@ impl LockConfig {
                 | if self.mutex_recursive { pvlock_abi::boot::LOCK_FLAG_MUTEX_RECURSIVE } else { 0 },
             mutex: self.mutex as u32,
             page_wake: self.page_wake as u32,
+            mutex_slice_ns: self.mutex_slice_us * 1000,
         }
     }
 }
@@ -506,6 +516,13 @@ impl MachineConfig {
                 ));
             }
             check_range("torture.locks", self.torture.locks, 1, MAX_MUTEXES as u32)?;
+        } else if self.lock.mutex_slice_us != 0 {
+            return Err(InvalidValue::new(
+                "lock.mutex_slice_us",
+                format!("a task time slice is a mutex-torture setting; workload is {}", self.workload.name()),
+            ));
+        }
+        if self.workload == Workload::MutexTorture {
             if self.lock.mutex_recursive && self.vcpus < 2 {
                 return Err(InvalidValue::new(
                     "lock.mutex_recursive",

@@ -69,6 +69,11 @@ pub fn run(me: &GuestCpu) -> u64 {
         return recursive_lock(me, &sys, &MUTEXES[0], boot.tsc_khz);
     }
     let torture = if recursive { torture.without_first_lock() } else { torture };
+    if boot.lock.mutex_slice_ns != 0 {
+        // lock.mutex_slice_us: as if another task were runnable on every
+        // CPU, the tick ending a spin that outlasts the slice.
+        TASKS[me.id() as usize].set_slice(rt::ns_to_cycles(boot.lock.mutex_slice_ns as u64));
+    }
     let obs = GuestObserver(me);
     // SAFETY: this vCPU's own block; the Platform methods touch it field by
     // field through the raw pointer, never this field (as in torture.rs).

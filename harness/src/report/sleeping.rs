@@ -8,6 +8,12 @@
 //! Rates are over ok runs (mean and 95% interval over repeats): wasted
 //! spinning in ms of spinning per second of run per vCPU, max wait in ms,
 //! sleeps / wakeups / hand-offs per acquisition, hand-off to pickup in us.
+//!
+//! Runs with a task time slice (`lock.mutex_slice_us`) are their own
+//! groups: there a spinner that outlasts the slice sleeps, so the wait list
+//! is where starvation happens and the hand-off is what bounds it (the
+//! third plot). Without a slice a v4.9 task never sleeps (nothing else is
+//! runnable on its CPU) and the hand-off has nobody to serve.
 
 use super::plots::{svg, variant_color};
 use crate::record::Record;
@@ -17,7 +23,11 @@ use pvlock_abi::Workload;
 use std::collections::BTreeMap;
 
 /// Plot files of this section.
-pub const FILES: &[&str] = &["mutex_wasted_spin_vs_overcommit.svg", "mutex_max_wait_vs_overcommit.svg"];
+pub const FILES: &[&str] = &[
+    "mutex_wasted_spin_vs_overcommit.svg",
+    "mutex_max_wait_vs_overcommit.svg",
+    "mutex_max_wait_sliced_vs_overcommit.svg",
+];
 
 /// One group of mutex runs.
 #[derive(Debug, Clone)]
@@ -26,6 +36,8 @@ pub struct MutexRow {
     pub wait_lock: String,
     pub vcpus: u32,
     pub host_cpus: u32,
+    /// `lock.mutex_slice_us` (0: no time slice).
+    pub slice_us: u32,
     pub runs: usize,
     pub ok: usize,
     pub acq_per_sec: Option<Estimate>,
@@ -53,15 +65,16 @@ fn ev(r: &Record, name: &str) -> f64 {
 
 /// The mutex rows of `records` (empty when there are no mutex runs).
 pub fn rows(records: &[Record]) -> Vec<MutexRow> {
-    let mut groups: BTreeMap<(String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u32, String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.config.workload == Workload::MutexTorture) {
+        let lock = &r.config.lock;
         let k =
-            (r.config.lock.mutex.name().to_string(), r.config.lock.variant.name().to_string(), r.vcpus, r.host_cpus);
+            (lock.mutex_slice_us, lock.mutex.name().to_string(), lock.variant.name().to_string(), r.vcpus, r.host_cpus);
         groups.entry(k).or_default().push(r);
     }
     groups
         .into_iter()
-        .map(|((mutex, wait_lock, vcpus, host_cpus), rs)| {
+        .map(|((slice_us, mutex, wait_lock, vcpus, host_cpus), rs)| {
             let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
             let per =
                 |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
@@ -77,6 +90,7 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
                 wait_lock,
                 vcpus,
                 host_cpus,
+                slice_us,
                 runs: rs.len(),
                 ok: ok.len(),
                 acq_per_sec: per(&|r| Some(r.acquisitions_per_sec)),
@@ -115,19 +129,22 @@ pub fn markdown(rows: &[MutexRow]) -> String {
          was preempted (the VMM's flag, sampled every spin iteration, whatever the variant checks); \
          *max wait*: the longest `mutex_lock()` of any task; hand-off: `__mutex_handoff()` to pickup. \
          `mutex-v4.9` has no `vcpu_is_preempted()` and no hand-off; `mutex-v4.10`+ have both; \
-         `mutex-v2.6.28` never spins.\n\n",
+         `mutex-v2.6.28` never spins. *slice*: `lock.mutex_slice_us`, a spin longer than this in one \
+         `mutex_lock()` sees `need_resched()` and the task sleeps (as if another task were runnable on \
+         its CPU); without one (`-`) a v4.9 task never sleeps and the hand-off serves nobody.\n\n",
     );
     out.push_str(
-        "| mutex | wait_lock | vCPUs/host | ok/runs | acq/s | wasted spin ms/s | spin ms/s | max wait ms | sleeps/acq | wakeups/acq | hand-offs/acq | hand-off us |\n",
+        "| mutex | wait_lock | vCPUs/host | slice us | ok/runs | acq/s | wasted spin ms/s | spin ms/s | max wait ms | sleeps/acq | wakeups/acq | hand-offs/acq | hand-off us |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {}/{} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {}/{} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.mutex,
             r.wait_lock,
             r.vcpus,
             r.host_cpus,
+            if r.slice_us == 0 { "-".to_string() } else { r.slice_us.to_string() },
             r.ok,
             r.runs,
             e(r.acq_per_sec, 0),
@@ -140,7 +157,8 @@ pub fn markdown(rows: &[MutexRow]) -> String {
             e(r.handoff_us, 1),
         ));
     }
-    out.push_str(&format!("\nPlots: `plots/{}`, `plots/{}`.\n", FILES[0], FILES[1]));
+    let files: Vec<String> = plots(rows).into_iter().map(|(f, _)| format!("`plots/{f}`")).collect();
+    out.push_str(&format!("\nPlots: {}.\n", files.join(", ")));
     out
 }
 
@@ -152,7 +170,10 @@ fn line_plot(rows: &[MutexRow], title: &str, y_desc: &str, f: impl Fn(&MutexRow)
     let mut series: Vec<Series> = Vec::new();
     for r in rows {
         let (Some(x), Some(y)) = (r.overcommit(), f(r)) else { continue };
-        let label = format!("{} on {}", r.mutex, r.wait_lock);
+        let label = match r.slice_us {
+            0 => format!("{} on {}", r.mutex, r.wait_lock),
+            s => format!("{} on {}, slice {s} us", r.mutex, r.wait_lock),
+        };
         let p = (x, y.mean, y.ci95.unwrap_or(0.0));
         match series.iter_mut().find(|(l, _)| *l == label) {
             Some(s) => s.1.push(p),
@@ -211,13 +232,23 @@ pub fn plots(rows: &[MutexRow]) -> Vec<(String, String)> {
     if rows.is_empty() {
         return Vec::new();
     }
-    vec![
+    // The first two plots: the runs without a time slice (all runs if
+    // every group has one); the third: those with one.
+    let unsliced: Vec<MutexRow> = rows.iter().filter(|r| r.slice_us == 0).cloned().collect();
+    let sliced: Vec<MutexRow> = rows.iter().filter(|r| r.slice_us != 0).cloned().collect();
+    let base = if unsliced.is_empty() { rows } else { &unsliced[..] };
+    let mut out = vec![
         (
             FILES[0].into(),
-            line_plot(rows, "Spinning on a preempted mutex owner", "wasted spin, ms per s per vCPU (bars: 95%)", |r| {
+            line_plot(base, "Spinning on a preempted mutex owner", "wasted spin, ms per s per vCPU (bars: 95%)", |r| {
                 r.wasted_ms_per_s
             }),
         ),
-        (FILES[1].into(), line_plot(rows, "Longest mutex_lock() wait", "max wait, ms (bars: 95%)", |r| r.max_wait_ms)),
-    ]
+        (FILES[1].into(), line_plot(base, "Longest mutex_lock() wait", "max wait, ms (bars: 95%)", |r| r.max_wait_ms)),
+    ];
+    if !sliced.is_empty() && !unsliced.is_empty() {
+        let title = "Longest mutex_lock() wait, spinners sleep after their time slice";
+        out.push((FILES[2].into(), line_plot(&sliced, title, "max wait, ms (bars: 95%)", |r| r.max_wait_ms)));
+    }
+    out
 }

@@ -78,7 +78,7 @@ pub const MUTEX_VARIANTS: &[MutexInfo] = &[
                    stable kernels that took the first alone (5.10.64, 5.14.3 shortlogs)",
         spinning: "as v4.10",
         handoff: "PICKUP; HANDOFF set with __mutex_set_flag() on each wakeup",
-        verified: "from the fix's description; not compared line by line",
+        verified: "wait loop compared with the pre-image of ad90880dc962's diff (the tree with 048661a1f963 applied): first recomputed on each wakeup, __mutex_set_flag(HANDOFF) if first, __mutex_trylock() || (first && spin)",
     },
     MutexInfo {
         variant: MutexVariant::Upstream,

@@ -541,7 +541,10 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                 flags &= !FLAG_HANDOFF;
             }
             match m.owner.compare_exchange(owner, curr | flags, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Some(AcquirePath::Trylock),
+                Ok(_) => {
+                    self.note_steal(p, m, owner);
+                    return Some(AcquirePath::Trylock);
+                }
                 Err(o) => owner = o,
             }
         }
@@ -593,6 +596,8 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                 Ok(_) if task == curr => {
                     if path == AcquirePath::HandoffPickup {
                         self.picked_up(p, m);
+                    } else {
+                        self.note_steal(p, m, owner);
                     }
                     return Ok(path);
                 }
@@ -600,6 +605,25 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                 Err(o) => owner = o,
             }
         }
+    }
+
+    /// After taking the unlocked mutex whose word was `was`: if that word
+    /// carried a HANDOFF request and we are not the first waiter (who made
+    /// it), we stole the request (v4.11..v5.14 cleared it doing so; v4.10
+    /// kept it). Only a marker for directed schedules.
+    fn note_steal<P: Platform>(&self, p: &P, m: &Mutex, was: u32) {
+        if was & FLAG_HANDOFF != 0 && !self.waiter_is_first(p, m) {
+            p.race_window(Window::MutexHandoffStolen);
+        }
+    }
+
+    /// No hand-off request stands for the current task: the owner word
+    /// (read now) is not ours and carries neither HANDOFF nor PICKUP, so
+    /// no unlock will give the mutex to us; we compete with every
+    /// newcomer. Relaxed: a reading for the statistics, not a decision.
+    fn no_request_standing(&self, m: &Mutex, curr: u32) -> bool {
+        let w = m.owner.load(Ordering::Relaxed);
+        w & !FLAGS != curr && w & (FLAG_HANDOFF | FLAG_PICKUP) == 0
     }
 
     fn picked_up<P: Platform>(&self, p: &P, m: &Mutex) {
@@ -703,10 +727,16 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
         }
         self.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
         let mut first = false;
-        // Wakeups as first waiter that left no hand-off request standing
-        // (LockEvent::MutexFirstWakeNoHandoffMax): an observation of the
-        // owner word, the same for every flavor.
-        let mut no_handoff = 0u64;
+        // Wakeups as first waiter after which no hand-off request stood for
+        // us (LockEvent::MutexFirstWakeNoHandoffMax), and those on which our
+        // own request, set on an unlocked mutex, was stolen
+        // (LockEvent::MutexHandoffRequestStolen): observations of the owner
+        // word after the wakeup's HANDOFF decision, the same for every
+        // flavor. They tell the 048661a1f963 bug (a lost request is not
+        // renewed) from the race ad90880dc962 closed (each request set on
+        // an unlocked mutex can be stolen).
+        let mut not_renewed = 0u64;
+        let mut stolen = 0u64;
         let path = loop {
             // Holding wait_lock we are serialised against the unlock's
             // hand-off: pick it up before looking at signals.
@@ -727,18 +757,32 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                 return Err(Interrupted);
             }
             self.spin.unlock(p, &m.wait_lock);
+            if self.waiter_is_first(p, m) {
+                p.race_window(Window::MutexFirstSleeps);
+            }
             self.tasks.schedule(p);
+            // Did this wakeup's own HANDOFF request land on an unlocked
+            // mutex (where a stealer's trylock can take it away)?
+            let mut set_on_unlocked = false;
             let got = match self.flavor {
                 MutexFlavor::V4_10 => {
                     if !first && self.waiter_is_first(p, m) {
                         first = true;
-                        self.set_handoff_flag(p, m);
+                        set_on_unlocked = self.set_handoff_flag(p, m);
                     }
                     // "Here we order against unlock; we must either see it
                     // change state back to RUNNING ... or see its unlock".
                     self.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
+                    if first && !set_on_unlocked && self.no_request_standing(m, curr) {
+                        not_renewed += 1;
+                    }
+                    // v4.10 spins first, then tries.
                     let spun = if first { self.optimistic_spin(p, m, true) } else { None };
-                    spun.or_else(|| self.trylock_v4_10(p, m, first))
+                    let got = spun.or_else(|| self.trylock_v4_10(p, m, first));
+                    if got.is_none() && set_on_unlocked && self.no_request_standing(m, curr) {
+                        stolen += 1;
+                    }
+                    got
                 }
                 MutexFlavor::V5_12 | MutexFlavor::V5_13 => {
                     if self.flavor == MutexFlavor::V5_12 {
@@ -748,54 +792,49 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
                         if !first {
                             first = self.waiter_is_first(p, m);
                             if first {
-                                self.set_handoff_flag(p, m);
+                                set_on_unlocked = self.set_handoff_flag(p, m);
                             }
                         }
                     } else {
                         // 048661a1f963: on every wakeup as first.
                         first = self.waiter_is_first(p, m);
                         if first {
-                            self.set_handoff_flag(p, m);
+                            set_on_unlocked = self.set_handoff_flag(p, m);
                         }
                     }
                     self.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
-                    self.trylock_common(p, m, false).ok().or_else(|| {
-                        if first {
-                            self.optimistic_spin(p, m, true)
-                        } else {
-                            None
-                        }
-                    })
+                    if first && !set_on_unlocked && self.no_request_standing(m, curr) {
+                        not_renewed += 1;
+                    }
+                    let got = self.trylock_common(p, m, false).ok();
+                    if got.is_none() && set_on_unlocked && self.no_request_standing(m, curr) {
+                        stolen += 1;
+                    }
+                    got.or_else(|| if first { self.optimistic_spin(p, m, true) } else { None })
                 }
                 _ => {
                     first = self.waiter_is_first(p, m);
                     self.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
-                    // __mutex_trylock_or_handoff(lock, first)
-                    self.trylock_common(p, m, first).ok().or_else(|| {
-                        if first {
-                            self.optimistic_spin(p, m, true)
-                        } else {
-                            None
-                        }
-                    })
+                    // __mutex_trylock_or_handoff(lock, first): the request
+                    // is made by the trylock, so it is read after it.
+                    let got = self.trylock_common(p, m, first).ok();
+                    if got.is_none() && first && self.no_request_standing(m, curr) {
+                        not_renewed += 1;
+                    }
+                    got.or_else(|| if first { self.optimistic_spin(p, m, true) } else { None })
                 }
             };
             if let Some(path) = got {
                 self.spin.lock(p, &m.wait_lock);
                 break path;
             }
-            if first {
-                // Relaxed: a reading for the statistics, not a decision.
-                let w = m.owner.load(Ordering::Relaxed);
-                let task = w & !FLAGS;
-                if task != 0 && task != curr && w & (FLAG_HANDOFF | FLAG_PICKUP) == 0 {
-                    no_handoff += 1;
-                }
-            }
             self.spin.lock(p, &m.wait_lock);
         };
-        if no_handoff != 0 {
-            p.event_max(LockEvent::MutexFirstWakeNoHandoffMax, no_handoff);
+        if not_renewed != 0 {
+            p.event_max(LockEvent::MutexFirstWakeNoHandoffMax, not_renewed);
+        }
+        if stolen != 0 {
+            p.event(LockEvent::MutexHandoffRequestStolen, stolen);
         }
         // acquired:
         self.tasks.set_current_state_plain(p, TASK_RUNNING);
@@ -813,11 +852,14 @@ impl<'s, 'a> MutexSystem<'s, 'a> {
     /// relaxed `atomic_long_or()`. Set on a mutex that is unlocked at that
     /// moment, the flag can be taken away by a stealer's trylock before our
     /// own: that is the `mutex-handoff-set` race window (only then).
-    fn set_handoff_flag<P: Platform>(&self, p: &P, m: &Mutex) {
+    /// Returns whether it was so set.
+    fn set_handoff_flag<P: Platform>(&self, p: &P, m: &Mutex) -> bool {
         let old = m.owner.fetch_or(FLAG_HANDOFF, Ordering::Relaxed);
-        if old & !FLAGS == 0 {
+        let unlocked = old & !FLAGS == 0;
+        if unlocked {
             p.race_window(Window::MutexHandoffSet);
         }
+        unlocked
     }
 
     /// `__mutex_handoff(lock, task)`: release cmpxchg; pairs with the

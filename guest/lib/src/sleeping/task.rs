@@ -195,6 +195,13 @@ impl<'a> Tasks<'a> {
         self.current(p).killed.load(Ordering::Relaxed) != 0
     }
 
+    /// A new time slice for the current task from now (the mutex torture
+    /// gives each `mutex_lock()` one: a slice is then the spinning one lock
+    /// call may do before `need_resched()`).
+    pub fn begin_slice<P: Platform>(&self, p: &P) {
+        self.current(p).slice_start.store(p.cycles(), Ordering::Relaxed);
+    }
+
     /// `need_resched()`: see the module comment.
     pub fn need_resched<P: Platform>(&self, p: &P) -> bool {
         let me = self.current(p);

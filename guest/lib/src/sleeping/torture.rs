@@ -183,6 +183,7 @@ impl<'s, 'a> MutexTorture<'s, 'a> {
             let i = (first + if n == 1 { 0 } else { p.random() % n }) as usize;
             let l = &self.locks[i];
             let t0 = p.cycles();
+            self.sys.tasks().begin_slice(p);
             self.sys.lock(p, &l.mutex);
             let waited = self.clock.cycles_to_ns(p.cycles().saturating_sub(t0));
             latency.record(waited);
