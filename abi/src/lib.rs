@@ -38,7 +38,8 @@ pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, UafRecord
 pub const MAX_PAGES: usize = 16;
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
-pub const ABI_VERSION: u32 = 3;
+/// 4: the page wait queues' trace events (`TraceEvent::PageWaitEnter` ..).
+pub const ABI_VERSION: u32 = 4;
 
 /// Written by the VMM into [`BootBlock::magic`]; the guest refuses to run
 /// without it (it would be reading garbage parameters).

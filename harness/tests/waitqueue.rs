@@ -51,6 +51,20 @@ fn the_rfc_wakes_an_exited_task_at_the_first_directed_try() {
         r.diagnosis.holds
     );
     assert!(r.summary.contains(&format!("vCPU {cpu}")) && r.summary.contains(&format!("vCPU {owner}'s task")));
+    // The race diagram from the trace: both vCPUs' columns, the waker's
+    // unlink and stall, the waiter's return and exit before the access.
+    let d = r.diagnosis.race_diagram.as_deref().expect("a race diagram of the use-after-free");
+    assert!(d.contains(&format!("vCPU {cpu} (waker: unlock_page())")), "{d}");
+    assert!(d.contains(&format!("vCPU {owner} (waiter: wait_on_page_bit_common())")), "{d}");
+    let pos = |needle: &str| d.find(needle).unwrap_or_else(|| panic!("{needle:?} not in\n{d}"));
+    assert!(pos("list_del_init(&wait->entry);") < pos("<preempted at page-wake-between>"), "{d}");
+    assert!(pos("<preempted at page-wake-between>") < pos("break; <unlinked: no queue lock taken>"), "{d}");
+    assert!(pos("break; <unlinked") < pos("do_exit(); <task freed>"), "{d}");
+    assert!(
+        pos("do_exit(); <task freed>") < pos(&format!("<USE-AFTER-FREE: wake-task on vCPU {owner}'s freed task>")),
+        "{d}"
+    );
+    assert!(d.contains("<caught at guest/lib/src/sleeping/page.rs:"), "{d}");
 }
 
 #[test]

@@ -33,13 +33,13 @@
 //! flag word, as in the kernel's `enum pageflags`.
 
 use super::waitqueue::{
-    EntryRef, WaitQueueHead, WaitQueues, WQ_FLAG_CUSTOM, WQ_FLAG_DONE, WQ_FLAG_EXCLUSIVE, WQ_FLAG_WOKEN,
+    trace, EntryRef, WaitQueueHead, WaitQueues, WQ_FLAG_CUSTOM, WQ_FLAG_DONE, WQ_FLAG_EXCLUSIVE, WQ_FLAG_WOKEN,
 };
 use super::{TASK_RUNNING, TASK_UNINTERRUPTIBLE};
 use crate::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::torture::{Clock, StopReason};
 use crate::Platform;
-use pvlock_abi::{GuestPhase, LockEvent, PageWakeVariant, WakeStep, Window};
+use pvlock_abi::{GuestPhase, LockEvent, PageWakeVariant, TraceEvent, WakeStep, Window};
 
 /// What `pvlock list variants` says about a page wake path.
 pub struct PageWakeInfo {
@@ -91,6 +91,11 @@ pub const PG_LOCKED: u32 = 0;
 /// `PG_waiters`: the flag word's bit 7, so `clear_bit_unlock_is_negative_byte()`
 /// reads it in the same `lock andb`.
 pub const PG_WAITERS: u32 = 7;
+/// [`TraceEvent::PageWaitSeen`]'s value: the waiter saw its entry
+/// unlinked (`list_empty_careful()`).
+pub const SEEN_UNLINKED: u32 = 1;
+/// ... saw `WQ_FLAG_WOKEN` in its entry's flags.
+pub const SEEN_WOKEN: u32 = 2;
 /// `sysctl_page_lock_unfairness`'s default (5ef64cc8987a).
 pub const PAGE_LOCK_UNFAIRNESS: i32 = 5;
 /// Most pages a run may have.
@@ -231,6 +236,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             let next = wq.next_checked(p, r);
             let flags = wq.check_entry(p, r, WakeStep::Walk).flags.load(Ordering::Relaxed);
             p.event(LockEvent::PageWakeVisits, 1);
+            trace(p, TraceEvent::PageVisit, q.addr(), r.owner(), flags);
             let ret = self.wake_page_function(p, q, r, &mut key);
             if ret < 0 {
                 break;
@@ -313,7 +319,8 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     ret = 1;
                 }
                 if self.variant == PageWakeVariant::OlegWoken {
-                    wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    let f = wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    trace(p, TraceEvent::PageSetWoken, q.addr(), r.owner(), f | WQ_FLAG_WOKEN);
                     // wmb(): WOKEN visible before the wakeup; pairs with the
                     // waiter's rmb() after finish_wait() and with its
                     // set_current_state() + WOKEN test (the wakeup's own
@@ -326,7 +333,8 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     let t = wq.read_private(p, r, WakeStep::ReadPrivate);
                     let woke = wq.wake_task(p, t);
                     p.race_window(Window::PageWakeBeforeWoken);
-                    wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    let f = wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    trace(p, TraceEvent::PageSetWoken, q.addr(), r.owner(), f | WQ_FLAG_WOKEN);
                     if woke {
                         wq.list_del_init(p, q, r.id, Some(r), false);
                         ret.max(1)
@@ -365,6 +373,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     // smp_load_acquire(&wait->flags).
                     fr.flags.store(flags | WQ_FLAG_WOKEN, Ordering::Release);
                 }
+                trace(p, TraceEvent::PageSetWoken, q.addr(), r.owner(), flags | WQ_FLAG_WOKEN);
                 let t = wq.read_private(p, r, WakeStep::ReadPrivate);
                 wq.wake_task(p, t);
                 // The waiter may see WOKEN and spin on its entry: it still
@@ -426,6 +435,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             PageWakeVariant::Upstream => self.wait_upstream(p, q, id, page, bit_nr, behavior),
         };
         // The frame is gone from here on.
+        trace(p, TraceEvent::PageWaitReturn, q.addr(), p.cpu(), ret as u32);
         wq.leave_frame(p, id);
         p.set_phase(GuestPhase::Running, 0, 0);
         ret
@@ -519,6 +529,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             }
             // The entry unlinked by the waker is success: no lock taken.
             if wq.list_empty_careful(p, id, false) {
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_UNLINKED);
                 break;
             }
             self.io_schedule(p);
@@ -542,6 +553,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             // waker that saw us not sleeping set WOKEN before (wmb()).
             wq.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
             if me.flags.load(Ordering::Relaxed) & WQ_FLAG_WOKEN != 0 {
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_WOKEN);
                 break;
             }
             if self.signal_pending(p) {
@@ -578,6 +590,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                 break;
             }
             if me.flags.load(Ordering::Relaxed) & WQ_FLAG_WOKEN != 0 {
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_WOKEN);
                 break;
             }
             self.io_schedule(p);
@@ -627,6 +640,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     self.io_schedule(p);
                     continue;
                 }
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_WOKEN);
                 if b != Behavior::Exclusive || flags & WQ_FLAG_DONE != 0 {
                     break 'repeat;
                 }
