@@ -265,7 +265,11 @@ fn build_use_after_free(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Opti
             .find(|e| ev_is(e, TraceEvent::LockEnter) && e.lock == queue_lock && e.tsc <= v.tsc)
             .or(Some(v))
     });
-    let start = [enter, walk_start].into_iter().flatten().map(|e| e.tsc).min()?;
+    // Each column from its own start: the waker's earlier steps (its own
+    // waits as a waiter) and the owner's earlier waits are other stories.
+    let waker_from = walk_start.map_or(0, |e| e.tsc);
+    let owner_from = enter.map_or(waker_from, |e| e.tsc);
+    let start = waker_from.min(owner_from);
     let shown = |e: &TraceEntry| {
         let Some(ev) = TraceEvent::from_u16(e.event) else { return false };
         is_page_event(ev)
@@ -275,9 +279,9 @@ fn build_use_after_free(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Opti
                 && matches!(ev, TraceEvent::LockEnter | TraceEvent::Acquired | TraceEvent::Released))
     };
     let mut steps: Vec<(u64, usize, &TraceEntry)> = Vec::new();
-    for (col, t) in [Some(wt), ot].into_iter().enumerate() {
+    for (col, (t, from)) in [(Some(wt), waker_from), (ot, owner_from)].into_iter().enumerate() {
         let Some(t) = t else { continue };
-        steps.extend(t.entries.iter().filter(|e| e.tsc >= start && e.tsc <= end && shown(e)).map(|e| (e.tsc, col, e)));
+        steps.extend(t.entries.iter().filter(|e| e.tsc >= from && e.tsc <= end && shown(e)).map(|e| (e.tsc, col, e)));
     }
     let mut rows = rows_of(steps, start, tsc_khz);
     rows.push(Row { col: 0, t_us: None, text: format!("<caught at {file}:{line}>") });
@@ -481,6 +485,8 @@ mod tests {
         const Q: u64 = 0x41_0000;
         let step = (WakeStep::WakeTask as u32) << 8 | FreedObject::Task as u32;
         let waker = vec![
+            // The waker's own earlier wait: another story, left out.
+            e(5, Q, TraceEvent::PageWaitSeen, 2, 1),
             e(90, Q, TraceEvent::LockEnter, 0, 0),
             e(100, Q, TraceEvent::Acquired, 0, 0),
             e(110, Q, TraceEvent::PageVisit, 0, 0),
@@ -520,8 +526,10 @@ mod tests {
         let text = d.render();
         let pos = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in\n{text}"));
         assert!(text.contains("vCPU 2 (waker: unlock_page())") && text.contains("vCPU 0 (waiter:"), "{text}");
-        // The waiter's first wait starts the story, not its second.
+        // The waiter's first wait starts the story, not its second; the
+        // waker's own earlier wait stays out.
         assert_eq!(text.matches("init_wait(").count(), 2, "{text}");
+        assert_eq!(text.matches("list_empty_careful").count(), 1, "{text}");
         assert!(pos("__add_wait_queue_entry_tail") < pos("wake_page_function(vCPU 0's wait)"));
         assert!(pos("list_del_init(&wait->entry)") < pos("<preempted at page-wake-between>"));
         assert!(pos("<preempted at page-wake-between>") < pos("<unlinked: no queue lock taken>"));
