@@ -6,10 +6,10 @@
 //! unlock_page"): the old path against the 2020 rewrite. Pure functions of
 //! the records.
 
+use super::table::{cell as e, groups, lock_event as ev, OkRuns};
 use crate::record::Record;
 use crate::stats::Estimate;
 use pvlock_abi::Workload;
-use std::collections::BTreeMap;
 
 /// One group of page-wake runs.
 #[derive(Debug, Clone)]
@@ -44,10 +44,6 @@ pub struct PageWakeRow {
     pub ops_per_sec: Option<Estimate>,
 }
 
-fn ev(r: &Record, name: &str) -> f64 {
-    r.lock_events.get(name).copied().unwrap_or(0) as f64
-}
-
 /// One entry visit's cost, ns, preempted visits left out.
 fn visit_ns(r: &Record) -> Option<f64> {
     let n = ev(r, "page_wake_visits_timed");
@@ -56,22 +52,11 @@ fn visit_ns(r: &Record) -> Option<f64> {
 
 /// The page-wake rows of `records` (empty without page-wake runs).
 pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
-    let mut groups: BTreeMap<(String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.config.workload == Workload::PageWake) {
-        let k = (
-            r.config.lock.page_wake.name().to_string(),
-            r.config.lock.variant.name().to_string(),
-            r.vcpus,
-            r.host_cpus,
-        );
-        groups.entry(k).or_default().push(r);
-    }
-    groups
+    groups(records, Workload::PageWake, |r| r.config.lock.page_wake.name())
         .into_iter()
         .map(|((page_wake, queue_lock, vcpus, host_cpus), rs)| {
-            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
-            let per =
-                |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
+            let ok = OkRuns::of(&rs);
+            let per = |f: &dyn Fn(&Record) -> Option<f64>| ok.estimate(f);
             let per_unlock = |r: &Record, name: &str| {
                 let n = ev(r, "page_wake_calls");
                 (n > 0.0).then(|| ev(r, name) / n)
@@ -83,7 +68,7 @@ pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
                 vcpus,
                 host_cpus,
                 runs: rs.len(),
-                ok: ok.len(),
+                ok: ok.ok.len(),
                 queued_per_unlock: per(&|r| per_unlock(r, "page_wake_queued")),
                 woken_per_unlock: per(&|r| per_unlock(r, "page_wake_woken")),
                 visits_per_unlock: per(&|r| per_unlock(r, "page_wake_visits")),
@@ -103,14 +88,6 @@ pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
             }
         })
         .collect()
-}
-
-fn e(x: Option<Estimate>, d: usize) -> String {
-    match x {
-        None => "-".into(),
-        Some(Estimate { mean, ci95: Some(c), .. }) => format!("{mean:.d$} ± {c:.d$}"),
-        Some(Estimate { mean, .. }) => format!("{mean:.d$}"),
-    }
 }
 
 /// The markdown section ("" without page-wake runs).

@@ -10,11 +10,11 @@
 //! sleeps / wakeups / hand-offs per acquisition, hand-off to pickup in us.
 
 use super::plots::{svg, variant_color};
+use super::table::{cell as e, groups, lock_event as ev, OkRuns};
 use crate::record::Record;
 use crate::stats::Estimate;
 use plotters::prelude::*;
 use pvlock_abi::Workload;
-use std::collections::BTreeMap;
 
 /// Plot files of this section.
 pub const FILES: &[&str] = &["mutex_wasted_spin_vs_overcommit.svg", "mutex_max_wait_vs_overcommit.svg"];
@@ -47,24 +47,13 @@ impl MutexRow {
     }
 }
 
-fn ev(r: &Record, name: &str) -> f64 {
-    r.lock_events.get(name).copied().unwrap_or(0) as f64
-}
-
 /// The mutex rows of `records` (empty when there are no mutex runs).
 pub fn rows(records: &[Record]) -> Vec<MutexRow> {
-    let mut groups: BTreeMap<(String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.config.workload == Workload::MutexTorture) {
-        let k =
-            (r.config.lock.mutex.name().to_string(), r.config.lock.variant.name().to_string(), r.vcpus, r.host_cpus);
-        groups.entry(k).or_default().push(r);
-    }
-    groups
+    groups(records, Workload::MutexTorture, |r| r.config.lock.mutex.name())
         .into_iter()
         .map(|((mutex, wait_lock, vcpus, host_cpus), rs)| {
-            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
-            let per =
-                |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
+            let ok = OkRuns::of(&rs);
+            let per = |f: &dyn Fn(&Record) -> Option<f64>| ok.estimate(f);
             // Cycles -> ms, per second of run per vCPU.
             let ms_per_s = |r: &Record, name: &str| {
                 let secs = r.duration_ms / 1e3;
@@ -78,7 +67,7 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
                 vcpus,
                 host_cpus,
                 runs: rs.len(),
-                ok: ok.len(),
+                ok: ok.ok.len(),
                 acq_per_sec: per(&|r| Some(r.acquisitions_per_sec)),
                 wasted_ms_per_s: per(&|r| ms_per_s(r, "mutex_spin_preempted_cycles")),
                 spin_ms_per_s: per(&|r| ms_per_s(r, "mutex_spin_cycles")),
@@ -93,14 +82,6 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
             }
         })
         .collect()
-}
-
-fn e(x: Option<Estimate>, d: usize) -> String {
-    match x {
-        None => "-".into(),
-        Some(Estimate { mean, ci95: Some(c), .. }) => format!("{mean:.d$} ± {c:.d$}"),
-        Some(Estimate { mean, .. }) => format!("{mean:.d$}"),
-    }
 }
 
 /// The markdown section ("" without mutex runs).
