@@ -150,6 +150,14 @@ counters! {
         PageWakeLoopCycles = "page_wake_loop_cycles",
         /// The longest single walk, cycles (max, not a sum).
         PageWakeLoopMaxCycles = "page_wake_loop_max_cycles",
+        /// Cycles of the walk's entry visits that ran without a stall (sum;
+        /// a visit longer than `STALL_GAP_CYCLES` of `sleeping::page` is
+        /// the vCPU preempted by the host or the VMM, left out).
+        PageWakeVisitCycles = "page_wake_visit_cycles",
+        /// Entry visits timed into `page_wake_visit_cycles`.
+        PageWakeVisitsTimed = "page_wake_visits_timed",
+        /// Entry visits left out of it as stalled.
+        PageWakeVisitsStalled = "page_wake_visits_stalled",
         /// Waits that re-queued their entry (v5.8: woken, lost the bit).
         PageWaitRequeue = "page_wait_requeue",
         /// `wait_on_page_bit_common()` calls that queued an entry.

@@ -38,6 +38,9 @@ pub use vcpu::{AssertRecord, LatencyHistogram, Leg, LegTiming, TraceEntry, Trace
 pub const MAX_PAGES: usize = 16;
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
+/// 4: the page wait queues' trace events (`TraceEvent::PageWaitEnter` ..),
+/// the exit-leg time stamps (`VcpuBlock::legs`), the poll states
+/// (`BootBlock::poll_state_gpa`), the site schedule (PCT), new mutex windows.
 pub const ABI_VERSION: u32 = 4;
 
 /// Written by the VMM into [`BootBlock::magic`]; the guest refuses to run

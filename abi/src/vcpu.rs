@@ -87,6 +87,35 @@ pub enum TraceEvent {
     IrqExit = 16,
     /// The VMM let a vCPU go on after a window stall ([`Self::Window`]).
     WindowResume = 17,
+    // The page wait queues (`sleeping::waitqueue`, ABI 4). `lock` is the
+    // queue lock's address (0 for task events); `arg` the vCPU whose
+    // entry / task it concerns unless said otherwise.
+    /// A waiter's entry initialised on its stack (`value`: lifetime tag).
+    PageWaitEnter = 18,
+    /// `__add_wait_queue_entry_tail()` of the caller's entry (`value`: flags).
+    PageAddTail = 19,
+    /// The waker's walk reached an entry (`value`: its flags).
+    PageVisit = 20,
+    /// The waker read `wait->private` (`value`: the task's vCPU).
+    PageReadPrivate = 21,
+    /// The waker unlinked an entry (`value`: 1 for `list_del_init_careful()`).
+    PageListDel = 22,
+    /// The waker set `WQ_FLAG_WOKEN` (`value`: the flags stored).
+    PageSetWoken = 23,
+    /// `wake_up_state()` of a task (`value`: 1 if it woke it).
+    PageWakeTask = 24,
+    /// The waiter saw it may go (`value`: 1 entry unlinked, 2 WOKEN set).
+    PageWaitSeen = 25,
+    /// The wait returned: its stack frame is gone (`value`: the return).
+    PageWaitReturn = 26,
+    /// The task exited (`value`: its lifetime tag now).
+    PageTaskExit = 27,
+    /// A new task took the exited one's place (`value`: its tag).
+    PageTaskFork = 28,
+    /// The lifetime check caught an access to a freed object: `arg` is the
+    /// owner vCPU, `value` = step << 8 | object ([`crate::WakeStep`],
+    /// [`crate::FreedObject`]).
+    PageUseAfterFree = 29,
 }
 
 impl TraceEvent {
@@ -109,6 +138,18 @@ impl TraceEvent {
             15 => Self::IrqEnter,
             16 => Self::IrqExit,
             17 => Self::WindowResume,
+            18 => Self::PageWaitEnter,
+            19 => Self::PageAddTail,
+            20 => Self::PageVisit,
+            21 => Self::PageReadPrivate,
+            22 => Self::PageListDel,
+            23 => Self::PageSetWoken,
+            24 => Self::PageWakeTask,
+            25 => Self::PageWaitSeen,
+            26 => Self::PageWaitReturn,
+            27 => Self::PageTaskExit,
+            28 => Self::PageTaskFork,
+            29 => Self::PageUseAfterFree,
             _ => return None,
         })
     }
@@ -131,6 +172,18 @@ impl TraceEvent {
             Self::IrqEnter => "irq-enter",
             Self::IrqExit => "irq-exit",
             Self::WindowResume => "window-resume",
+            Self::PageWaitEnter => "page-wait-enter",
+            Self::PageAddTail => "page-add-tail",
+            Self::PageVisit => "page-visit",
+            Self::PageReadPrivate => "page-read-private",
+            Self::PageListDel => "page-list-del",
+            Self::PageSetWoken => "page-set-woken",
+            Self::PageWakeTask => "page-wake-task",
+            Self::PageWaitSeen => "page-wait-seen",
+            Self::PageWaitReturn => "page-wait-return",
+            Self::PageTaskExit => "page-task-exit",
+            Self::PageTaskFork => "page-task-fork",
+            Self::PageUseAfterFree => "page-use-after-free",
         }
     }
 }

@@ -7,7 +7,7 @@ use pvlock::config::{Experiment, Overrides};
 use pvlock::output::Destination;
 use pvlock::record::Record;
 use pvlock::runner::{run_one_with_report, GUEST_ELF};
-use pvlock_abi::{MutexVariant, Variant, Window};
+use pvlock_abi::{MutexVariant, PageWakeVariant, Variant, Window};
 use pvlock_vmm::{HoldRelease, StopHandle};
 use std::path::PathBuf;
 
@@ -93,6 +93,11 @@ struct ReproArgs {
     /// Mutex variant of a mutex reproducer (default: the reproducer's own).
     #[arg(long, value_parser = parse_mutex_variant)]
     mutex: Option<MutexVariant>,
+    /// Page wake path of a page-wake reproducer (default: the
+    /// reproducer's own; `pvlock list variants`); --variant is then the
+    /// queue lock.
+    #[arg(long, value_parser = parse_page_wake_variant)]
+    page_wake: Option<PageWakeVariant>,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
     #[arg(long, default_value_t = 1)]
@@ -217,6 +222,11 @@ struct RunArgs {
 fn parse_mutex_variant(s: &str) -> Result<MutexVariant, String> {
     MutexVariant::from_name(s)
         .ok_or_else(|| format!("unknown mutex variant `{s}` (one of: {})", MutexVariant::NAMES.join(", ")))
+}
+
+fn parse_page_wake_variant(s: &str) -> Result<PageWakeVariant, String> {
+    PageWakeVariant::from_name(s)
+        .ok_or_else(|| format!("unknown page wake variant `{s}` (one of: {})", PageWakeVariant::NAMES.join(", ")))
 }
 
 fn parse_variant(s: &str) -> Result<Variant, String> {
@@ -572,8 +582,8 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     // (reproducer, target, whether the target carries the reproducer's own bug patch)
     let mut jobs: Vec<(Repro, Target, bool)> = Vec::new();
     if a.all {
-        if a.variant.is_some() {
-            bail!("--all runs every variant; --variant goes with one reproducer");
+        if a.variant.is_some() || a.page_wake.is_some() {
+            bail!("--all runs every variant; --variant and --page-wake go with one reproducer");
         }
         let pv: Vec<Variant> = Variant::ALL.iter().copied().filter(|v| v.is_pv() && !v.is_kernel()).collect();
         let mutexes: Vec<MutexVariant> = MutexVariant::ALL.iter().copied().filter(|m| !m.is_mutant()).collect();
@@ -583,6 +593,16 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
                 if !a.kernel_only {
                     let wait_lock = Target::variant(r.default_variant);
                     jobs.extend(mutexes.iter().map(|m| (Repro { mutex: Some(*m), ..r }, wait_lock.clone(), false)));
+                }
+                continue;
+            }
+            if let Some(own) = r.page_wake {
+                // A page-wake reproducer: every historical wake path, and
+                // the entry's own mutant, on its own queue lock.
+                if !a.kernel_only {
+                    let queue_lock = Target::variant(r.default_variant);
+                    let paths = PageWakeVariant::ALL.iter().copied().filter(|v| !v.is_mutant() || *v == own);
+                    jobs.extend(paths.map(|v| (Repro { page_wake: Some(v), ..r }, queue_lock.clone(), false)));
                 }
                 continue;
             }
@@ -606,6 +626,13 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
                 bail!("--mutex {m}: `{}` is a spinlock reproducer", r.name);
             }
             r.mutex = Some(m);
+        }
+        if let Some(pw) = a.page_wake {
+            if r.page_wake.is_none() {
+                let page: Vec<&str> = catalog().iter().filter(|r| r.page_wake.is_some()).map(|r| r.name).collect();
+                bail!("--page-wake {pw}: `{}` is not a page-wake reproducer (those are: {})", r.name, page.join(", "));
+            }
+            r.page_wake = Some(pw);
         }
         let variant = match (a.variant, a.kernel_trees.is_empty()) {
             (Some(v), _) => v,
@@ -642,9 +669,10 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
                 k.tree.display(),
                 k.patches.iter().map(|p| format!(" +{}", p.display())).collect::<String>()
             ),
-            None => match r.mutex {
-                Some(m) => format!("{m} (wait_lock {})", t.variant),
-                None => t.variant.to_string(),
+            None => match (r.mutex, r.page_wake) {
+                (Some(m), _) => format!("{m} (wait_lock {})", t.variant),
+                (None, Some(pw)) => format!("{pw} (queue lock {})", t.variant),
+                (None, None) => t.variant.to_string(),
             },
         };
         eprintln!("repro {} on {} ({:?}): {} seeds x {:.1} s budget", r.name, on, mode, a.seeds, a.budget_s);

@@ -1,13 +1,13 @@
 //! Race diagrams in the style of kernel fix commits (one column per vCPU
 //! involved, one row per step, time going down), drawn from the trace of
 //! the run that hit the race: a double hash, a missed wakeup by class, a
-//! stale hash entry.
+//! stale hash entry, a page waker's use-after-free.
 //!
 //! The rows are the guest's trace events (`pvlock_abi::TraceEvent`) on the
 //! lock concerned, merged across the involved vCPUs by TSC (one TSC for all
 //! vCPUs on these hosts), each spelled as the kernel step it records.
 
-use pvlock_abi::{TraceEntry, TraceEvent, Window};
+use pvlock_abi::{FreedObject, TraceEntry, TraceEvent, WakeStep, Window};
 use pvlock_vmm::trace::VcpuTrace;
 use pvlock_vmm::watchdog::HangReport;
 use pvlock_vmm::{GuestFailure, RunReport};
@@ -26,6 +26,9 @@ pub enum Race {
     /// `cpu` waits on `lock` and nothing will wake it (class as the watchdog
     /// judged it; a stale entry is one of the classes).
     MissedWakeup { cpu: u32, lock: u64, class: String },
+    /// The page waker on `waker` touched the `object` of `owner` after it
+    /// was freed, at `step` (source line `file:line`).
+    UseAfterFree { waker: u32, owner: u32, object: FreedObject, step: WakeStep, file: String, line: u32 },
 }
 
 /// One diagram column.
@@ -63,6 +66,16 @@ pub fn for_report(r: &RunReport) -> Option<RaceDiagram> {
 /// The race a run shows: the last double-hash insert in any trace, else a
 /// blocked waiter's missed wakeup.
 pub fn detect(traces: &[VcpuTrace], failure: Option<&GuestFailure>, hang: Option<&HangReport>) -> Option<Race> {
+    if let Some(GuestFailure::UseAfterFree { cpu, owner, object, step, file, line, .. }) = failure {
+        return Some(Race::UseAfterFree {
+            waker: *cpu,
+            owner: *owner,
+            object: *object,
+            step: *step,
+            file: file.clone(),
+            line: *line,
+        });
+    }
     let double = traces
         .iter()
         .flat_map(|t| t.entries.iter().map(move |e| (t.cpu, e)))
@@ -95,6 +108,9 @@ fn has(t: &VcpuTrace, lock: u64, ev: TraceEvent, until: u64) -> bool {
 
 /// Draws `race` from `traces`.
 pub fn build(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Option<RaceDiagram> {
+    if let Race::UseAfterFree { .. } = race {
+        return build_use_after_free(traces, race, tsc_khz);
+    }
     let trace_of = |cpu: u32| traces.iter().find(|t| t.cpu == cpu);
     let (lock, end, mut cpus, title) = match race {
         Race::DoubleHash { cpu, lock, tsc } => {
@@ -128,6 +144,7 @@ pub fn build(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Option<RaceDiag
             let title = format!("missed wakeup ({class}): vCPU {cpu} waits on lock {lock:#x} and nothing will wake it");
             (*lock, end, cpus, title)
         }
+        Race::UseAfterFree { .. } => return None,
     };
     cpus.dedup();
     trace_of(cpus[0])?;
@@ -174,17 +191,28 @@ pub fn build(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Option<RaceDiag
             );
         }
     }
+    let mut rows = rows_of(steps, start, tsc_khz);
+    if let Race::MissedWakeup { class, .. } = race {
+        rows.push(Row { col: 0, t_us: None, text: format!("... never woken ({class})") });
+    }
+    Some(elide(title, columns, rows))
+}
+
+/// One row per statement of each step, in TSC order, timed from `start`.
+fn rows_of(mut steps: Vec<(u64, usize, &TraceEntry)>, start: u64, tsc_khz: u64) -> Vec<Row> {
     steps.sort_by_key(|&(tsc, col, _)| (tsc, col));
-    let to_us = |tsc: u64| if tsc_khz > 0 { (tsc - start) as f64 * 1e3 / tsc_khz as f64 } else { 0.0 };
+    let to_us = |tsc: u64| if tsc_khz > 0 { tsc.saturating_sub(start) as f64 * 1e3 / tsc_khz as f64 } else { 0.0 };
     let mut rows: Vec<Row> = Vec::new();
     for &(tsc, col, e) in &steps {
         for (i, text) in step_lines(e).into_iter().enumerate() {
             rows.push(Row { col, t_us: (i == 0).then(|| to_us(tsc)), text });
         }
     }
-    if let Race::MissedWakeup { class, .. } = race {
-        rows.push(Row { col: 0, t_us: None, text: format!("... never woken ({class})") });
-    }
+    rows
+}
+
+/// The diagram, with the middle of a long history left out.
+fn elide(title: String, columns: Vec<Column>, mut rows: Vec<Row>) -> RaceDiagram {
     let mut elided = 0;
     if rows.len() > MAX_ROWS {
         elided = rows.len() - MAX_ROWS;
@@ -193,7 +221,80 @@ pub fn build(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Option<RaceDiag
         rows.push(Row { col: 0, t_us: None, text: format!("... {elided} steps ...") });
         rows.extend(tail);
     }
-    Some(RaceDiagram { title, columns, rows, elided })
+    RaceDiagram { title, columns, rows, elided }
+}
+
+/// The page wait queues' trace events.
+fn is_page_event(ev: TraceEvent) -> bool {
+    (TraceEvent::PageWaitEnter as u16..=TraceEvent::PageUseAfterFree as u16).contains(&(ev as u16))
+}
+
+/// The use-after-free of a page waker: the waker's column and the owner's
+/// (the waiter whose entry or task it was), from the owner's last wait
+/// before the access (or the waker's visit of its entry, if the owner's
+/// start was overwritten) to the access the lifetime check caught. The
+/// steps are the page events (`TraceEvent::PageWaitEnter` ..), the queue
+/// lock's spin_lock()/unlock and the VMM's stalls and interrupts.
+fn build_use_after_free(traces: &[VcpuTrace], race: &Race, tsc_khz: u64) -> Option<RaceDiagram> {
+    let Race::UseAfterFree { waker, owner, object, step, file, line } = race else { return None };
+    let trace_of = |cpu: u32| traces.iter().find(|t| t.cpu == cpu);
+    let wt = trace_of(*waker)?;
+    let ev_is = |e: &TraceEntry, ev: TraceEvent| e.event == ev as u16;
+    let end = wt
+        .entries
+        .iter()
+        .rev()
+        .find(|e| ev_is(e, TraceEvent::PageUseAfterFree))
+        .or(wt.entries.last())
+        .map(|e| e.tsc)?;
+    let visit =
+        wt.entries.iter().rev().find(|e| ev_is(e, TraceEvent::PageVisit) && u32::from(e.arg) == *owner && e.tsc <= end);
+    let queue_lock = visit.map(|e| e.lock).unwrap_or(0);
+    let ot = trace_of(*owner);
+    // The wait whose entry the waker visited (the owner may have waited
+    // again since, in the same frame).
+    let enter_by = visit.map_or(end, |v| v.tsc);
+    let enter =
+        ot.and_then(|t| t.entries.iter().rev().find(|e| ev_is(e, TraceEvent::PageWaitEnter) && e.tsc <= enter_by));
+    // The waker's story starts at its spin_lock() of the queue before the
+    // visit, so its walk is whole.
+    let walk_start = visit.and_then(|v| {
+        wt.entries
+            .iter()
+            .rev()
+            .find(|e| ev_is(e, TraceEvent::LockEnter) && e.lock == queue_lock && e.tsc <= v.tsc)
+            .or(Some(v))
+    });
+    // Each column from its own start: the waker's earlier steps (its own
+    // waits as a waiter) and the owner's earlier waits are other stories.
+    let waker_from = walk_start.map_or(0, |e| e.tsc);
+    let owner_from = enter.map_or(waker_from, |e| e.tsc);
+    let start = waker_from.min(owner_from);
+    let shown = |e: &TraceEntry| {
+        let Some(ev) = TraceEvent::from_u16(e.event) else { return false };
+        is_page_event(ev)
+            || matches!(ev, TraceEvent::Window | TraceEvent::WindowResume | TraceEvent::IrqEnter | TraceEvent::IrqExit)
+            || (queue_lock != 0
+                && e.lock == queue_lock
+                && matches!(ev, TraceEvent::LockEnter | TraceEvent::Acquired | TraceEvent::Released))
+    };
+    let mut steps: Vec<(u64, usize, &TraceEntry)> = Vec::new();
+    for (col, (t, from)) in [(Some(wt), waker_from), (ot, owner_from)].into_iter().enumerate() {
+        let Some(t) = t else { continue };
+        steps.extend(t.entries.iter().filter(|e| e.tsc >= from && e.tsc <= end && shown(e)).map(|e| (e.tsc, col, e)));
+    }
+    let mut rows = rows_of(steps, start, tsc_khz);
+    rows.push(Row { col: 0, t_us: None, text: format!("<caught at {file}:{line}>") });
+    let title = format!(
+        "use-after-free: vCPU {waker}'s page wakeup touched vCPU {owner}'s {} after it was freed (step {})",
+        object.name(),
+        step.name()
+    );
+    let columns = vec![
+        Column { cpu: *waker, role: "waker: unlock_page()".into() },
+        Column { cpu: *owner, role: "waiter: wait_on_page_bit_common()".into() },
+    ];
+    Some(elide(title, columns, rows))
 }
 
 /// What the code did at a traced event, in the kernel's words: one line
@@ -249,6 +350,31 @@ pub fn step_lines(e: &TraceEntry) -> Vec<String> {
         TraceEvent::Stolen => vec![format!("<woken, lock stolen: locked = {}>", e.value)],
         TraceEvent::IrqEnter => vec![format!("<interrupt, depth {}>", e.arg)],
         TraceEvent::IrqExit => vec![format!("<interrupt return, depth {}>", e.arg)],
+        TraceEvent::PageWaitEnter => one("init_wait(&wait->entry); wait->private = current;"),
+        TraceEvent::PageAddTail => one("__add_wait_queue_entry_tail(q, &wait->entry);"),
+        TraceEvent::PageVisit => vec![format!("wake_page_function(vCPU {}'s wait):", e.arg)],
+        TraceEvent::PageReadPrivate => vec![format!(" target = wait->private; <vCPU {}'s task>", e.value)],
+        TraceEvent::PageListDel if e.value != 0 => one(" list_del_init_careful(&wait->entry);"),
+        TraceEvent::PageListDel => one(" list_del_init(&wait->entry);"),
+        TraceEvent::PageSetWoken => one(" wait->flags |= WQ_FLAG_WOKEN;"),
+        TraceEvent::PageWakeTask if e.value != 0 => {
+            vec![format!(" wake_up_state(target, TASK_NORMAL); <woke vCPU {}'s task>", e.arg)]
+        }
+        TraceEvent::PageWakeTask => {
+            vec![format!(" wake_up_state(target, TASK_NORMAL); <vCPU {}'s task was running>", e.arg)]
+        }
+        TraceEvent::PageWaitSeen if e.value == 1 => {
+            vec!["if (list_empty_careful(&wait->entry))".into(), " break; <unlinked: no queue lock taken>".into()]
+        }
+        TraceEvent::PageWaitSeen => one("if (wait->flags & WQ_FLAG_WOKEN) break;"),
+        TraceEvent::PageWaitReturn => vec![format!("finish_wait(); return {}; <stack frame freed>", e.value as i32)],
+        TraceEvent::PageTaskExit => one("do_exit(); <task freed>"),
+        TraceEvent::PageTaskFork => one("<a new task reuses the task's memory>"),
+        TraceEvent::PageUseAfterFree => {
+            let step = WakeStep::from_u32(e.value >> 8).map_or("?", |s| s.name());
+            let object = FreedObject::from_u32(e.value & 0xff).map_or("?", |o| o.name());
+            vec![format!("<USE-AFTER-FREE: {step} on vCPU {}'s freed {object}>", e.arg)]
+        }
     }
 }
 
@@ -348,6 +474,72 @@ mod tests {
         let row = text.lines().find(|l| l.contains("<slot 5>")).unwrap();
         let holder_col = text.lines().find(|l| l.contains("pv_kick_node()")).unwrap();
         assert!(row.find("lp =").unwrap() > holder_col.find("pv_kick_node").unwrap(), "{text}");
+    }
+
+    /// The RFC's use-after-free as the directed run traces it: vCPU 2
+    /// unlinks vCPU 0's entry and is stalled; vCPU 0 sees the entry
+    /// unlinked, returns, exits and waits again in the same frame; vCPU 2's
+    /// wakeup then touches the freed task.
+    #[test]
+    fn the_page_use_after_free_is_drawn_waker_against_waiter() {
+        const Q: u64 = 0x41_0000;
+        let step = (WakeStep::WakeTask as u32) << 8 | FreedObject::Task as u32;
+        let waker = vec![
+            // The waker's own earlier wait: another story, left out.
+            e(5, Q, TraceEvent::PageWaitSeen, 2, 1),
+            e(90, Q, TraceEvent::LockEnter, 0, 0),
+            e(100, Q, TraceEvent::Acquired, 0, 0),
+            e(110, Q, TraceEvent::PageVisit, 0, 0),
+            e(120, 0, TraceEvent::PageReadPrivate, 0, 0),
+            e(130, Q, TraceEvent::PageListDel, 0, 0),
+            e(140, 0, TraceEvent::Window, Window::PageWakeBetween as u16, 0),
+            e(900, 0, TraceEvent::WindowResume, Window::PageWakeBetween as u16, 0),
+            e(910, 0, TraceEvent::PageUseAfterFree, 0, step),
+        ];
+        let waiter = vec![
+            e(10, 0, TraceEvent::PageWaitEnter, 0, 3),
+            e(20, Q, TraceEvent::PageAddTail, 0, 0),
+            e(300, Q, TraceEvent::PageWaitSeen, 0, 1),
+            e(310, Q, TraceEvent::PageWaitReturn, 0, 0),
+            e(320, 0, TraceEvent::PageTaskExit, 0, 2),
+            e(400, 0, TraceEvent::PageTaskFork, 0, 5),
+            e(410, 0, TraceEvent::PageWaitEnter, 0, 5),
+            // Another lock's events stay out.
+            e(420, 0x60_0000, TraceEvent::LockEnter, 0, 0),
+        ];
+        let traces =
+            vec![VcpuTrace { cpu: 0, entries: waiter, lost: 0 }, VcpuTrace { cpu: 2, entries: waker, lost: 0 }];
+        let failure = GuestFailure::UseAfterFree {
+            cpu: 2,
+            owner: 0,
+            object: FreedObject::Task,
+            step: WakeStep::WakeTask,
+            tag_then: 1,
+            tag_now: 3,
+            addr: 0x41_7fc0,
+            file: "guest/lib/src/sleeping/page.rs".into(),
+            line: 310,
+        };
+        let race = detect(&traces, Some(&failure), None).expect("the use-after-free is a race");
+        let d = build(&traces, &race, 1_000).unwrap();
+        assert_eq!(d.columns.iter().map(|c| c.cpu).collect::<Vec<_>>(), vec![2, 0]);
+        let text = d.render();
+        let pos = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in\n{text}"));
+        assert!(text.contains("vCPU 2 (waker: unlock_page())") && text.contains("vCPU 0 (waiter:"), "{text}");
+        // The waiter's first wait starts the story, not its second; the
+        // waker's own earlier wait stays out.
+        assert_eq!(text.matches("init_wait(").count(), 2, "{text}");
+        assert_eq!(text.matches("list_empty_careful").count(), 1, "{text}");
+        assert!(pos("__add_wait_queue_entry_tail") < pos("wake_page_function(vCPU 0's wait)"));
+        assert!(pos("list_del_init(&wait->entry)") < pos("<preempted at page-wake-between>"));
+        assert!(pos("<preempted at page-wake-between>") < pos("<unlinked: no queue lock taken>"));
+        assert!(pos("do_exit(); <task freed>") < pos("<runs again>"));
+        assert!(pos("<runs again>") < pos("<USE-AFTER-FREE: wake-task on vCPU 0's freed task>"));
+        assert!(text.ends_with("<caught at guest/lib/src/sleeping/page.rs:310>\n"), "{text}");
+        // The waiter's steps are in the second column.
+        let waker_col = text.lines().find(|l| l.contains("list_del_init")).unwrap().find("list_del_init").unwrap();
+        let waiter_col = text.lines().find(|l| l.contains("do_exit")).unwrap().find("do_exit").unwrap();
+        assert!(waiter_col > waker_col, "{text}");
     }
 
     #[test]

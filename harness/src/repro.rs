@@ -50,6 +50,10 @@ pub struct Repro {
     /// test, whose `wait_lock` is `variant`; `--all` runs every non-mutant
     /// mutex variant. None for the spinlock reproducers.
     pub mutex: Option<MutexVariant>,
+    /// Page-wake reproducers: the wake path (`lock.page_wake`) under test
+    /// (`--page-wake`; `--all` runs every non-mutant path and the entry's
+    /// own). None for the others.
+    pub page_wake: Option<PageWakeVariant>,
 }
 
 fn base(variant: Variant, seed: u64, budget_ms: u64) -> RunConfig {
@@ -452,20 +456,20 @@ fn handoff_lost(r: &Record) -> Option<String> {
 /// The catalog.
 pub fn catalog() -> Vec<Repro> {
     vec![
-        Repro { name: "double-hash", race: "R1", default_variant: Variant::PvV45, what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash, mutex: None },
-        Repro { name: "stolen-wakeup", race: "R2", default_variant: Variant::PvV48, what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup, mutex: None },
-        Repro { name: "rehash-double", race: "R3", default_variant: Variant::PvRehash2016, what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash, mutex: None },
-        Repro { name: "hashval-stall", race: "R4", default_variant: Variant::PvHashval2016, what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall, mutex: None },
-        Repro { name: "lost-kick", race: "contract", default_variant: Variant::PvUpstream, what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug, mutex: None },
-        Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug, mutex: None },
-        Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug, mutex: None },
-        Repro { name: "page-wake-uaf", race: "page-wake", default_variant: Variant::PvUpstream, what: "Linus's July 2020 RFC: the waker is stalled after list_del_init() of a page waiter's entry, before wake_up_state(target); the waiter sees its entry unlinked, returns and exits: the wakeup touches a freed task", build: page_uaf_run(PageWakeVariant::Rfc2020), evidence: use_after_free, mutex: None },
-        Repro { name: "page-wake-entry-uaf", race: "page-wake", default_variant: Variant::PvUpstream, what: "mutant: the RFC with list_del_init() before reading wait->private: the read hits the waiter's returned stack frame", build: page_uaf_run(PageWakeVariant::MutantDelBeforePrivate), evidence: use_after_free, mutex: None },
-        Repro { name: "page-wake-lost-woken", race: "page-wake", default_variant: Variant::PvUpstream, what: "mutant: Oleg's WQ_FLAG_WOKEN without its wmb(): WOKEN lands after the wakeup, the woken waiter sleeps again and nothing wakes it", build: page_lost_woken_run, evidence: lost_or_bug, mutex: None },
-        Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash, mutex: None },
-        Repro { name: "mutex-recursive-handoff", race: "e274795ea7b7", default_variant: Variant::PvUpstream, what: "mutex: a task locks a mutex it holds and blocks; a spurious wakeup makes it first, it requests a hand-off and takes it from itself (v4.10; ad90880dc962 brought it back upstream, results/findings)", build: recursive_run, evidence: recursive_taken, mutex: Some(MutexVariant::V4_10) },
-        Repro { name: "mutex-handoff-lost", race: "048661a1f963", default_variant: Variant::PvUpstream, what: "mutex: HANDOFF set on an unlocked mutex is cleared by a stealer and, before the fix, never requested again: the first waiter wakes again and again with no hand-off standing", build: handoff_lost_run, evidence: handoff_lost, mutex: Some(MutexVariant::V5_12) },
-        Repro { name: "kick-hash-forgotten", race: "R1", default_variant: Variant::KernelPv, what: "a queue head that ignores that pv_kick_node() already hashed it hashes the lock again (kernel code only: configs/kernel-bugs/head-forgets-kick-hash.patch)", build: kick_hash_forgotten_run, evidence: double_hash, mutex: None },
+        Repro { name: "double-hash", race: "R1", default_variant: Variant::PvV45, what: "new owner stalled between MCS hand-off and pv_kick_node's cmpxchg: the successor hashes itself, then the owner hashes it again", build: double_hash_run, evidence: double_hash, mutex: None, page_wake: None },
+        Repro { name: "stolen-wakeup", race: "R2", default_variant: Variant::PvV48, what: "a newcomer steals the lock between the unlock's release and the kicked head's trylock; with an unchecked wait the head blocks unhashed", build: stolen_wakeup_run, evidence: stolen_wakeup, mutex: None, page_wake: None },
+        Repro { name: "rehash-double", race: "R3", default_variant: Variant::PvRehash2016, what: "owner stalled after pv_kick_node's cmpxchg, before its hash insert; the re-hash rule hashes the same waiter too", build: rehash_run, evidence: double_hash, mutex: None, page_wake: None },
+        Repro { name: "hashval-stall", race: "R4", default_variant: Variant::PvHashval2016, what: "a hasher stalled with _Q_HASH_VAL held: the unlocker and the head wait (a latency cost)", build: hashval_run, evidence: hashval_stall, mutex: None, page_wake: None },
+        Repro { name: "lost-kick", race: "contract", default_variant: Variant::PvUpstream, what: "kicks to vCPUs that are not yet waiting are dropped: which variants depend on remembered kicks", build: lost_kick_run, evidence: lost_or_bug, mutex: None, page_wake: None },
+        Repro { name: "no-store-mb", race: "R5", default_variant: Variant::MutantNoStoreMb, what: "mutant: no full barrier between pv_wait_node's state store and its re-check (store buffering): lost wakeup", build: mutant_run(Window::WaitNodeRecheck), evidence: lost_or_bug, mutex: None, page_wake: None },
+        Repro { name: "slow-before-hash", race: "mutant", default_variant: Variant::MutantSlowBeforeHash, what: "mutant: _Q_SLOW_VAL set before the hash insert: the unlocker finds no entry (pv_unhash BUG)", build: mutant_run(Window::HeadHashSlow), evidence: lost_or_bug, mutex: None, page_wake: None },
+        Repro { name: "page-wake-uaf", race: "page-wake", default_variant: Variant::PvUpstream, what: "Linus's July 2020 RFC: the waker is stalled after list_del_init() of a page waiter's entry, before wake_up_state(target); the waiter sees its entry unlinked, returns and exits: the wakeup touches a freed task", build: page_uaf_run(PageWakeVariant::Rfc2020), evidence: use_after_free, mutex: None, page_wake: Some(PageWakeVariant::Rfc2020) },
+        Repro { name: "page-wake-entry-uaf", race: "page-wake", default_variant: Variant::PvUpstream, what: "mutant: the RFC with list_del_init() before reading wait->private: the read hits the waiter's returned stack frame", build: page_uaf_run(PageWakeVariant::MutantDelBeforePrivate), evidence: use_after_free, mutex: None, page_wake: Some(PageWakeVariant::MutantDelBeforePrivate) },
+        Repro { name: "page-wake-lost-woken", race: "page-wake", default_variant: Variant::PvUpstream, what: "mutant: Oleg's WQ_FLAG_WOKEN without its wmb(): WOKEN lands after the wakeup, the woken waiter sleeps again and nothing wakes it", build: page_lost_woken_run, evidence: lost_or_bug, mutex: None, page_wake: Some(PageWakeVariant::MutantWokenAfterWake) },
+        Repro { name: "halted-head", race: "R1", default_variant: Variant::MutantHaltedHead, what: "mutant: upstream with the pre-v4.8 halted head write: the double hash again", build: double_hash_run, evidence: double_hash, mutex: None, page_wake: None },
+        Repro { name: "mutex-recursive-handoff", race: "e274795ea7b7", default_variant: Variant::PvUpstream, what: "mutex: a task locks a mutex it holds and blocks; a spurious wakeup makes it first, it requests a hand-off and takes it from itself (v4.10; ad90880dc962 brought it back upstream, results/findings)", build: recursive_run, evidence: recursive_taken, mutex: Some(MutexVariant::V4_10), page_wake: None },
+        Repro { name: "mutex-handoff-lost", race: "048661a1f963", default_variant: Variant::PvUpstream, what: "mutex: HANDOFF set on an unlocked mutex is cleared by a stealer and, before the fix, never requested again: the first waiter wakes again and again with no hand-off standing", build: handoff_lost_run, evidence: handoff_lost, mutex: Some(MutexVariant::V5_12), page_wake: None },
+        Repro { name: "kick-hash-forgotten", race: "R1", default_variant: Variant::KernelPv, what: "a queue head that ignores that pv_kick_node() already hashed it hashes the lock again (kernel code only: configs/kernel-bugs/head-forgets-kick-hash.patch)", build: kick_hash_forgotten_run, evidence: double_hash, mutex: None, page_wake: None },
     ]
 }
 
@@ -696,6 +700,9 @@ pub fn config_for(repro: &Repro, target: &Target, mode: Mode, seed: u64, budget_
     if let Some(m) = repro.mutex {
         rc.lock.mutex = m;
     }
+    if let Some(pw) = repro.page_wake {
+        rc.lock.page_wake = pw;
+    }
     if target.variant.is_kernel() {
         let Some(k) = &target.kernel else {
             bail!("reproducer `{}` on `{}`: name the kernel tree (--kernel-tree)", repro.name, target.variant)
@@ -761,6 +768,10 @@ pub struct ReproResult {
     /// its `wait_lock`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mutex: Option<MutexVariant>,
+    /// The wake path of a page-wake reproducer (`variant` is then its
+    /// queue lock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_wake: Option<PageWakeVariant>,
     /// The outcome matrix's column: the variant's name, or for a kernel
     /// build the tree's release and patches (`kernel-pv 6.12.117 x86
     /// +halted-head.patch`).
@@ -852,9 +863,10 @@ pub fn run_repro_on(
     let mut runs = Vec::new();
     let mut traced_detection = false;
     // A mutex reproducer's column is its mutex variant on its wait_lock.
-    let mut column = match repro.mutex {
-        Some(m) => format!("{} on {}", m.name(), target.variant.name()),
-        None => target.variant.name().to_string(),
+    let mut column = match (repro.mutex, repro.page_wake) {
+        (Some(m), _) => format!("{} on {}", m.name(), target.variant.name()),
+        (None, Some(pw)) => format!("{} on {}", pw.name(), target.variant.name()),
+        (None, None) => target.variant.name().to_string(),
     };
     let mut kernel = None;
     for i in 0..seeds {
@@ -893,6 +905,7 @@ pub fn run_repro_on(
         repro: repro.name.into(),
         variant: target.variant,
         mutex: repro.mutex,
+        page_wake: repro.page_wake,
         column,
         mode,
         budget_ms,

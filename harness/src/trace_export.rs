@@ -69,6 +69,19 @@ fn effect(ev: TraceEvent) -> Effect {
         E::IrqEnter => Effect::Open(SpanKind::Interrupt),
         E::IrqExit => Effect::Close(SpanKind::Interrupt, None),
         E::Queued | E::BecameHead | E::KickNode | E::Hash | E::Unhash | E::Kick | E::Stolen => Effect::Instant,
+        // The page wait queues: steps of the waker and the waiter.
+        E::PageWaitEnter
+        | E::PageAddTail
+        | E::PageVisit
+        | E::PageReadPrivate
+        | E::PageListDel
+        | E::PageSetWoken
+        | E::PageWakeTask
+        | E::PageWaitSeen
+        | E::PageWaitReturn
+        | E::PageTaskExit
+        | E::PageTaskFork
+        | E::PageUseAfterFree => Effect::Instant,
     }
 }
 
@@ -135,6 +148,23 @@ fn instant_args(e: &TraceEntry, ev: TraceEvent) -> String {
         TraceEvent::Hash if e.arg == u16::MAX => "\"double_hash\":true".to_string(),
         TraceEvent::Hash | TraceEvent::Unhash => format!("\"slot\":{},\"value\":{}", e.arg, e.value),
         TraceEvent::Queued => format!("\"node\":{},\"old_tail\":{}", e.arg, e.value),
+        TraceEvent::PageUseAfterFree => format!(
+            "\"owner\":{},\"step\":{},\"object\":{}",
+            e.arg,
+            json_str(pvlock_abi::WakeStep::from_u32(e.value >> 8).map_or("?", |s| s.name())),
+            json_str(pvlock_abi::FreedObject::from_u32(e.value & 0xff).map_or("?", |o| o.name()))
+        ),
+        TraceEvent::PageWaitEnter
+        | TraceEvent::PageAddTail
+        | TraceEvent::PageVisit
+        | TraceEvent::PageReadPrivate
+        | TraceEvent::PageListDel
+        | TraceEvent::PageSetWoken
+        | TraceEvent::PageWakeTask
+        | TraceEvent::PageWaitSeen
+        | TraceEvent::PageWaitReturn
+        | TraceEvent::PageTaskExit
+        | TraceEvent::PageTaskFork => format!("\"vcpu\":{},\"value\":{}", e.arg, e.value),
         _ => format!("\"arg\":{},\"value\":{}", e.arg, e.value),
     }
 }

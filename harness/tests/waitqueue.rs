@@ -51,6 +51,20 @@ fn the_rfc_wakes_an_exited_task_at_the_first_directed_try() {
         r.diagnosis.holds
     );
     assert!(r.summary.contains(&format!("vCPU {cpu}")) && r.summary.contains(&format!("vCPU {owner}'s task")));
+    // The race diagram from the trace: both vCPUs' columns, the waker's
+    // unlink and stall, the waiter's return and exit before the access.
+    let d = r.diagnosis.race_diagram.as_deref().expect("a race diagram of the use-after-free");
+    assert!(d.contains(&format!("vCPU {cpu} (waker: unlock_page())")), "{d}");
+    assert!(d.contains(&format!("vCPU {owner} (waiter: wait_on_page_bit_common())")), "{d}");
+    let pos = |needle: &str| d.find(needle).unwrap_or_else(|| panic!("{needle:?} not in\n{d}"));
+    assert!(pos("list_del_init(&wait->entry);") < pos("<preempted at page-wake-between>"), "{d}");
+    assert!(pos("<preempted at page-wake-between>") < pos("break; <unlinked: no queue lock taken>"), "{d}");
+    assert!(pos("break; <unlinked") < pos("do_exit(); <task freed>"), "{d}");
+    assert!(
+        pos("do_exit(); <task freed>") < pos(&format!("<USE-AFTER-FREE: wake-task on vCPU {owner}'s freed task>")),
+        "{d}"
+    );
+    assert!(d.contains("<caught at guest/lib/src/sleeping/page.rs:"), "{d}");
 }
 
 #[test]
@@ -120,4 +134,28 @@ fn page_wake_refuses_nesting_interrupts_and_too_many_pages() {
     let mut rc = repro::page_wake_base(Variant::PvUpstream, PageWakeVariant::Upstream, 1, 100);
     rc.torture.locks = pvlock_abi::MAX_PAGES as u32 + 1;
     assert!(rc.validate().unwrap_err().to_string().contains("torture.locks"));
+}
+
+#[test]
+fn page_wake_reproducers_take_the_wake_path_from_the_cli() {
+    let bin = env!("CARGO_BIN_EXE_pvlock");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin).args(args).output().expect("pvlock runs");
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = run(&["repro", "page-wake-uaf", "--page-wake", "page-wake-v9", "--seeds", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown page wake variant `page-wake-v9`") && err.contains("page-wake-upstream"), "{err}");
+    let (code, err) = run(&["repro", "double-hash", "--page-wake", "page-wake-upstream", "--seeds", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`double-hash` is not a page-wake reproducer") && err.contains("page-wake-uaf"), "{err}");
+    let (code, err) = run(&["repro", "--all", "--page-wake", "page-wake-upstream"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--page-wake go with one reproducer"), "{err}");
+    // The chosen path is the run's `lock.page_wake`, the entry's window kept.
+    let r = repro::find("page-wake-uaf").unwrap();
+    let chosen = repro::Repro { page_wake: Some(PageWakeVariant::Upstream), ..r };
+    let rc = repro::config_for(&chosen, &repro::Target::variant(r.default_variant), Mode::Directed, 1, 600).unwrap();
+    assert_eq!(rc.lock.page_wake, PageWakeVariant::Upstream);
+    assert!(matches!(rc.preempt.schedule[0].at, pvlock_vmm::config::HoldAt::Window(Window::PageWakeBetween)));
 }

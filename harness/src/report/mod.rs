@@ -14,6 +14,7 @@ pub mod page_wake;
 pub mod plots;
 pub mod sleeping;
 pub mod summary;
+pub mod table;
 
 pub use diff::{diff, DiffReport};
 

@@ -6,10 +6,10 @@
 //! unlock_page"): the old path against the 2020 rewrite. Pure functions of
 //! the records.
 
+use super::table::{cell as e, groups, lock_event as ev, OkRuns};
 use crate::record::Record;
 use crate::stats::Estimate;
 use pvlock_abi::Workload;
-use std::collections::BTreeMap;
 
 /// One group of page-wake runs.
 #[derive(Debug, Clone)]
@@ -30,34 +30,33 @@ pub struct PageWakeRow {
     pub walk_us: Option<Estimate>,
     /// Longest walk of the run, us.
     pub max_walk_us: Option<Estimate>,
+    /// Cost of one entry visit in the walk, ns, visits the vCPU was
+    /// preempted in left out.
+    pub visit_ns: Option<Estimate>,
+    /// The walk per unlock with the preempted visits left out, us:
+    /// `visit_ns` x visits per unlock.
+    pub walk_unstalled_us: Option<Estimate>,
+    /// Share of the visits left out as preempted.
+    pub stalled_visit_share: Option<Estimate>,
     /// Re-queues per wait (woken, lost the bit, queued again).
     pub requeues_per_wait: Option<Estimate>,
     /// Page locks and waits per second (all tasks).
     pub ops_per_sec: Option<Estimate>,
 }
 
-fn ev(r: &Record, name: &str) -> f64 {
-    r.lock_events.get(name).copied().unwrap_or(0) as f64
+/// One entry visit's cost, ns, preempted visits left out.
+fn visit_ns(r: &Record) -> Option<f64> {
+    let n = ev(r, "page_wake_visits_timed");
+    (n > 0.0 && r.tsc_khz > 0).then(|| ev(r, "page_wake_visit_cycles") / n / r.tsc_khz as f64 * 1e6)
 }
 
 /// The page-wake rows of `records` (empty without page-wake runs).
 pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
-    let mut groups: BTreeMap<(String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.config.workload == Workload::PageWake) {
-        let k = (
-            r.config.lock.page_wake.name().to_string(),
-            r.config.lock.variant.name().to_string(),
-            r.vcpus,
-            r.host_cpus,
-        );
-        groups.entry(k).or_default().push(r);
-    }
-    groups
+    groups(records, Workload::PageWake, |r| r.config.lock.page_wake.name())
         .into_iter()
         .map(|((page_wake, queue_lock, vcpus, host_cpus), rs)| {
-            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
-            let per =
-                |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
+            let ok = OkRuns::of(&rs);
+            let per = |f: &dyn Fn(&Record) -> Option<f64>| ok.estimate(f);
             let per_unlock = |r: &Record, name: &str| {
                 let n = ev(r, "page_wake_calls");
                 (n > 0.0).then(|| ev(r, name) / n)
@@ -69,12 +68,18 @@ pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
                 vcpus,
                 host_cpus,
                 runs: rs.len(),
-                ok: ok.len(),
+                ok: ok.ok.len(),
                 queued_per_unlock: per(&|r| per_unlock(r, "page_wake_queued")),
                 woken_per_unlock: per(&|r| per_unlock(r, "page_wake_woken")),
                 visits_per_unlock: per(&|r| per_unlock(r, "page_wake_visits")),
                 walk_us: per(&|r| per_unlock(r, "page_wake_loop_cycles").and_then(|c| cycles_us(r, c))),
                 max_walk_us: per(&|r| cycles_us(r, ev(r, "page_wake_loop_max_cycles"))),
+                visit_ns: per(&|r| visit_ns(r)),
+                walk_unstalled_us: per(&|r| Some(visit_ns(r)? * per_unlock(r, "page_wake_visits")? / 1e3)),
+                stalled_visit_share: per(&|r| {
+                    let n = ev(r, "page_wake_visits_timed") + ev(r, "page_wake_visits_stalled");
+                    (n > 0.0).then(|| ev(r, "page_wake_visits_stalled") / n)
+                }),
                 requeues_per_wait: per(&|r| {
                     let w = ev(r, "page_waits");
                     (w > 0.0).then(|| ev(r, "page_wait_requeue") / w)
@@ -83,14 +88,6 @@ pub fn rows(records: &[Record]) -> Vec<PageWakeRow> {
             }
         })
         .collect()
-}
-
-fn e(x: Option<Estimate>, d: usize) -> String {
-    match x {
-        None => "-".into(),
-        Some(Estimate { mean, ci95: Some(c), .. }) => format!("{mean:.d$} ± {c:.d$}"),
-        Some(Estimate { mean, .. }) => format!("{mean:.d$}"),
-    }
 }
 
 /// The markdown section ("" without page-wake runs).
@@ -102,15 +99,20 @@ pub fn markdown(rows: &[PageWakeRow]) -> String {
         "\n## Page wake-ups (page-wake)\n\n\
          Per wake path and vCPUs (one task per vCPU, all on the pages of the run: the waiters), ok runs, \
          mean ± 95% interval over repeats. Per `wake_up_page_bit()` (an `unlock_page()` that saw \
-         PG_waiters): entries *queued* when the walk started, tasks *woken*, entries *visited*, the *walk* with the queue lock held (mean and the \
-         run's longest, us; guest TSC, so host preemption of the waker's vCPU counts in); *re-queues* per \
-         wait. Timing on an overcommitted host is noisy: compare paths within one run of the matrix.\n\n\
-         | path | queue lock | vCPUs | host CPUs | runs ok | queued / unlock | woken / unlock | visited / unlock | walk us | longest walk us | re-queues / wait | ops/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         PG_waiters): entries *queued* when the walk started, tasks *woken*, entries *visited*. \
+         *ns / visit*: one entry visit of the walk (wake function, kick included) with the visits \
+         in which the waker's vCPU was preempted (longer than `STALL_GAP_CYCLES`) left out; \
+         *walk us* = ns / visit x visits / unlock: the queue-lock hold of one walk without host \
+         preemption. *raw walk us* and *longest*: the guest-TSC walk as measured, preemption \
+         included (on an overcommitted host these rank host scheduling, not wake paths); \
+         *stalled*: share of visits left out. *re-queues* per wait. Compare paths within one run of \
+         the matrix.\n\n\
+         | path | queue lock | vCPUs | host CPUs | runs ok | queued / unlock | woken / unlock | visited / unlock | ns / visit | walk us | raw walk us | longest us | stalled | re-queues / wait | ops/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.page_wake,
             r.queue_lock,
             r.vcpus,
@@ -120,8 +122,11 @@ pub fn markdown(rows: &[PageWakeRow]) -> String {
             e(r.queued_per_unlock, 1),
             e(r.woken_per_unlock, 2),
             e(r.visits_per_unlock, 2),
+            e(r.visit_ns, 0),
+            e(r.walk_unstalled_us, 2),
             e(r.walk_us, 1),
             e(r.max_walk_us, 0),
+            e(r.stalled_visit_share, 3),
             e(r.requeues_per_wait, 2),
             e(r.ops_per_sec, 0),
         ));

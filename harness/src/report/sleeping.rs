@@ -16,6 +16,7 @@
 //! runnable on its CPU) and the hand-off has nobody to serve.
 
 use super::plots::{svg, variant_color};
+use super::table::{cell as e, lock_event as ev, OkRuns};
 use crate::record::Record;
 use crate::stats::Estimate;
 use plotters::prelude::*;
@@ -59,10 +60,6 @@ impl MutexRow {
     }
 }
 
-fn ev(r: &Record, name: &str) -> f64 {
-    r.lock_events.get(name).copied().unwrap_or(0) as f64
-}
-
 /// The mutex rows of `records` (empty when there are no mutex runs).
 pub fn rows(records: &[Record]) -> Vec<MutexRow> {
     let mut groups: BTreeMap<(u32, String, String, u32, u32), Vec<&Record>> = BTreeMap::new();
@@ -75,9 +72,8 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
     groups
         .into_iter()
         .map(|((slice_us, mutex, wait_lock, vcpus, host_cpus), rs)| {
-            let ok: Vec<&Record> = rs.iter().copied().filter(|r| r.status.is_ok()).collect();
-            let per =
-                |f: &dyn Fn(&Record) -> Option<f64>| Estimate::of(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
+            let ok = OkRuns::of(&rs);
+            let per = |f: &dyn Fn(&Record) -> Option<f64>| ok.estimate(f);
             // Cycles -> ms, per second of run per vCPU.
             let ms_per_s = |r: &Record, name: &str| {
                 let secs = r.duration_ms / 1e3;
@@ -92,7 +88,7 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
                 host_cpus,
                 slice_us,
                 runs: rs.len(),
-                ok: ok.len(),
+                ok: ok.ok.len(),
                 acq_per_sec: per(&|r| Some(r.acquisitions_per_sec)),
                 wasted_ms_per_s: per(&|r| ms_per_s(r, "mutex_spin_preempted_cycles")),
                 spin_ms_per_s: per(&|r| ms_per_s(r, "mutex_spin_cycles")),
@@ -107,14 +103,6 @@ pub fn rows(records: &[Record]) -> Vec<MutexRow> {
             }
         })
         .collect()
-}
-
-fn e(x: Option<Estimate>, d: usize) -> String {
-    match x {
-        None => "-".into(),
-        Some(Estimate { mean, ci95: Some(c), .. }) => format!("{mean:.d$} ± {c:.d$}"),
-        Some(Estimate { mean, .. }) => format!("{mean:.d$}"),
-    }
 }
 
 /// The markdown section ("" without mutex runs).

@@ -33,13 +33,13 @@
 //! flag word, as in the kernel's `enum pageflags`.
 
 use super::waitqueue::{
-    EntryRef, WaitQueueHead, WaitQueues, WQ_FLAG_CUSTOM, WQ_FLAG_DONE, WQ_FLAG_EXCLUSIVE, WQ_FLAG_WOKEN,
+    trace, EntryRef, WaitQueueHead, WaitQueues, WQ_FLAG_CUSTOM, WQ_FLAG_DONE, WQ_FLAG_EXCLUSIVE, WQ_FLAG_WOKEN,
 };
 use super::{TASK_RUNNING, TASK_UNINTERRUPTIBLE};
 use crate::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::torture::{Clock, StopReason};
 use crate::Platform;
-use pvlock_abi::{GuestPhase, LockEvent, PageWakeVariant, WakeStep, Window};
+use pvlock_abi::{GuestPhase, LockEvent, PageWakeVariant, TraceEvent, WakeStep, Window};
 
 /// What `pvlock list variants` says about a page wake path.
 pub struct PageWakeInfo {
@@ -91,6 +91,18 @@ pub const PG_LOCKED: u32 = 0;
 /// `PG_waiters`: the flag word's bit 7, so `clear_bit_unlock_is_negative_byte()`
 /// reads it in the same `lock andb`.
 pub const PG_WAITERS: u32 = 7;
+/// [`TraceEvent::PageWaitSeen`]'s value: the waiter saw its entry
+/// unlinked (`list_empty_careful()`).
+pub const SEEN_UNLINKED: u32 = 1;
+/// ... saw `WQ_FLAG_WOKEN` in its entry's flags.
+pub const SEEN_WOKEN: u32 = 2;
+/// A walk step (one entry visited: the wake function, a wakeup's kick
+/// included) longer than this many TSC cycles (40 us at 2.5 GHz; a visit
+/// takes well under 10 us even with the kick's VM exit) had its vCPU
+/// preempted, by the host or the VMM's window stall; its time is left out
+/// of the per-entry walk cost (`page_wake_visit_cycles`), so that the cost
+/// compares wake paths rather than host scheduling.
+pub const STALL_GAP_CYCLES: u64 = 100_000;
 /// `sysctl_page_lock_unfairness`'s default (5ef64cc8987a).
 pub const PAGE_LOCK_UNFAIRNESS: i32 = 5;
 /// Most pages a run may have.
@@ -227,11 +239,20 @@ impl<'s, 'a> PageSystem<'s, 'a> {
         let mut nr_exclusive = 1u32;
         let mut cur = wq.first(q);
         while cur != super::waitqueue::HEAD {
+            let tv = p.cycles();
             let r = wq.entry_ref(p, cur, WakeStep::Walk);
             let next = wq.next_checked(p, r);
             let flags = wq.check_entry(p, r, WakeStep::Walk).flags.load(Ordering::Relaxed);
             p.event(LockEvent::PageWakeVisits, 1);
+            trace(p, TraceEvent::PageVisit, q.addr(), r.owner(), flags);
             let ret = self.wake_page_function(p, q, r, &mut key);
+            let dv = p.cycles().wrapping_sub(tv);
+            if dv < STALL_GAP_CYCLES {
+                p.event(LockEvent::PageWakeVisitCycles, dv);
+                p.event(LockEvent::PageWakeVisitsTimed, 1);
+            } else {
+                p.event(LockEvent::PageWakeVisitsStalled, 1);
+            }
             if ret < 0 {
                 break;
             }
@@ -313,7 +334,8 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     ret = 1;
                 }
                 if self.variant == PageWakeVariant::OlegWoken {
-                    wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    let f = wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    trace(p, TraceEvent::PageSetWoken, q.addr(), r.owner(), f | WQ_FLAG_WOKEN);
                     // wmb(): WOKEN visible before the wakeup; pairs with the
                     // waiter's rmb() after finish_wait() and with its
                     // set_current_state() + WOKEN test (the wakeup's own
@@ -326,7 +348,8 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     let t = wq.read_private(p, r, WakeStep::ReadPrivate);
                     let woke = wq.wake_task(p, t);
                     p.race_window(Window::PageWakeBeforeWoken);
-                    wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    let f = wq.check_entry(p, r, WakeStep::SetFlags).flags.fetch_or(WQ_FLAG_WOKEN, Ordering::Relaxed);
+                    trace(p, TraceEvent::PageSetWoken, q.addr(), r.owner(), f | WQ_FLAG_WOKEN);
                     if woke {
                         wq.list_del_init(p, q, r.id, Some(r), false);
                         ret.max(1)
@@ -365,6 +388,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     // smp_load_acquire(&wait->flags).
                     fr.flags.store(flags | WQ_FLAG_WOKEN, Ordering::Release);
                 }
+                trace(p, TraceEvent::PageSetWoken, q.addr(), r.owner(), flags | WQ_FLAG_WOKEN);
                 let t = wq.read_private(p, r, WakeStep::ReadPrivate);
                 wq.wake_task(p, t);
                 // The waiter may see WOKEN and spin on its entry: it still
@@ -426,6 +450,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             PageWakeVariant::Upstream => self.wait_upstream(p, q, id, page, bit_nr, behavior),
         };
         // The frame is gone from here on.
+        trace(p, TraceEvent::PageWaitReturn, q.addr(), p.cpu(), ret as u32);
         wq.leave_frame(p, id);
         p.set_phase(GuestPhase::Running, 0, 0);
         ret
@@ -519,6 +544,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             }
             // The entry unlinked by the waker is success: no lock taken.
             if wq.list_empty_careful(p, id, false) {
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_UNLINKED);
                 break;
             }
             self.io_schedule(p);
@@ -542,6 +568,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
             // waker that saw us not sleeping set WOKEN before (wmb()).
             wq.tasks.set_current_state(p, TASK_UNINTERRUPTIBLE);
             if me.flags.load(Ordering::Relaxed) & WQ_FLAG_WOKEN != 0 {
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_WOKEN);
                 break;
             }
             if self.signal_pending(p) {
@@ -578,6 +605,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                 break;
             }
             if me.flags.load(Ordering::Relaxed) & WQ_FLAG_WOKEN != 0 {
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_WOKEN);
                 break;
             }
             self.io_schedule(p);
@@ -627,6 +655,7 @@ impl<'s, 'a> PageSystem<'s, 'a> {
                     self.io_schedule(p);
                     continue;
                 }
+                trace(p, TraceEvent::PageWaitSeen, q.addr(), p.cpu(), SEEN_WOKEN);
                 if b != Behavior::Exclusive || flags & WQ_FLAG_DONE != 0 {
                     break 'repeat;
                 }

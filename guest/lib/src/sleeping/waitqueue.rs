@@ -28,7 +28,7 @@ use super::task::Tasks;
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::{LockSystem, Platform, RawLock};
 use core::fmt;
-use pvlock_abi::{FreedObject, UafRecord, WakeStep};
+use pvlock_abi::{FreedObject, TraceEvent, UafRecord, WakeStep};
 
 /// `WQ_FLAG_EXCLUSIVE` (include/linux/wait.h).
 pub const WQ_FLAG_EXCLUSIVE: u32 = 0x01;
@@ -275,6 +275,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         // through the list, under the queue lock taken after this) sees
         // initialised fields.
         f.life.store(tag, Ordering::Release);
+        trace(p, TraceEvent::PageWaitEnter, 0, p.cpu(), tag);
         id
     }
 
@@ -294,6 +295,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         let l = self.life(p, p.cpu());
         let tag = l.life.load(Ordering::Relaxed) & !LIVE;
         l.life.store(tag, Ordering::Release);
+        trace(p, TraceEvent::PageTaskExit, 0, p.cpu(), tag);
         p.event(pvlock_abi::LockEvent::PageTaskExits, 1);
     }
 
@@ -302,6 +304,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         let l = self.life(p, p.cpu());
         let tag = (l.life.load(Ordering::Relaxed) | LIVE).wrapping_add(2);
         l.life.store(tag, Ordering::Release);
+        trace(p, TraceEvent::PageTaskFork, 0, p.cpu(), tag);
     }
 
     /// The waker's reference to an entry it reached on a list (under the
@@ -338,6 +341,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
             Some(c) if (c as usize) < self.lives.len() => c,
             _ => p.bug(format_args!("wait->private = {v:#x}: not a task")),
         };
+        trace(p, TraceEvent::PageReadPrivate, 0, r.owner(), cpu);
         TaskRef { cpu, tag: self.life(p, cpu).life.load(Ordering::Acquire) }
     }
 
@@ -351,6 +355,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
             self.report(p, FreedObject::Task, t.cpu, WakeStep::WakeTask, t.tag, now, l as *const _ as u64);
         }
         let woke = self.tasks.wake_up_process(p, t.cpu);
+        trace(p, TraceEvent::PageWakeTask, 0, t.cpu, woke as u32);
         if woke {
             p.event(pvlock_abi::LockEvent::PageWakeWoken, 1);
         }
@@ -369,6 +374,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         now: u32,
         addr: u64,
     ) -> ! {
+        trace(p, TraceEvent::PageUseAfterFree, 0, owner, (step as u32) << 8 | object as u32);
         p.use_after_free(&UafRecord {
             waker: p.cpu(),
             owner,
@@ -391,6 +397,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
         self.next_of(p, q, last).store(id, Ordering::Relaxed);
         q.prev.store(id, Ordering::Relaxed);
         q.len.fetch_add(1, Ordering::Relaxed);
+        trace(p, TraceEvent::PageAddTail, q.addr(), id - 1, f.flags.load(Ordering::Relaxed));
     }
 
     /// The first entry (`list_first_entry`), or `HEAD` when empty (under
@@ -427,6 +434,7 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
     ) {
         if let Some(r) = waker {
             self.check_entry(p, r, WakeStep::ListDel);
+            trace(p, TraceEvent::PageListDel, q.addr(), r.owner(), careful as u32);
         }
         let f = self.frame(p, id);
         let next = f.next.load(Ordering::Relaxed);
@@ -482,4 +490,9 @@ impl<'s, 'a> WaitQueues<'s, 'a> {
     pub fn active(&self, q: &WaitQueueHead) -> bool {
         q.next.load(Ordering::Relaxed) != HEAD
     }
+}
+
+/// A page wait-queue trace event about vCPU `cpu`'s entry or task.
+pub fn trace<P: Platform>(p: &P, ev: TraceEvent, lock: usize, cpu: u32, value: u32) {
+    p.trace(ev, lock, cpu as u16, value);
 }

@@ -51,6 +51,19 @@ pub fn spin_path_id(p: SpinPath) -> u16 {
     100 + p as u16
 }
 
+/// Yield at every race window (the page-wake model sets it; the other
+/// models leave it off). loom's `fence(SeqCst)` joins one global clock
+/// (loom 0.7, `rt/thread.rs` `seq_cst_fence`), so in every execution where
+/// a thread's SC fence runs after another's, everything before the first
+/// fence happens-before everything after the second; its DPOR then sees no
+/// race between those accesses and never tries the other order. A waker
+/// whose `try_to_wake_up()` barrier comes after its lifetime check thus
+/// always "happens before" the waiter's exit, and the interleaving with the
+/// waiter running inside the waker's window is never explored, even without
+/// a preemption bound. A yield at the window is a schedule point loom
+/// explores without needing a race.
+pub static YIELD_AT_WINDOWS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub struct LoomPlatform {
     cpu: u32,
     nr: u32,
@@ -129,7 +142,13 @@ impl Platform for LoomPlatform {
             loom::thread::yield_now();
         }
     }
-    fn race_window(&self, _w: Window) {}
+    /// A yield when [`YIELD_AT_WINDOWS`] is set: loom then runs the other
+    /// threads where the VMM would preempt this vCPU (see the static).
+    fn race_window(&self, _w: Window) {
+        if YIELD_AT_WINDOWS.load(std::sync::atomic::Ordering::Relaxed) {
+            loom::thread::yield_now();
+        }
+    }
     fn event(&self, ev: LockEvent, _n: u64) {
         match ev {
             LockEvent::LockPending => self.pending.set(true),
