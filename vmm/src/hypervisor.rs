@@ -54,7 +54,14 @@ pub struct WaitChannel {
     pub head_wait: std::sync::atomic::AtomicBool,
     /// Blocking waits that were a queue head's (directed `head-blocked`).
     pub head_blocks: AtomicU64,
+    /// The host thread id of this vCPU's thread (0 until it runs): whose
+    /// run-queue delay [`crate::watchdog::host_run_delay_ns`] reads.
+    pub host_tid: std::sync::atomic::AtomicI32,
 }
+
+/// How often a timed-out wait looks again while another vCPU's wake-up is
+/// in flight.
+const WAKE_IN_FLIGHT_RECHECK: Duration = Duration::from_millis(5);
 
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +90,7 @@ impl WaitChannel {
             wait_gpa: AtomicU64::new(0),
             head_wait: std::sync::atomic::AtomicBool::new(false),
             head_blocks: AtomicU64::new(0),
+            host_tid: std::sync::atomic::AtomicI32::new(0),
         })
     }
 
@@ -98,7 +106,14 @@ impl WaitChannel {
     }
 
     /// Implements one pv_wait of this vCPU. `current` re-reads the watched
-    /// guest byte; `now_us` is the run clock. Returns how it ended.
+    /// guest byte; `now_us` is the run clock; `host_delay_ns` is how long,
+    /// in total so far, the host has kept this machine's vCPU threads
+    /// runnable but off a CPU ([`crate::watchdog::host_run_delay_ns`]);
+    /// `wake_in_flight` says whether another vCPU's thread is starved by the
+    /// host now: kicked and not yet run to take the kick
+    /// ([`crate::watchdog::wake_in_flight`]), or runnable and given no CPU
+    /// ([`crate::watchdog::starved_now`]).
+    /// Returns how it ended.
     // The arguments are the hypercall's inputs plus the run's context;
     // bundling them would only move the list elsewhere.
     #[allow(clippy::too_many_arguments)]
@@ -111,6 +126,8 @@ impl WaitChannel {
         current: impl Fn() -> u8,
         run_start: Instant,
         rng: &mut crate::preempt::Rng,
+        host_delay_ns: impl Fn() -> u64,
+        wake_in_flight: impl Fn() -> bool,
     ) -> WaitEnd {
         self.counters.add(VmmCounter::Waits, 1);
         if cfg.kick == KickContract::LostIfNotWaiting {
@@ -162,7 +179,7 @@ impl WaitChannel {
                 other = Some((at, WaitEnd::Spurious));
             }
         }
-        let end = self.block(cfg.stall_timeout_ms, began, other);
+        let end = self.block(cfg.stall_timeout_ms, began, other, host_delay_ns, wake_in_flight);
         match end {
             WaitEnd::Interrupt => self.counters.add(VmmCounter::InterruptWakeups, 1),
             WaitEnd::Spurious => self.counters.add(VmmCounter::SpuriousWakeups, 1),
@@ -183,8 +200,28 @@ impl WaitChannel {
         self.blocked_since_us.store(0, Ordering::Release);
     }
 
-    fn block(&self, timeout_ms: u64, began: Instant, other: Option<(Instant, WaitEnd)>) -> WaitEnd {
-        let deadline = began + Duration::from_millis(timeout_ms);
+    /// Blocks until a kick, a control event, `other`, or `timeout_ms` of
+    /// wall time in which the host let every vCPU thread run: time the
+    /// host kept a vCPU thread runnable but off a CPU (`host_delay_ns`
+    /// grew) does not count, because the vCPU that would kick this one may
+    /// be that thread. On a loaded host (2 CPUs, load 15) vCPU threads were
+    /// seen waiting 300 ms and more for a CPU, and waits of 500 ms that
+    /// ended by their kick were judged lost (results/findings/). The
+    /// run-queue delay of a thread is booked only when it gets a CPU, so a
+    /// starvation in progress is seen another way: while another vCPU
+    /// thread has a kick it has not taken, or is runnable and gets no CPU,
+    /// the timeout waits for it.
+    fn block(
+        &self,
+        timeout_ms: u64,
+        began: Instant,
+        other: Option<(Instant, WaitEnd)>,
+        host_delay_ns: impl Fn() -> u64,
+        wake_in_flight: impl Fn() -> bool,
+    ) -> WaitEnd {
+        let delay_at_start = host_delay_ns();
+        let timeout = Duration::from_millis(timeout_ms);
+        let mut deadline = began + timeout;
         loop {
             let now = Instant::now();
             if let Some((t, why)) = other {
@@ -193,7 +230,16 @@ impl WaitChannel {
                 }
             }
             if now >= deadline {
-                return WaitEnd::TimedOut;
+                let starved = Duration::from_nanos(host_delay_ns().saturating_sub(delay_at_start));
+                let extended = began + timeout + starved;
+                if extended > now {
+                    deadline = extended;
+                } else if wake_in_flight() {
+                    deadline = now + WAKE_IN_FLIGHT_RECHECK;
+                } else {
+                    return WaitEnd::TimedOut;
+                }
+                continue;
             }
             let until = other.map(|(t, _)| t.min(deadline)).unwrap_or(deadline);
             // poll(2) has millisecond resolution; sub-millisecond ends are
@@ -218,6 +264,15 @@ impl WaitChannel {
         }
     }
 
+    /// A kick is waiting in this vCPU's eventfd (not consumed: the vCPU
+    /// thread has not yet run to take it).
+    pub fn kick_pending(&self) -> bool {
+        let mut fd = libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+        rc > 0 && fd.revents & libc::POLLIN != 0
+    }
+
     /// Wakes a blocked wait with a control event.
     pub fn poke(&self) {
         let _ = self.control.write(1);
@@ -238,11 +293,14 @@ mod tests {
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::Remembered);
         assert_eq!(
-            ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::ValueChanged
         );
         // KVM keeps pv_unhalted set: the next wait returns at once.
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Kicked);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
+            WaitEnd::Kicked
+        );
         assert_eq!(ch.counters.get(VmmCounter::WaitsKickPending), 1);
     }
 
@@ -250,7 +308,10 @@ mod tests {
     fn unchecked_wait_blocks_even_if_value_changed() {
         let ch = WaitChannel::new().unwrap();
         let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
-        assert_eq!(ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
+            WaitEnd::TimedOut
+        );
         // Still shown as blocked (for the dump) until the caller says so.
         assert_ne!(ch.blocked_since_us.load(Ordering::Acquire), 0);
         ch.end_blocked();
@@ -262,7 +323,10 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::LostIfNotWaiting);
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
+            WaitEnd::TimedOut
+        );
         assert_eq!(ch.counters.get(VmmCounter::KicksDropped), 1);
     }
 
@@ -277,9 +341,65 @@ mod tests {
             }
             k.kick.write(1).unwrap();
         });
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Kicked);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
+            WaitEnd::Kicked
+        );
         t.join().unwrap();
         assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 1);
+    }
+
+    /// A wait whose kick comes late because the host kept the vCPU
+    /// threads off CPU meanwhile is not timed out: only time in which the
+    /// threads could run counts. Before, it timed out at 30 ms.
+    #[test]
+    fn host_starvation_does_not_count_towards_the_stall_timeout() {
+        let ch = std::sync::Arc::new(WaitChannel::new().unwrap());
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        let start = Instant::now();
+        // The host starves the vCPU threads for the first 200 ms.
+        let starved = move || start.elapsed().min(Duration::from_millis(200)).as_nanos() as u64;
+        let k = ch.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(120));
+            k.kick.write(1).unwrap();
+        });
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), starved, || false),
+            WaitEnd::Kicked
+        );
+        t.join().unwrap();
+        // Once the threads run again, the 30 ms count: no kick, timed out
+        // 30 ms after the starvation ended, not before.
+        let start = Instant::now();
+        let starved = move || start.elapsed().min(Duration::from_millis(100)).as_nanos() as u64;
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), starved, || false),
+            WaitEnd::TimedOut
+        );
+        assert!(start.elapsed() >= Duration::from_millis(130), "{:?}", start.elapsed());
+    }
+
+    /// Another vCPU kicked but not yet running (its kick still in its
+    /// eventfd) holds the timeout back: its run-queue delay is booked only
+    /// once it runs. Before, the wait timed out at 30 ms.
+    #[test]
+    fn a_wake_up_in_flight_holds_the_stall_timeout_back() {
+        let ch = WaitChannel::new().unwrap();
+        let other = WaitChannel::new().unwrap();
+        other.kick.write(1).unwrap();
+        assert!(other.kick_pending() && !ch.kick_pending());
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        let start = Instant::now();
+        let in_flight = || {
+            if start.elapsed() >= Duration::from_millis(100) {
+                let _ = other.kick.read(); // the other vCPU ran and took it
+            }
+            other.kick_pending()
+        };
+        let end = ch.wait(&c, false, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), || 0, in_flight);
+        assert_eq!(end, WaitEnd::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(100), "{:?}", start.elapsed());
     }
 
     #[test]
@@ -287,7 +407,10 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.poke();
         let c = HypervisorConfig { stall_timeout_ms: 5000, ..Default::default() };
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Control);
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
+            WaitEnd::Control
+        );
     }
 }
 
@@ -300,7 +423,7 @@ mod more_tests {
         let ch = WaitChannel::new().unwrap();
         let c = HypervisorConfig { interrupt_us: 2000, stall_timeout_ms: 5000, ..Default::default() };
         let t = Instant::now();
-        let end = ch.wait(&c, false, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1));
+        let end = ch.wait(&c, false, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1), || 0, || false);
         assert_eq!(end, WaitEnd::Interrupt);
         assert!(t.elapsed() < Duration::from_millis(100));
         assert_eq!(ch.counters.get(VmmCounter::InterruptWakeups), 1);
@@ -312,7 +435,7 @@ mod more_tests {
         let c = HypervisorConfig { spurious_wakeup_prob: 1.0, stall_timeout_ms: 5000, ..Default::default() };
         let mut rng = crate::preempt::Rng::new(3);
         for _ in 0..5 {
-            assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut rng), WaitEnd::Spurious);
+            assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut rng, || 0, || false), WaitEnd::Spurious);
         }
         assert_eq!(ch.counters.get(VmmCounter::SpuriousWakeups), 5);
     }
