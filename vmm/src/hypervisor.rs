@@ -236,6 +236,11 @@ impl WaitChannel {
                     deadline = extended;
                 } else if wake_in_flight() {
                     deadline = now + WAKE_IN_FLIGHT_RECHECK;
+                } else if self.take_kick() {
+                    // The kick came while this thread was off CPU between
+                    // two polls, and the deadline passed before it ran
+                    // again: it was woken in time.
+                    return WaitEnd::Kicked;
                 } else {
                     return WaitEnd::TimedOut;
                 }
@@ -400,6 +405,25 @@ mod tests {
         let end = ch.wait(&c, false, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), || 0, in_flight);
         assert_eq!(end, WaitEnd::TimedOut);
         assert!(start.elapsed() >= Duration::from_millis(100), "{:?}", start.elapsed());
+    }
+
+    /// A kick that arrived while the waiting thread was off CPU past its
+    /// deadline (between two polls) wakes it: the wait is not timed out.
+    /// The closure stands in for the host: it runs at the deadline check,
+    /// after the last poll. Before, the wait timed out with the kick
+    /// pending (a "hang" of unpatched 6.1 in the 2026-12-02 matrix).
+    #[test]
+    fn a_kick_pending_at_the_deadline_is_not_a_timeout() {
+        let ch = WaitChannel::new().unwrap();
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        let kick_now = || {
+            let _ = ch.kick.write(1);
+            false
+        };
+        assert_eq!(
+            ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, kick_now),
+            WaitEnd::Kicked
+        );
     }
 
     #[test]
