@@ -715,6 +715,7 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     }
     if a.all {
         print!("{}", pvlock::repro::matrix_markdown(&results));
+        print!("{}", pvlock::repro::kernel_notes(&results));
     }
     if let Some(o) = &out {
         o.write(&command, &results, !stop.is_stopped())?;
@@ -778,6 +779,9 @@ fn list(what: &str) -> Result<()> {
                         "",
                         bug.unwrap_or_else(|| "no bug patch (today's code has not this race)".into())
                     );
+                    if let Some(note) = k.note {
+                        println!("{:<24} {note}", "");
+                    }
                 }
             }
         }

@@ -487,25 +487,29 @@ pub struct KernelForm {
     /// Turns the reproducer's Rust-variant config (already built for `mode`)
     /// into its kernel form; `Err` says why the mode has no kernel form.
     pub adapt: fn(rc: &mut RunConfig, mode: Mode) -> Result<(), String>,
+    /// What the kernel form's outcome means when it differs from the Rust
+    /// form's (printed under the outcome matrix).
+    pub note: Option<&'static str>,
 }
 
 /// The kernel form of each reproducer that has one, by name. A table apart
 /// from [`catalog`] so that reproducers of other locks (the sleeping locks)
 /// are added there without one.
 pub fn kernel_form(name: &str) -> Option<KernelForm> {
-    let form = |bug_patch, adapt| Some(KernelForm { bug_patch, adapt });
+    let form = |bug_patch, adapt| Some(KernelForm { bug_patch, adapt, note: None });
+    let contract_kept = |adapt| Some(KernelForm { bug_patch: None, adapt, note: Some(KERNEL_CONTRACT_NOTE) });
     match name {
         "double-hash" | "halted-head" => form(Some("halted-head.patch"), kernel_double_hash),
         "kick-hash-forgotten" => form(Some("head-forgets-kick-hash.patch"), kernel_kick_hash_forgotten),
         "slow-before-hash" => form(Some("slow-before-hash.patch"), kernel_slow_before_hash),
         "no-store-mb" => form(Some("wait-node-no-mb.patch"), kernel_no_store_mb),
-        // R2's hang needs only the unchecked wait contract and a steal,
-        // both of which today's code has: it is the negative control of
-        // a real fault model (see the reproducer's text).
-        "stolen-wakeup" => form(None, kernel_stolen_wakeup),
+        // R2's hang and the lost kick need a hypervisor that breaks the
+        // contract KVM keeps; their kernel forms keep it (negative
+        // controls, see KERNEL_CONTRACT_NOTE).
+        "stolen-wakeup" => contract_kept(kernel_stolen_wakeup),
         "rehash-double" => form(None, kernel_rehash),
         "hashval-stall" => form(None, kernel_hashval),
-        "lost-kick" => form(None, kernel_lost_kick),
+        "lost-kick" => contract_kept(kernel_lost_kick),
         _ => None,
     }
 }
@@ -556,18 +560,42 @@ fn no_directed_form(mode: Mode, why: &str) -> Result<(), String> {
 const NEEDS_SITES: &str = "its interleaving is forced at a source position of the kernel code, \
                            which needs preemption sites in the kernel build";
 
+/// The period of the simulated timer interrupt of the R1 kernel forms, µs:
+/// a real guest's halted vCPU is woken by its interrupts, not only by
+/// kicks, and that is how a waiter halted in `pv_wait_node()` runs again
+/// while the owner that will kick it is preempted. Shorter than the
+/// owner's stall below, so that every such stall has one.
+const KERNEL_R1_TICK_US: u64 = 500;
+
+/// How long the R1 kernel forms stall the owner in `pv_kick_node()`, µs:
+/// several ticks, plus the woken successor's head spin (64 loops of
+/// `trylock_clear_pending()`, a few µs) and its pv_hash().
+const KERNEL_R1_STALL_US: u64 = 3000;
+
 fn kernel_double_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
-    // R1's window in the kernel's code: the new owner after its MCS
-    // hand-off (qspinlock.c) and before pv_kick_node()'s cmpxchg
-    // halted -> hashed; the site stalls before the cmpxchg.
+    // R1's window in the kernel's code (6.12 line numbers): the new owner
+    // after its MCS hand-off (qspinlock.c:553
+    // arch_mcs_spin_unlock_contended(&next->locked)) and before
+    // pv_kick_node()'s cmpxchg halted -> hashed (qspinlock_paravirt.h:377);
+    // the site stalls before the cmpxchg. With halted-head.patch the
+    // successor, now head, hashes itself (:439), publishes _Q_SLOW_VAL
+    // (:452) and writes vcpu_halted instead of vcpu_hashed (:463): the
+    // owner's cmpxchg then succeeds and hashes the lock again (:388).
     const AT: &str = "pv_kick_node:cmpxchg";
     match mode {
-        // Stalled longer than the successor's whole head spin, which a
-        // short spin makes short.
+        // The successor must run as head during the owner's stall: if it
+        // spun in pv_wait_node() (:298) at the hand-off it does at once; if
+        // it had halted there (:322), the next tick wakes it, it sees
+        // node->locked and leaves. So every stall with a successor opens
+        // the window; 0.1 of the hand-offs stall (each costs 3 ms of a
+        // 4-vCPU run). A short spin makes heads hash and halt soon
+        // (:430-:466). The unpatched head writes vcpu_hashed (:463): the
+        // owner's cmpxchg fails, no second entry.
         Mode::Random => {
             rc.lock.spin_threshold = 64;
-            kernel_site_stalls(rc, &[AT], 0.05, 3000);
+            rc.hypervisor.interrupt_us = KERNEL_R1_TICK_US;
+            kernel_site_stalls(rc, &[AT], 0.1, KERNEL_R1_STALL_US);
         }
         // Hold the owner there until a queue head blocks (the successor
         // became head, hashed itself and waits), then let it go on.
@@ -597,12 +625,26 @@ fn kick_hash_forgotten_run(variant: Variant, mode: Mode, seed: u64, budget_ms: u
 
 fn kernel_kick_hash_forgotten(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
+    // The Rust form's random stalls anywhere are replaced by the window's.
+    rc.preempt.random_mean_interval_us = 0;
+    rc.preempt.random_stall_us = 0;
     rc.lock.spin_threshold = 64;
+    // The window (6.12 line numbers): the owner's pv_kick_node() has
+    // turned its halted successor's state to vcpu_hashed
+    // (qspinlock_paravirt.h:377) and is about to publish _Q_SLOW_VAL
+    // (:387) and hash the lock for it (:388). With head-forgets-kick-hash
+    // .patch the successor, run as head before the owner's unlock, no
+    // longer starts with lp = 1 (:410-:411) and hashes the lock itself
+    // (:439): two entries, whoever is first. It runs as head if it wakes
+    // while halted in pv_wait_node() (:322; the kick comes only at the
+    // unlock): the tick wakes it (the checked wait also returns if it
+    // began after the state change), it keeps vcpu_hashed (:330) and
+    // leaves, node->locked being set before pv_kick_node() (qspinlock.c
+    // :553-:554). A short spin makes successors halt.
+    rc.hypervisor.interrupt_us = KERNEL_R1_TICK_US;
     match mode {
-        // The owner stalled right after pv_kick_node() hashed its halted
-        // successor (at its _Q_SLOW_VAL write), so that the successor, woken
-        // spuriously or never blocked, runs as head before the unlock.
-        Mode::Random => kernel_site_stalls(rc, &["pv_kick_node:write_once"], 0.2, 2000),
+        // The owner stalled at its _Q_SLOW_VAL write, several ticks long.
+        Mode::Random => kernel_site_stalls(rc, &["pv_kick_node:write_once"], 0.2, KERNEL_R1_STALL_US),
         // Hold the owner there until the successor, as head, reaches its
         // own hash insert (pv_hash's cmpxchg of an empty slot).
         Mode::Directed => {
@@ -614,17 +656,32 @@ fn kernel_kick_hash_forgotten(rc: &mut RunConfig, mode: Mode) -> Result<(), Stri
 
 fn kernel_slow_before_hash(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
-    // A short spin makes heads give up and hash often.
+    // The window (6.12 line numbers): with slow-before-hash.patch the head
+    // in pv_wait_head_or_lock() publishes _Q_SLOW_VAL (qspinlock_paravirt.h
+    // :452) before pv_hash() has claimed its entry (:439, moved after it);
+    // an owner that unlocks in between takes the slow path (its cmpxchg
+    // of _Q_LOCKED_VAL fails), pv_unhash() finds no entry and BUG()s
+    // (:236-:256). A head gets there only when its spin (:430, 64 loops of
+    // trylock_clear_pending() with a short threshold, a few µs) fails,
+    // i.e. the owner holds the lock longer than that: 20 µs critical
+    // sections make it the rule, not the exception (300 ns ones are shorter
+    // than the spin). The owner is in its critical section then, so a stall
+    // of the hasher in pv_hash()'s slot claim (:217, after the publish with
+    // the patch) longer than the critical section lets the unlock come in
+    // the window: 1 ms. The slot claim is also pv_kick_node()'s (:388, after
+    // its own _Q_SLOW_VAL write): its stalls are harmless on both trees.
     rc.lock.spin_threshold = 64;
+    rc.torture.cs_ns = 20_000;
     match mode {
-        // A hasher stalled at pv_hash()'s insert: with the bug patch the
-        // head has published _Q_SLOW_VAL already, and the owner's unlock
-        // finds no entry.
-        Mode::Random => kernel_site_stalls(rc, &["pv_hash:cmpxchg"], 0.2, 1000),
-        // Hold the hasher until an unlock takes the slow path.
+        Mode::Random => kernel_site_stalls(rc, &["pv_hash:cmpxchg"], 0.5, 1000),
+        // Hold the hasher until an unlock takes the slow path. The owner
+        // unlocks within its 20 µs critical section of the head's publish,
+        // so 500 µs is ample; a hold that sees no unlock by then is the
+        // owner itself in pv_kick_node()'s pv_hash() (the same site), which
+        // no unlock can follow: short, it costs little.
         Mode::Directed => {
             rc.preempt.schedule =
-                vec![hold_site("pv_hash:cmpxchg", until_site("__pv_queued_spin_unlock_slowpath:rmb")?, 5_000)?]
+                vec![hold_site("pv_hash:cmpxchg", until_site("__pv_queued_spin_unlock_slowpath:rmb")?, 500)?]
         }
     }
     Ok(())
@@ -642,10 +699,41 @@ fn kernel_no_store_mb(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     Ok(())
 }
 
+/// The hypervisor contract that today's kernel code relies on, kept by
+/// the kernel forms of the reproducers that break it on purpose in their
+/// Rust form (`stolen-wakeup`: a wait that does not re-check the byte;
+/// `lost-kick`: kicks to a running vCPU dropped). Broken, every tree hangs
+/// (the 2026-12-01 matrix: stolen-wakeup 10/10 on 6.1 and 6.12), and that
+/// is the contract, not a bug of the tree: a head whose lock was stolen
+/// after its kick waits again without re-hashing (qspinlock_paravirt.h
+/// :463-:466, lp already set) and relies on kvm_wait()'s re-check of
+/// `lock->locked` to return at once; pv_kick() before the kicked vCPU
+/// halts relies on KVM's pv_unhalted. The kernel form is the negative
+/// control: the same window provoked under the contract KVM keeps must
+/// not hang.
+pub const KERNEL_CONTRACT_NOTE: &str = "kernel form keeps the hypervisor contract (checked wait, remembered \
+                                        kicks): the unpatched tree must stay clean; with the contract broken \
+                                        every tree hangs, by design (docs/TEST-YOUR-PATCH.md)";
+
+fn keep_kvm_contract(rc: &mut RunConfig) {
+    rc.hypervisor.wait = WaitContract::Checked;
+    rc.hypervisor.kick = KickContract::Remembered;
+}
+
+/// The unlocker between its release of the lock (6.12
+/// qspinlock_paravirt.h:529) and its pv_kick() of the head (:539), where
+/// newcomers steal the lock (pv_hybrid_queued_unfair_trylock(), :81, while
+/// the halted head has not set pending) and the kick reaches a head that
+/// finds the lock taken: R2's window, and the lost kick's. Every pv_kick
+/// site (the unlock's is the only caller; with lock events it sits in
+/// qspinlock_stat.h's __pv_kick() wrapper).
+const KERNEL_UNLOCK_KICK: &str = "*:pv_kick";
+
 fn kernel_stolen_wakeup(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
     no_directed_form(mode, NEEDS_SITES)?;
-    kernel_random_stalls(rc, 1000, 500);
+    keep_kvm_contract(rc);
+    kernel_site_stalls(rc, &[KERNEL_UNLOCK_KICK], 0.2, 500);
     Ok(())
 }
 
@@ -666,7 +754,10 @@ fn kernel_hashval(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
 fn kernel_lost_kick(rc: &mut RunConfig, mode: Mode) -> Result<(), String> {
     strip_windows(rc);
     no_directed_form(mode, NEEDS_SITES)?;
+    keep_kvm_contract(rc);
+    // The Rust form's random stalls (any instant) plus the kick's window.
     kernel_random_stalls(rc, 2000, 500);
+    kernel_site_stalls(rc, &[KERNEL_UNLOCK_KICK], 0.2, 500);
     Ok(())
 }
 
@@ -1012,6 +1103,22 @@ pub fn matrix_document(command: &str, results: &[ReproResult]) -> String {
             s += &format!("; patch {file} sha256 {sha}");
         }
         s += "\n";
+    }
+    s += &kernel_notes(results);
+    s
+}
+
+/// What the kernel forms' cells mean where they differ from the Rust
+/// forms' ([`KernelForm::note`]): one line per reproducer that ran on a
+/// kernel tree and has a note.
+pub fn kernel_notes(results: &[ReproResult]) -> String {
+    let mut s = String::new();
+    let mut noted = Vec::new();
+    for r in results.iter().filter(|r| r.kernel.is_some()) {
+        if let Some(note) = kernel_form(&r.repro).and_then(|f| f.note).filter(|_| !noted.contains(&r.repro)) {
+            s += &format!("\n`{}` on kernel trees: {note}.\n", r.repro);
+            noted.push(r.repro.clone());
+        }
     }
     s
 }

@@ -250,3 +250,25 @@ fn repro_cli_writes_the_outcome_with_release_and_patch_sha256() {
     let e = bad(&["repro", "double-hash", "--variant", "kernel-pv"]);
     assert!(e.contains("name the kernel tree"), "{e}");
 }
+
+/// The reproducers that break the hypervisor contract on purpose (an
+/// unchecked wait, dropped kicks) keep it in their kernel form: there the
+/// tree is the negative control, and the matrix says so.
+#[test]
+fn contract_breaking_reproducers_keep_the_contract_on_kernel_code() {
+    use pvlock_vmm::{KickContract, WaitContract};
+    let kernel = on(Path::new("no-tree-needed-for-the-config"), &[]);
+    for (name, rust_breaks) in [("stolen-wakeup", "wait"), ("lost-kick", "kick")] {
+        let r = find(name).unwrap();
+        let rust = pvlock::repro::config_for(&r, &Target::variant(r.default_variant), Mode::Random, 1, 1000).unwrap();
+        match rust_breaks {
+            "wait" => assert_eq!(rust.hypervisor.wait, WaitContract::Unchecked),
+            _ => assert_eq!(rust.hypervisor.kick, KickContract::LostIfNotWaiting),
+        }
+        let k = pvlock::repro::config_for(&r, &kernel, Mode::Random, 1, 1000).unwrap();
+        assert_eq!((k.hypervisor.wait, k.hypervisor.kick), (WaitContract::Checked, KickContract::Remembered), "{name}");
+        assert_eq!(k.preempt.sites, vec!["*:pv_kick".to_string()], "{name}: stalled between release and kick");
+        let note = pvlock::repro::kernel_form(name).and_then(|f| f.note).expect("a note for the matrix");
+        assert!(note.contains("keeps the hypervisor contract"), "{note}");
+    }
+}

@@ -14,7 +14,9 @@ use pvlock_vmm::sites::SiteRef;
 use pvlock_vmm::{RunStatus, StopHandle};
 use std::path::{Path, PathBuf};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kernel");
+/// The bug patch of the `kick-hash-forgotten` reproducer: the R1 double
+/// hash from the head's side (the one copy of it; `pvlock repro` uses it too).
+const R1_PATCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/kernel-bugs/head-forgets-kick-hash.patch");
 
 fn tree_6_12() -> Option<PathBuf> {
     let trees = kernel::ci_trees_for_tests()?;
@@ -118,20 +120,30 @@ fn random_site_stalls_reach_the_named_sites_and_are_counted() {
     }
     let mut rc = torture(&tree, &[]);
     rc.preempt.sites = vec!["xchg_tail".into(), "*:store_mb".into()];
-    rc.preempt.site_prob = 0.2;
+    // Every arrival at a selected site stalls: xchg_tail() is rare on
+    // kernel code (a contended vCPU first spins in
+    // pv_hybrid_queued_unfair_trylock(), which steals the lock for as long
+    // as a queue exists without pending; a 500 ms run queues a few dozen
+    // times against ~15000 steals), so a lower probability can leave it
+    // without a stall in a run (it once did, at 0.2).
+    rc.preempt.site_prob = 1.0;
     rc.preempt.site_stall_us = 50;
     let r = run(&rc);
     assert_eq!(r.status, RunStatus::Ok, "{} {:?}", r.summary, r.checks);
     assert!(r.all_checks_passed(), "{:?}", r.checks);
     let s = r.kernel_sites.as_ref().expect("the record says where the run stalled");
-    assert!(!s.stalls.is_empty());
     for c in &s.stalls {
         assert!(
             c.site.starts_with("xchg xchg_tail()") || c.site.starts_with("store_mb pv_wait_node()"),
             "a stall outside the selected sites: {c:?}"
         );
     }
-    assert!(s.stalls.iter().map(|c| c.count).sum::<u64>() > 0);
+    // Each queue head (the tree's lock_slowpath event, counted in
+    // pv_wait_head_or_lock()) had published its tail with xchg_tail().
+    let at = |op: &str| s.stalls.iter().filter(|c| c.site.starts_with(op)).map(|c| c.count).sum::<u64>();
+    let heads = r.lock_events.get("lock_slowpath").copied().unwrap_or(0);
+    assert!(heads > 0, "no vCPU queued: {:?}", r.lock_events);
+    assert!(at("xchg xchg_tail()") > 0, "queued {heads} times, no stall at xchg_tail: {:?}", s.stalls);
     // The hash bookkeeping at the sites: every entry inserted was removed.
     let ev = |k: &str| r.lock_events.get(k).copied().unwrap_or(0);
     assert_eq!(ev("hash_inserts"), ev("hash_removes"), "{:?}", r.lock_events);
@@ -195,7 +207,7 @@ fn the_r1_double_hash_is_caught_at_the_write_that_creates_it() {
     let r = run(&clean);
     assert_eq!(r.status, RunStatus::Ok, "unpatched: {} {:?}", r.summary, r.checks);
     assert!(r.kernel_sites.as_ref().is_some_and(|s| !s.stalls.is_empty()), "the stalls ran");
-    let rc = r1(&[Path::new(FIXTURES).join("r1-double-hash.patch")]);
+    let rc = r1(&[PathBuf::from(R1_PATCH)]);
     let r = run(&rc);
     assert_eq!(r.status, RunStatus::GuestCrash, "the R1 patch went unnoticed: {}", r.summary);
     assert!(
@@ -230,7 +242,7 @@ fn the_r1_double_hash_is_caught_at_the_write_that_creates_it() {
         ];
         rc
     };
-    let r = run(&directed(&[Path::new(FIXTURES).join("r1-double-hash.patch")]));
+    let r = run(&directed(&[PathBuf::from(R1_PATCH)]));
     assert_eq!(r.status, RunStatus::GuestCrash, "directed: the R1 patch went unnoticed: {}", r.summary);
     assert!(r.summary.contains("double hash") && r.summary.contains("qspinlock_paravirt.h:217"), "{}", r.summary);
     assert!(r.diagnosis.holds.iter().any(|h| h.site.as_ref().is_some_and(|s| s.function == "pv_wait_node")));

@@ -65,6 +65,9 @@ pub struct WaitChannel {
     pub kick_seen_tsc: AtomicU64,
     /// The last wait blocked the thread (its legs are not a won poll's).
     pub last_wait_blocked: std::sync::atomic::AtomicBool,
+    /// The host thread id of this vCPU's thread (0 until it runs): whose
+    /// run-queue delay [`crate::watchdog::host_run_delay_ns`] reads.
+    pub host_tid: std::sync::atomic::AtomicI32,
 }
 
 /// Host TSC now (the guest's `rdtsc` reads the same clock under PVM; the
@@ -78,6 +81,10 @@ pub fn host_tsc() -> u64 {
 /// microsecond or more here; the eventfd only gets kicks stored before the
 /// flag went up).
 const EVENTFD_EVERY: u32 = 16;
+
+/// How often a timed-out wait looks again while another vCPU's wake-up is
+/// in flight.
+const WAKE_IN_FLIGHT_RECHECK: Duration = Duration::from_millis(5);
 
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +115,7 @@ impl WaitChannel {
             head_blocks: AtomicU64::new(0),
             kick_seen_tsc: AtomicU64::new(0),
             last_wait_blocked: std::sync::atomic::AtomicBool::new(false),
+            host_tid: std::sync::atomic::AtomicI32::new(0),
         })
     }
 
@@ -171,7 +179,15 @@ impl WaitChannel {
 
     /// Implements one pv_wait of this vCPU. `current` re-reads the watched
     /// guest byte; `poll_flag` is the vCPU's poll state word when the halt
-    /// poll publishes itself (`halt_poll_flag`). Returns how it ended.
+    /// poll publishes itself (`halt_poll_flag`); `now_us` is the run clock;
+    /// `host_delay_ns` is how long,
+    /// in total so far, the host has kept this machine's vCPU threads
+    /// runnable but off a CPU ([`crate::watchdog::host_run_delay_ns`]);
+    /// `wake_in_flight` says whether another vCPU's thread is starved by the
+    /// host now: kicked and not yet run to take the kick
+    /// ([`crate::watchdog::wake_in_flight`]), or runnable and given no CPU
+    /// ([`crate::watchdog::starved_now`]).
+    /// Returns how it ended.
     // The arguments are the hypercall's inputs plus the run's context;
     // bundling them would only move the list elsewhere.
     #[allow(clippy::too_many_arguments)]
@@ -185,6 +201,8 @@ impl WaitChannel {
         current: impl Fn() -> u8,
         run_start: Instant,
         rng: &mut crate::preempt::Rng,
+        host_delay_ns: impl Fn() -> u64,
+        wake_in_flight: impl Fn() -> bool,
     ) -> WaitEnd {
         self.counters.add(VmmCounter::Waits, 1);
         self.last_wait_blocked.store(false, Ordering::Relaxed);
@@ -232,7 +250,7 @@ impl WaitChannel {
                 other = Some((at, WaitEnd::Spurious));
             }
         }
-        let end = self.block(cfg.stall_timeout_ms, began, other);
+        let end = self.block(cfg.stall_timeout_ms, began, other, host_delay_ns, wake_in_flight);
         match end {
             WaitEnd::Interrupt => self.counters.add(VmmCounter::InterruptWakeups, 1),
             WaitEnd::Spurious => self.counters.add(VmmCounter::SpuriousWakeups, 1),
@@ -253,8 +271,28 @@ impl WaitChannel {
         self.blocked_since_us.store(0, Ordering::Release);
     }
 
-    fn block(&self, timeout_ms: u64, began: Instant, other: Option<(Instant, WaitEnd)>) -> WaitEnd {
-        let deadline = began + Duration::from_millis(timeout_ms);
+    /// Blocks until a kick, a control event, `other`, or `timeout_ms` of
+    /// wall time in which the host let every vCPU thread run: time the
+    /// host kept a vCPU thread runnable but off a CPU (`host_delay_ns`
+    /// grew) does not count, because the vCPU that would kick this one may
+    /// be that thread. On a loaded host (2 CPUs, load 15) vCPU threads were
+    /// seen waiting 300 ms and more for a CPU, and waits of 500 ms that
+    /// ended by their kick were judged lost (results/findings/). The
+    /// run-queue delay of a thread is booked only when it gets a CPU, so a
+    /// starvation in progress is seen another way: while another vCPU
+    /// thread has a kick it has not taken, or is runnable and gets no CPU,
+    /// the timeout waits for it.
+    fn block(
+        &self,
+        timeout_ms: u64,
+        began: Instant,
+        other: Option<(Instant, WaitEnd)>,
+        host_delay_ns: impl Fn() -> u64,
+        wake_in_flight: impl Fn() -> bool,
+    ) -> WaitEnd {
+        let delay_at_start = host_delay_ns();
+        let timeout = Duration::from_millis(timeout_ms);
+        let mut deadline = began + timeout;
         loop {
             let now = Instant::now();
             if let Some((t, why)) = other {
@@ -263,7 +301,21 @@ impl WaitChannel {
                 }
             }
             if now >= deadline {
-                return WaitEnd::TimedOut;
+                let starved = Duration::from_nanos(host_delay_ns().saturating_sub(delay_at_start));
+                let extended = began + timeout + starved;
+                if extended > now {
+                    deadline = extended;
+                } else if wake_in_flight() {
+                    deadline = now + WAKE_IN_FLIGHT_RECHECK;
+                } else if self.take_kick() {
+                    // The kick came while this thread was off CPU between
+                    // two polls, and the deadline passed before it ran
+                    // again: it was woken in time.
+                    return WaitEnd::Kicked;
+                } else {
+                    return WaitEnd::TimedOut;
+                }
+                continue;
             }
             let until = other.map(|(t, _)| t.min(deadline)).unwrap_or(deadline);
             // poll(2) has millisecond resolution; sub-millisecond ends are
@@ -288,6 +340,15 @@ impl WaitChannel {
         }
     }
 
+    /// A kick is waiting in this vCPU's eventfd (not consumed: the vCPU
+    /// thread has not yet run to take it).
+    pub fn kick_pending(&self) -> bool {
+        let mut fd = libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+        rc > 0 && fd.revents & libc::POLLIN != 0
+    }
+
     /// Wakes a blocked wait with a control event.
     pub fn poke(&self) {
         let _ = self.control.write(1);
@@ -308,12 +369,12 @@ mod tests {
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::Remembered);
         assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::ValueChanged
         );
         // KVM keeps pv_unhalted set: the next wait returns at once.
         assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::Kicked
         );
         assert_eq!(ch.counters.get(VmmCounter::WaitsKickPending), 1);
@@ -324,7 +385,7 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
         assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::TimedOut
         );
         // Still shown as blocked (for the dump) until the caller says so.
@@ -339,7 +400,7 @@ mod tests {
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::LostIfNotWaiting);
         assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::TimedOut
         );
         assert_eq!(ch.counters.get(VmmCounter::KicksDropped), 1);
@@ -357,11 +418,83 @@ mod tests {
             k.kick.write(1).unwrap();
         });
         assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::Kicked
         );
         t.join().unwrap();
         assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 1);
+    }
+
+    /// A wait whose kick comes late because the host kept the vCPU
+    /// threads off CPU meanwhile is not timed out: only time in which the
+    /// threads could run counts. Before, it timed out at 30 ms.
+    #[test]
+    fn host_starvation_does_not_count_towards_the_stall_timeout() {
+        let ch = std::sync::Arc::new(WaitChannel::new().unwrap());
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        let start = Instant::now();
+        // The host starves the vCPU threads for the first 200 ms.
+        let starved = move || start.elapsed().min(Duration::from_millis(200)).as_nanos() as u64;
+        let k = ch.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(120));
+            k.kick.write(1).unwrap();
+        });
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), starved, || false),
+            WaitEnd::Kicked
+        );
+        t.join().unwrap();
+        // Once the threads run again, the 30 ms count: no kick, timed out
+        // 30 ms after the starvation ended, not before.
+        let start = Instant::now();
+        let starved = move || start.elapsed().min(Duration::from_millis(100)).as_nanos() as u64;
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), starved, || false),
+            WaitEnd::TimedOut
+        );
+        assert!(start.elapsed() >= Duration::from_millis(130), "{:?}", start.elapsed());
+    }
+
+    /// Another vCPU kicked but not yet running (its kick still in its
+    /// eventfd) holds the timeout back: its run-queue delay is booked only
+    /// once it runs. Before, the wait timed out at 30 ms.
+    #[test]
+    fn a_wake_up_in_flight_holds_the_stall_timeout_back() {
+        let ch = WaitChannel::new().unwrap();
+        let other = WaitChannel::new().unwrap();
+        other.kick.write(1).unwrap();
+        assert!(other.kick_pending() && !ch.kick_pending());
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        let start = Instant::now();
+        let in_flight = || {
+            if start.elapsed() >= Duration::from_millis(100) {
+                let _ = other.kick.read(); // the other vCPU ran and took it
+            }
+            other.kick_pending()
+        };
+        let end = ch.wait(&c, false, None, 1, 0, || 1, start, &mut crate::preempt::Rng::new(1), || 0, in_flight);
+        assert_eq!(end, WaitEnd::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(100), "{:?}", start.elapsed());
+    }
+
+    /// A kick that arrived while the waiting thread was off CPU past its
+    /// deadline (between two polls) wakes it: the wait is not timed out.
+    /// The closure stands in for the host: it runs at the deadline check,
+    /// after the last poll. Before, the wait timed out with the kick
+    /// pending (a "hang" of unpatched 6.1 in the 2026-12-02 matrix).
+    #[test]
+    fn a_kick_pending_at_the_deadline_is_not_a_timeout() {
+        let ch = WaitChannel::new().unwrap();
+        let c = cfg(WaitContract::Checked, KickContract::Remembered);
+        let kick_now = || {
+            let _ = ch.kick.write(1);
+            false
+        };
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, kick_now),
+            WaitEnd::Kicked
+        );
     }
 
     #[test]
@@ -370,7 +503,7 @@ mod tests {
         ch.poke();
         let c = HypervisorConfig { stall_timeout_ms: 5000, ..Default::default() };
         assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
             WaitEnd::Control
         );
     }
@@ -403,7 +536,7 @@ mod more_tests {
             drop(k);
         });
         let end =
-            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1));
+            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false);
         t.join().unwrap();
         assert_eq!(end, WaitEnd::Kicked);
         assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE, "the poller leaves the word idle");
@@ -428,7 +561,7 @@ mod more_tests {
             k.kick.write(1).unwrap();
         });
         let end =
-            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1));
+            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false);
         t.join().unwrap();
         assert_eq!(end, WaitEnd::Kicked);
         assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE);
@@ -441,7 +574,7 @@ mod more_tests {
         let ch = WaitChannel::new().unwrap();
         let c = HypervisorConfig { interrupt_us: 2000, stall_timeout_ms: 5000, ..Default::default() };
         let t = Instant::now();
-        let end = ch.wait(&c, false, None, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1));
+        let end = ch.wait(&c, false, None, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1), || 0, || false);
         assert_eq!(end, WaitEnd::Interrupt);
         assert!(t.elapsed() < Duration::from_millis(100));
         assert_eq!(ch.counters.get(VmmCounter::InterruptWakeups), 1);
@@ -453,7 +586,7 @@ mod more_tests {
         let c = HypervisorConfig { spurious_wakeup_prob: 1.0, stall_timeout_ms: 5000, ..Default::default() };
         let mut rng = crate::preempt::Rng::new(3);
         for _ in 0..5 {
-            assert_eq!(ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut rng), WaitEnd::Spurious);
+            assert_eq!(ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut rng, || 0, || false), WaitEnd::Spurious);
         }
         assert_eq!(ch.counters.get(VmmCounter::SpuriousWakeups), 5);
     }

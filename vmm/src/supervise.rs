@@ -38,7 +38,10 @@ pub(crate) fn supervise(
     let deadline = sh.run_start + Duration::from_millis(cfg.timeout_ms);
     // Per vCPU: since when the detector has judged it a certain missed
     // wakeup, and which wait (its start time) that judgement is about.
-    let mut suspect: Vec<Option<(Instant, u64)>> = vec![None; n];
+    // The third field: the host's run-queue delay of the vCPU threads
+    // when the judgement began (host starvation does not count towards
+    // detect_ms: see `host_run_delay_ns`).
+    let mut suspect: Vec<Option<(Instant, u64, u64)>> = vec![None; n];
     loop {
         if done.iter().all(Option::is_some) {
             let bad = done.iter().enumerate().find(|(_, s)| **s != Some(pvlock_abi::doorbell::DONE_OK));
@@ -90,16 +93,22 @@ pub(crate) fn supervise(
                 continue;
             }
             let r = explain(sh, c);
-            if !is_definite_missed_wakeup(&r) {
+            // A kick already in its eventfd will wake it once its thread
+            // runs: not lost, only starved by the host.
+            if !is_definite_missed_wakeup(&r) || ch.kick_pending() {
                 suspect[c as usize] = None;
                 continue;
             }
-            let first = *suspect[c as usize].get_or_insert((Instant::now(), since));
+            let delay_now = crate::watchdog::host_run_delay_ns(&sh.channels);
+            let first = *suspect[c as usize].get_or_insert((Instant::now(), since, delay_now));
             if first.1 != since {
-                suspect[c as usize] = Some((Instant::now(), since)); // a new wait
+                suspect[c as usize] = Some((Instant::now(), since, delay_now)); // a new wait
                 continue;
             }
-            if first.0.elapsed() >= Duration::from_millis(cfg.hypervisor.detect_ms) {
+            let starved = Duration::from_nanos(delay_now.saturating_sub(first.2));
+            if first.0.elapsed().saturating_sub(starved) >= Duration::from_millis(cfg.hypervisor.detect_ms)
+                && !crate::watchdog::starved_now(&sh.channels, u32::MAX, crate::vcpu::STARVATION_PROBE)
+            {
                 if cfg.hypervisor.rescue {
                     ch.counters.add(VmmCounter::Rescues, 1);
                     sh.record_rescue(r);

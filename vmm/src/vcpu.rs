@@ -23,6 +23,11 @@ use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long the watchdog watches the vCPU threads' CPU time to see a host
+/// starvation in progress ([`crate::watchdog::starved_now`]): a few
+/// scheduler ticks.
+pub(crate) const STARVATION_PROBE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What vCPU threads report to the machine.
 #[derive(Debug)]
 pub enum VcpuEvent {
@@ -181,6 +186,9 @@ impl VcpuThread {
     /// outlives every immediate-exit kick (dropped by the machine after join).
     pub fn run(mut self) -> VcpuFd {
         let cpu = self.cpu;
+        // SAFETY: gettid() has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        self.shared.channels[cpu as usize].host_tid.store(tid, Ordering::Release);
         let mut state = State::Running;
         while state != State::Finished {
             if self.shared.stop.load(Ordering::Acquire) {
@@ -391,6 +399,11 @@ impl VcpuThread {
                 || sh.ram.read_u8(gpa).unwrap_or(0),
                 sh.run_start,
                 &mut self.rng,
+                || crate::watchdog::host_run_delay_ns(&sh.channels),
+                || {
+                    crate::watchdog::wake_in_flight(&sh.channels, cpu)
+                        || crate::watchdog::starved_now(&sh.channels, cpu, STARVATION_PROBE)
+                },
             );
             return match end {
                 WaitEnd::TimedOut if sh.cfg.hypervisor.rescue => {

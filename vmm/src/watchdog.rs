@@ -367,5 +367,64 @@ impl HangReport {
     }
 }
 
+/// How long, in total, the host has kept this machine's vCPU threads
+/// runnable but off a CPU (the run-queue delay of `/proc/self/task/TID/
+/// schedstat`, summed over the vCPU threads that have started), ns.
+///
+/// The watchdog's timeouts are wall time; on a loaded host a vCPU thread
+/// can wait hundreds of milliseconds for a CPU (seen: 300 ms at load 15 on
+/// 2 CPUs), and the vCPU that would kick a waiter, or an unlocker between
+/// its release and its kick, may be that thread. The stall timeout and the
+/// lock-aware detector count only time in which this sum did not grow.
+/// The sum over threads bounds the time in which at least one was starved
+/// from above, so what is left is time in which every thread could run. 0 if
+/// the host kernel has no schedstat (then the timeouts are plain wall time).
+pub fn host_run_delay_ns(channels: &[crate::hypervisor::WaitChannel]) -> u64 {
+    channels
+        .iter()
+        .map(|ch| ch.host_tid.load(Ordering::Acquire))
+        .filter(|&tid| tid != 0)
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1).and_then(|d| d.parse::<u64>().ok()))
+        .sum()
+}
+
+/// Some vCPU other than `except` has a kick it has not taken: its thread
+/// was woken and has not run since (a starvation in progress, which
+/// [`host_run_delay_ns`] books only once the thread runs).
+pub fn wake_in_flight(channels: &[crate::hypervisor::WaitChannel], except: u32) -> bool {
+    channels.iter().enumerate().any(|(c, ch)| c as u32 != except && ch.kick_pending())
+}
+
+/// Some vCPU thread other than `except` is starved by the host right now:
+/// runnable (`R` in `/proc/self/task/TID/stat`) and given no CPU time
+/// (schedstat's first field) over `window`, which this call sleeps. A
+/// thread blocked in a wait or sleeping out a VMM stall is `S`, and one
+/// running guest code accumulates CPU time. [`host_run_delay_ns`] books a
+/// starvation only once it has ended; this sees one in progress.
+pub fn starved_now(channels: &[crate::hypervisor::WaitChannel], except: u32, window: std::time::Duration) -> bool {
+    let sample = || -> Vec<Option<(bool, u64)>> {
+        channels
+            .iter()
+            .enumerate()
+            .map(|(c, ch)| {
+                let tid = ch.host_tid.load(Ordering::Acquire);
+                if c as u32 == except || tid == 0 {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+                // The state follows the parenthesised name (which may hold spaces).
+                let runnable = stat.rsplit_once(')')?.1.split_whitespace().next()? == "R";
+                let sched = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+                Some((runnable, sched.split_whitespace().next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let before = sample();
+    std::thread::sleep(window);
+    let after = sample();
+    before.iter().zip(&after).any(|(b, a)| matches!((b, a), (Some((_, t0)), Some((true, t1))) if t0 == t1))
+}
+
 /// Offset check: the preempted flag the VMM writes.
 pub const PREEMPTED_OFFSET: usize = offset_of!(VcpuBlock, preempted);
