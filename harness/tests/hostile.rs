@@ -284,7 +284,12 @@ fn preempt_probe_with_default_settings_passes() {
     let (status, rec, err) = run_elf(d.path(), "workload = \"preempt-probe\"\n", pvlock::runner::GUEST_ELF);
     let rec = rec.unwrap();
     assert_eq!(status, Some(0), "{err} {}", rec["summary"]);
-    assert_eq!(rec["vmm"]["stalls"], 1);
+    // vCPU 0 stalls again until a watcher saw it (a loaded host may run no
+    // watcher during a 200 us stall): at least one stall, every one at
+    // the probe's window, and the check above held for all of them.
+    let stalls = rec["vmm"]["stalls"].as_u64().unwrap();
+    assert!((1..=64).contains(&stalls), "{}", rec["vmm"]);
+    assert_eq!(rec["per_vcpu"][0]["window_hits"]["critical-section"].as_u64(), Some(stalls), "{rec}");
 }
 
 /// The guest-side fuzz: seeded random doorbell accesses. Every run must

@@ -216,3 +216,40 @@ fn records_round_trip_their_config() {
     let back: RunConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, e.runs[0]);
 }
+
+#[test]
+fn keys_no_run_reads_are_refused_naming_key_and_line() {
+    // Issue 15: a kernel patch given for a Rust variant was ignored without a word.
+    fails_at("workload = \"smoke\"\n[lock]\nkernel_patches = [\"x.patch\"]\n", "lock.kernel_patches", 3);
+    fails_at("[lock]\nvariant = \"pv-v4.8\"\nkernel_tree = \".\"\n", "lock.kernel_tree", 3);
+    fails_at("[lock]\nkernel_nr_cpus = 8\n", "lock.kernel_nr_cpus", 2);
+    fails_at("[lock]\nkernel_flavour = \"generic\"\n", "lock.kernel_flavour", 2);
+    fails_at("[lock]\nkernel_sites = false\n", "lock.kernel_sites", 2);
+    fails_at("workload = \"torture\"\n[lock]\nmutex = \"mutex-v4.10\"\n", "lock.mutex", 3);
+    fails_at("workload = \"torture\"\n[lock]\nmutex_recursive = true\n", "lock.mutex_recursive", 3);
+    let e = fails_at("workload = \"mutex-torture\"\n[lock]\npage_wake = \"page-wake-v5.7\"\n", "lock.page_wake", 3);
+    assert!(e.contains("page-wake") && e.contains("ignored"), "{e}");
+    // The flag is named when the command line gave the value.
+    let ov = Overrides { kernel_patches: Some(vec!["x.patch".into()]), ..Default::default() };
+    let e = format!("{:#}", Experiment::parse_with("workload = \"smoke\"\n", "t.toml", "t", &ov).unwrap_err());
+    assert!(e.contains("command line: `--kernel-patch`") && e.contains("x.patch"), "{e}");
+    // A key that some run of the matrix reads is shared by all.
+    let mixed = "workload = \"torture\"\n[lock]\nvariant = [\"pv-upstream\", \"kernel-pv\"]\nkernel_tree = \".\"\n";
+    assert_eq!(parse(mixed).unwrap().runs.len(), 2);
+    parse("workload = [\"torture\", \"mutex-torture\"]\n[lock]\nmutex = \"mutex-v4.10\"\n").unwrap();
+}
+
+#[test]
+fn one_seed_rule_for_config_and_command_line() {
+    // TOML stops at i64::MAX; so do seeds given another way.
+    parse(&format!("seed = {MAX_SEED}\n")).unwrap();
+    fails_at("seed = 9223372036854775808\n", "seed", 1);
+    let ok = Overrides { seed: Some(MAX_SEED), ..Default::default() };
+    assert_eq!(Experiment::parse_with("", "t.toml", "t", &ok).unwrap().runs[0].seed, MAX_SEED);
+    let ov = Overrides { seed: Some(u64::MAX), ..Default::default() };
+    let e = format!("{:#}", Experiment::parse_with("", "t.toml", "t", &ov).unwrap_err());
+    assert!(e.contains("command line: `--seed`") && e.contains("out of range"), "{e}");
+    // Repeats of the largest seed stay in range.
+    let e = parse(&format!("seed = {MAX_SEED}\nrepeats = 50\n")).unwrap();
+    assert!(e.runs.iter().all(|r| r.seed <= MAX_SEED));
+}
