@@ -727,13 +727,13 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
 /// (the same checks as the config keys `lock.kernel_tree` and
 /// `lock.kernel_patches`).
 fn check_kernel_flags(trees: &[PathBuf], patches: &[PathBuf]) -> Result<()> {
-    for t in trees {
-        pvlock::config::schema::check_kernel_tree(t).map_err(|e| anyhow::anyhow!("--kernel-tree {e}"))?;
-    }
     for p in patches {
         if let Some(why) = pvlock::config::schema::patch_problem(p) {
             bail!("--kernel-patch {}: {why}", p.display());
         }
+    }
+    for t in trees {
+        pvlock::config::schema::check_kernel_tree(t).map_err(|e| anyhow::anyhow!("--kernel-tree {e}"))?;
     }
     Ok(())
 }
@@ -744,13 +744,13 @@ fn list_sites(k: &KernelArgs, flavour: &str) -> Result<()> {
     let Some(tree) = &k.kernel_tree else {
         bail!("`list sites` lists a kernel build's sites: name the tree (--kernel-tree)")
     };
-    check_kernel_flags(std::slice::from_ref(tree), &k.kernel_patches)?;
-    pvlock::kernel::set_rebuild(k.rebuild);
     let flavour = match flavour {
         "x86" => pvlock::kernel::Flavour::X86,
         "generic" => pvlock::kernel::Flavour::Generic,
         other => bail!("--kernel-flavour `{other}` is not `x86` or `generic`"),
     };
+    check_kernel_flags(std::slice::from_ref(tree), &k.kernel_patches)?;
+    pvlock::kernel::set_rebuild(k.rebuild);
     let lock = pvlock_vmm::LockConfig::default();
     let spec = pvlock::kernel::KernelSpec {
         tree: tree.clone(),
@@ -831,7 +831,9 @@ fn list(what: &str) -> Result<()> {
                     .map(|i| i.variant.name())
                     .collect();
                 let users = if users.is_empty() { "the torture workload".to_string() } else { users.join(", ") };
-                println!("{:<20}{}", w.name(), users);
+                // One space at least after the longest name.
+                let width = Window::ALL.iter().map(|w| w.name().len()).max().unwrap_or(0) + 2;
+                println!("{:<width$}{}", w.name(), users);
             }
         }
         "workloads" => println!("{}", pvlock::config::workload_names()),

@@ -239,8 +239,15 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Cases of a property: `default` (what CI runs, in bounded time), or
+/// `PROPTEST_CASES` for a longer local run (proptest's own variable, which
+/// an explicit `cases` would otherwise override).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(400), ..ProptestConfig::default() })]
 
     #[test]
     fn any_config_parses_to_valid_runs_or_names_key_and_line(
@@ -432,8 +439,9 @@ fn generated_configs_run_on_kvm_to_valid_records_or_name_key_and_line() {
     }
     let d = tempfile::tempdir().unwrap();
     let tally = std::cell::RefCell::new(Tally::default());
+    let n = cases(16);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 16,
+        cases: n,
         max_shrink_iters: 8,
         ..ProptestConfig::default()
     });
@@ -452,5 +460,5 @@ fn generated_configs_run_on_kvm_to_valid_records_or_name_key_and_line() {
     }
     let t = tally.into_inner();
     eprintln!("generated configs: {t:?}");
-    assert!(t.ran >= 6, "too few generated configs ran: {t:?}");
+    assert!(t.ran >= (n * 6).div_ceil(16) as usize, "too few generated configs ran: {t:?}");
 }

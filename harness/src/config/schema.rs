@@ -93,15 +93,15 @@ impl RunConfig {
         if crate::kernel::spec_of(self)?.is_none() {
             return Ok(());
         }
-        if let Some(t) = &self.lock.kernel_tree {
-            // The tree's own check (a directory, a Makefile with a version,
-            // kernel/locking/qspinlock.c, a layout pvlock builds).
-            check_kernel_tree(t).map_err(|why| InvalidValue::new("lock.kernel_tree", why))?;
-        }
         for p in &self.lock.kernel_patches {
             if let Some(why) = patch_problem(p) {
                 return Err(InvalidValue::new("lock.kernel_patches", format!("{}: {why}", p.display())));
             }
+        }
+        if let Some(t) = &self.lock.kernel_tree {
+            // The tree's own check (a directory, a Makefile with a version,
+            // kernel/locking/qspinlock.c, a layout pvlock builds).
+            check_kernel_tree(t).map_err(|why| InvalidValue::new("lock.kernel_tree", why))?;
         }
         Ok(())
     }

@@ -253,3 +253,24 @@ fn one_seed_rule_for_config_and_command_line() {
     let e = parse(&format!("seed = {MAX_SEED}\nrepeats = 50\n")).unwrap();
     assert!(e.runs.iter().all(|r| r.seed <= MAX_SEED));
 }
+
+#[test]
+fn kernel_patches_must_be_unified_diffs_of_sane_size() {
+    use super::schema::patch_problem;
+    let d = tempfile::tempdir().unwrap();
+    let put = |name: &str, body: &[u8]| {
+        let p = d.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let good = put("good.patch", b"--- a/k/q.c\n+++ b/k/q.c\n@@ -1 +1 @@\n-a\n+b\n");
+    assert_eq!(patch_problem(&good), None);
+    assert!(patch_problem(&put("e.patch", b"")).unwrap().contains("empty"));
+    assert!(patch_problem(&put("b.patch", b"+++ b/x\n@@ -1 +1 @@\n\0")).unwrap().contains("binary"));
+    assert!(patch_problem(&put("t.patch", b"just some text\n")).unwrap().contains("hunk"));
+    assert!(patch_problem(d.path()).unwrap().contains("not a regular file"));
+    assert!(patch_problem(&d.path().join("missing")).unwrap().contains("no such file"));
+    let huge = put("h.patch", b"");
+    std::fs::File::options().write(true).open(&huge).unwrap().set_len(17 << 20).unwrap();
+    assert!(patch_problem(&huge).unwrap().contains("larger than 16 MiB"));
+}
