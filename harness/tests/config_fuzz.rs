@@ -338,11 +338,14 @@ fn runnable() -> impl Strategy<Value = String> {
         let mut s = format!(
             "workload = \"{workload}\"\nvcpus = {vcpus}\nhost_cpus = {host_cpus}\nram_mib = {ram}\nseed = {seed}\n\
              duration_ms = {duration}\niterations = {iterations}\nrepeats = {repeats}\ntrace_entries = {trace}\n\
-             timeout_ms = 5000\n\n[lock]\nvariant = \"{}\"\nmutex = \"{}\"\nspin_threshold = {}\n\n\
+             timeout_ms = 5000\n\n[lock]\nvariant = \"{}\"\n{}spin_threshold = {}\n\n\
              [torture]\nlocks = {}\nnest = {}\ncs_ns = {}\nthink_ns = {}\nirq_prob = {:?}\n\n\
              [hypervisor]\nwait = \"{}\"\nkick = \"{}\"\nrescue = {}\nspurious_wakeup_prob = {:?}\nstall_timeout_ms = {}\n\n\
              [preempt]\nwindows = [{}]\nwindow_prob = {:?}\nrandom_mean_interval_us = {}\nrandom_stall_us = 100\n",
-            l.0, l.1, l.2, tt.0, tt.1, tt.2, tt.3, tt.4, h.0, h.1, h.2, h.3, h.4, windows.join(", "), p.1, p.2
+            l.0,
+            // `lock.mutex` only where a run reads it (config::applies).
+            if workload == "mutex-torture" { format!("mutex = \"{}\"\n", l.1) } else { String::new() },
+            l.2, tt.0, tt.1, tt.2, tt.3, tt.4, h.0, h.1, h.2, h.3, h.4, windows.join(", "), p.1, p.2
         );
         if p.3 && ["panic", "fault", "bad-pointer"].contains(&workload) {
             // Self-tests fail by design: say so.
