@@ -75,6 +75,12 @@ pub struct HypervisorParams {
     /// Guest-side poll before the exiting wait, ns (0 = off): the VMM
     /// writes 0 here under overcommit unless told otherwise.
     pub guest_poll_ns: u32,
+    /// Non-zero: while the VMM halt-polls a vCPU it marks that vCPU's
+    /// poll state (at [`BootBlock::poll_state_gpa`]) polling, and a kicker
+    /// that sees the mark sets it to kicked instead of storing to the kick
+    /// doorbell (`hypervisor.halt_poll_flag`).
+    pub vmm_poll_flag: u32,
+    pub _pad: u32,
 }
 
 /// The boot block at [`crate::BOOT_BLOCK_GPA`].
@@ -138,7 +144,22 @@ pub struct BootBlock {
     pub nodes_gpa: u64,
     /// Bytes of one node (`nodes_gpa + (cpu * 4 + idx) * node_stride`).
     pub node_stride: u64,
+    /// Guest address of the per-vCPU poll states (u32 each,
+    /// [`POLL_STATE_STRIDE`] apart; 0 until published): [`POLL_IDLE`],
+    /// [`POLL_POLLING`] while the guest's or the VMM's poll of that vCPU
+    /// runs, [`POLL_KICKED`] once a kicker took that way.
+    pub poll_state_gpa: u64,
 }
+
+/// Bytes between two vCPUs' poll states (a cache line each).
+pub const POLL_STATE_STRIDE: u64 = 64;
+/// Not polling: a kick must go through the kick doorbell.
+pub const POLL_IDLE: u32 = 0;
+/// The guest's poll or the VMM's halt poll of the vCPU is running: a kick
+/// may set [`POLL_KICKED`] instead of storing to the kick doorbell.
+pub const POLL_POLLING: u32 = 1;
+/// Kicked while polling; the poller consumes it.
+pub const POLL_KICKED: u32 = 2;
 
 /// One PV hash table slot: `struct pv_hash_entry { lock; node; }`.
 #[repr(C)]

@@ -171,6 +171,9 @@ counters! {
         InterruptWakeups = "interrupt_wakeups",
         /// Waits whose kick arrived while halt polling.
         PollsWon = "polls_won",
+        /// Of those, kicks taken through the vCPU's poll state word
+        /// (`halt_poll_flag`): the kicker skipped the kick store.
+        PollFlagKicks = "poll_flag_kicks",
         /// Stalls injected by the preemption engine.
         Stalls = "stalls",
         /// Total microseconds this vCPU was stalled.

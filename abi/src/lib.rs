@@ -32,13 +32,13 @@ pub use names::{
     FreedObject, GuestPhase, MutexVariant, PageWakeVariant, PanicKind, Variant, VariantKind, WakeStep, Window,
     Workload, NR_WINDOWS,
 };
-pub use vcpu::{AssertRecord, LatencyHistogram, TraceEntry, TraceEvent, UafRecord, VcpuBlock};
+pub use vcpu::{AssertRecord, LatencyHistogram, Leg, LegTiming, TraceEntry, TraceEvent, UafRecord, VcpuBlock, NR_LEGS};
 
 /// Most pages of the page-wake workload (`torture.locks`).
 pub const MAX_PAGES: usize = 16;
 
 /// Bumped whenever a structure, constant or doorbell meaning changes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Written by the VMM into [`BootBlock::magic`]; the guest refuses to run
 /// without it (it would be reading garbage parameters).

@@ -230,6 +230,84 @@ impl PreemptProbeTiming {
     }
 }
 
+/// The legs of a wake, each timed on the side that sees both of its ends.
+/// The TSC is one clock for the guest and the VMM's threads under PVM (the
+/// guest's `rdtsc` runs natively at CPL3); the doorbells workload checks
+/// that ([`LegTiming::offset_lo`]) rather than assuming it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leg {
+    /// Guest TSC before an exiting store -> the VMM's thread sees the exit
+    /// (doorbells: the PING exit).
+    ExitEntry = 0,
+    /// The kicker's TSC before its kick -> the kicker's TSC after it (the
+    /// ioeventfd store, or the CAS on a polling target's flag).
+    KickStore = 1,
+    /// The kicker's TSC before its kick -> the waiter's VMM thread sees the
+    /// kick (eventfd read or polling flag).
+    KickSeen = 2,
+    /// The VMM saw the exit or kick -> its `KVM_RUN` that resumes the vCPU.
+    VmmTurnaround = 3,
+    /// That `KVM_RUN` -> the vCPU's first guest instruction after the exit.
+    Resume = 4,
+}
+
+/// Number of [`Leg`]s.
+pub const NR_LEGS: usize = 5;
+
+impl Leg {
+    pub const ALL: [Leg; NR_LEGS] = [Leg::ExitEntry, Leg::KickStore, Leg::KickSeen, Leg::VmmTurnaround, Leg::Resume];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Leg::ExitEntry => "exit_entry",
+            Leg::KickStore => "kick_store",
+            Leg::KickSeen => "kick_seen",
+            Leg::VmmTurnaround => "vmm_turnaround",
+            Leg::Resume => "resume",
+        }
+    }
+}
+
+/// [`VcpuBlock::legs`]: the VMM's two stamps for the exit it is serving and
+/// the guest's histograms of the legs computed from them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegTiming {
+    /// Written by the VMM while the vCPU is in an exit (never while it runs
+    /// guest code): host TSC when it saw a PING exit or the kick that ended
+    /// a wait without blocking (a won halt poll, a pending kick); the guest
+    /// zeroes it before the exit it wants timed.
+    pub vmm_saw_tsc: u64,
+    /// Written by the VMM: host TSC just before the `KVM_RUN` that follows
+    /// the exit stamped in `vmm_saw_tsc`.
+    pub vmm_resume_tsc: u64,
+    /// Doorbells workload: bounds on host TSC minus guest TSC, cycles, over
+    /// every timed PING exit: `max(saw - after)` and `min(saw - before)`.
+    /// One clock: `offset_lo <= 0 <= offset_hi`.
+    pub offset_lo: i64,
+    pub offset_hi: i64,
+    /// PING exits that gave the bounds.
+    pub offset_samples: u64,
+    /// Per [`Leg`], ns (bucketed: a quarter of a power of two).
+    pub hist: [LatencyHistogram; NR_LEGS],
+    /// Per [`Leg`], the sum of the recorded values, ns (exact means).
+    pub sum_ns: [u64; NR_LEGS],
+}
+
+impl Default for LegTiming {
+    fn default() -> Self {
+        Self {
+            vmm_saw_tsc: 0,
+            vmm_resume_tsc: 0,
+            offset_lo: 0,
+            offset_hi: 0,
+            offset_samples: 0,
+            hist: [LatencyHistogram::default(); NR_LEGS],
+            sum_ns: [0; NR_LEGS],
+        }
+    }
+}
+
 /// A guest assertion / panic / BUG, copied as bytes (the VMM cannot follow
 /// the guest's string pointers into a separate binary's rodata).
 #[repr(C)]
@@ -324,6 +402,8 @@ pub struct VcpuBlock {
     pub assert: AssertRecord,
     /// Filled before a PANIC doorbell of kind use-after-free.
     pub uaf: UafRecord,
+    /// Wake legs (doorbells and ping-pong workloads).
+    pub legs: LegTiming,
 }
 
 impl Default for VcpuBlock {
@@ -345,6 +425,7 @@ impl Default for VcpuBlock {
             trace_head: 0,
             assert: AssertRecord::default(),
             uaf: UafRecord::default(),
+            legs: LegTiming::default(),
         }
     }
 }

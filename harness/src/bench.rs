@@ -43,7 +43,7 @@ pub use overhead::{LoopKind, Overhead, OverheadRow, OverheadSample};
 pub use poll::{PollCostRow, PollCostSample, PollMode};
 pub use sweep::{Sweep, SweepRow, SweepSample};
 pub use throughput::{GuestSample, ThroughputRow};
-pub use wake::{DoorbellSample, KickWake, PingPongSample};
+pub use wake::{DoorbellSample, KickWake, PingPongMode, PingPongSample, WakeLegs};
 
 use crate::config::RunConfig;
 use crate::output::{append_line, write_atomic};
@@ -117,6 +117,14 @@ pub struct Plan {
     /// `guest_halt_poll_ns` (200 us).
     #[serde(default)]
     pub poll_cost_ns: u64,
+    /// Repeats of the paired comparisons, the polling cost and the kernel
+    /// build against pv-upstream under contention (each repeat runs every
+    /// side back to back: the pairs), and their guest-timed length, ms (0:
+    /// as `duration_ms`).
+    #[serde(default)]
+    pub pair_repeats: u32,
+    #[serde(default)]
+    pub pair_ms: u64,
     /// vCPU counts of the cost-growth sweep (pv-upstream, 2 host CPUs).
     #[serde(default)]
     pub sweep_vcpus: Vec<u32>,
@@ -166,6 +174,8 @@ impl Plan {
                 stall_points: vec![(8, 2)],
                 poll_cost_vcpus: vec![2, 8],
                 poll_cost_ns: 200_000,
+                pair_repeats: 2,
+                pair_ms: 200,
                 sweep_vcpus: vec![2, 16, 64],
                 sweep_ms: 100,
                 overhead_ms: 100,
@@ -199,6 +209,11 @@ impl Plan {
                 stall_points,
                 poll_cost_vcpus: vec![2, 4, 8],
                 poll_cost_ns: 200_000,
+                // The noisy figures of the bench (±30% per run at 4x
+                // overcommit): 8 pairs of 800 ms runs, ~70 s for the
+                // polling cost, ~15 s for the kernel pair.
+                pair_repeats: 8,
+                pair_ms: 800,
                 sweep_vcpus: vec![2, 8, 16, 32, 64],
                 sweep_ms: 1000,
                 overhead_ms: 500,
@@ -218,6 +233,19 @@ impl Plan {
         }
     }
 
+    /// The ping-pong's wait modes: really blocks, VMM poll (eventfd), VMM
+    /// poll (flag), guest poll.
+    pub fn ping_pong_modes(&self) -> [PingPongMode; 4] {
+        let m =
+            |halt_poll_us, halt_poll_flag, guest_poll_ns| PingPongMode { halt_poll_us, halt_poll_flag, guest_poll_ns };
+        [
+            m(0, false, 0),
+            m(self.tuned_halt_poll_us, false, 0),
+            m(self.tuned_halt_poll_us, true, 0),
+            m(0, false, self.tuned_guest_poll_ns),
+        ]
+    }
+
     /// Every measurement, in run order: mechanism costs, then the
     /// throughput sweep and the host-thread runs repeat by repeat, then the
     /// uncontended pairs, then the reproducers.
@@ -225,9 +253,10 @@ impl Plan {
         let mut jobs = Vec::new();
         for rep in 0..self.mech_repeats {
             jobs.push(Job::Doorbells { rep });
-            // Really blocks; the VMM's poll wins; the guest's poll wins.
-            for (halt_poll_us, guest_poll_ns) in [(0, 0), (self.tuned_halt_poll_us, 0), (0, self.tuned_guest_poll_ns)] {
-                jobs.push(Job::PingPong { halt_poll_us, guest_poll_ns, rep });
+            // Really blocks; the VMM's poll wins (kick through the eventfd,
+            // then through the poll flag, side by side); the guest's poll wins.
+            for mode in self.ping_pong_modes() {
+                jobs.push(Job::PingPong { mode, rep });
             }
         }
         for rep in 0..self.repeats {
@@ -244,9 +273,9 @@ impl Plan {
                 }
             }
         }
-        for rep in 0..self.repeats {
+        for rep in 0..self.pair_repeats.max(1) {
             for &vcpus in &self.poll_cost_vcpus {
-                for mode in PollMode::ALL {
+                for mode in poll::modes_of_repeat(rep) {
                     jobs.push(Job::PollCost { vcpus, mode, rep });
                 }
             }
@@ -268,7 +297,7 @@ impl Plan {
                     jobs.push(Job::Kernel { variant, contended: false, rep });
                 }
             }
-            for rep in 0..self.repeats {
+            for rep in 0..self.pair_repeats.max(1) {
                 for variant in kernel::KERNEL_PAIR {
                     jobs.push(Job::Kernel { variant, contended: true, rep });
                 }
@@ -302,8 +331,7 @@ pub enum Job {
         rep: u32,
     },
     PingPong {
-        halt_poll_us: u64,
-        guest_poll_ns: u64,
+        mode: PingPongMode,
         rep: u32,
     },
     Guest {
@@ -397,6 +425,12 @@ pub struct BenchResult {
     /// Kick -> wake with `plan.tuned_guest_poll_ns` (no VMM poll).
     #[serde(default)]
     pub kick_wake_guest_poll_us: Option<KickWake>,
+    /// Kick -> wake with `plan.tuned_halt_poll_us` and `halt_poll_flag`.
+    #[serde(default)]
+    pub kick_wake_flag_us: Option<KickWake>,
+    /// The legs of a doorbell exit and of a won VMM poll.
+    #[serde(default)]
+    pub wake_legs: Option<WakeLegs>,
     pub throughput: Vec<ThroughputRow>,
     /// Throughput with and without polling at 1x/2x/4x overcommit.
     #[serde(default)]
@@ -533,9 +567,7 @@ pub fn not_ok(rec: &Record, what: &str) -> Option<String> {
 fn run_job(cx: &JobCtx<'_>, job: &Job, s: &mut Samples) -> Result<JobOutcome> {
     match job {
         Job::Doorbells { rep } => wake::run_doorbells(cx, *rep, s),
-        Job::PingPong { halt_poll_us, guest_poll_ns, rep } => {
-            wake::run_ping_pong(cx, *halt_poll_us, *guest_poll_ns, *rep, s)
-        }
+        Job::PingPong { mode, rep } => wake::run_ping_pong(cx, *mode, *rep, s),
         Job::Guest { point, stalls, rep } => throughput::run_guest(cx, point, *stalls, *rep, s),
         Job::Host { point, rep } => host::run_host(cx, point, *rep, s),
         Job::PollCost { vcpus, mode, rep } => poll::run_poll_cost(cx, *vcpus, *mode, *rep, s),
@@ -560,6 +592,7 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
     let mut ratios = BTreeMap::new();
     throughput::ratios(s, &mut ratios);
     let uncontended = host::uncontended(s, &mut ratios);
+    let pp = plan.ping_pong_modes();
     let mut r = BenchResult {
         schema_version: BENCH_SCHEMA_VERSION,
         started_at: String::new(),
@@ -572,9 +605,11 @@ pub fn summarize(plan: &Plan, s: &Samples) -> BenchResult {
         mmio_exit_us: Estimate::of(&col(|d| Some(d.mmio_exit_us))),
         kick_store_us: Estimate::of(&col(|d| Some(d.kick_store_us))),
         disabled_window_ns: Estimate::of(&col(|d| d.disabled_window_ns)),
-        kick_wake_us: wake::kick_wake(&s.ping_pong, 0, 0),
-        kick_wake_tuned_us: wake::kick_wake(&s.ping_pong, plan.tuned_halt_poll_us, 0),
-        kick_wake_guest_poll_us: wake::kick_wake(&s.ping_pong, 0, plan.tuned_guest_poll_ns),
+        kick_wake_us: wake::kick_wake(&s.ping_pong, pp[0]),
+        kick_wake_tuned_us: wake::kick_wake(&s.ping_pong, pp[1]),
+        kick_wake_flag_us: wake::kick_wake(&s.ping_pong, pp[2]),
+        kick_wake_guest_poll_us: wake::kick_wake(&s.ping_pong, pp[3]),
+        wake_legs: wake::wake_legs(s, plan.tuned_halt_poll_us),
         throughput: throughput::rows(plan, s),
         poll_cost: poll::rows(plan, s),
         sweep: sweep::summary(plan, s),
@@ -641,9 +676,26 @@ mod tests {
     fn quick_plan_is_small_and_ordered() {
         let p = Plan::new(true);
         let jobs = p.jobs();
-        // 3 x (doorbells + 3 ping-pongs); 2 x 4 x 5 x (guest + host) + 2 x 5 stalls;
+        // 3 x (doorbells + 4 ping-pongs); 2 x 4 x 5 x (guest + host) + 2 x 5 stalls;
         // 2 x 2 x 3 poll costs; 2 x 3 sweep points; 3 x (pair + 5 overhead loops); 2 seeds.
-        assert_eq!(jobs.len(), 12 + 80 + 10 + 12 + 6 + 18 + 2);
+        assert_eq!(jobs.len(), 15 + 80 + 10 + 12 + 6 + 18 + 2);
+        // The polling-cost modes of a repeat run back to back, reversed on
+        // the next repeat (the pairs of the paired ratio).
+        let modes: Vec<(u32, PollMode)> = jobs
+            .iter()
+            .filter_map(|j| if let Job::PollCost { vcpus: 2, mode, rep } = j { Some((*rep, *mode)) } else { None })
+            .collect();
+        assert_eq!(
+            modes,
+            vec![
+                (0, PollMode::None),
+                (0, PollMode::Guest),
+                (0, PollMode::Vmm),
+                (1, PollMode::Vmm),
+                (1, PollMode::Guest),
+                (1, PollMode::None)
+            ]
+        );
         assert!(p.tuned_guest_poll_ns > 200_000, "a guest poll must outlast the 200 us pre-kick wait too");
         assert_eq!(jobs[0], Job::Doorbells { rep: 0 });
         assert!(p.tuned_halt_poll_us > 200, "a tuned poll must outlast the ping-pong's 200 us pre-kick wait");
@@ -672,12 +724,13 @@ mod tests {
         assert!(!p.jobs().iter().any(|j| matches!(j, Job::Kernel { .. })));
         p.kernel_tree = Some("/nonexistent".into());
         let n = p.jobs().iter().filter(|j| matches!(j, Job::Kernel { .. })).count();
-        assert_eq!(n as u32, 2 * (p.mech_repeats + p.repeats));
+        assert_eq!(n as u32, 2 * (p.mech_repeats + p.pair_repeats));
         let k = |variant: Variant, contended: bool, aps: f64| KernelSample {
             variant,
             contended,
             ok: true,
             acq_per_sec: aps,
+            rep: 0,
         };
         let s = Samples {
             kernel: vec![
@@ -702,9 +755,10 @@ mod tests {
     fn overhead_poll_cost_and_sweep_summaries() {
         let p = Plan::new(true);
         let o = |kind: LoopKind, acq_per_sec: f64| OverheadSample { kind, ok: true, acq_per_sec };
-        let pc = |vcpus: u32, mode: PollMode, acq_per_sec: f64| PollCostSample {
+        let pc = |vcpus: u32, mode: PollMode, acq_per_sec: f64, rep: u32| PollCostSample {
             vcpus,
             mode,
+            rep,
             ok: true,
             acq_per_sec,
             polls_won: 3,
@@ -731,10 +785,10 @@ mod tests {
                 o(LoopKind::TortureNoTrace, 985.0),
             ],
             poll_cost: vec![
-                pc(2, PollMode::None, 100.0),
-                pc(2, PollMode::None, 110.0),
-                pc(2, PollMode::Guest, 50.0),
-                pc(2, PollMode::Guest, 55.0),
+                pc(2, PollMode::None, 100.0, 0),
+                pc(2, PollMode::None, 110.0, 1),
+                pc(2, PollMode::Guest, 50.0, 0),
+                pc(2, PollMode::Guest, 55.0, 1),
             ],
             // boot = 1 ms + 0.15 ms per vCPU, exactly.
             sweep: p
@@ -774,8 +828,18 @@ mod tests {
         let p = Plan::new(true);
         let s = Samples {
             doorbells: vec![
-                DoorbellSample { mmio_exit_us: 30.0, kick_store_us: 3.0, disabled_window_ns: Some(0.5) },
-                DoorbellSample { mmio_exit_us: 40.0, kick_store_us: 4.0, disabled_window_ns: Some(0.7) },
+                DoorbellSample {
+                    mmio_exit_us: 30.0,
+                    kick_store_us: 3.0,
+                    disabled_window_ns: Some(0.5),
+                    ..Default::default()
+                },
+                DoorbellSample {
+                    mmio_exit_us: 40.0,
+                    kick_store_us: 4.0,
+                    disabled_window_ns: Some(0.7),
+                    ..Default::default()
+                },
             ],
             ping_pong: vec![
                 pp(0, 60_000, 200_000),

@@ -216,6 +216,28 @@ pub struct Timing {
     /// registrations, microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kick_setup_us: Option<f64>,
+    /// Wake legs by name (`pvlock_abi::Leg::name`), each timed on one clock
+    /// across the guest/VMM boundary (doorbells and ping-pong workloads).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wake_legs: BTreeMap<String, LegStats>,
+    /// Doorbells: bounds on host TSC minus guest TSC, cycles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsc_offset_cycles: Option<TscOffsetBounds>,
+}
+
+/// One wake leg of a run: its bucketed percentiles and exact mean, ns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LegStats {
+    pub ns: Percentiles,
+    pub mean_ns: f64,
+}
+
+/// `lo <= host TSC - guest TSC <= hi`, from `samples` exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TscOffsetBounds {
+    pub lo: i64,
+    pub hi: i64,
+    pub samples: u64,
 }
 
 /// The record of one run.

@@ -103,6 +103,23 @@ fn sum_map<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, u64>>) -> BTreeMa
     out
 }
 
+/// Every vCPU's wake-leg histograms merged, leg by leg (legs no vCPU
+/// recorded are left out).
+fn wake_legs(r: &RunReport) -> BTreeMap<String, crate::record::LegStats> {
+    let mut out = BTreeMap::new();
+    for leg in pvlock_abi::Leg::ALL {
+        let i = leg as usize;
+        let h = merge_histograms(r.per_vcpu.iter().filter_map(|v| v.leg_buckets.get(i)).map(Vec::as_slice));
+        let ns = histogram_percentiles(&h);
+        if ns.count == 0 {
+            continue;
+        }
+        let sum: u64 = r.per_vcpu.iter().filter_map(|v| v.leg_sum_ns.get(i)).sum();
+        out.insert(leg.name().to_string(), crate::record::LegStats { ns, mean_ns: sum as f64 / ns.count as f64 });
+    }
+    out
+}
+
 pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunReport) -> Record {
     let workload = rc.workload;
     let variant = rc.lock.variant;
@@ -183,6 +200,14 @@ pub fn make_record(rc: &RunConfig, run_key: &str, started_at: String, r: &RunRep
             timing.kick_wake_ns = Some(histogram_percentiles(&h));
         }
         _ => {}
+    }
+    if matches!(workload, Workload::Doorbells | Workload::PingPong) {
+        timing.wake_legs = wake_legs(r);
+        timing.tsc_offset_cycles = r
+            .per_vcpu
+            .iter()
+            .find_map(|v| v.tsc_offset)
+            .map(|o| crate::record::TscOffsetBounds { lo: o.lo, hi: o.hi, samples: o.samples });
     }
 
     let mut checks = Vec::new();

@@ -46,7 +46,15 @@ fn quick_bench_writes_its_results() {
     for k in ["p50", "p99", "max"] {
         positive(&v["kick_wake_us"][k], &format!("kick_wake_us.{k}"));
         positive(&v["kick_wake_tuned_us"][k], &format!("kick_wake_tuned_us.{k}"));
+        positive(&v["kick_wake_flag_us"][k], &format!("kick_wake_flag_us.{k}"));
     }
+    // The exit's legs are timed on every exit; the VMM stamps fall between
+    // the guest's reads around each one, whatever the load: one clock.
+    let legs = &v["wake_legs"];
+    let exit: Vec<&str> = legs["exit"].as_array().unwrap().iter().map(|l| l["leg"].as_str().unwrap()).collect();
+    assert_eq!(exit, ["exit_entry", "vmm_turnaround", "resume"], "{legs}");
+    let (lo, hi) = (legs["tsc_offset_us"][0].as_f64().unwrap(), legs["tsc_offset_us"][1].as_f64().unwrap());
+    assert!(lo <= 0.0 && 0.0 <= hi, "host TSC - guest TSC in [{lo}, {hi}] us");
     positive(&v["mmio_exit_us"]["mean"], "mmio_exit_us");
     positive(&v["kick_store_us"]["mean"], "kick_store_us");
     assert!(v["disabled_window_ns"]["mean"].is_number());

@@ -105,6 +105,12 @@ pub struct HypervisorConfig {
     /// Poll even when more vCPU threads are runnable than host CPUs (KVM
     /// would not).
     pub halt_poll_overcommitted: bool,
+    /// While halt polling, mark the vCPU's poll state word polling: a
+    /// kicker that sees the mark sets it to kicked instead of storing to the
+    /// kick doorbell, and the poll spins on that word (reading the eventfd
+    /// only now and then) — the VMM-side `set_nr_if_polling()`. Ignored with
+    /// `kick_delay_us` (delayed kicks must go through the VMM).
+    pub halt_poll_flag: bool,
     /// The guest spins this long on the wait byte and on its own "kicked"
     /// flag before the exiting wait store (the cpuidle-haltpoll driver's
     /// guest-side poll); a kick to a polling vCPU sets the flag instead of
@@ -140,6 +146,7 @@ impl Default for HypervisorConfig {
             kick: KickContract::Remembered,
             halt_poll_us: 0,
             halt_poll_overcommitted: false,
+            halt_poll_flag: false,
             guest_poll_ns: 0,
             guest_poll_overcommitted: false,
             stall_timeout_ms: 1000,
@@ -156,6 +163,11 @@ impl Default for HypervisorConfig {
 pub const MAX_GUEST_POLL_NS: u64 = 10_000_000;
 
 impl HypervisorConfig {
+    /// The VMM's halt poll publishes itself in the poll state word.
+    pub fn effective_halt_poll_flag(&self) -> bool {
+        self.halt_poll_flag && self.halt_poll_us > 0 && self.kick_delay_us == 0
+    }
+
     /// The guest poll the guest is told to use: `guest_poll_ns`, or 0 when
     /// vCPUs outnumber host CPUs and `guest_poll_overcommitted` is off.
     pub fn effective_guest_poll_ns(&self, vcpus: u32, host_cpus: u32) -> u32 {

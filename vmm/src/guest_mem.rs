@@ -170,6 +170,17 @@ impl GuestRam {
         self.check_range(gpa, 8)?;
         self.mem.write_obj(v, GuestAddress(gpa)).map_err(|_| OutOfRam { gpa, len: 8, ram: self.size })
     }
+
+    /// An atomic view of the aligned u32 at `gpa`, for a word the guest and
+    /// the VMM both update (the poll state word). None: outside RAM or
+    /// misaligned (the address came from the guest).
+    pub fn atomic_u32(&self, gpa: u64) -> Option<&std::sync::atomic::AtomicU32> {
+        use vm_memory::VolatileMemory;
+        self.check_range(gpa, 4).ok()?;
+        let region = self.mem.find_region(GuestAddress(gpa))?;
+        let offset = gpa.checked_sub(vm_memory::GuestMemoryRegion::start_addr(region).0)?;
+        region.get_atomic_ref::<std::sync::atomic::AtomicU32>(offset as usize).ok()
+    }
 }
 
 #[cfg(test)]

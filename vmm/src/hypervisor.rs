@@ -11,11 +11,17 @@
 //! re-check the byte (checked contract), consume a pending kick, optionally
 //! poll, then block in `poll(2)` on the kick eventfd and the vCPU's control
 //! eventfd (stop / watchdog) in bounded slices.
+//!
+//! With `halt_poll_flag` the poll also publishes itself in the vCPU's poll
+//! state word in guest memory (the word the guest's own poll uses): a kicker
+//! that sees it polling sets it to kicked and skips the kick store, as
+//! `set_nr_if_polling()` skips the IPI to a CPU polling in idle.
 
 use crate::config::{HypervisorConfig, KickContract, WaitContract};
+use pvlock_abi::boot::{POLL_IDLE, POLL_KICKED, POLL_POLLING};
 use pvlock_abi::{VmmCounter, NR_VMM_COUNTERS};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -54,7 +60,24 @@ pub struct WaitChannel {
     pub head_wait: std::sync::atomic::AtomicBool,
     /// Blocking waits that were a queue head's (directed `head-blocked`).
     pub head_blocks: AtomicU64,
+    /// Host TSC when this vCPU's thread last saw a kick (eventfd or poll
+    /// flag): the `vmm_saw_tsc` stamp of the wake legs.
+    pub kick_seen_tsc: AtomicU64,
+    /// The last wait blocked the thread (its legs are not a won poll's).
+    pub last_wait_blocked: std::sync::atomic::AtomicBool,
 }
+
+/// Host TSC now (the guest's `rdtsc` reads the same clock under PVM; the
+/// doorbells workload measures the offset).
+pub fn host_tsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions in user mode.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// How often the flag poll also reads the kick eventfd (a `read(2)` costs a
+/// microsecond or more here; the eventfd only gets kicks stored before the
+/// flag went up).
+const EVENTFD_EVERY: u32 = 16;
 
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +106,8 @@ impl WaitChannel {
             wait_gpa: AtomicU64::new(0),
             head_wait: std::sync::atomic::AtomicBool::new(false),
             head_blocks: AtomicU64::new(0),
+            kick_seen_tsc: AtomicU64::new(0),
+            last_wait_blocked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -90,6 +115,7 @@ impl WaitChannel {
     fn take_kick(&self) -> bool {
         match self.kick.read() {
             Ok(n) => {
+                self.kick_seen_tsc.store(host_tsc(), Ordering::Relaxed);
                 self.counters.add(VmmCounter::KicksReceived, n);
                 true
             }
@@ -97,8 +123,55 @@ impl WaitChannel {
         }
     }
 
+    /// The halt poll: up to `us` on the kick eventfd and, given the vCPU's
+    /// poll state word (`halt_poll_flag`), on that word. True: a kick came.
+    fn poll(&self, us: u64, flag: Option<&AtomicU32>) -> bool {
+        let until = Instant::now() + Duration::from_micros(us);
+        let Some(flag) = flag else {
+            while Instant::now() < until {
+                if self.take_kick() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            return false;
+        };
+        // SeqCst: pairs with the kicker's CAS (guest `pv_kick`): either it
+        // sees POLLING and our final swap sees KICKED, or it saw IDLE and
+        // stored to the eventfd, which the loop or the blocking half reads.
+        flag.store(POLL_POLLING, Ordering::SeqCst);
+        let mut won = false;
+        let mut i = 0u32;
+        loop {
+            if flag.load(Ordering::Acquire) == POLL_KICKED {
+                break;
+            }
+            if i.is_multiple_of(EVENTFD_EVERY) && self.take_kick() {
+                won = true;
+                break;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            i = i.wrapping_add(1);
+            std::hint::spin_loop();
+        }
+        // Leave the polling state; a kick that raced with the timeout is
+        // still ours.
+        if flag.swap(POLL_IDLE, Ordering::SeqCst) == POLL_KICKED {
+            if !won {
+                self.kick_seen_tsc.store(host_tsc(), Ordering::Relaxed);
+            }
+            self.counters.add(VmmCounter::PollFlagKicks, 1);
+            self.counters.add(VmmCounter::KicksReceived, 1);
+            won = true;
+        }
+        won
+    }
+
     /// Implements one pv_wait of this vCPU. `current` re-reads the watched
-    /// guest byte; `now_us` is the run clock. Returns how it ended.
+    /// guest byte; `poll_flag` is the vCPU's poll state word when the halt
+    /// poll publishes itself (`halt_poll_flag`). Returns how it ended.
     // The arguments are the hypercall's inputs plus the run's context;
     // bundling them would only move the list elsewhere.
     #[allow(clippy::too_many_arguments)]
@@ -106,6 +179,7 @@ impl WaitChannel {
         &self,
         cfg: &HypervisorConfig,
         may_poll: bool,
+        poll_flag: Option<&AtomicU32>,
         expected: u8,
         gpa: u64,
         current: impl Fn() -> u8,
@@ -113,6 +187,7 @@ impl WaitChannel {
         rng: &mut crate::preempt::Rng,
     ) -> WaitEnd {
         self.counters.add(VmmCounter::Waits, 1);
+        self.last_wait_blocked.store(false, Ordering::Relaxed);
         if cfg.kick == KickContract::LostIfNotWaiting {
             // The vCPU was running until now: kicks that arrived meanwhile
             // are lost under this contract.
@@ -130,17 +205,12 @@ impl WaitChannel {
             self.counters.add(VmmCounter::WaitsKickPending, 1);
             return WaitEnd::Kicked;
         }
-        if may_poll && cfg.halt_poll_us > 0 {
-            let until = Instant::now() + Duration::from_micros(cfg.halt_poll_us);
-            while Instant::now() < until {
-                if self.take_kick() {
-                    self.counters.add(VmmCounter::PollsWon, 1);
-                    return WaitEnd::Kicked;
-                }
-                std::hint::spin_loop();
-            }
+        if may_poll && cfg.halt_poll_us > 0 && self.poll(cfg.halt_poll_us, poll_flag) {
+            self.counters.add(VmmCounter::PollsWon, 1);
+            return WaitEnd::Kicked;
         }
         self.counters.add(VmmCounter::WaitsBlocked, 1);
+        self.last_wait_blocked.store(true, Ordering::Relaxed);
         if self.head_wait.load(Ordering::Relaxed) {
             self.head_blocks.fetch_add(1, Ordering::Release);
         }
@@ -238,11 +308,14 @@ mod tests {
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::Remembered);
         assert_eq!(
-            ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
             WaitEnd::ValueChanged
         );
         // KVM keeps pv_unhalted set: the next wait returns at once.
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Kicked);
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            WaitEnd::Kicked
+        );
         assert_eq!(ch.counters.get(VmmCounter::WaitsKickPending), 1);
     }
 
@@ -250,7 +323,10 @@ mod tests {
     fn unchecked_wait_blocks_even_if_value_changed() {
         let ch = WaitChannel::new().unwrap();
         let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
-        assert_eq!(ch.wait(&c, false, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            WaitEnd::TimedOut
+        );
         // Still shown as blocked (for the dump) until the caller says so.
         assert_ne!(ch.blocked_since_us.load(Ordering::Acquire), 0);
         ch.end_blocked();
@@ -262,7 +338,10 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::LostIfNotWaiting);
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::TimedOut);
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            WaitEnd::TimedOut
+        );
         assert_eq!(ch.counters.get(VmmCounter::KicksDropped), 1);
     }
 
@@ -277,7 +356,10 @@ mod tests {
             }
             k.kick.write(1).unwrap();
         });
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Kicked);
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            WaitEnd::Kicked
+        );
         t.join().unwrap();
         assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 1);
     }
@@ -287,7 +369,10 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.poke();
         let c = HypervisorConfig { stall_timeout_ms: 5000, ..Default::default() };
-        assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)), WaitEnd::Control);
+        assert_eq!(
+            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1)),
+            WaitEnd::Control
+        );
     }
 }
 
@@ -295,12 +380,68 @@ mod tests {
 mod more_tests {
     use super::*;
 
+    fn polling_cfg() -> HypervisorConfig {
+        // A poll far longer than any test: it can only end by a kick.
+        HypervisorConfig {
+            halt_poll_us: 600_000_000,
+            stall_timeout_ms: 5000,
+            halt_poll_flag: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_kick_through_the_poll_flag_ends_the_halt_poll_without_the_eventfd() {
+        let ch = std::sync::Arc::new(WaitChannel::new().unwrap());
+        let word = std::sync::Arc::new(AtomicU32::new(POLL_IDLE));
+        let (k, w) = (ch.clone(), word.clone());
+        // The guest kicker's side: CAS POLLING -> KICKED once the poll is up.
+        let t = std::thread::spawn(move || {
+            while w.compare_exchange(POLL_POLLING, POLL_KICKED, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+                std::thread::yield_now();
+            }
+            drop(k);
+        });
+        let end =
+            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1));
+        t.join().unwrap();
+        assert_eq!(end, WaitEnd::Kicked);
+        assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE, "the poller leaves the word idle");
+        assert_eq!(ch.counters.get(VmmCounter::PollFlagKicks), 1);
+        assert_eq!(ch.counters.get(VmmCounter::PollsWon), 1);
+        assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 0);
+        assert!(ch.kick.read().is_err(), "no kick store was needed");
+        assert_ne!(ch.kick_seen_tsc.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_flag_poll_still_sees_a_kick_stored_to_the_eventfd() {
+        // A kicker that saw the word idle just before the poll began stores
+        // to the doorbell; the flag poll reads the eventfd now and then.
+        let ch = std::sync::Arc::new(WaitChannel::new().unwrap());
+        let word = std::sync::Arc::new(AtomicU32::new(POLL_IDLE));
+        let (k, w) = (ch.clone(), word.clone());
+        let t = std::thread::spawn(move || {
+            while w.load(Ordering::SeqCst) != POLL_POLLING {
+                std::thread::yield_now();
+            }
+            k.kick.write(1).unwrap();
+        });
+        let end =
+            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1));
+        t.join().unwrap();
+        assert_eq!(end, WaitEnd::Kicked);
+        assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE);
+        assert_eq!(ch.counters.get(VmmCounter::PollFlagKicks), 0);
+        assert_eq!(ch.counters.get(VmmCounter::PollsWon), 1);
+    }
+
     #[test]
     fn periodic_interrupt_ends_a_wait() {
         let ch = WaitChannel::new().unwrap();
         let c = HypervisorConfig { interrupt_us: 2000, stall_timeout_ms: 5000, ..Default::default() };
         let t = Instant::now();
-        let end = ch.wait(&c, false, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1));
+        let end = ch.wait(&c, false, None, 1, 0, || 1, t, &mut crate::preempt::Rng::new(1));
         assert_eq!(end, WaitEnd::Interrupt);
         assert!(t.elapsed() < Duration::from_millis(100));
         assert_eq!(ch.counters.get(VmmCounter::InterruptWakeups), 1);
@@ -312,7 +453,7 @@ mod more_tests {
         let c = HypervisorConfig { spurious_wakeup_prob: 1.0, stall_timeout_ms: 5000, ..Default::default() };
         let mut rng = crate::preempt::Rng::new(3);
         for _ in 0..5 {
-            assert_eq!(ch.wait(&c, false, 1, 0, || 1, Instant::now(), &mut rng), WaitEnd::Spurious);
+            assert_eq!(ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut rng), WaitEnd::Spurious);
         }
         assert_eq!(ch.counters.get(VmmCounter::SpuriousWakeups), 5);
     }

@@ -5,7 +5,7 @@ use crate::config::MachineConfig;
 use crate::cpu_state::{initial_regs, setup_sregs};
 use crate::error::MachineError;
 use crate::guest_mem::GuestRam;
-use crate::hypervisor::WaitChannel;
+use crate::hypervisor::{host_tsc, WaitChannel};
 use crate::preempt::{PreemptState, Rng};
 use crate::report::{GuestFailure, RunReport, RunStatus, VcpuReport};
 use crate::signal::{install_kick_handler, kick_thread, ImmediateExit};
@@ -80,12 +80,6 @@ fn pin_to(host_cpu: usize) {
         libc::CPU_SET(host_cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
-}
-
-/// Host TSC now (the guest's TSC is the host's on these machines).
-fn host_tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions in user mode.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 impl Machine {
@@ -232,6 +226,8 @@ impl Machine {
         let vcpu_setup = t_vcpus.elapsed();
         let tsc_khz = fds[0].get_tsc_khz().map(u64::from).unwrap_or_else(|_| measure_tsc_khz());
 
+        let runnable_per_cpu = if cfg.host_cpus == 0 { 1 } else { cfg.vcpus.div_ceil(cfg.host_cpus) };
+        let may_poll = runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted;
         let boot = BootBlock {
             magic: BOOT_MAGIC,
             abi_version: pvlock_abi::ABI_VERSION,
@@ -247,6 +243,8 @@ impl Machine {
             hypervisor: pvlock_abi::HypervisorParams {
                 preempted_flags: 1,
                 guest_poll_ns: cfg.hypervisor.effective_guest_poll_ns(cfg.vcpus, cfg.host_cpus),
+                vmm_poll_flag: u32::from(cfg.hypervisor.effective_halt_poll_flag() && may_poll),
+                _pad: 0,
             },
             iterations: cfg.iterations,
             trace_gpa: trace_rings.gpa,
@@ -270,7 +268,6 @@ impl Machine {
         let (timer_tx, timer_rx) = mpsc::channel::<(Instant, u32)>();
         install_kick_handler().map_err(MachineError::Signal)?;
 
-        let runnable_per_cpu = if cfg.host_cpus == 0 { 1 } else { cfg.vcpus.div_ceil(cfg.host_cpus) };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             ram,
@@ -279,7 +276,8 @@ impl Machine {
             channels,
             exits: (0..cfg.vcpus).map(|_| AtomicU64::new(0)).collect(),
             console: Mutex::new(Default::default()),
-            may_poll: runnable_per_cpu <= 1 || cfg.hypervisor.halt_poll_overcommitted,
+            may_poll,
+            poll_flag: cfg.hypervisor.effective_halt_poll_flag() && may_poll,
             preempt: PreemptState::with_sites(
                 cfg.vcpus as usize,
                 cfg.preempt.schedule.len(),
@@ -301,7 +299,15 @@ impl Machine {
                 ImmediateExit(&fd.get_kvm_run().immediate_exit as *const u8 as *const std::sync::atomic::AtomicU8);
             let host_cpu = (cfg.host_cpus > 0).then(|| allowed[cpu % cfg.host_cpus as usize]);
             let rng = Rng::new(stream_seed(cfg.seed, Stream::VmmVcpu(cpu as u32)));
-            let t = VcpuThread { cpu: cpu as u32, fd, shared: shared.clone(), tx: tx.clone(), rng };
+            let t = VcpuThread {
+                cpu: cpu as u32,
+                fd,
+                shared: shared.clone(),
+                tx: tx.clone(),
+                rng,
+                stamp_resume: false,
+                exit_tsc: 0,
+            };
             let spawned = std::thread::Builder::new().name(format!("vcpu{cpu}")).spawn(move || {
                 if let Some(h) = host_cpu {
                     pin_to(h);
@@ -538,6 +544,14 @@ fn stop_all(sh: &Shared, vcpus: &mut Vcpus) -> Vec<Option<crate::regs::GeneralRe
     regs
 }
 
+/// A histogram's non-empty buckets: (lower bound, count).
+fn nonempty_buckets(h: &LatencyHistogram) -> Vec<(u64, u64)> {
+    (0..LatencyHistogram::BUCKETS)
+        .filter(|&i| h.buckets[i] > 0)
+        .map(|i| (LatencyHistogram::bucket_low(i), h.buckets[i]))
+        .collect()
+}
+
 fn collect(
     sh: &Shared,
     failure: Option<GuestFailure>,
@@ -569,10 +583,14 @@ fn collect(
             exits: sh.exits[cpu as usize].load(Ordering::Relaxed),
             final_phase: GuestPhase::from_u32(b.phase),
             timing: b.timing,
-            latency_buckets: (0..LatencyHistogram::BUCKETS)
-                .filter(|&i| b.latency.buckets[i] > 0)
-                .map(|i| (LatencyHistogram::bucket_low(i), b.latency.buckets[i]))
-                .collect(),
+            latency_buckets: nonempty_buckets(&b.latency),
+            leg_buckets: b.legs.hist.iter().map(nonempty_buckets).collect(),
+            leg_sum_ns: b.legs.sum_ns.to_vec(),
+            tsc_offset: (b.legs.offset_samples > 0).then_some(crate::report::TscOffset {
+                lo: b.legs.offset_lo,
+                hi: b.legs.offset_hi,
+                samples: b.legs.offset_samples,
+            }),
         });
     }
     let hash_in_use = crate::watchdog::hash_entries_in_use(sh).into_iter().map(|(_, e)| (e.lock, e.node)).collect();

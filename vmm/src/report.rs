@@ -316,6 +316,25 @@ pub struct VcpuReport {
     /// Non-empty latency histogram buckets: (lower bound ns, count).
     #[serde(skip)]
     pub latency_buckets: Vec<(u64, u64)>,
+    /// Per wake leg (`pvlock_abi::Leg`, by index): non-empty histogram
+    /// buckets (lower bound ns, count).
+    #[serde(skip)]
+    pub leg_buckets: Vec<Vec<(u64, u64)>>,
+    /// Per wake leg, the sum of its values, ns.
+    #[serde(skip)]
+    pub leg_sum_ns: Vec<u64>,
+    /// Doorbells workload: host TSC minus guest TSC is within
+    /// `[lo, hi]` cycles, from `samples` timed exits.
+    #[serde(skip)]
+    pub tsc_offset: Option<TscOffset>,
+}
+
+/// Bounds on host TSC minus guest TSC, cycles (see `pvlock_abi::LegTiming`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TscOffset {
+    pub lo: i64,
+    pub hi: i64,
+    pub samples: u64,
 }
 
 /// Everything a run produced.

@@ -11,7 +11,7 @@
 
 use crate::exit::{ExitClass, GuestRequest};
 use crate::guest_mem::GuestRam;
-use crate::hypervisor::{WaitChannel, WaitEnd};
+use crate::hypervisor::{host_tsc, WaitChannel, WaitEnd};
 use crate::report::GuestFailure;
 use crate::MachineConfig;
 use kvm_ioctls::VcpuFd;
@@ -48,6 +48,8 @@ pub struct Shared {
     pub console: Mutex<crate::report::Console>,
     /// Halt polling is allowed (not overcommitted, or told to anyway).
     pub may_poll: bool,
+    /// The halt poll publishes itself in the vCPUs' poll state words.
+    pub poll_flag: bool,
     pub preempt: crate::preempt::PreemptState,
     /// Delayed kick delivery (`kick_delay_us` > 0): (deliver at, target).
     pub kick_timer: Option<Mutex<std::sync::mpsc::Sender<(Instant, u32)>>>,
@@ -65,6 +67,25 @@ pub struct Shared {
 
 impl Shared {
     /// The boot block as it is now (guest-published fields included).
+    /// Writes one of the wake-leg stamps (the `LegTiming` field at
+    /// `field`) into vCPU `cpu`'s block; called by that vCPU's thread while
+    /// the vCPU is in an exit, so the guest is not touching the field.
+    pub fn stamp_leg(&self, cpu: u32, field: usize, tsc: u64) {
+        let gpa = Self::block_gpa(cpu) + (offset_of!(VcpuBlock, legs) + field) as u64;
+        let _ = self.ram.write_u64(gpa, tsc);
+    }
+
+    /// vCPU `cpu`'s poll state word, when the halt poll publishes itself
+    /// there (`halt_poll_flag`) and the guest has said where the words are.
+    pub fn poll_flag(&self, cpu: u32) -> Option<&std::sync::atomic::AtomicU32> {
+        if !self.poll_flag {
+            return None;
+        }
+        let field = pvlock_abi::BOOT_BLOCK_GPA + offset_of!(pvlock_abi::BootBlock, poll_state_gpa) as u64;
+        let base = self.ram.read_u64(field).ok().filter(|&b| b != 0)?;
+        self.ram.atomic_u32(base.checked_add(cpu as u64 * pvlock_abi::boot::POLL_STATE_STRIDE)?)
+    }
+
     pub fn boot(&self) -> pvlock_abi::BootBlock {
         self.ram.read_pod(pvlock_abi::BOOT_BLOCK_GPA).unwrap_or_default()
     }
@@ -148,6 +169,11 @@ pub struct VcpuThread {
     pub shared: std::sync::Arc<Shared>,
     pub tx: Sender<VcpuEvent>,
     pub rng: crate::preempt::Rng,
+    /// The exit being served was stamped in the guest's `legs.vmm_saw_tsc`
+    /// (a PING, or a wait ended by a kick): stamp the next `KVM_RUN` too.
+    pub stamp_resume: bool,
+    /// Host TSC when the last `KVM_RUN` returned.
+    pub exit_tsc: u64,
 }
 
 impl VcpuThread {
@@ -228,8 +254,13 @@ impl VcpuThread {
     /// `Running`: one KVM_RUN and the handling of its exit.
     fn running(&mut self) -> Result<State, GuestFailure> {
         let cpu = self.cpu;
+        if std::mem::take(&mut self.stamp_resume) {
+            self.shared.stamp_leg(cpu, offset_of!(pvlock_abi::LegTiming, vmm_resume_tsc), host_tsc());
+        }
         // Classify into owned data first: VcpuExit borrows the fd.
-        let class = crate::exit::classify(self.fd.run());
+        let run = self.fd.run();
+        self.exit_tsc = host_tsc();
+        let class = crate::exit::classify(run);
         if class.is_guest_exit() {
             self.shared.exits[cpu as usize].fetch_add(1, Ordering::Relaxed);
         }
@@ -323,7 +354,12 @@ impl VcpuThread {
                 Ok(State::Running)
             }
             GuestRequest::Site { index } => crate::sites::serve(self, index).map(|()| State::Running),
-            GuestRequest::Ping { .. } => Ok(State::Running),
+            GuestRequest::Ping { .. } => {
+                // The exit round trip's legs (doorbells workload).
+                sh.stamp_leg(cpu, offset_of!(pvlock_abi::LegTiming, vmm_saw_tsc), self.exit_tsc);
+                self.stamp_resume = true;
+                Ok(State::Running)
+            }
             GuestRequest::KickNoSuchCpu { cpu: target } => match &sh.kick_timer {
                 // kick_delay_us > 0: kicks come through here, delivered late.
                 Some(timer) if target < sh.cfg.vcpus as u64 => {
@@ -344,10 +380,12 @@ impl VcpuThread {
         let ch = &sh.channels[cpu as usize];
         let cur_lock = sh.ram.read_u64(Shared::block_gpa(cpu) + offset_of!(VcpuBlock, cur_lock) as u64).unwrap_or(0);
         ch.head_wait.store(cur_lock != 0 && gpa == cur_lock, Ordering::Relaxed);
+        let poll_flag = sh.poll_flag(cpu);
         loop {
             let end = ch.wait(
                 &sh.cfg.hypervisor,
                 sh.may_poll,
+                poll_flag,
                 expected,
                 gpa,
                 || sh.ram.read_u8(gpa).unwrap_or(0),
@@ -380,6 +418,18 @@ impl VcpuThread {
                     current: sh.ram.read_u8(gpa).unwrap_or(0),
                 }),
                 WaitEnd::Control if sh.stop.load(Ordering::Acquire) => Ok(State::Finished),
+                WaitEnd::Kicked if !ch.last_wait_blocked.load(Ordering::Relaxed) => {
+                    // The legs of a wake that did not block (a won poll or
+                    // a pending kick): when this thread saw the kick, and
+                    // (next KVM_RUN) when it resumed the vCPU.
+                    sh.stamp_leg(
+                        cpu,
+                        offset_of!(pvlock_abi::LegTiming, vmm_saw_tsc),
+                        ch.kick_seen_tsc.load(Ordering::Relaxed),
+                    );
+                    self.stamp_resume = true;
+                    Ok(State::Running)
+                }
                 _ => Ok(State::Running),
             };
         }

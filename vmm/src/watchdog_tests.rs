@@ -58,6 +58,7 @@ fn machine() -> Shared {
         exits: (0..2).map(|_| AtomicU64::new(0)).collect(),
         console: Mutex::new(Default::default()),
         may_poll: false,
+        poll_flag: false,
         preempt: PreemptState::new(2, 0),
         kick_timer: None,
         layout,

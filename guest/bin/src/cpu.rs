@@ -5,26 +5,30 @@
 use crate::rt;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
+use pvlock_abi::boot::{POLL_IDLE, POLL_KICKED, POLL_POLLING};
 use pvlock_abi::doorbell::{self, PanicKind};
 use pvlock_abi::{GuestPhase, LockEvent, TraceEntry, TraceEvent, VcpuBlock, Window};
 use pvlock_guest_lib::{Platform, WaitOn};
 
-/// A vCPU's guest-poll state, one cache line each (the kicker writes its
-/// target's line; nothing else shares it).
+/// A vCPU's poll state, one cache line each (the kicker writes its
+/// target's line; nothing else shares it). Polled by the guest's own poll
+/// (`guest_poll`) and, while the vCPU is in its wait exit, by the VMM's halt
+/// poll (`hypervisor.halt_poll_flag`): the vCPU is in at most one of them.
 #[repr(align(64))]
 struct PollState(AtomicU32);
-
-/// Not polling: a kick must go through the kick doorbell.
-const POLL_IDLE: u32 = 0;
-/// Spinning in `pv_wait()`'s guest poll: a kick may set KICKED instead.
-const POLL_POLLING: u32 = 1;
-/// Kicked while polling; the poller consumes it.
-const POLL_KICKED: u32 = 2;
+const _: () = assert!(core::mem::size_of::<PollState>() as u64 == pvlock_abi::boot::POLL_STATE_STRIDE);
 
 #[allow(clippy::declare_interior_mutable_const)] // only the array initialiser
 const POLL_INIT: PollState = PollState(AtomicU32::new(POLL_IDLE));
-/// Per-vCPU guest-poll state, shared by all vCPUs (guest RAM).
+/// Per-vCPU poll state, shared by all vCPUs and the VMM (guest RAM, its
+/// address published in the boot block).
 static POLL: [PollState; pvlock_abi::MAX_VCPUS] = [POLL_INIT; pvlock_abi::MAX_VCPUS];
+
+/// Tells the VMM where the poll states are (every vCPU stores the same
+/// value before the start barrier).
+pub fn publish_poll_states() {
+    rt::boot_field(&rt::boot().poll_state_gpa).store(POLL.as_ptr() as u64, Ordering::Release);
+}
 
 pub struct GuestCpu {
     cpu: u32,
@@ -41,6 +45,9 @@ pub struct GuestCpu {
     trace_mask: u64,
     /// Guest-side poll before the exiting wait, TSC cycles (0: off).
     poll_cycles: u64,
+    /// A kick may find its target polling: the guest's poll is on, or the
+    /// VMM's halt poll publishes its polling state.
+    kick_may_find_poller: bool,
 }
 
 impl GuestCpu {
@@ -67,6 +74,7 @@ impl GuestCpu {
             },
             trace_mask: boot.trace_len.wrapping_sub(1),
             poll_cycles: rt::ns_to_cycles(boot.hypervisor.guest_poll_ns as u64),
+            kick_may_find_poller: boot.hypervisor.guest_poll_ns != 0 || boot.hypervisor.vmm_poll_flag != 0,
         }
     }
 
@@ -117,14 +125,16 @@ impl Platform for GuestCpu {
     }
 
     fn pv_kick(&self, cpu: u32) {
-        // A target in its guest poll takes the kick through its flag: no
-        // store, no eventfd (kernel/sched/core.c `set_nr_if_polling()`:
-        // a waker that sees TIF_POLLING_NRFLAG sets need_resched and sends
-        // no IPI). SeqCst pairs with the poller's store and swap in
-        // `guest_poll`: either this CAS sees POLLING and the poller's final
-        // swap sees KICKED, or the poller has left (IDLE) and the store
-        // below is remembered for its exiting wait.
-        if self.poll_cycles != 0 {
+        // A target in its guest poll, or in the VMM's halt poll with
+        // `halt_poll_flag`, takes the kick through its flag: no store, no
+        // eventfd (kernel/sched/core.c `set_nr_if_polling()`: a waker that
+        // sees TIF_POLLING_NRFLAG sets need_resched and sends no IPI).
+        // SeqCst pairs with the poller's store and swap (`guest_poll`, and
+        // the VMM's `WaitChannel::poll`): either this CAS sees POLLING and
+        // the poller's final swap sees KICKED, or the poller has left
+        // (IDLE) and the store below is remembered for the wait that
+        // follows (the exit, or the VMM's blocking half).
+        if self.kick_may_find_poller {
             if let Some(st) = POLL.get(cpu as usize) {
                 if st.0.compare_exchange(POLL_POLLING, POLL_KICKED, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
                     self.event(LockEvent::KicksToPoller, 1);

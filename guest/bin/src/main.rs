@@ -46,6 +46,7 @@ extern "C" fn guest_main(cpu: u64) -> ! {
     let Some(workload) = Workload::from_u32(boot.workload) else {
         panic!("unknown workload id {}", boot.workload);
     };
+    cpu::publish_poll_states();
     start_barrier(boot.nr_vcpus as u64);
     let status = workloads::run(workload, cpu);
     block.phase = pvlock_abi::GuestPhase::Done as u32;

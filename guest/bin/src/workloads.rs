@@ -5,7 +5,7 @@ use crate::cpu::GuestCpu;
 use crate::rt;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use pvlock_abi::doorbell;
-use pvlock_abi::Window;
+use pvlock_abi::{Leg, Window};
 use pvlock_abi::Workload;
 use pvlock_guest_lib::{Platform, WaitOn};
 
@@ -173,16 +173,33 @@ fn ping_pong(me: &GuestCpu) -> u64 {
             while rt::rdtsc() - t < rt::ns_to_cycles(200_000) {
                 core::hint::spin_loop();
             }
-            PING_SENT_TSC[peer].store(rt::rdtsc(), Ordering::Relaxed);
+            let sent = rt::rdtsc();
+            PING_SENT_TSC[peer].store(sent, Ordering::Relaxed);
             PING_FLAG[peer].store(1, Ordering::Release);
             me.pv_kick(peer as u32);
+            record_leg(me, Leg::KickStore, rt::rdtsc().saturating_sub(sent));
         } else {
+            // The VMM stamps the kick it sees and its KVM_RUN after it when
+            // the wait did not block (a won halt poll); a wait that blocked,
+            // or that the guest's own poll caught, leaves them zero.
+            clear_vmm_stamps(me);
             PING_READY[id].store(i as u32 + 1, Ordering::Release);
+            let mut resumed = 0;
             while PING_FLAG[id].load(Ordering::Acquire) == 0 {
                 me.pv_wait(WaitOn::NodeState(&PING_FLAG[id]), 0);
+                resumed = rt::rdtsc();
             }
-            let lat = rt::cycles_to_ns(rt::rdtsc().saturating_sub(PING_SENT_TSC[id].load(Ordering::Relaxed)));
+            let sent = PING_SENT_TSC[id].load(Ordering::Relaxed);
+            let lat = rt::cycles_to_ns(rt::rdtsc().saturating_sub(sent));
             PING_FLAG[id].store(0, Ordering::Relaxed);
+            let (saw, resume) = vmm_stamps(me);
+            // A won VMM poll or a blocked wait: kicker -> VMM -> KVM_RUN ->
+            // here, on one clock (the doorbells workload checks that).
+            if saw >= sent && resume >= saw && resumed >= resume {
+                record_leg(me, Leg::KickSeen, saw - sent);
+                record_leg(me, Leg::VmmTurnaround, resume - saw);
+                record_leg(me, Leg::Resume, resumed - resume);
+            }
             let b = me.block();
             b.latency.record(lat);
             b.acquisitions += 1;
@@ -215,6 +232,8 @@ fn doorbells(me: &GuestCpu) -> u64 {
         me.pv_kick(0);
     }
     let t2 = rt::rdtsc();
+    time_exit_legs(me, n);
+    let t2w = rt::rdtsc();
     // `black_box(me)` in both loops: the compiler must reload the window
     // mask through the reference on every call (as the lock code does, the
     // mask being a field of its platform), and cannot hoist the disabled
@@ -223,6 +242,7 @@ fn doorbells(me: &GuestCpu) -> u64 {
         core::hint::black_box(me).race_window(Window::Handoff);
     }
     let t3 = rt::rdtsc();
+    let window_loop_ns = rt::cycles_to_ns(t3 - t2w);
     for _ in 0..WINDOW_LOOPS {
         core::hint::black_box(me);
     }
@@ -231,12 +251,76 @@ fn doorbells(me: &GuestCpu) -> u64 {
         exits_ns: rt::cycles_to_ns(t1 - t0),
         kick_stores_ns: rt::cycles_to_ns(t2 - t1),
         iterations: n,
-        window_loop_ns: rt::cycles_to_ns(t3 - t2),
+        window_loop_ns,
         empty_loop_ns: rt::cycles_to_ns(t4 - t3),
         window_loops: WINDOW_LOOPS,
     }
     .store(&mut me.block().timing);
     doorbell::DONE_OK
+}
+
+/// `n` more PING exits, each split at the VMM's stamps into the way in
+/// (guest store -> VMM sees the exit), the VMM's turnaround and the way back
+/// (`KVM_RUN` -> the next guest instruction), with bounds on host TSC minus
+/// guest TSC: a stamp taken between two guest reads lies between them if
+/// both sides read one clock.
+fn time_exit_legs(me: &GuestCpu, n: u64) {
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    for i in 0..n {
+        clear_vmm_stamps(me);
+        let before = rt::rdtsc();
+        rt::ring(doorbell::PING, i);
+        let after = rt::rdtsc();
+        let (saw, resume) = vmm_stamps(me);
+        if saw == 0 || resume < saw {
+            continue;
+        }
+        lo = lo.max(saw.wrapping_sub(after) as i64);
+        hi = hi.min(saw.wrapping_sub(before) as i64);
+        record_leg(me, Leg::ExitEntry, saw.saturating_sub(before));
+        record_leg(me, Leg::VmmTurnaround, resume - saw);
+        record_leg(me, Leg::Resume, after.saturating_sub(resume));
+        // SAFETY: this vCPU's block, a raw place (see GuestCpu::event).
+        unsafe { (*me.block_ptr()).legs.offset_samples += 1 };
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*me.block_ptr()).legs.offset_lo = lo;
+        (*me.block_ptr()).legs.offset_hi = hi;
+    }
+}
+
+/// Zeroes the VMM's stamps of this vCPU (it writes them only while this
+/// vCPU is in an exit, so no access races with this one).
+fn clear_vmm_stamps(me: &GuestCpu) {
+    let b = me.block_ptr();
+    // SAFETY: this vCPU's block; volatile because the VMM writes these
+    // fields during the exits between this store and the reads.
+    unsafe {
+        core::ptr::addr_of_mut!((*b).legs.vmm_saw_tsc).write_volatile(0);
+        core::ptr::addr_of_mut!((*b).legs.vmm_resume_tsc).write_volatile(0);
+    }
+}
+
+/// The VMM's stamps of the last exit it served: (saw, resume), host TSC.
+fn vmm_stamps(me: &GuestCpu) -> (u64, u64) {
+    let b = me.block_ptr();
+    // SAFETY: as in `clear_vmm_stamps`.
+    unsafe {
+        (
+            core::ptr::addr_of!((*b).legs.vmm_saw_tsc).read_volatile(),
+            core::ptr::addr_of!((*b).legs.vmm_resume_tsc).read_volatile(),
+        )
+    }
+}
+
+fn record_leg(me: &GuestCpu, leg: Leg, cycles: u64) {
+    let ns = rt::cycles_to_ns(cycles);
+    // SAFETY: this vCPU's block, a raw place (see GuestCpu::event).
+    unsafe {
+        (*me.block_ptr()).legs.hist[leg as usize].record(ns);
+        (*me.block_ptr()).legs.sum_ns[leg as usize] += ns;
+    }
 }
 
 static PROBE_DONE: AtomicU32 = AtomicU32::new(0);

@@ -1,7 +1,7 @@
 //! `--kernel-tree`: the tree's `kernel-pv` measured beside `pv-upstream`,
 //! uncontended and contended at 8 vCPUs on 2 host CPUs, in one run.
 
-use super::stats::{ratio_of_means, Ratio};
+use super::stats::{pair_by_key, paired_ratio, ratio_of_means, Ratio};
 use super::{not_ok, Goal, JobCtx, JobOutcome, Plan, Point, Samples};
 use crate::config::RunConfig;
 use crate::stats::Estimate;
@@ -20,6 +20,9 @@ pub struct KernelSample {
     pub contended: bool,
     pub ok: bool,
     pub acq_per_sec: f64,
+    /// The repeat (the contended runs of one repeat are a pair).
+    #[serde(default)]
+    pub rep: u32,
 }
 
 /// `kernel-pv` of `plan.kernel_tree` against `pv-upstream`, in one run.
@@ -35,6 +38,7 @@ pub struct KernelBench {
     /// Acquisitions/s at 8 vCPUs on 2 host CPUs.
     pub contended_kernel_aps: Option<Estimate>,
     pub contended_rust_aps: Option<Estimate>,
+    /// kernel-pv over pv-upstream, paired by repeat.
     pub contended_ratio: Option<Ratio>,
 }
 
@@ -44,7 +48,12 @@ pub fn run_kernel(cx: &JobCtx<'_>, variant: Variant, contended: bool, rep: u32, 
     let plan = cx.plan;
     let point = Point { variant, vcpus: 8, host_cpus: 2 };
     let mut rc = if contended {
-        plan.guest_config(&point, false, rep)
+        let mut rc = plan.guest_config(&point, false, rep);
+        if plan.pair_ms > 0 {
+            rc.duration_ms = plan.pair_ms;
+            rc.timeout_ms = plan.pair_ms + 60_000;
+        }
+        rc
     } else {
         let mut rc = RunConfig {
             name: "bench-uncontended".into(),
@@ -64,7 +73,13 @@ pub fn run_kernel(cx: &JobCtx<'_>, variant: Variant, contended: bool, rep: u32, 
     let key = format!("variant={variant},contended={contended},rep={rep}");
     let rec = cx.vm(&rc, &key)?;
     let what = format!("{} {variant} rep {rep}", if contended { "contended 8v/2h" } else { "uncontended" });
-    s.kernel.push(KernelSample { variant, contended, ok: rec.status.is_ok(), acq_per_sec: rec.acquisitions_per_sec });
+    s.kernel.push(KernelSample {
+        variant,
+        contended,
+        ok: rec.status.is_ok(),
+        acq_per_sec: rec.acquisitions_per_sec,
+        rep,
+    });
     let line = if contended {
         format!("{what}: {:.0} acq/s [{}]", rec.acquisitions_per_sec, rec.status)
     } else {
@@ -85,6 +100,13 @@ pub fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
     };
     let (kn, rn) = (pick(Variant::KernelPv, false), pick(Variant::PvUpstream, false));
     let (kc, rc) = (pick(Variant::KernelPv, true), pick(Variant::PvUpstream, true));
+    let by_rep = |variant: Variant| -> Vec<(u32, f64)> {
+        s.kernel
+            .iter()
+            .filter(|k| k.ok && k.variant == variant && k.contended)
+            .map(|k| (k.rep, k.acq_per_sec))
+            .collect()
+    };
     let version = crate::kernel::Tree::open(Path::new(tree)).map(|t| t.version).unwrap_or_else(|_| "?".into());
     Some(KernelBench {
         version,
@@ -93,7 +115,7 @@ pub fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
         uncontended_ratio: ratio_of_means(&kn, &rn)?,
         contended_kernel_aps: Estimate::of(&kc),
         contended_rust_aps: Estimate::of(&rc),
-        contended_ratio: ratio_of_means(&kc, &rc),
+        contended_ratio: paired_ratio(&pair_by_key(&by_rep(Variant::KernelPv), &by_rep(Variant::PvUpstream))),
     })
 }
 /// The kernel build's goal (only with `--kernel-tree`).
@@ -107,13 +129,15 @@ pub fn goals(r: &super::BenchResult, out: &mut Vec<Goal>) {
         detail: match &r.kernel {
             Some(k) => format!(
                 "Linux {}: kernel-pv {} ns, pv-upstream {} ns per acquisition (torture loop included); \
-                 ratio {}; contended at 8 vCPUs / 2 host CPUs: kernel-pv {} acq/s, pv-upstream {} acq/s",
+                 ratio {}; contended at 8 vCPUs / 2 host CPUs: kernel-pv {} acq/s, pv-upstream {} acq/s, \
+                 kernel-pv / pv-upstream paired by repeat {}",
                 k.version,
                 k.uncontended_kernel_ns.show(1),
                 k.uncontended_rust_ns.show(1),
                 k.uncontended_ratio.show(3),
                 k.contended_kernel_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
                 k.contended_rust_aps.map(|x| x.show(0)).unwrap_or_else(|| "-".into()),
+                k.contended_ratio.map(|x| x.show(3)).unwrap_or_else(|| "-".into()),
             ),
             None => "not measured".into(),
         },

@@ -2,10 +2,13 @@
 //! overcommit (2, 4 and 8 vCPUs on 2 host CPUs) without a poll, with the
 //! guest's poll and with the VMM's halt poll, both forced on under
 //! overcommit (`*_overcommitted`) where a default run would leave them off.
-//! Modes are the inner loop of each repeat, so a drift in the host's load
-//! spreads over all three.
+//! Modes are the inner loop of each repeat, run back to back (in reverse
+//! order on odd repeats, so a steady drift does not favour one), and each
+//! poll mode's cost is the paired ratio over the repeats
+//! ([`super::stats::paired_ratio`]): the host's load moves from repeat to
+//! repeat far more than it does between two runs of one repeat.
 
-use super::stats::{ratio_of_means, Ratio};
+use super::stats::{pair_by_key, paired_ratio, Ratio};
 use super::{not_ok, JobCtx, JobOutcome, Plan, Point, Samples};
 use crate::stats::Estimate;
 use anyhow::Result;
@@ -38,6 +41,9 @@ impl PollMode {
 pub struct PollCostSample {
     pub vcpus: u32,
     pub mode: PollMode,
+    /// The repeat: runs of one repeat are the pairs.
+    #[serde(default)]
+    pub rep: u32,
     pub ok: bool,
     pub acq_per_sec: f64,
     /// Polls won and lost (guest: its own counters; VMM: polls won and
@@ -55,7 +61,8 @@ pub struct PollCostRow {
     /// The poll, ns (0 for `none`).
     pub poll_ns: u64,
     pub acq_per_sec: Option<Estimate>,
-    /// This mode's acq/s over the no-poll runs at the same point.
+    /// This mode's acq/s over the no-poll run of the same repeat, paired
+    /// over repeats.
     pub over_no_poll: Option<Ratio>,
     /// Fraction of polls that won, over all repeats.
     pub won_fraction: Option<f64>,
@@ -71,6 +78,10 @@ pub fn run_poll_cost(cx: &JobCtx<'_>, vcpus: u32, mode: PollMode, rep: u32, s: &
     let point = Point { variant: Variant::PvUpstream, vcpus, host_cpus: POLL_COST_HOST_CPUS };
     let mut rc = plan.guest_config(&point, false, rep);
     rc.name = "bench-poll-cost".into();
+    if plan.pair_ms > 0 {
+        rc.duration_ms = plan.pair_ms;
+        rc.timeout_ms = plan.pair_ms + 60_000;
+    }
     match mode {
         PollMode::None => {}
         PollMode::Guest => {
@@ -98,6 +109,7 @@ pub fn run_poll_cost(cx: &JobCtx<'_>, vcpus: u32, mode: PollMode, rep: u32, s: &
     s.poll_cost.push(PollCostSample {
         vcpus,
         mode,
+        rep,
         ok: rec.status.is_ok(),
         acq_per_sec: rec.acquisitions_per_sec,
         polls_won,
@@ -106,13 +118,30 @@ pub fn run_poll_cost(cx: &JobCtx<'_>, vcpus: u32, mode: PollMode, rep: u32, s: &
     Ok((line, not_ok(&rec, &what)))
 }
 
+/// The poll modes of repeat `rep` in run order: forwards on even repeats,
+/// backwards on odd ones.
+pub fn modes_of_repeat(rep: u32) -> [PollMode; 3] {
+    let mut m = PollMode::ALL;
+    if rep % 2 == 1 {
+        m.reverse();
+    }
+    m
+}
+
 pub fn rows(plan: &Plan, s: &Samples) -> Vec<PollCostRow> {
     let mut out = Vec::new();
     for &vcpus in &plan.poll_cost_vcpus {
         let acq = |mode: PollMode| -> Vec<f64> {
             s.poll_cost.iter().filter(|p| p.ok && p.vcpus == vcpus && p.mode == mode).map(|p| p.acq_per_sec).collect()
         };
-        let base = acq(PollMode::None);
+        let by_rep = |mode: PollMode| -> Vec<(u32, f64)> {
+            s.poll_cost
+                .iter()
+                .filter(|p| p.ok && p.vcpus == vcpus && p.mode == mode)
+                .map(|p| (p.rep, p.acq_per_sec))
+                .collect()
+        };
+        let base = by_rep(PollMode::None);
         for mode in PollMode::ALL {
             let runs: Vec<&PollCostSample> =
                 s.poll_cost.iter().filter(|p| p.vcpus == vcpus && p.mode == mode).collect();
@@ -128,7 +157,11 @@ pub fn rows(plan: &Plan, s: &Samples) -> Vec<PollCostRow> {
                 mode,
                 poll_ns: if mode == PollMode::None { 0 } else { plan.poll_cost_ns },
                 acq_per_sec: Estimate::of(&a),
-                over_no_poll: if mode == PollMode::None { None } else { ratio_of_means(&a, &base) },
+                over_no_poll: if mode == PollMode::None {
+                    None
+                } else {
+                    paired_ratio(&pair_by_key(&by_rep(mode), &base))
+                },
                 won_fraction: (won + lost > 0).then(|| won as f64 / (won + lost) as f64),
                 ok_runs: a.len(),
                 runs: runs.len(),

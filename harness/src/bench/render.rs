@@ -54,7 +54,8 @@ pub fn readme_section(r: &BenchResult) -> String {
     let _ = writeln!(s, "| kick store (ioeventfd) | {} us |", opt(&r.kick_store_us, 2));
     for (label, k) in [
         ("really blocks", &r.kick_wake_us),
-        ("VMM poll wins", &r.kick_wake_tuned_us),
+        ("VMM poll wins (kick through the ioeventfd)", &r.kick_wake_tuned_us),
+        ("VMM poll wins (kick through the poll flag)", &r.kick_wake_flag_us),
         ("guest poll wins", &r.kick_wake_guest_poll_us),
     ] {
         let v = k
@@ -63,10 +64,34 @@ pub fn readme_section(r: &BenchResult) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(s, "| kick -> wake, {label} | {v} |");
     }
+    if let Some(w) = &r.wake_legs {
+        for (what, legs) in [
+            ("PING exit", &w.exit),
+            ("won VMM poll, ioeventfd", &w.vmm_poll),
+            ("won VMM poll, poll flag", &w.vmm_poll_flag),
+        ] {
+            for l in legs {
+                let _ = writeln!(
+                    s,
+                    "| {what}: {} | p50 {} us, p99 {} us |",
+                    super::wake::leg_label(&l.leg),
+                    l.p50_us.show(2),
+                    l.p99_us.show(1)
+                );
+            }
+        }
+        if let Some((lo, hi)) = w.tsc_offset_us {
+            let _ = writeln!(
+                s,
+                "| host TSC - guest TSC (bounds over {} exits) | [{lo:.2}, {hi:.2}] us |",
+                w.tsc_offset_samples
+            );
+        }
+    }
     for row in r.poll_cost.iter().filter(|x| x.over_no_poll.is_some()) {
         let _ = writeln!(
             s,
-            "| throughput with the {} poll, {}x overcommit, over no poll | {} |",
+            "| throughput with the {} poll, {}x overcommit, over no poll (paired) | {} |",
             row.mode.name(),
             row.vcpus / row.host_cpus.max(1),
             ratio_cell(&row.over_no_poll)
@@ -92,8 +117,44 @@ pub fn readme_section(r: &BenchResult) -> String {
         let _ = writeln!(s, "| of it, kick eventfd registration per vCPU | {} ms |", slope(&sw.kick_setup_slope_ms));
         let _ = writeln!(s, "| peak RSS per vCPU | {} MiB |", slope(&sw.rss_slope_mib));
     }
+    if let Some(k) = &r.kernel {
+        let _ = writeln!(
+            s,
+            "| Linux {} kernel-pv / pv-upstream, uncontended ns per acquisition | {} ({} ns / {} ns) |",
+            k.version,
+            k.uncontended_ratio.show(3),
+            k.uncontended_kernel_ns.show(1),
+            k.uncontended_rust_ns.show(1)
+        );
+        let _ = writeln!(
+            s,
+            "| Linux {} kernel-pv / pv-upstream, acq/s at 8 vCPUs / 2 host CPUs (paired) | {} ({} / {}) |",
+            k.version,
+            ratio_cell(&k.contended_ratio),
+            opt(&k.contended_kernel_aps, 0),
+            opt(&k.contended_rust_aps, 0)
+        );
+    }
     for (k, v) in &r.ratios {
         let _ = writeln!(s, "| `{k}` | {} |", v.show(3));
+    }
+    s
+}
+
+/// The legs of one wake path as table rows of `report.md`.
+fn legs_rows(what: &str, legs: &[super::wake::LegSummary]) -> String {
+    let mut s = String::new();
+    for l in legs {
+        let _ = writeln!(
+            s,
+            "| {what} | {} (`{}`) | {} | {} | {} | {} |",
+            super::wake::leg_label(&l.leg),
+            l.leg,
+            l.p50_us.show(2),
+            l.p99_us.show(1),
+            l.mean_us.show(2),
+            l.count
+        );
     }
     s
 }
@@ -175,7 +236,8 @@ pub fn markdown(r: &BenchResult) -> String {
         opt(&r.disabled_window_ns, 3)
     );
     s += &kw_row(&r.kick_wake_us, "really blocks");
-    s += &kw_row(&r.kick_wake_tuned_us, "VMM poll wins");
+    s += &kw_row(&r.kick_wake_tuned_us, "VMM poll wins, kick through the ioeventfd");
+    s += &kw_row(&r.kick_wake_flag_us, "VMM poll wins, kick through the poll flag");
     s += &kw_row(&r.kick_wake_guest_poll_us, "guest poll wins");
     let _ = writeln!(
         s,
@@ -186,6 +248,29 @@ pub fn markdown(r: &BenchResult) -> String {
          (a quarter of a power of two: 4 us wide at 16 us, 16 us wide at 64 us).\n",
         p.ping_pong_iterations, p.tuned_halt_poll_us, p.tuned_guest_poll_ns
     );
+    if let Some(w) = &r.wake_legs {
+        s += "### The legs of an exit and of a won VMM poll\n\n\
+              Each leg is timed on the side that sees both of its ends, from TSC stamps: the guest's before and \
+              after its store, the VMM's when its thread saw the exit or the kick and just before its next \
+              `KVM_RUN`. The kicker's own kick overlaps the next leg (it is not on the waiter's path). Mean over \
+              repeats of each run's p50 / p99 (bucket lower bounds) and exact mean, us.\n\n\
+              | path | leg | p50 | p99 | mean | timed |\n|---|---|---|---|---|---|\n";
+        s += &legs_rows("PING exit (doorbells)", &w.exit);
+        s += &legs_rows("won VMM poll, ioeventfd", &w.vmm_poll);
+        s += &legs_rows("won VMM poll, poll flag", &w.vmm_poll_flag);
+        match w.tsc_offset_us {
+            Some((lo, hi)) => {
+                let _ = writeln!(
+                    s,
+                    "\nOne clock: over {} PING exits, host TSC - guest TSC lies in [{lo:.2}, {hi:.2}] us (each VMM \
+                     stamp falls between the guest's reads around its exit; the bounds are as wide as the shortest \
+                     exit halves, and a KVM TSC offset would put them hours away).\n",
+                    w.tsc_offset_samples
+                );
+            }
+            None => s += "\nThe clock offset was not measured.\n\n",
+        }
+    }
 
     let _ = writeln!(
         s,
@@ -229,14 +314,18 @@ pub fn markdown(r: &BenchResult) -> String {
     if !r.poll_cost.is_empty() {
         let _ = writeln!(
             s,
-            "### What polling costs\n\npv-upstream torture (cs {} ns, think {} ns) on {} host CPUs, polls of {} ns \
-             (guest) or {} us (VMM halt poll), both forced on under overcommit; ratio: acq/s over the no-poll runs \
-             of the same repeats.\n\n| vCPUs | overcommit | poll | acq/s | over no poll | polls won | ok |\n|---|---|---|---|---|---|---|",
+            "### What polling costs\n\npv-upstream torture (cs {} ns, think {} ns, {} ms per run) on {} host CPUs, polls of {} ns \
+             (guest) or {} us (VMM halt poll), both forced on under overcommit. Each of {} repeats runs the three \
+             modes back to back (reversed on odd repeats); ratio: geometric mean over repeats of acq/s over the \
+             no-poll run of the same repeat, 95% interval over those pair ratios.\n\n\
+             | vCPUs | overcommit | poll | acq/s | over no poll (paired) | polls won | ok |\n|---|---|---|---|---|---|---|",
             p.cs_ns,
             p.think_ns,
+            if p.pair_ms > 0 { p.pair_ms } else { p.duration_ms },
             super::poll::POLL_COST_HOST_CPUS,
             p.poll_cost_ns,
-            p.poll_cost_ns / 1000
+            p.poll_cost_ns / 1000,
+            p.pair_repeats
         );
         for row in &r.poll_cost {
             let _ = writeln!(
@@ -272,7 +361,7 @@ pub fn markdown(r: &BenchResult) -> String {
             "Kernel build (`--kernel-tree`, Linux {}) beside pv-upstream, in this run:\n\n\
              | figure | kernel-pv | pv-upstream | kernel-pv / pv-upstream |\n|---|---|---|---|\n\
              | uncontended ns per acquisition (1 vCPU, cs = think = 0) | {} | {} | {} |\n\
-             | contended acq/s, 8 vCPUs / 2 host CPUs (4x overcommit) | {} | {} | {} |\n",
+             | contended acq/s, 8 vCPUs / 2 host CPUs (4x overcommit; ratio paired by repeat) | {} | {} | {} |\n",
             k.version,
             k.uncontended_kernel_ns.show(1),
             k.uncontended_rust_ns.show(1),
