@@ -100,7 +100,8 @@ struct ReproArgs {
     page_wake: Option<PageWakeVariant>,
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     seeds: u64,
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the first run; run i gets seed_base + i (all within 0..=2^63-1).
+    #[arg(long, default_value_t = 1, value_parser = seed_parser())]
     seed_base: u64,
     /// Per-seed time budget, seconds.
     #[arg(long, default_value_t = 30.0)]
@@ -193,7 +194,8 @@ struct RunArgs {
     vcpus: Option<u32>,
     #[arg(long)]
     host_cpus: Option<u32>,
-    #[arg(long)]
+    /// Base seed of every run (0..=2^63-1: a seed must fit a config).
+    #[arg(long, value_parser = seed_parser())]
     seed: Option<u64>,
     #[arg(long)]
     duration_ms: Option<u64>,
@@ -216,6 +218,12 @@ struct RunArgs {
     /// that holds a whole short run. Needs a config with a single run.
     #[arg(long)]
     trace: Option<PathBuf>,
+}
+
+/// Seeds on the command line follow the config's rule
+/// ([`pvlock::config::MAX_SEED`]).
+fn seed_parser() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(0..=pvlock::config::MAX_SEED)
 }
 
 /// A variant name from the command line (the edge where names become values).
@@ -295,6 +303,7 @@ fn run() -> Result<i32> {
                 // Fail on a bad --json before the benchmark, not after it.
                 Destination::check("--json", p)?;
             }
+            check_kernel_flags(kernel_tree.as_slice(), &[])?;
             let opts = pvlock::bench::BenchOptions { quick, out, json, progress: true, kernel_tree };
             pvlock::bench::command(&opts, GUEST_ELF)
         }
@@ -561,12 +570,21 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     if !(a.budget_s.is_finite() && (0.1..=3600.0).contains(&a.budget_s)) {
         bail!("--budget-s {}: must be a number of seconds in 0.1..=3600", a.budget_s);
     }
+    if a.seed_base.checked_add(a.seeds - 1).is_none_or(|last| last > pvlock::config::MAX_SEED) {
+        bail!(
+            "--seed-base {} with --seeds {}: the last seed would pass {} (seeds must fit a config)",
+            a.seed_base,
+            a.seeds,
+            pvlock::config::MAX_SEED
+        );
+    }
     if !a.kernel_patches.is_empty() && a.kernel_trees.is_empty() {
         bail!("--kernel-patch needs --kernel-tree (the tree the patch applies to)");
     }
     if a.kernel_only && (a.kernel_trees.is_empty() || !a.all) {
         bail!("--kernel-only goes with --all and --kernel-tree");
     }
+    check_kernel_flags(&a.kernel_trees, &a.kernel_patches)?;
     pvlock::kernel::set_rebuild(a.rebuild);
     let budget_ms = (a.budget_s * 1e3).round() as u64;
     let json = a.json.as_deref().map(|p| Destination::check("--json", p)).transpose()?;
@@ -734,18 +752,34 @@ fn cmd_repro(a: ReproArgs) -> Result<i32> {
     Ok(exit_code(0, stop.is_stopped()))
 }
 
+/// Checks `--kernel-tree` and `--kernel-patch` values before anything runs
+/// (the same checks as the config keys `lock.kernel_tree` and
+/// `lock.kernel_patches`).
+fn check_kernel_flags(trees: &[PathBuf], patches: &[PathBuf]) -> Result<()> {
+    for p in patches {
+        if let Some(why) = pvlock::config::schema::patch_problem(p) {
+            bail!("--kernel-patch {}: {why}", p.display());
+        }
+    }
+    for t in trees {
+        pvlock::config::schema::check_kernel_tree(t).map_err(|e| anyhow::anyhow!("--kernel-tree {e}"))?;
+    }
+    Ok(())
+}
+
 /// `pvlock list sites --kernel-tree T [--kernel-patch P]...`: builds (or
 /// finds in the cache) the tree's module and prints its sites.
 fn list_sites(k: &KernelArgs, flavour: &str) -> Result<()> {
     let Some(tree) = &k.kernel_tree else {
         bail!("`list sites` lists a kernel build's sites: name the tree (--kernel-tree)")
     };
-    pvlock::kernel::set_rebuild(k.rebuild);
     let flavour = match flavour {
         "x86" => pvlock::kernel::Flavour::X86,
         "generic" => pvlock::kernel::Flavour::Generic,
         other => bail!("--kernel-flavour `{other}` is not `x86` or `generic`"),
     };
+    check_kernel_flags(std::slice::from_ref(tree), &k.kernel_patches)?;
+    pvlock::kernel::set_rebuild(k.rebuild);
     let lock = pvlock_vmm::LockConfig::default();
     let spec = pvlock::kernel::KernelSpec {
         tree: tree.clone(),
@@ -829,7 +863,9 @@ fn list(what: &str) -> Result<()> {
                     .map(|i| i.variant.name())
                     .collect();
                 let users = if users.is_empty() { "the torture workload".to_string() } else { users.join(", ") };
-                println!("{:<20}{}", w.name(), users);
+                // One space at least after the longest name.
+                let width = Window::ALL.iter().map(|w| w.name().len()).max().unwrap_or(0) + 2;
+                println!("{:<width$}{}", w.name(), users);
             }
         }
         "workloads" => println!("{}", pvlock::config::workload_names()),

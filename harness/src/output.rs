@@ -82,6 +82,18 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
 /// Where a user asked an output to go (`--json PATH`), checked before any
 /// run starts so that a bad destination fails in a second, not after the
 /// whole matrix.
+///
+/// What the check can prove differs by kind, and it does no more than it
+/// can honestly: for a regular file it makes (and removes) a temporary
+/// file in the destination's directory, the first step of the atomic write
+/// (so a missing, read-only or non-directory parent fails now; a disk that
+/// fills up during the run cannot be foreseen). A special file is only
+/// opened for writing (a FIFO not even that): a test write would print
+/// junk on a tty, hand a FIFO's reader an end of file, and prove nothing
+/// on `/dev/full` (a zero-length write succeeds there). So a special file
+/// is written once, in place, after the run, and if that (or any later
+/// write) fails the document is saved to `$TMPDIR` and the error names
+/// the file: a finished run is never lost to its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     /// A regular file (or a name that does not exist yet): written
@@ -148,8 +160,22 @@ impl Destination {
         }
     }
 
-    /// Writes `bytes` (atomically for a regular file).
+    /// Writes `bytes` (atomically for a regular file). If that fails (a
+    /// full disk, `/dev/full`, a closed pipe), the document is not lost:
+    /// it is saved to a new file in the temporary directory (`$TMPDIR`),
+    /// and the error says where.
     pub fn write(&self, bytes: &[u8]) -> Result<()> {
+        let Err(e) = self.write_here(bytes) else { return Ok(()) };
+        let name = self.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let rescue = std::env::temp_dir().join(format!("pvlock-unwritten-{}-{name}", std::process::id()));
+        let rescue = unique_file_name(&rescue);
+        match write_atomic(&rescue, bytes) {
+            Ok(()) => Err(e.context(format!("the document was saved to {} instead", rescue.display()))),
+            Err(e2) => Err(e.context(format!("and saving it to {} failed too: {e2:#}", rescue.display()))),
+        }
+    }
+
+    fn write_here(&self, bytes: &[u8]) -> Result<()> {
         match self {
             Self::Regular(p) => write_atomic(p, bytes),
             Self::Special(p) => {
@@ -161,6 +187,14 @@ impl Destination {
             }
         }
     }
+}
+
+/// `path`, or `path.1`, `path.2`... whichever does not exist yet.
+fn unique_file_name(path: &Path) -> PathBuf {
+    (0..1000u32)
+        .map(|n| if n == 0 { path.to_path_buf() } else { PathBuf::from(format!("{}.{n}", path.display())) })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 /// Checks that the atomic write into `dir` will work by doing its first

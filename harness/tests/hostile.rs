@@ -284,7 +284,12 @@ fn preempt_probe_with_default_settings_passes() {
     let (status, rec, err) = run_elf(d.path(), "workload = \"preempt-probe\"\n", pvlock::runner::GUEST_ELF);
     let rec = rec.unwrap();
     assert_eq!(status, Some(0), "{err} {}", rec["summary"]);
-    assert_eq!(rec["vmm"]["stalls"], 1);
+    // vCPU 0 stalls again until a watcher saw it (a loaded host may run no
+    // watcher during a 200 us stall): at least one stall, every one at
+    // the probe's window, and the check above held for all of them.
+    let stalls = rec["vmm"]["stalls"].as_u64().unwrap();
+    assert!((1..=64).contains(&stalls), "{}", rec["vmm"]);
+    assert_eq!(rec["per_vcpu"][0]["window_hits"]["critical-section"].as_u64(), Some(stalls), "{rec}");
 }
 
 /// The guest-side fuzz: seeded random doorbell accesses. Every run must
@@ -295,7 +300,8 @@ fn doorbell_fuzz_always_ends_in_a_record_within_the_timeout() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let seeds = 48;
+    // 48 in CI; `PVLOCK_FUZZ_SEEDS` for a longer local run (a multiple of 4).
+    let seeds = std::env::var("PVLOCK_FUZZ_SEEDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(48) / 4 * 4;
     let cfg = write(
         d.path(),
         "fuzz.toml",
@@ -376,6 +382,23 @@ fn command_line_numbers_are_checked_naming_the_flag() {
         (vec!["repro", "double-hash", "--budget-s=-1"], "--budget-s"),
         (vec!["repro", "double-hash", "--budget-s", "0"], "--budget-s"),
         (vec!["repro", "double-hash", "--seeds", "0"], "--seeds"),
+        (vec!["repro", "double-hash", "--seeds", "100001"], "--seeds"),
+        (vec!["repro", "double-hash", "--seeds", "18446744073709551616"], "--seeds"),
+        // One seed rule everywhere: 0..=2^63-1, as a config can hold.
+        (vec!["run", cfg.to_str().unwrap(), "--seed", "18446744073709551615"], "--seed"),
+        (vec!["run", cfg.to_str().unwrap(), "--seed", "9223372036854775808"], "--seed"),
+        (vec!["run", cfg.to_str().unwrap(), "--seed=-1"], "--seed"),
+        (vec!["repro", "double-hash", "--seed-base", "9223372036854775808"], "--seed-base"),
+        (vec!["repro", "double-hash", "--seed-base", "9223372036854775807", "--seeds", "2"], "--seed-base"),
+        (vec!["repro", "double-hash", "--kernel-only"], "--kernel-only"),
+        (vec!["repro", "--all", "--kernel-only"], "--kernel-only"),
+        (vec!["repro", "double-hash", "--kernel-patch", "x.patch"], "--kernel-patch"),
+        (vec!["repro", "double-hash", "--kernel-tree", "/no/such/tree"], "--kernel-tree"),
+        (vec!["bench", "--kernel-tree", "/no/such/tree"], "--kernel-tree"),
+        (vec!["bench", "--kernel-tree", "/proc/version"], "--kernel-tree"),
+        (vec!["list", "sites"], "--kernel-tree"),
+        (vec!["list", "sites", "--kernel-tree", "/proc"], "--kernel-tree"),
+        (vec!["list", "sites", "--kernel-tree", "/proc", "--kernel-flavour", "arm"], "--kernel-flavour"),
     ];
     for (args, flag) in cases {
         let out = pvlock().args(&args).output().unwrap();
@@ -587,6 +610,57 @@ fn expected_failures_count_as_expected_and_missing_ones_are_reported() {
     }
 }
 
+/// A real known-buggy variant under `[[expect]]`: the page wake path of
+/// Linus's July 2020 RFC, its waker held (directed) between
+/// `list_del_init()` and `wake_up_state(target)` until a waiter's task has
+/// exited, wakes a freed task (a use-after-free, a guest BUG); the same
+/// hold on today's path (`page-wake-upstream`) is harmless. Expected as
+/// such, the matrix exits 0 and says so; expecting the wrong status exits
+/// 1 and names the run.
+#[test]
+fn a_known_buggy_variant_fails_as_its_expectation_says() {
+    if !pvlock::kvm_available_for_tests() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let matrix = "name = \"pw\"\nworkload = \"page-wake\"\nvcpus = 4\nhost_cpus = 2\nduration_ms = 1000\n\
+                  timeout_ms = 30000\n[lock]\npage_wake = [\"page-wake-rfc-2020-07\", \"page-wake-upstream\"]\n\
+                  spin_threshold = 32768\n[torture]\nlocks = 1\ncs_ns = 2000\nthink_ns = 1000\n[hypervisor]\n\
+                  interrupt_us = 300\nstall_timeout_ms = 500\ndetect_ms = 50\n[[preempt.schedule]]\n\
+                  at = \"page-wake-between\"\nuntil = \"window:page-task-exit\"\ntimeout_us = 20000\ncount = 0\n";
+    let expect = |outcome: &str| {
+        format!("[[expect]]\nwhere = {{ \"lock.page_wake\" = \"page-wake-rfc-2020-07\" }}\noutcome = \"{outcome}\"\n")
+    };
+    let cfg = write(d.path(), "pw.toml", &format!("{matrix}{}", expect("guest-crash")));
+    let out = pvlock().arg("compare").arg(&cfg).arg("--out").arg(d.path().join("r")).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("2 runs, 1 not ok, 0 not as expected"), "{stdout}");
+    let report = std::fs::read_to_string(d.path().join("r/pw/latest/report.md")).unwrap();
+    assert!(
+        report.contains("- Expected outcomes: 1 of 1 run expected to fail did; every run ended as expected"),
+        "{report}"
+    );
+    let jsonl = std::fs::read_to_string(d.path().join("r/pw/latest/runs.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of =
+        |v: &str| recs.iter().find(|r| r["run_key"].as_str().unwrap().contains(v)).unwrap_or_else(|| panic!("{jsonl}"));
+    let buggy = of("page-wake-rfc-2020-07");
+    assert_eq!(buggy["status"], "guest-crash", "{}", buggy["summary"]);
+    assert!(buggy["summary"].as_str().unwrap().contains("use-after-free"), "{}", buggy["summary"]);
+    assert_eq!(of("page-wake-upstream")["status"], "ok", "{}", of("page-wake-upstream")["summary"]);
+    // The wrong status expected: that run is not as expected, exit 1.
+    let cfg = write(d.path(), "pw.toml", &format!("{matrix}{}", expect("failed")));
+    let out = pvlock().arg("run").arg(&cfg).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("[lock.page_wake=page-wake-rfc-2020-07]: GUEST-CRASH (NOT AS EXPECTED: failed expected)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[lock.page_wake=page-wake-upstream]: OK — "), "{stdout}");
+}
+
 /// What can be checked before a run is: an experiment name that cannot
 /// name a directory, a kernel variant's missing tree or patch (from the
 /// config or the command line), a number TOML cannot hold. Exit 2 naming
@@ -613,11 +687,44 @@ fn names_kernel_inputs_and_syntax_errors_are_refused_before_any_run() {
             "x.toml:6: `lock.kernel_patches`",
         ),
         (format!("{smoke}seed = 9223372036854775808\n"), vec![], "x.toml:5: `seed`"),
+        // Kernel inputs for runs that build no kernel are refused, not ignored.
+        (format!("{smoke}[lock]\nkernel_patches = [\"p.patch\"]\n"), vec![], "x.toml:6: `lock.kernel_patches`"),
+        (format!("{smoke}[lock]\nkernel_tree = \".\"\n"), vec![], "x.toml:6: `lock.kernel_tree`"),
+        (smoke.to_string(), vec!["--kernel-tree", "."], "command line: `--kernel-tree`"),
+        (smoke.to_string(), vec!["--kernel-patch", "p.patch"], "command line: `--kernel-patch`"),
+        (format!("{smoke}[lock]\nmutex_recursive = true\n"), vec![], "x.toml:6: `lock.mutex_recursive`"),
+        (format!("{smoke}[lock]\npage_wake = \"page-wake-v5.7\"\n"), vec![], "x.toml:6: `lock.page_wake`"),
+        // Trees that are none, and patches that are none.
+        (format!("{kernel}kernel_tree = \"x.toml\"\n"), vec![], "not a directory"),
+        (format!("{kernel}kernel_tree = \"loop\"\n"), vec![], "symbolic links"),
+        (format!("{kernel}kernel_tree = \"fake\"\n"), vec![], "no kernel/locking/qspinlock.c"),
+        (format!("{kernel}kernel_tree = \"nomake\"\n"), vec![], "no top-level Makefile"),
+        (kernel.to_string(), vec!["--kernel-tree", "fake"], "command line: `--kernel-tree`"),
+        (format!("{kernel}kernel_tree = \"fake\"\nkernel_patches = [\"empty.patch\"]\n"), vec![], "empty"),
+        (format!("{kernel}kernel_tree = \"fake\"\nkernel_patches = [\"bin.patch\"]\n"), vec![], "a binary file"),
+        (format!("{kernel}kernel_tree = \"fake\"\nkernel_patches = [\"nomake\"]\n"), vec![], "not a regular file"),
+        (kernel.to_string(), vec!["--kernel-tree", "fake", "--kernel-patch", "x.toml"], "no unified-diff hunk"),
         (format!("{smoke}[lock]\nspin_threshold = 1 2\n"), vec![], "x.toml:6: `lock.spin_threshold`"),
     ];
+    // A tree that is a symlink loop, one without the qspinlock sources, one
+    // without a Makefile.
+    std::os::unix::fs::symlink("loop", d.path().join("loop")).unwrap();
+    std::fs::create_dir_all(d.path().join("fake/kernel/locking")).unwrap();
+    std::fs::write(d.path().join("fake/Makefile"), "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\n").unwrap();
+    std::fs::create_dir(d.path().join("nomake")).unwrap();
+    std::fs::write(d.path().join("empty.patch"), "").unwrap();
+    std::fs::write(d.path().join("bin.patch"), b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n\0\x7fELF").unwrap();
     for (body, flags, want) in cases {
         let cfg = write(d.path(), "x.toml", &body);
-        let r = pvlock().arg("compare").arg(&cfg).args(&flags).arg("--out").arg(&out).output().unwrap();
+        let r = pvlock()
+            .current_dir(d.path())
+            .arg("compare")
+            .arg(&cfg)
+            .args(&flags)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
         let err = text(&r.stderr);
         assert_eq!(r.status.code(), Some(2), "{body}: {err}");
         assert!(err.contains(want), "{body}: want {want}: {err}");
@@ -638,6 +745,13 @@ fn bad_expectations_name_key_and_line() {
         ("outcome = \"crash\"", "expect[0].outcome", 4),
         ("where = { workload = \"smoke\" }", "expect[0]", 3),
         ("outcome = \"ok\"\nbogus = 1", "expect[0].bogus", 5),
+        ("where = 5\noutcome = \"ok\"", "expect[0].where", 4),
+        ("outcome = 3", "expect[0].outcome", 4),
+        ("where = { \"torture.locks\" = 3 }\noutcome = \"failure\"", "expect[0]", 3),
+        ("where = { \"lock.kernel_tree\" = \"t\" }\noutcome = \"failure\"", "expect[0]", 3),
+        ("where = { \"expect\" = 1 }\noutcome = \"failure\"", "expect[0].where.expect", 4),
+        ("where = { \"\" = 1 }\noutcome = \"failure\"", "expect[0].where.", 4),
+        ("where = { lock = 1 }\noutcome = \"failure\"", "expect[0].where.lock", 4),
     ];
     for (rule, key, line) in cases {
         let cfg =
@@ -685,10 +799,20 @@ fn json_destinations_are_checked_before_the_run_and_special_files_kept() {
         return;
     }
     let cfg = write(d.path(), "s.toml", SMOKE);
-    // /dev/full: a clear error naming it; it stays a device.
-    let out = pvlock().arg("run").arg(&cfg).arg("--json").arg("/dev/full").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("/dev/full"), "{}", text(&out.stderr));
+    // /dev/full: no pre-run probe can tell (a zero-length write succeeds
+    // there), so the run runs, the write fails with an error naming it, the
+    // device stays a device, and the document is saved in $TMPDIR, named.
+    let tmp = d.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = pvlock().env("TMPDIR", &tmp).arg("run").arg(&cfg).arg("--json").arg("/dev/full").output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/dev/full") && err.contains("space") && err.contains("saved to"), "{err}");
+    let saved: Vec<PathBuf> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(err.contains(&saved[0].display().to_string()), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved[0]).unwrap()).unwrap();
+    assert_eq!(v["status"], "ok");
     // /dev/null and a symlink to a FIFO: written in place, not replaced.
     let out = pvlock().arg("run").arg(&cfg).arg("--json").arg("/dev/null").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

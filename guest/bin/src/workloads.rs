@@ -324,17 +324,33 @@ fn record_leg(me: &GuestCpu, leg: Leg, cycles: u64) {
 }
 
 static PROBE_DONE: AtomicU32 = AtomicU32::new(0);
+/// Watchers that have started polling.
+static PROBE_WATCHING: AtomicU32 = AtomicU32::new(0);
+/// Set by a watcher that saw vCPU 0's `preempted` flag.
+static PROBE_SEEN: AtomicU32 = AtomicU32::new(0);
+/// Most stalls vCPU 0 makes before it gives up on being seen.
+const PROBE_MAX_STALLS: u32 = 64;
 
 /// vCPU 0 reaches the `critical-section` window (the VMM stalls it there
 /// when the window is enabled); the others poll vcpu_is_preempted() of
 /// every vCPU until vCPU 0 is back, counting what they saw
 /// ([`pvlock_abi::vcpu::PreemptProbeTiming`]).
+///
+/// A watcher sees a stall only if the host runs it during the stall (200
+/// us by default): on a loaded host none may. So vCPU 0 starts once every
+/// watcher polls, and stalls again (up to [`PROBE_MAX_STALLS`] times)
+/// until one saw it; the check (only vCPU 0 ever seen preempted, and seen)
+/// is the same whatever the host's load, and `vmm.stalls` says how many
+/// stalls it took.
 fn preempt_probe(me: &GuestCpu) -> u64 {
     let n = me.nr_cpus().min(pvlock_abi::vcpu::PreemptProbeTiming::WATCHED as u32);
     if me.id() == 0 {
-        // Let the watchers start polling first.
+        // Let the watchers start polling first (at most 1 s: a vCPU the
+        // host never starts must not hang the probe).
         let t = rt::rdtsc();
-        while rt::rdtsc() - t < rt::ns_to_cycles(2_000_000) {
+        while PROBE_WATCHING.load(Ordering::Acquire) + 1 < me.nr_cpus()
+            && rt::rdtsc() - t < rt::ns_to_cycles(1_000_000_000)
+        {
             core::hint::spin_loop();
         }
         // The probe *is* this stall, so it is requested unconditionally. A
@@ -342,15 +358,31 @@ fn preempt_probe(me: &GuestCpu) -> u64 {
         // critical-section window with window_prob > 0, and the defaults
         // enable no window: the check then failed on a stall that never
         // happened. The VMM stalls it for `preempt.window_stall_us`.
-        me.block().window_hits[Window::CriticalSection as usize] += 1;
-        rt::ring(doorbell::STALL, Window::CriticalSection as u64);
+        for _ in 0..PROBE_MAX_STALLS {
+            me.block().window_hits[Window::CriticalSection as usize] += 1;
+            rt::ring(doorbell::STALL, Window::CriticalSection as u64);
+            // Pairs with the watcher's Release store: a watcher that saw
+            // the flag said so before this load, or on a later round.
+            if PROBE_SEEN.load(Ordering::Acquire) != 0 || me.nr_cpus() == 1 {
+                break;
+            }
+            // Give the watchers a moment before the next stall.
+            let t = rt::rdtsc();
+            while rt::rdtsc() - t < rt::ns_to_cycles(1_000_000) {
+                core::hint::spin_loop();
+            }
+        }
         PROBE_DONE.store(1, Ordering::Release);
         return doorbell::DONE_OK;
     }
+    PROBE_WATCHING.fetch_add(1, Ordering::Release);
     while PROBE_DONE.load(Ordering::Acquire) == 0 {
         for c in 0..n {
             if me.vcpu_is_preempted(c) {
                 pvlock_abi::vcpu::PreemptProbeTiming::count_in(&mut me.block().timing, c as usize);
+                if c == 0 {
+                    PROBE_SEEN.store(1, Ordering::Release);
+                }
             }
         }
         me.block().acquisitions += 1;

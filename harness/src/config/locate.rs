@@ -96,6 +96,12 @@ impl Locator {
         }
     }
 
+    /// The line of `key` if the file sets exactly this key (no fallback to
+    /// its table).
+    pub fn line_of_key(&self, key: &str) -> Option<usize> {
+        self.entries.get(key).map(|e| e.line)
+    }
+
     /// The entry of `key`, or of its nearest enclosing table in the file.
     pub fn find(&self, key: &str) -> Option<&Entry> {
         let mut k = key;

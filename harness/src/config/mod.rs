@@ -6,9 +6,11 @@
 //! - [`schema`]: the keys of one run (the VMM's section types embedded).
 //! - [`matrix`]: axes, counting points, one point's text.
 //! - [`locate`]: key -> line, and the located [`ConfigError`].
+//! - [`applies`]: keys only some runs read, refused when none does.
 //! - this module: the experiment: parse, command-line overrides (applied
 //!   before the matrix is expanded), validation of every run, repeats.
 
+pub mod applies;
 pub mod expect;
 pub mod locate;
 pub mod matrix;
@@ -17,7 +19,7 @@ pub mod schema;
 pub use expect::{ExpectRule, Expected};
 pub use locate::ConfigError;
 pub use pvlock_abi::seed::repeat_seed as derive_seed;
-pub use schema::{workload_names, RunConfig, MAX_REPEATS};
+pub use schema::{workload_names, RunConfig, MAX_REPEATS, MAX_SEED};
 
 use anyhow::{Context, Result};
 use locate::Locator;
@@ -204,6 +206,7 @@ impl Experiment {
                 runs.push(one);
             }
         }
+        applies::check(&runs, &loc, overrides)?;
         check_expectations(&runs, &loc)?;
         let name = runs.first().map(|r: &RunConfig| r.name.clone()).unwrap_or_else(|| default_name.into());
         Ok(Self { name, source: text.to_string(), runs, varying, notes, locator: loc, overrides: overrides.clone() })

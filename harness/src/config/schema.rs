@@ -68,6 +68,12 @@ impl Default for RunConfig {
     }
 }
 
+/// The largest seed, everywhere (config `seed`, `run --seed`, `repro
+/// --seed-base` and its last seed): TOML integers are i64, and a recorded
+/// seed must go back into a config to reproduce its run. Derived repeat
+/// seeds stay below it too ([`pvlock_abi::seed::repeat_seed`]).
+pub const MAX_SEED: u64 = i64::MAX as u64;
+
 /// Most runs one matrix point may repeat.
 pub const MAX_REPEATS: u32 = 10_000;
 
@@ -76,6 +82,7 @@ impl RunConfig {
     /// the file line).
     pub fn validate(&self) -> Result<(), InvalidValue> {
         pvlock_vmm::config::check_range("repeats", self.repeats, 1, MAX_REPEATS)?;
+        pvlock_vmm::config::check_range("seed", self.seed, 0, MAX_SEED)?;
         self.expect_rules()?;
         self.machine().validate()
     }
@@ -86,11 +93,15 @@ impl RunConfig {
         if crate::kernel::spec_of(self)?.is_none() {
             return Ok(());
         }
-        if let Some(t) = self.lock.kernel_tree.as_ref().filter(|t| !t.is_dir()) {
-            return Err(InvalidValue::new("lock.kernel_tree", format!("{}: no such directory", t.display())));
+        for p in &self.lock.kernel_patches {
+            if let Some(why) = patch_problem(p) {
+                return Err(InvalidValue::new("lock.kernel_patches", format!("{}: {why}", p.display())));
+            }
         }
-        if let Some(p) = self.lock.kernel_patches.iter().find(|p| !p.is_file()) {
-            return Err(InvalidValue::new("lock.kernel_patches", format!("{}: no such file", p.display())));
+        if let Some(t) = &self.lock.kernel_tree {
+            // The tree's own check (a directory, a Makefile with a version,
+            // kernel/locking/qspinlock.c, a layout pvlock builds).
+            check_kernel_tree(t).map_err(|why| InvalidValue::new("lock.kernel_tree", why))?;
         }
         Ok(())
     }
@@ -148,6 +159,55 @@ impl RunConfig {
             + pvlock_vmm::config::trace_bytes(self.vcpus, self.trace_entries);
         self.ram_mib = self.ram_mib.max(need.div_ceil(1 << 20) as u32 + 8);
     }
+}
+
+/// Checks that `t` is a kernel tree pvlock builds ([`crate::kernel::Tree`]),
+/// saying what it is otherwise (a file, a symlink loop, unreadable).
+pub fn check_kernel_tree(t: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(t) {
+        Ok(m) if !m.is_dir() => return Err(format!("{}: not a directory", t.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{}: {e}", t.display())),
+        _ => {}
+    }
+    crate::kernel::Tree::open(t).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Why the file `p` cannot be a kernel patch, if it cannot: it must be a
+/// readable regular file (not a directory or a device) holding a unified
+/// diff, and not absurdly large (the kernel's biggest single-file changes
+/// to the lock code are a few hundred KiB).
+pub fn patch_problem(p: &std::path::Path) -> Option<String> {
+    const MAX_PATCH_BYTES: u64 = 16 << 20;
+    let m = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("no such file".into()),
+        Err(e) => return Some(e.to_string()),
+    };
+    if !m.is_file() {
+        return Some("not a regular file".into());
+    }
+    if m.len() > MAX_PATCH_BYTES {
+        return Some(format!(
+            "{} bytes: larger than {} MiB, not a patch of the lock code",
+            m.len(),
+            MAX_PATCH_BYTES >> 20
+        ));
+    }
+    let text = match std::fs::read(p) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("cannot read it: {e}")),
+    };
+    if text.is_empty() {
+        return Some("empty (a patch that changes nothing is a mistake)".into());
+    }
+    if text.contains(&0) {
+        return Some("a binary file, not a unified diff".into());
+    }
+    let text = String::from_utf8_lossy(&text);
+    if !text.lines().any(|l| l.starts_with("@@ ")) || !text.lines().any(|l| l.starts_with("+++ ")) {
+        return Some("no unified-diff hunk (`+++ ` and `@@ ` lines)".into());
+    }
+    None
 }
 
 /// Trace ring entries per vCPU with `--trace` (6 MiB per vCPU): every

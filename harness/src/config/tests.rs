@@ -235,3 +235,61 @@ fn pct_and_preemption_bound_keys_are_checked_at_their_lines() {
     let d = toml::to_string(&pvlock_vmm::PreemptConfig::default()).unwrap();
     assert!(!d.contains("site_mode") && !d.contains("pct_") && !d.contains("max_stalls"), "{d}");
 }
+
+#[test]
+fn keys_no_run_reads_are_refused_naming_key_and_line() {
+    // Issue 15: a kernel patch given for a Rust variant was ignored without a word.
+    fails_at("workload = \"smoke\"\n[lock]\nkernel_patches = [\"x.patch\"]\n", "lock.kernel_patches", 3);
+    fails_at("[lock]\nvariant = \"pv-v4.8\"\nkernel_tree = \".\"\n", "lock.kernel_tree", 3);
+    fails_at("[lock]\nkernel_nr_cpus = 8\n", "lock.kernel_nr_cpus", 2);
+    fails_at("[lock]\nkernel_flavour = \"generic\"\n", "lock.kernel_flavour", 2);
+    fails_at("[lock]\nkernel_sites = false\n", "lock.kernel_sites", 2);
+    fails_at("workload = \"torture\"\n[lock]\nmutex = \"mutex-v4.10\"\n", "lock.mutex", 3);
+    fails_at("workload = \"torture\"\n[lock]\nmutex_recursive = true\n", "lock.mutex_recursive", 3);
+    let e = fails_at("workload = \"mutex-torture\"\n[lock]\npage_wake = \"page-wake-v5.7\"\n", "lock.page_wake", 3);
+    assert!(e.contains("page-wake") && e.contains("ignored"), "{e}");
+    // The flag is named when the command line gave the value.
+    let ov = Overrides { kernel_patches: Some(vec!["x.patch".into()]), ..Default::default() };
+    let e = format!("{:#}", Experiment::parse_with("workload = \"smoke\"\n", "t.toml", "t", &ov).unwrap_err());
+    assert!(e.contains("command line: `--kernel-patch`") && e.contains("x.patch"), "{e}");
+    // A key that some run of the matrix reads is shared by all.
+    let mixed = "workload = \"torture\"\n[lock]\nvariant = [\"pv-upstream\", \"kernel-pv\"]\nkernel_tree = \".\"\n";
+    assert_eq!(parse(mixed).unwrap().runs.len(), 2);
+    parse("workload = [\"torture\", \"mutex-torture\"]\n[lock]\nmutex = \"mutex-v4.10\"\n").unwrap();
+}
+
+#[test]
+fn one_seed_rule_for_config_and_command_line() {
+    // TOML stops at i64::MAX; so do seeds given another way.
+    parse(&format!("seed = {MAX_SEED}\n")).unwrap();
+    fails_at("seed = 9223372036854775808\n", "seed", 1);
+    let ok = Overrides { seed: Some(MAX_SEED), ..Default::default() };
+    assert_eq!(Experiment::parse_with("", "t.toml", "t", &ok).unwrap().runs[0].seed, MAX_SEED);
+    let ov = Overrides { seed: Some(u64::MAX), ..Default::default() };
+    let e = format!("{:#}", Experiment::parse_with("", "t.toml", "t", &ov).unwrap_err());
+    assert!(e.contains("command line: `--seed`") && e.contains("out of range"), "{e}");
+    // Repeats of the largest seed stay in range.
+    let e = parse(&format!("seed = {MAX_SEED}\nrepeats = 50\n")).unwrap();
+    assert!(e.runs.iter().all(|r| r.seed <= MAX_SEED));
+}
+
+#[test]
+fn kernel_patches_must_be_unified_diffs_of_sane_size() {
+    use super::schema::patch_problem;
+    let d = tempfile::tempdir().unwrap();
+    let put = |name: &str, body: &[u8]| {
+        let p = d.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let good = put("good.patch", b"--- a/k/q.c\n+++ b/k/q.c\n@@ -1 +1 @@\n-a\n+b\n");
+    assert_eq!(patch_problem(&good), None);
+    assert!(patch_problem(&put("e.patch", b"")).unwrap().contains("empty"));
+    assert!(patch_problem(&put("b.patch", b"+++ b/x\n@@ -1 +1 @@\n\0")).unwrap().contains("binary"));
+    assert!(patch_problem(&put("t.patch", b"just some text\n")).unwrap().contains("hunk"));
+    assert!(patch_problem(d.path()).unwrap().contains("not a regular file"));
+    assert!(patch_problem(&d.path().join("missing")).unwrap().contains("no such file"));
+    let huge = put("h.patch", b"");
+    std::fs::File::options().write(true).open(&huge).unwrap().set_len(17 << 20).unwrap();
+    assert!(patch_problem(&huge).unwrap().contains("larger than 16 MiB"));
+}
