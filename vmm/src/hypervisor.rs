@@ -535,8 +535,18 @@ mod more_tests {
             }
             drop(k);
         });
-        let end =
-            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false);
+        let end = ch.wait(
+            &polling_cfg(),
+            true,
+            Some(&word),
+            1,
+            0,
+            || 1,
+            Instant::now(),
+            &mut crate::preempt::Rng::new(1),
+            || 0,
+            || false,
+        );
         t.join().unwrap();
         assert_eq!(end, WaitEnd::Kicked);
         assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE, "the poller leaves the word idle");
@@ -560,8 +570,18 @@ mod more_tests {
             }
             k.kick.write(1).unwrap();
         });
-        let end =
-            ch.wait(&polling_cfg(), true, Some(&word), 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false);
+        let end = ch.wait(
+            &polling_cfg(),
+            true,
+            Some(&word),
+            1,
+            0,
+            || 1,
+            Instant::now(),
+            &mut crate::preempt::Rng::new(1),
+            || 0,
+            || false,
+        );
         t.join().unwrap();
         assert_eq!(end, WaitEnd::Kicked);
         assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE);
@@ -586,7 +606,10 @@ mod more_tests {
         let c = HypervisorConfig { spurious_wakeup_prob: 1.0, stall_timeout_ms: 5000, ..Default::default() };
         let mut rng = crate::preempt::Rng::new(3);
         for _ in 0..5 {
-            assert_eq!(ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut rng, || 0, || false), WaitEnd::Spurious);
+            assert_eq!(
+                ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut rng, || 0, || false),
+                WaitEnd::Spurious
+            );
         }
         assert_eq!(ch.counters.get(VmmCounter::SpuriousWakeups), 5);
     }

@@ -182,11 +182,17 @@ pub fn kernel_bench(plan: &Plan, s: &Samples) -> Option<KernelBench> {
         uncontended_ratio: ratio_of_means(&kn, &rn)?,
         contended_kernel_aps: Estimate::of(&kc),
         contended_rust_aps: Estimate::of(&rc),
-        contended_ratio: paired_ratio(&pair_by_key(&by_rep(Variant::KernelPv, true), &by_rep(Variant::PvUpstream, true))),
+        contended_ratio: paired_ratio(&pair_by_key(
+            &by_rep(Variant::KernelPv, true),
+            &by_rep(Variant::PvUpstream, true),
+        )),
         uncontended_no_sites_ns: Estimate::of(&bare),
         disabled_sites_ratio: ratio_of_means(&kn, &bare),
         contended_no_sites_aps: Estimate::of(&bare_c),
-        contended_sites_ratio: paired_ratio(&pair_by_key(&by_rep(Variant::KernelPv, true), &by_rep(Variant::KernelPv, false))),
+        contended_sites_ratio: paired_ratio(&pair_by_key(
+            &by_rep(Variant::KernelPv, true),
+            &by_rep(Variant::KernelPv, false),
+        )),
     })
 }
 /// The kernel figures for report.md.
