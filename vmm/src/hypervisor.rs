@@ -356,6 +356,15 @@ impl WaitChannel {
 }
 
 #[cfg(test)]
+impl WaitChannel {
+    /// A test's wait on `expected = 1` at gpa 0 whose byte reads `byte`,
+    /// started now, with no host delay and no wake-up in flight.
+    fn plain_wait(&self, cfg: &HypervisorConfig, may_poll: bool, flag: Option<&AtomicU32>, byte: u8) -> WaitEnd {
+        self.wait(cfg, may_poll, flag, 1, 0, || byte, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -368,15 +377,9 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::Remembered);
-        assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
-            WaitEnd::ValueChanged
-        );
+        assert_eq!(ch.plain_wait(&c, false, None, 0), WaitEnd::ValueChanged);
         // KVM keeps pv_unhalted set: the next wait returns at once.
-        assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
-            WaitEnd::Kicked
-        );
+        assert_eq!(ch.plain_wait(&c, false, None, 1), WaitEnd::Kicked);
         assert_eq!(ch.counters.get(VmmCounter::WaitsKickPending), 1);
     }
 
@@ -384,10 +387,7 @@ mod tests {
     fn unchecked_wait_blocks_even_if_value_changed() {
         let ch = WaitChannel::new().unwrap();
         let c = cfg(WaitContract::Unchecked, KickContract::Remembered);
-        assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 0, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
-            WaitEnd::TimedOut
-        );
+        assert_eq!(ch.plain_wait(&c, false, None, 0), WaitEnd::TimedOut);
         // Still shown as blocked (for the dump) until the caller says so.
         assert_ne!(ch.blocked_since_us.load(Ordering::Acquire), 0);
         ch.end_blocked();
@@ -399,10 +399,7 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.kick.write(1).unwrap();
         let c = cfg(WaitContract::Checked, KickContract::LostIfNotWaiting);
-        assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
-            WaitEnd::TimedOut
-        );
+        assert_eq!(ch.plain_wait(&c, false, None, 1), WaitEnd::TimedOut);
         assert_eq!(ch.counters.get(VmmCounter::KicksDropped), 1);
     }
 
@@ -417,10 +414,7 @@ mod tests {
             }
             k.kick.write(1).unwrap();
         });
-        assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
-            WaitEnd::Kicked
-        );
+        assert_eq!(ch.plain_wait(&c, false, None, 1), WaitEnd::Kicked);
         t.join().unwrap();
         assert_eq!(ch.counters.get(VmmCounter::WaitsBlocked), 1);
     }
@@ -502,10 +496,7 @@ mod tests {
         let ch = WaitChannel::new().unwrap();
         ch.poke();
         let c = HypervisorConfig { stall_timeout_ms: 5000, ..Default::default() };
-        assert_eq!(
-            ch.wait(&c, false, None, 1, 0, || 1, Instant::now(), &mut crate::preempt::Rng::new(1), || 0, || false),
-            WaitEnd::Control
-        );
+        assert_eq!(ch.plain_wait(&c, false, None, 1), WaitEnd::Control);
     }
 }
 
@@ -535,18 +526,7 @@ mod more_tests {
             }
             drop(k);
         });
-        let end = ch.wait(
-            &polling_cfg(),
-            true,
-            Some(&word),
-            1,
-            0,
-            || 1,
-            Instant::now(),
-            &mut crate::preempt::Rng::new(1),
-            || 0,
-            || false,
-        );
+        let end = ch.plain_wait(&polling_cfg(), true, Some(&word), 1);
         t.join().unwrap();
         assert_eq!(end, WaitEnd::Kicked);
         assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE, "the poller leaves the word idle");
@@ -570,18 +550,7 @@ mod more_tests {
             }
             k.kick.write(1).unwrap();
         });
-        let end = ch.wait(
-            &polling_cfg(),
-            true,
-            Some(&word),
-            1,
-            0,
-            || 1,
-            Instant::now(),
-            &mut crate::preempt::Rng::new(1),
-            || 0,
-            || false,
-        );
+        let end = ch.plain_wait(&polling_cfg(), true, Some(&word), 1);
         t.join().unwrap();
         assert_eq!(end, WaitEnd::Kicked);
         assert_eq!(word.load(Ordering::SeqCst), POLL_IDLE);
